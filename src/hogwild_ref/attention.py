@@ -78,22 +78,20 @@ def rotate_queries(
     rot = plan.query_rotation
     if rot is None or q.dtype == torch.float64:
         rot = rope.rotation(-plan.offsets, q.device, torch.float64 if q.dtype == torch.float64 else torch.float32)
-    scores, masks = [], []
-    for j, (k, L) in enumerate(zip(keys, plan.lengths.tolist(), strict=True)):
-        rj = Rotation(rot.cos[:, j, None, None, :], rot.sin[:, j, None, None, :])
-        qj = _group(rope.apply(q, rj), hkv)  # (R, Hkv, G, n, D)
-        k = k[:, :L]
-        scores.append(torch.einsum("rkgnd,ktd->rkgnt", qj.to(k.dtype), k).to(acc))
-        t = torch.arange(L, device=q.device)
-        masks.append(t <= plan.loc[:, j, :, None])  # (R, n, L)
-    s = torch.cat(scores, dim=-1) * scaling
-    m = torch.cat(masks, dim=-1)[:, None, None]  # (R, 1, 1, n, T)
-    p = _masked_softmax(s, m)
-    out = torch.zeros(q.shape[0], hkv, q.shape[1] // hkv, q.shape[2], q.shape[3], device=q.device, dtype=acc)
+    # every segment's query rotation at once: (R, S, Hq, n, D)
+    qs = rope.apply(q[:, None], Rotation(rot.cos[:, :, None, None, :], rot.sin[:, :, None, None, :]))
+    qs = rearrange(qs, "r s (k g) n d -> s r k g n d", k=hkv)
+    lengths = plan.lengths.tolist()
+    scores = [
+        torch.einsum("rkgnd,ktd->rkgnt", qs[j].to(k.dtype), k[:, :L]).to(acc)
+        for j, (k, L) in enumerate(zip(keys, lengths, strict=True))
+    ]
+    p = _masked_softmax(torch.cat(scores, dim=-1) * scaling, plan.key_mask[:, None, None])
+    out = None
     start = 0
-    for v, L in zip(values, plan.lengths.tolist(), strict=True):
-        pj = p[..., start : start + L]
-        out = out + torch.einsum("rkgnt,ktd->rkgnd", pj.to(v.dtype), v[:, :L]).to(acc)
+    for v, L in zip(values, lengths, strict=True):
+        part = torch.einsum("rkgnt,ktd->rkgnd", p[..., start : start + L].to(v.dtype), v[:, :L]).to(acc)
+        out = part if out is None else out + part
         start += L
     return rearrange(out, "r k g n d -> r (k g) n d").to(q.dtype)
 

@@ -43,6 +43,8 @@ class TickPlan:
         offsets: ``(R, S)`` ``o_r(s)`` (0 where ``s`` is not in the view).
         in_view: ``(R, S)`` whether ``s`` is in row ``r``'s view.
         loc: ``(R, S, n)`` locations (``-1`` outside the view).
+        key_mask: ``(R, n, T)`` visibility of every stored key (table order, ``T = sum(lengths)``),
+            the dense form of the rule above (:func:`dense_mask`).
         query_rotation: cos/sin of the deltas ``-offsets`` (shape ``(R, S, rotary_dim//2)``), or None.
     """
 
@@ -59,6 +61,7 @@ class TickPlan:
     offsets: Int[Tensor, "R S"]
     in_view: Bool[Tensor, "R S"]
     loc: Int[Tensor, "R S n"]
+    key_mask: Bool[Tensor, "R n T"]
     query_rotation: Rotation | None = None
 
     @property
@@ -136,6 +139,7 @@ def plan_tick(
         rope.check_positions(positions)
     rot = rope.rotation(-offsets, device) if rope is not None else None
     lengths = torch.tensor([after.length(s) for s in ids], dtype=torch.long)
+    key_mask = _key_mask(loc, lengths.tolist())
     to = (lambda t: t.to(device)) if device is not None else (lambda t: t)
     return TickPlan(
         table=after,
@@ -151,19 +155,21 @@ def plan_tick(
         offsets=to(offsets),
         in_view=to(in_view),
         loc=to(loc),
+        key_mask=to(key_mask),
         query_rotation=rot,
     )
+
+
+def _key_mask(loc: Tensor, lengths: list[int]) -> Tensor:
+    seg = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths, dtype=torch.long))
+    t = torch.cat([torch.arange(L) for L in lengths]) if lengths else torch.zeros(0, dtype=torch.long)
+    return t[None, None, :] <= loc[:, seg, :].transpose(1, 2)
 
 
 def dense_mask(plan: TickPlan) -> Bool[Tensor, "R n T"]:
     """Dense boolean mask over all stored keys in table order (Spec §3.3).
 
-    ``T = sum(lengths)``; key ``t`` of segment ``j`` is column ``start_j + t``.
+    ``T = sum(lengths)``; key ``t`` of segment ``j`` is column ``start_j + t``: visible iff
+    ``t <= loc[r, j, i]``.
     """
-    cols = []
-    for j, L in enumerate(plan.lengths.tolist()):
-        t = torch.arange(L, device=plan.loc.device)
-        cols.append(t[None, None, :] <= plan.loc[:, j, :, None])
-    if not cols:
-        return torch.zeros(plan.num_rows, plan.n, 0, dtype=torch.bool)
-    return torch.cat(cols, dim=-1)
+    return plan.key_mask

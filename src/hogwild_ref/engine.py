@@ -1,0 +1,489 @@
+"""The tick loop: model + HogwildCache + scheduler + sampling, with streaming events (Spec §3–§6, §11).
+
+One tick is one batched forward of all workers (Spec §3.1). Before the first tick the static
+segments are prefilled (Spec §4.4). After each tick the scheduler decides the next feeds and which
+finished steps to flush (Spec §6.2); flushes happen in its order before the next tick (Spec §5.2).
+
+Public entry points: :func:`generate` (returns a :class:`HogwildResult`) and :class:`Engine`
+(:meth:`Engine.stream` yields events as they happen).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from . import prompts as prompts_mod
+from .cache import ATTN_IMPLEMENTATION, HogwildCache, make_cache
+from .masks import plan_tick
+from .models import check_supported, sliding_window
+from .sampling import SamplingConfig, sample
+from .scheduler import Scheduler, SchedulerConfig, Snapshot, extract_boxed
+from .segments import LAYOUTS, Row, SegmentTable, make_layout
+
+__all__ = [
+    "DoneEvent",
+    "Engine",
+    "FlushEvent",
+    "HogwildResult",
+    "SnapshotEvent",
+    "StepEvent",
+    "TokenEvent",
+    "WorkerResult",
+    "generate",
+]
+
+
+# ---------------------------------------------------------------------- events
+@dataclass(frozen=True)
+class TokenEvent:
+    """Worker ``worker`` sampled ``token`` at tick ``tick`` (``text`` is its decoded piece)."""
+
+    tick: int
+    worker: int
+    token: int
+    text: str
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """Worker ``worker`` finished step ``index`` (``text`` excludes the closing token)."""
+
+    tick: int
+    worker: int
+    index: int
+    text: str
+
+
+@dataclass(frozen=True)
+class FlushEvent:
+    """A finished step of ``worker`` moved into the history, which now has ``history_length`` tokens."""
+
+    tick: int
+    worker: int
+    history_length: int
+
+
+@dataclass(frozen=True)
+class SnapshotEvent:
+    """The state at a requested budget (Spec §6.5)."""
+
+    tick: int
+    snapshot: Snapshot
+
+
+@dataclass(frozen=True)
+class DoneEvent:
+    """Generation ended (``reason``: "boxed", "eos", "budget" or "finisher")."""
+
+    tick: int
+    reason: str | None
+    answer: str | None
+
+
+Event = TokenEvent | StepEvent | FlushEvent | SnapshotEvent | DoneEvent
+
+
+# ---------------------------------------------------------------------- results
+@dataclass
+class WorkerResult:
+    """One worker's output.
+
+    ``tokens``: every id the worker sampled; ``view_tokens``: its final linearised view (what its
+    last query attended to); ``generated_positions``: indices into ``view_tokens`` of tokens the
+    model sampled (the rest were forced: prompt, headers, step prefixes, other workers' tokens are
+    counted as generated too — they were sampled by their writer).
+    """
+
+    name: str
+    text: str
+    tokens: list[int]
+    view_tokens: list[int]
+    generated_positions: list[int]
+
+
+@dataclass
+class HogwildResult:
+    """Everything a run produced."""
+
+    model: str
+    layout: str
+    backend: str
+    workers: list[WorkerResult]
+    history_text: str
+    answer: str | None
+    reason: str | None
+    ticks: int
+    seconds: float
+    prefill_seconds: float
+    snapshots: list[Snapshot] = field(default_factory=list)
+    table: SegmentTable | None = None
+    logits: list[Tensor] | None = None  # per tick (W, V) float32, when record_logits
+
+    @property
+    def ticks_per_second(self) -> float:
+        return self.ticks / self.seconds if self.seconds else 0.0
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The ``--json`` object of the CLI."""
+        return {
+            "model": self.model,
+            "layout": self.layout,
+            "backend": self.backend,
+            "ticks": self.ticks,
+            "seconds": round(self.seconds, 4),
+            "history_text": self.history_text,
+            "answer": self.answer,
+            "reason": self.reason,
+            "workers": [
+                {
+                    "name": w.name,
+                    "text": w.text,
+                    "tokens": w.tokens,
+                    "view_tokens": w.view_tokens,
+                    "generated_positions": w.generated_positions,
+                }
+                for w in self.workers
+            ],
+        }
+
+
+# ---------------------------------------------------------------------- model plumbing
+@contextmanager
+def hogwild_attention(model: Any) -> Iterator[None]:
+    """Switch ``model`` to the ``"hogwild"`` attention implementation for the duration (Spec §11.1)."""
+    previous = getattr(model.config, "_attn_implementation", None)
+    model.set_attn_implementation(ATTN_IMPLEMENTATION)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            model.set_attn_implementation(previous)
+
+
+def _cache_keyword(model: Any) -> str:
+    """transformers 5.24 renamed ``past_key_values`` to ``cache``; support both."""
+    params = inspect.signature(type(model).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+# ---------------------------------------------------------------------- engine
+class Engine:
+    """Hogwild generation with one model over one shared segment cache.
+
+    Args:
+        model, tokenizer: a transformers causal LM of a supported family and its tokenizer.
+        workers: number of workers ``W >= 1``.
+        layout: ``"contiguous"``, ``"interleaved"`` or ``"combined"`` (Spec §4).
+        backend: ``"rotate_queries"`` (default), ``"rotate_keys"`` or ``"oracle"`` (the slow engine
+            oracle of Spec §11.4).
+        templates: prompt texts (Spec §7).
+        scheduler: scheduler settings (Spec §6); its budget is ``max_ticks``.
+        sampling: sampling settings; one ``torch.Generator`` per worker seeded ``seed + w``.
+        finisher: when the budget ends without an answer, force one with the s1-style finisher
+            (Spec §6.6), up to ``finisher_tokens`` tokens, in worker 0's view.
+        record_logits: keep each tick's last-slot logits per worker (for tests).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        workers: int = 2,
+        layout: str = "combined",
+        backend: str = "rotate_queries",
+        templates: prompts_mod.PromptTemplates | None = None,
+        scheduler: SchedulerConfig | None = None,
+        sampling: SamplingConfig | None = None,
+        seed: int = 0,
+        finisher: bool = True,
+        finisher_tokens: int = 24,
+        record_logits: bool = False,
+        allow_untested: bool = False,
+        model_name: str | None = None,
+    ) -> None:
+        if not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be an integer >= 1; got {workers!r}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+        self.model, self.tokenizer = model, tokenizer
+        self.rope = check_supported(model.config, allow_untested=allow_untested)
+        self.workers, self.layout, self.backend = workers, layout, backend
+        self.templates = templates or prompts_mod.PromptTemplates()
+        eos = getattr(tokenizer, "eos_token_id", None)
+        base = scheduler or SchedulerConfig.from_templates(
+            self.templates, eos_token_ids=frozenset([eos] if eos is not None else [])
+        )
+        self.scheduler_config = replace(base, steps=layout != "contiguous")
+        self.names = self.scheduler_config.names or prompts_mod.default_names(workers)
+        self.sampling = sampling or SamplingConfig()
+        self.seed = seed
+        self.finisher = finisher
+        self.finisher_tokens = finisher_tokens
+        self.record_logits = record_logits
+        self.model_name = model_name or getattr(model.config, "_name_or_path", "") or model.config.model_type
+        self.window = sliding_window(model.config)
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self._cache_kw = _cache_keyword(model)
+        self.result: HogwildResult | None = None
+
+    # ------------------------------------------------------------------ helpers
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    def _forward(self, cache: HogwildCache, rows: Sequence[Row], feeds: Sequence[Sequence[int]], logits: bool = True) -> Tensor | None:
+        """One batched forward over ``rows`` feeding ``feeds`` (Spec §3): plan, write, attend."""
+        plan = plan_tick(cache.table, rows, self.rope, self.device)
+        if self.window is not None:
+            longest = int(plan.positions.max()) + 1
+            if longest > self.window:
+                raise ValueError(
+                    f"the context reached {longest} tokens, beyond the model's sliding window of {self.window}; "
+                    "hogwild_ref implements full attention only: use a smaller budget or a model without "
+                    "sliding-window attention"
+                )
+        ids = torch.zeros(plan.num_rows, plan.n, dtype=torch.long)
+        for r, f in enumerate(feeds):
+            if f:
+                ids[r, : len(f)] = torch.tensor(f, dtype=torch.long)
+        cache.begin_tick(plan)
+        positions = torch.zeros_like(plan.positions) if cache.position_zero else plan.positions
+        kwargs = {self._cache_kw: cache, "use_cache": True, "hogwild_cache": cache}
+        if not logits:
+            kwargs["logits_to_keep"] = 1
+        out = self.model(input_ids=ids.to(self.device), position_ids=positions, **kwargs)
+        cache.end_tick()
+        if not logits:
+            return None
+        last = (plan.new_tokens - 1).clamp_min(0)
+        return out.logits[torch.arange(plan.num_rows, device=out.logits.device), last.to(out.logits.device)].float()
+
+    def _table_and_static(self, problem: str) -> tuple[SegmentTable, str, dict[str, list[int]]]:
+        """The layout's table (lengths 0) and the token ids of its static segments."""
+        chat = self.tokenizer.apply_chat_template if getattr(self.tokenizer, "chat_template", None) else None
+        prompt = prompts_mod.render_prompt(problem, self.workers, chat, self.templates, names=self.names)
+        table = make_layout(self.layout, self.workers)
+        first = table.history if table.history is not None else table.segments[0].id
+        static = {first: self._encode(prompt)}
+        if self.layout == "combined":
+            for sid, text in prompts_mod.segment_texts(self.templates, self.workers).items():
+                static[sid] = self._encode(text)
+        return table, first, static
+
+    # ------------------------------------------------------------------ main loop
+    def stream(self, problem: str) -> Iterator[Event]:
+        """Run Hogwild generation on ``problem``, yielding events; the result lands in ``self.result``."""
+        t0 = time.perf_counter()
+        table, first, static = self._table_and_static(problem)
+        W = self.workers
+        cache = make_cache(self.model.config, table, self.rope, self.backend, self.dtype, self.device)
+        sched = Scheduler(W, self._decode, self._encode, self.scheduler_config)
+        gens = [torch.Generator(device="cpu").manual_seed(self.seed + w) for w in range(W)]
+        mirror: dict[str, list[int]] = {s.id: [] for s in table.segments}
+        sampled_flag: dict[str, list[bool]] = {s.id: [] for s in table.segments}
+        written: list[list[int]] = [[] for _ in range(W)]
+        logits_log: list[Tensor] = []
+        snapshots: list[Snapshot] = []
+
+        def feed_static(rows: list[Row], feeds: list[list[int]]) -> None:
+            for row, f in zip(rows, feeds):
+                mirror[row.view[-1]].extend(f)
+                sampled_flag[row.view[-1]].extend([False] * len(f))
+
+        with hogwild_attention(self.model), torch.inference_mode():
+            # prefill (Spec §4.4): the prompt/history segment alone, then every other static segment
+            rows0 = [Row((first,), len(static[first]))]
+            self._forward(cache, rows0, [static[first]], logits=False)
+            feed_static(rows0, [static[first]])
+            others = [sid for sid in static if sid != first and static[sid]]
+            if others:
+                rows1 = [Row((first, sid), len(static[sid])) for sid in others]
+                self._forward(cache, rows1, [static[sid] for sid in others], logits=False)
+                feed_static(rows1, [static[sid] for sid in others])
+            prefill_seconds = time.perf_counter() - t0
+
+            feeds = sched.initial_feeds()
+            pending: list[int | None] = [None] * W
+            reason: str | None = None
+            tick = 0
+            while True:
+                if not any(feeds):
+                    reason = reason or "eos"
+                    break
+                logits = self._forward(cache, cache.table.rows([len(f) for f in feeds]), feeds)
+                assert logits is not None
+                tick += 1
+                for w, f in enumerate(feeds):
+                    sid = cache.table.write_segment(w)
+                    mirror[sid].extend(f)
+                    flags = [False] * len(f)
+                    if f and pending[w] is not None and f[0] == pending[w]:
+                        flags[0] = True
+                    sampled_flag[sid].extend(flags)
+                    written[w].extend(f)
+                if self.record_logits:
+                    logits_log.append(logits.detach().cpu())
+                sampled: list[int | None] = []
+                for w, f in enumerate(feeds):
+                    if f:
+                        tok = sample(logits[w], self.sampling, gens[w])
+                        sampled.append(tok)
+                        yield TokenEvent(tick, w, tok, self._decode([tok]))
+                    else:
+                        sampled.append(None)
+                pending = list(sampled)
+                outcome = sched.observe(sampled)
+                for step in outcome.finished_steps:
+                    yield StepEvent(tick, step.worker, step.index, step.text)
+                for w in outcome.flushes:
+                    own = cache.table.write_segment(w)
+                    hist = cache.table.history
+                    assert hist is not None
+                    cache.flush(w)
+                    mirror[hist].extend(mirror[own])
+                    sampled_flag[hist].extend(sampled_flag[own])
+                    mirror[own], sampled_flag[own] = [], []
+                    yield FlushEvent(tick, w, cache.table.length(hist))
+                if outcome.snapshot is not None:
+                    snapshots.append(outcome.snapshot)
+                    yield SnapshotEvent(tick, outcome.snapshot)
+                feeds = outcome.feeds
+                if outcome.done:
+                    reason = outcome.reason
+                    break
+
+            answer = sched.answer()
+            if answer is None and reason == "budget" and self.finisher:
+                answer, extra = yield from self._finish(cache, sched, pending, mirror, sampled_flag, written, tick)
+                tick += extra
+                if answer is not None:
+                    reason = "finisher"
+
+        seconds = time.perf_counter() - t0
+        workers = []
+        for w in range(W):
+            view = cache.table.views[w]
+            view_tokens = [t for sid in view for t in mirror[sid]]
+            flags = [f for sid in view for f in sampled_flag[sid]]
+            text_ids = written[w] + ([pending[w]] if pending[w] is not None and pending[w] not in self.scheduler_config.eos_token_ids else [])
+            workers.append(WorkerResult(
+                name=self.names[w],
+                text=self._decode(text_ids),
+                tokens=sched.generated(w),
+                view_tokens=view_tokens,
+                generated_positions=[i for i, f in enumerate(flags) if f],
+            ))
+        self.result = HogwildResult(
+            model=self.model_name,
+            layout=self.layout,
+            backend=self.backend,
+            workers=workers,
+            history_text=sched.history_text(),
+            answer=answer,
+            reason=reason,
+            ticks=tick,
+            seconds=seconds,
+            prefill_seconds=prefill_seconds,
+            snapshots=snapshots,
+            table=cache.table,
+            logits=logits_log if self.record_logits else None,
+        )
+        yield DoneEvent(tick, reason, answer)
+
+    def _finish(self, cache: HogwildCache, sched: Scheduler, pending: list[int | None], mirror: dict[str, list[int]],
+                sampled_flag: dict[str, list[bool]], written: list[list[int]], tick: int) -> Iterator[Event]:
+        """s1-style finisher (Spec §6.6): worker 0 is fed its last token + the finisher, then decodes greedily."""
+        W = self.workers
+        head = [pending[0]] if pending[0] is not None and pending[0] not in self.scheduler_config.eos_token_ids else []
+        feed = head + sched.finisher_feed()
+        produced: list[int] = []
+        extra = 0
+        for _ in range(self.finisher_tokens):
+            feeds = [feed] + [[] for _ in range(W - 1)]
+            logits = self._forward(cache, cache.table.rows([len(f) for f in feeds]), feeds)
+            assert logits is not None
+            extra += 1
+            sid = cache.table.write_segment(0)
+            mirror[sid].extend(feed)
+            sampled_flag[sid].extend([bool(head) and i == 0 for i in range(len(feed))])
+            written[0].extend(feed)
+            tok = int(torch.argmax(logits[0]))
+            yield TokenEvent(tick + extra, 0, tok, self._decode([tok]))
+            produced.append(tok)
+            pending[0] = tok
+            head = [tok]
+            feed = [tok]
+            answer = extract_boxed(self._decode(sched.finisher_feed() + produced))
+            if answer is not None or tok in self.scheduler_config.eos_token_ids:
+                return answer, extra
+        return extract_boxed(self._decode(sched.finisher_feed() + produced)), extra
+
+    def run(self, problem: str, on_event: Callable[[Event], None] | None = None) -> HogwildResult:
+        """Run to completion, calling ``on_event`` for every event; return the result."""
+        for event in self.stream(problem):
+            if on_event is not None:
+                on_event(event)
+        assert self.result is not None
+        return self.result
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    problem: str,
+    workers: int = 2,
+    layout: str = "combined",
+    max_steps: int | None = 256,
+    *,
+    backend: str = "rotate_queries",
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    seed: int = 0,
+    snapshots: Sequence[int] = (),
+    collab_every: int | None = 1024,
+    templates: prompts_mod.PromptTemplates | None = None,
+    finisher: bool = True,
+    on_event: Callable[[Event], None] | None = None,
+    **engine_kwargs: Any,
+) -> HogwildResult:
+    """Hogwild generation of ``workers`` workers on ``problem``.
+
+    ``max_steps`` is the budget in ticks (batched forward passes, the paper's budget), not in
+    reasoning steps; ``snapshots`` lists budgets at which to record the state (Spec §6.5).
+    """
+    templates = templates or prompts_mod.PromptTemplates()
+    eos = getattr(tokenizer, "eos_token_id", None)
+    sched = SchedulerConfig.from_templates(
+        templates,
+        eos_token_ids=frozenset([eos] if eos is not None else []),
+        max_ticks=max_steps,
+        snapshot_ticks=tuple(snapshots),
+        collab_every=collab_every,
+    )
+    engine = Engine(
+        model,
+        tokenizer,
+        workers=workers,
+        layout=layout,
+        backend=backend,
+        templates=templates,
+        scheduler=sched,
+        sampling=SamplingConfig(temperature, top_k, top_p, min_p),
+        seed=seed,
+        finisher=finisher,
+        **engine_kwargs,
+    )
+    return engine.run(problem, on_event)

@@ -1,0 +1,82 @@
+"""Live terminal view of a Hogwild run (rich): one column per worker, the shared history, progress."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.columns import Columns
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from .engine import DoneEvent, Event, FlushEvent, HogwildResult, StepEvent, TokenEvent
+from .prompts import default_names
+
+TAIL = 600  # characters of each worker's current step shown live
+
+
+class LiveView:
+    """Renders engine events; works without a TTY (rich then prints the final frame only)."""
+
+    def __init__(self, console: Console, workers: int, budget: int, problem: str):
+        self.console = console
+        self.names = default_names(workers)
+        self.current = [""] * workers
+        self.history: list[str] = []
+        self.problem = problem
+        self.progress = Progress(
+            TextColumn("ticks"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        )
+        self.task = self.progress.add_task("ticks", total=budget)
+        self.live = Live(self._render(), console=console, refresh_per_second=8, transient=False)
+
+    def __enter__(self) -> LiveView:
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.live.update(self._render())
+        self.live.__exit__(*exc)
+
+    def on_event(self, event: Event) -> None:
+        if isinstance(event, TokenEvent):
+            self.current[event.worker] += event.text
+            self.progress.update(self.task, completed=event.tick)
+        elif isinstance(event, StepEvent):
+            self.history.append(f"[{self.names[event.worker]}] {event.text.strip()}")
+            self.current[event.worker] = ""
+        elif isinstance(event, FlushEvent):
+            pass
+        elif isinstance(event, DoneEvent):
+            self.progress.update(self.task, completed=event.tick)
+        self.live.update(self._render())
+
+    def _render(self) -> Group:
+        cols = [
+            Panel(Text(c[-TAIL:] or "…"), title=name, width=max(30, self.console.width // max(1, len(self.names)) - 1))
+            for name, c in zip(self.names, self.current)
+        ]
+        hist = Text("\n".join(self.history[-8:]) or "(no finished steps yet)")
+        return Group(
+            Panel(Text(self.problem), title="problem"),
+            Panel(hist, title=f"shared history ({len(self.history)} steps, latest shown)"),
+            Columns(cols),
+            self.progress,
+        )
+
+    def summary(self, result: HogwildResult) -> None:
+        table = Table(title="Hogwild run", show_header=False)
+        table.add_row("model", result.model)
+        table.add_row("layout / backend", f"{result.layout} / {result.backend}")
+        table.add_row("workers", str(len(result.workers)))
+        table.add_row("ticks", str(result.ticks))
+        tokens = sum(len(w.tokens) for w in result.workers)
+        gen_seconds = max(result.seconds - result.prefill_seconds, 1e-9)
+        table.add_row("time", f"{result.seconds:.2f} s (prefill {result.prefill_seconds:.2f} s)")
+        table.add_row("speed", f"{result.ticks / gen_seconds:.1f} ticks/s, {tokens / gen_seconds:.1f} tokens/s")
+        table.add_row("stopped by", str(result.reason))
+        table.add_row("answer", result.answer if result.answer is not None else "(none)")
+        self.console.print(table)

@@ -1,0 +1,60 @@
+"""Token sampling: greedy, temperature, top-k, top-p, min-p; one seeded generator per worker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+__all__ = ["SamplingConfig", "sample"]
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Sampling settings. ``temperature == 0`` is greedy (argmax; ties: lowest id)."""
+
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 is greedy); got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1; got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1]; got {self.top_p}")
+        if self.min_p is not None and not 0 <= self.min_p < 1:
+            raise ValueError(f"min_p must be in [0, 1); got {self.min_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def filter_logits(logits: Float[Tensor, "V"], cfg: SamplingConfig) -> Float[Tensor, "V"]:
+    """Temperature, then top-k, top-p (nucleus) and min-p filtering (removed entries set to -inf)."""
+    x = logits.float() / cfg.temperature
+    if cfg.top_k is not None and cfg.top_k < x.numel():
+        kth = torch.topk(x, cfg.top_k).values[-1]
+        x = x.masked_fill(x < kth, float("-inf"))
+    if cfg.top_p is not None and cfg.top_p < 1:
+        sorted_x, order = torch.sort(x, descending=True)
+        probs = sorted_x.softmax(-1)
+        drop = probs.cumsum(-1) - probs >= cfg.top_p  # keep the smallest prefix reaching top_p
+        x = x.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
+    if cfg.min_p is not None and cfg.min_p > 0:
+        probs = x.softmax(-1)
+        x = x.masked_fill(probs < cfg.min_p * probs.max(), float("-inf"))
+    return x
+
+
+def sample(logits: Float[Tensor, "V"], cfg: SamplingConfig, generator: torch.Generator | None = None) -> int:
+    """Sample one token id from ``logits`` (greedy when ``cfg.temperature == 0``)."""
+    if cfg.greedy:
+        return int(torch.argmax(logits))
+    probs = filter_logits(logits, cfg).softmax(-1)
+    return int(torch.multinomial(probs, 1, generator=generator))

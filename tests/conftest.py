@@ -1,0 +1,44 @@
+"""Shared pytest configuration: hypothesis profiles.
+
+The ``ci`` profile (the default) is deterministic (``derandomize=True``) so a failure reproduces on
+every machine, has no deadline (CPU timings vary a lot between machines and the first example pays for
+torch's lazy initialisation), and prints the ``@reproduce_failure`` blob of a failing example.
+Select another profile with ``HYPOTHESIS_PROFILE=dev`` (random exploration, still no deadline).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    deadline=None,
+    derandomize=True,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "dev",
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Run a module's tiny-tensor tests single-threaded (opt in with ``pytestmark``).
+
+    On a small shared CPU, intra-op threading makes each einsum/matmul on tiny tensors up to ~1000x
+    slower (thread wake-up), so property tests with hundreds of examples crawl. Restored afterwards.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
