@@ -29,12 +29,12 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session", autouse=True)
 def single_thread():
-    """Run a module's tiny-tensor tests single-threaded (opt in with ``pytestmark``).
+    """Run the whole suite single-threaded.
 
     On a small shared CPU, intra-op threading makes each einsum/matmul on tiny tensors up to ~1000x
-    slower (thread wake-up), so property tests with hundreds of examples crawl. Restored afterwards.
+    slower (thread wake-up), and the models under test here are small. Restored afterwards.
     """
     import torch
 
@@ -42,3 +42,22 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def smollm():
+    """The embedded SmolLM2-135M-Instruct (model, tokenizer), loaded once per session (fp32, CPU)."""
+    from hogwild_ref.models import load_default
+
+    return load_default()
+
+
+@pytest.fixture(scope="session")
+def smollm_tokenizer():
+    """The embedded SmolLM2 tokenizer alone (cheaper than the model)."""
+    from transformers import AutoTokenizer
+
+    from hogwild_ref.models import default_model_path
+
+    directory, name = default_model_path()
+    return AutoTokenizer.from_pretrained(directory, gguf_file=name)

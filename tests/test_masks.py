@@ -162,9 +162,13 @@ def test_two_rows_writing_one_segment_raise():
         plan_tick(t, [Row(("common",), 1), Row(("common",), 1), Row(("common", "cur_1"), 1)])
 
 
-@pytest.mark.xfail(strict=True, reason="plan_tick only compares each writer with the FIRST row writing the "
-                   "segment; if that row feeds 0 tokens, later rows writing the same segment pass (masks.py:99-102)")
 def test_two_writing_rows_after_an_idle_row_raise():
+    """Spec §3.1 rule 3: two rows that both feed tokens must not share a write segment.
+
+    SRC BUG (masks.py, the ``writes`` check in plan_tick): each row is compared only with the FIRST row
+    that names the segment; when that first row feeds 0 tokens, two later feeding rows pass unchecked and
+    their new tokens get overlapping positions.
+    """
     t = interleaved(2, 3)
     with pytest.raises(TableError, match=r"both write segment 'cur_0'"):
         plan_tick(t, [Row(("common", "cur_0"), 0), Row(("common", "cur_0"), 1), Row(("cur_0",), 2)])
@@ -180,7 +184,7 @@ def test_bad_rows_raise():
         plan_tick(t, [])
     with pytest.raises(TableError, match=r"expected one per worker \(2\)"):
         plan_tick(t, [1])
-    with pytest.raises((TableError, KeyError)):
+    with pytest.raises(TableError, match=r"row 0's view names unknown segment 'ghost'"):
         plan_tick(t, [Row(("ghost", "cur_0"), 1)])
 
 

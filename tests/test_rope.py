@@ -16,6 +16,7 @@ import importlib
 import logging
 import math
 import types
+import zlib
 
 import pytest
 import torch
@@ -204,6 +205,26 @@ def test_rerotate_identity_float32_and_batched_positions():
             torch.testing.assert_close(out[bi, :, i], rope.rotate(x[bi, :, i], int(pos[bi, 0, i])), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("case", ["default", "phi3-partial", "yarn-partial"])
+@pytest.mark.parametrize("convention", CONVENTIONS)
+def test_apply_broadcasts_like_full_rotary(case, convention):
+    """``apply`` broadcasts x against the rotation's batch shape, whatever the rotary fraction.
+
+    rotate_queries relies on this: it rotates q[:, None] (R, 1, H, n, D) by every segment's rotation
+    (R, S, 1, 1, rd/2) at once. With partial rotary the pass-through channels must broadcast too.
+    SRC BUG (rope.py, RopeSpec.apply: ``torch.cat((out, xpass))`` with ``xpass`` not expanded): for
+    partial rotary the cat fails with "Sizes of tensors must match", so rotate_queries crashes on every
+    partial-rotary model (Phi-3, StableLM, ...) as soon as a view has 2+ segments.
+    """
+    rope = spec(case, convention)
+    x = torch.randn(1, 2, rope.head_dim, generator=_gen(3), dtype=torch.float64)  # (1, H, D)
+    deltas = torch.tensor([0, 5, -9])
+    out = rope.apply(x, rope.rotation(deltas[:, None], dtype=torch.float64))  # rotation batch (3, 1)
+    assert out.shape == (3, 2, rope.head_dim)
+    for i, d in enumerate(deltas.tolist()):
+        torch.testing.assert_close(out[i], rope.rerotate(x[0], d), rtol=0, atol=1e-12)
+
+
 # ---------------------------------------------------------------------- refusals
 @pytest.mark.parametrize(
     "params",
@@ -349,7 +370,7 @@ def test_rotate_matches_transformers(name, max_pos):
     arch, make = HF_CASES[name]
     config = make()
     rope = RopeSpec.from_config(make())
-    g = _gen(hash((name, max_pos)) % 2**31)
+    g = _gen(zlib.crc32(f"{name}/{max_pos}".encode()))  # deterministic (str hash is salted per process)
     B, H, S = 3, 2, 96
     q = torch.randn(B, H, S, rope.head_dim, generator=g)
     top = min(max_pos, rope.max_position or max_pos)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -219,6 +220,15 @@ def test_flush_on_contiguous_raises(W):
 
 # ---------------------------------------------------------------------- JSON (Spec §2.4)
 UNICODE_IDS = st.text(min_size=1, max_size=6)
+SCHEMA = Path(__file__).resolve().parents[1] / "spec" / "schema" / "segment_table.schema.json"
+
+
+def _schema_validator():
+    jsonschema = pytest.importorskip("jsonschema")
+    if not SCHEMA.exists():
+        pytest.skip(f"{SCHEMA} not present")
+    schema = json.loads(SCHEMA.read_text())
+    return jsonschema.Draft202012Validator(schema)
 
 
 @settings(max_examples=200)
@@ -226,6 +236,7 @@ UNICODE_IDS = st.text(min_size=1, max_size=6)
 def test_json_round_trip(table):
     text = table.to_json()
     data = json.loads(text)
+    _schema_validator().validate(data)  # the normative structural schema of Spec §2.4
     # the serialised form, restated field by field
     assert data["version"] == 1
     assert data["layout"] == table.layout
@@ -248,6 +259,25 @@ def test_from_json_rejects_malformed():
     bad_view = {**good, "views": [["common", "cur_0"], ["common", "ghost", "cur_1"]]}
     with pytest.raises(TableError, match=r"unknown segment 'ghost'"):
         SegmentTable.from_dict(bad_view)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("writer", "0"), ("writer", [0]), ("length", "x")],
+    ids=["writer-str", "writer-list", "length-not-a-number"],
+)
+def test_from_dict_malformed_fields_raise_table_error(field, value):
+    """from_dict promises TableError on malformed input (Spec §2.3 rule 1: writer is a worker index).
+
+    SRC BUG (segments.py): ``validate`` compares a non-int writer with ``0 <= writer`` and raises
+    TypeError; ``from_dict`` converts lengths with ``int()`` but catches only KeyError/TypeError/
+    AttributeError, so ``int("x")`` escapes as a plain ValueError.
+    """
+    data = interleaved(1, 1).to_dict()
+    target = data["segments"][1] if field == "writer" else data["segments"][0]
+    target[field] = value
+    with pytest.raises(TableError):
+        SegmentTable.from_dict(data)
 
 
 # ---------------------------------------------------------------------- stateful model

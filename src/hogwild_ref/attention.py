@@ -54,6 +54,8 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
 
 def _masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
     """Softmax over the last axis where ``mask`` is True; fully masked rows give zeros."""
+    if scores.shape[-1] == 0:
+        return torch.zeros_like(scores)
     scores = scores.masked_fill(~mask, float("-inf"))
     top = scores.amax(dim=-1, keepdim=True).clamp_min(torch.finfo(scores.dtype).min)
     e = torch.exp(scores - top)

@@ -178,7 +178,8 @@ class Engine:
     """Hogwild generation with one model over one shared segment cache.
 
     Args:
-        model, tokenizer: a transformers causal LM of a supported family and its tokenizer.
+        model: a transformers causal LM of a supported family (Spec §11.3).
+        tokenizer: its tokenizer (a chat template is used when it has one).
         workers: number of workers ``W >= 1``.
         layout: ``"contiguous"``, ``"interleaved"`` or ``"combined"`` (Spec §4).
         backend: ``"rotate_queries"`` (default), ``"rotate_keys"`` or ``"oracle"`` (the slow engine
@@ -270,14 +271,17 @@ class Engine:
         return out.logits[torch.arange(plan.num_rows, device=out.logits.device), last.to(out.logits.device)].float()
 
     def _table_and_static(self, problem: str) -> tuple[SegmentTable, str, dict[str, list[int]]]:
-        """The layout's table (lengths 0) and the token ids of its static segments."""
-        chat = self.tokenizer.apply_chat_template if getattr(self.tokenizer, "chat_template", None) else None
-        prompt = prompts_mod.render_prompt(problem, self.workers, chat, self.templates, names=self.names)
+        """The layout's table (lengths 0) and the token ids of its static segments (Spec §4.4)."""
         table = make_layout(self.layout, self.workers)
+        templates = self.templates
+        if table.history is None:  # contiguous: no shared history, so no history header (Spec §4.1)
+            templates = replace(templates, history_header="")
+        chat = self.tokenizer.apply_chat_template if getattr(self.tokenizer, "chat_template", None) else None
+        prompt = prompts_mod.render_prompt(problem, self.workers, chat, templates, names=self.names)
         first = table.history if table.history is not None else table.segments[0].id
         static = {first: self._encode(prompt)}
         if self.layout == "combined":
-            for sid, text in prompts_mod.segment_texts(self.templates, self.workers).items():
+            for sid, text in prompts_mod.segment_texts(templates, self.workers).items():
                 static[sid] = self._encode(text)
         return table, first, static
 

@@ -96,13 +96,15 @@ def plan_tick(
         if row.new_tokens < 0:
             raise TableError(f"row {r} feeds {row.new_tokens} tokens; counts must be >= 0")
         for sid in row.view:
-            table[sid]  # noqa: B018 -- raises KeyError for unknown ids
+            if sid not in table._index:
+                raise TableError(f"row {r}'s view names unknown segment {sid!r}; known: {[s.id for s in table.segments]}")
         if len(set(row.view)) != len(row.view):
             raise TableError(f"row {r}'s view repeats a segment: {row.view}")
         w = row.view[-1]
-        if w in writes and row.new_tokens and rows[writes[w]].new_tokens:
-            raise TableError(f"rows {writes[w]} and {r} both write segment {w!r} in one tick")
-        writes.setdefault(w, r)
+        if row.new_tokens:
+            if w in writes:
+                raise TableError(f"rows {writes[w]} and {r} both write segment {w!r} in one tick")
+            writes[w] = r
     before = {row.view[-1]: table.length(row.view[-1]) for row in rows}
     after = table.with_lengths({sid: before[sid] + sum(r.new_tokens for r in rows if r.view[-1] == sid) for sid in before})
 

@@ -155,7 +155,7 @@ class RopeSpec:
             x1, x2 = xr[..., 0::2], xr[..., 1::2]
             out = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
         if xpass.shape[-1]:
-            out = torch.cat((out, xpass), dim=-1)
+            out = torch.cat((out, xpass.expand(*out.shape[:-1], xpass.shape[-1])), dim=-1)
         return out.to(x.dtype)
 
     def rotate(

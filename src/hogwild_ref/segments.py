@@ -90,8 +90,10 @@ class SegmentTable:
             dup = next(s.id for s in self.segments if s.id in seen or seen.add(s.id))  # type: ignore[func-returns-value]
             raise TableError(f"duplicate segment id {dup!r}: segment ids must be unique")
         for s in self.segments:
-            if not isinstance(s.length, int) or s.length < 0:
+            if not isinstance(s.length, int) or isinstance(s.length, bool) or s.length < 0:
                 raise TableError(f"segment {s.id!r} has length {s.length!r}; lengths must be integers >= 0")
+            if s.writer is not None and (not isinstance(s.writer, int) or isinstance(s.writer, bool)):
+                raise TableError(f"segment {s.id!r} has writer {s.writer!r}; a writer is a worker index or null")
             if s.writer is not None and not 0 <= s.writer < len(self.views):
                 raise TableError(
                     f"segment {s.id!r} has writer {s.writer}, but workers are 0..{len(self.views) - 1}"
@@ -237,7 +239,7 @@ class SegmentTable:
                 raise TableError(f"unsupported segment-table version {data.get('version')!r}; expected {SCHEMA_VERSION}")
             segs = tuple(Segment(str(s["id"]), int(s["length"]), s.get("writer")) for s in data["segments"])
             views = tuple(tuple(str(x) for x in v) for v in data["views"])
-        except (KeyError, TypeError, AttributeError) as exc:
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise TableError(f"malformed segment table: {exc!r}; see spec/schema/segment_table.schema.json") from exc
         return cls(segs, views, history=data.get("history"), layout=data.get("layout"))
 
