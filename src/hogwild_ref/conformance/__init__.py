@@ -1,0 +1,33 @@
+"""Conformance suite: vectors, the adapter protocol, the runner and the reference adapter (Spec §12).
+
+* :mod:`.protocol` — :class:`Adapter`: one method per level (``rope``, ``attention``, ``model``);
+* :mod:`.reference` — :class:`ReferenceAdapter`, hogwild_ref itself as an adapter; the zero-argument
+  factory :func:`reference` is what ``hogwild-ref conform --adapter hogwild_ref.conformance:reference``
+  imports;
+* :mod:`.vectors` — the vector format and :func:`generate_vectors` (deterministic);
+* :mod:`.runner` — :func:`run` (returns a :class:`Report`).
+"""
+
+from __future__ import annotations
+
+from .protocol import LEVELS, Adapter, AttentionAdapter, ModelAdapter, RopeAdapter
+from .reference import ReferenceAdapter, reference
+from .runner import Report, VectorResult, default_vectors_dir, load_adapter, run
+from .vectors import generate_vectors, load_vector
+
+__all__ = [
+    "LEVELS",
+    "Adapter",
+    "AttentionAdapter",
+    "ModelAdapter",
+    "ReferenceAdapter",
+    "Report",
+    "RopeAdapter",
+    "VectorResult",
+    "default_vectors_dir",
+    "generate_vectors",
+    "load_adapter",
+    "load_vector",
+    "reference",
+    "run",
+]

@@ -1,0 +1,197 @@
+"""The reference adapter: hogwild_ref itself behind the adapter protocol (Spec §12.3).
+
+:class:`ReferenceAdapter` runs every level with the reference's own code paths:
+
+* ``rope``: :class:`~hogwild_ref.rope.RopeSpec` built from the config (``rotate`` / ``rerotate``);
+* ``attention``: the segment table (:mod:`~hogwild_ref.segments`), the tick plan
+  (:func:`~hogwild_ref.masks.plan_tick`) and a one-layer :class:`~hogwild_ref.cache.HogwildCache`
+  (``update`` writes the new keys at local positions, ``attend`` runs the rotate-queries backend);
+* ``model``: a transformers model over a :class:`~hogwild_ref.cache.HogwildCache`, driven tick by
+  tick by :class:`~hogwild_ref.engine.Engine`'s forward pass (prefill as Spec §4.4, flushes with
+  ``HogwildCache.flush``).
+
+With ``backend="oracle"`` the ``model`` level runs the engine oracle (Spec §11.4) instead; the vector
+generator uses that, in float64, to produce the expected logits.
+
+The ``make_*`` / ``tick_*`` methods are the adapter's only decisions. They exist so that tests can
+derive *mutant* adapters (subclasses that get one thing wrong) and check that the vectors catch them.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from ..cache import HogwildCache, make_cache
+from ..masks import plan_tick
+from ..rope import RopeSpec
+from ..segments import Row, SegmentTable, make_layout
+
+__all__ = ["ReferenceAdapter", "config_from_dict", "reference"]
+
+
+def config_from_dict(config: Mapping[str, Any]) -> Any:
+    """A transformers config from the dict stored in a vector (``PretrainedConfig.to_dict()`` form)."""
+    from transformers import AutoConfig
+
+    data = dict(config)
+    data.pop("transformers_version", None)
+    model_type = data.pop("model_type")
+    return AutoConfig.for_model(model_type, **data)
+
+
+class ReferenceAdapter:
+    """The reference implementation as a conformance adapter (all three levels).
+
+    Args:
+        backend: attention backend of the ``model`` level: ``"rotate_queries"`` (default),
+            ``"rotate_keys"``, or ``"oracle"`` (the engine oracle, Spec §11.4).
+        dtype: dtype the ``model`` level runs the model in (float32 by default; the vector
+            generator runs the oracle in float64).
+    """
+
+    def __init__(self, backend: str = "rotate_queries", dtype: torch.dtype = torch.float32) -> None:
+        self.backend = backend
+        self.dtype = dtype
+
+    # ------------------------------------------------------------------ decisions (hooks)
+    def make_rope(self, config: Mapping[str, Any], convention: str) -> RopeSpec:
+        """The RoPE of a config dict (Spec §8.1)."""
+        return RopeSpec.from_config(config_from_dict(config), convention=convention)  # type: ignore[arg-type]
+
+    def make_table(
+        self, layout: str | None, workers: int, lengths: Mapping[str, int], table: Mapping[str, Any] | None
+    ) -> SegmentTable:
+        """The segment table: a preset built from its name (Spec §4), or the explicit one (Spec §4.5)."""
+        if table is not None:
+            built = SegmentTable.from_dict(table)
+        else:
+            if layout is None:
+                raise ValueError("an attention vector needs a layout name or an explicit table")
+            built = make_layout(layout, workers)
+        if built.workers != workers:
+            raise ValueError(f"the table has {built.workers} workers, the vector says {workers}")
+        return built.with_lengths(dict(lengths)) if lengths else built
+
+    def make_cache(self, config: Any, table: SegmentTable, rope: RopeSpec, backend: str, dtype: torch.dtype) -> HogwildCache:
+        """The segment cache (Spec §11.1): :class:`HogwildCache`, or the oracle's cache."""
+        return make_cache(config, table, rope, backend, dtype, "cpu")
+
+    def tick_counts(self, new_tokens: Sequence[int]) -> list[int]:
+        """The new-token count each row writes in an ``attention`` tick (Spec §3.1)."""
+        return list(new_tokens)
+
+    def tick_feeds(self, feeds: Sequence[Sequence[int]]) -> list[list[int]]:
+        """The token ids each worker feeds in a ``model`` tick (Spec §3.1)."""
+        return [list(f) for f in feeds]
+
+    # ------------------------------------------------------------------ level: rope (Spec §8)
+    def rope(self, *, config: dict[str, Any], convention: str, x: Tensor, positions: Tensor, y: Tensor,
+             deltas: Tensor) -> dict[str, Tensor]:
+        """``rotate(x, positions)`` with ``attention_scaling`` and the pure ``rerotate(y, deltas)``."""
+        spec = self.make_rope(config, convention)
+        return {"rotated": spec.rotate(x, positions), "rerotated": spec.rerotate(y, deltas)}
+
+    # ------------------------------------------------------------------ level: attention (Spec §3, §9)
+    def attention(
+        self,
+        *,
+        layout: str | None,
+        workers: int,
+        lengths: dict[str, int],
+        table: dict[str, Any] | None,
+        new_tokens: list[int],
+        rope: dict[str, Any],
+        scaling: float,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        keys: dict[str, Tensor],
+        values: dict[str, Tensor],
+    ) -> dict[str, Any]:
+        """One tick of one layer through the reference's cache and rotate-queries backend."""
+        spec = self.make_rope(rope["config"], rope["convention"])
+        tab = self.make_table(layout, workers, lengths, table)
+        counts = self.tick_counts(new_tokens)
+        plan = plan_tick(tab, tab.rows(counts), spec)
+        n = plan.n
+        if q.shape[2] < n:
+            raise ValueError(f"q has {q.shape[2]} query slots; the tick needs {n}")
+        q, k, v = q[:, :, :n], k[:, :, :n], v[:, :, :n]
+        hq, hkv, head_dim = q.shape[1], k.shape[1], q.shape[-1]
+        layer = types.SimpleNamespace(
+            num_hidden_layers=1, num_attention_heads=hq, num_key_value_heads=hkv, head_dim=head_dim,
+            hidden_size=hq * head_dim,
+        )
+        cache = self.make_cache(layer, tab, spec, "rotate_queries", q.dtype)
+        store = cache.stores[0]
+        for j, seg in enumerate(tab.segments):
+            if seg.length:
+                store.write(j, 0, keys[seg.id][:, : seg.length], values[seg.id][:, : seg.length])
+        # the model's RoPE at the view positions (Spec §8.2), then write-before-read (Spec §3.2)
+        pos = plan.positions[:, None, :]
+        cache.begin_tick(plan)
+        cache.update(spec.rotate(k, pos), v, 0)
+        out = cache.attend(0, spec.rotate(q, pos), scaling)
+        cache.end_tick()
+        after = cache.table
+        writes = {after.write_segment(w) for w in range(after.workers)}
+        return {
+            "out": out,
+            "keys": {sid: store.keys[after.index(sid)][:, : after.length(sid)] for sid in writes},
+            "values": {sid: store.values[after.index(sid)][:, : after.length(sid)] for sid in writes},
+        }
+
+    # ------------------------------------------------------------------ level: model (Spec §4.4, §5, §11)
+    def model(
+        self,
+        *,
+        config: dict[str, Any],
+        weights: dict[str, Tensor],
+        layout: str,
+        workers: int,
+        static: dict[str, list[int]],
+        ticks: list[dict[str, Any]],
+    ) -> Tensor:
+        """Prefill, then the trace's ticks and flushes, through :class:`~hogwild_ref.engine.Engine`."""
+        from transformers import AutoModelForCausalLM
+
+        from ..engine import Engine, hogwild_attention
+
+        cfg = config_from_dict(config)
+        with torch.random.fork_rng(devices=[]):  # from_config initialises (and we overwrite) weights
+            model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+        model.load_state_dict({name: t.to(torch.float32) for name, t in weights.items()}, strict=True)
+        model = model.to(self.dtype).eval()
+        spec = self.make_rope(config, "half")
+        engine = Engine(model, None, workers=workers, layout=layout, backend=self.backend)
+        engine.rope = spec
+        tab = self.make_table(layout, workers, {}, None)
+        cache = self.make_cache(model.config, tab, spec, self.backend, self.dtype)
+        first = tab.history if tab.history is not None else tab.segments[0].id
+        if first not in static:
+            raise ValueError(f"the trace gives no tokens for the prompt segment {first!r}")
+        logits: list[Tensor] = []
+        with hogwild_attention(model), torch.inference_mode():
+            engine._forward(cache, [Row((first,), len(static[first]))], [static[first]], logits=False)
+            others = [sid for sid in static if sid != first and static[sid]]
+            if others:
+                rows = [Row((first, sid), len(static[sid])) for sid in others]
+                engine._forward(cache, rows, [static[sid] for sid in others], logits=False)
+            for tick in ticks:
+                feeds = self.tick_feeds(tick["feeds"])
+                out = engine._forward(cache, cache.table.rows([len(f) for f in feeds]), feeds)
+                assert out is not None
+                logits.append(out.detach().float().cpu())
+                for w in tick.get("flush", []):
+                    cache.flush(int(w))
+        return torch.stack(logits)
+
+
+def reference() -> ReferenceAdapter:
+    """Zero-argument factory of the reference adapter (``--adapter hogwild_ref.conformance:reference``)."""
+    return ReferenceAdapter()
+

@@ -1,0 +1,216 @@
+"""The ``hogwild-ref generate`` command line (Spec §11; DESIGN §6).
+
+The CLI runs in-process (``hogwild_ref.cli.main``) with the session's embedded SmolLM2: the
+loader is replaced by a spy that records what the CLI asked for and returns the already-loaded
+model, so no test pays for a second load. Budgets are small (``--max-steps 12``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+
+import jsonschema
+import pytest
+import torch
+
+import hogwild_ref
+import hogwild_ref.models
+from hogwild_ref.cli import main
+
+PROBLEM = "What is 2 + 3? Give the answer in \\boxed{}."
+MAX_STEPS = 12
+#: worker names, Spec §7 / DESIGN §1: "the prompts tell them they are Alice, Bob, ..."
+NAMES = ["Alice", "Bob", "Carol", "Dave"]
+SENTINEL = "QQSENTINELQQ"
+
+RESULT_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "required": ["model", "layout", "backend", "ticks", "seconds", "history_text", "answer", "workers"],
+    "properties": {
+        "model": {"type": "string", "minLength": 1},
+        "layout": {"enum": ["contiguous", "interleaved", "combined"]},
+        "backend": {"enum": ["rotate_queries", "rotate_keys", "oracle"]},
+        "ticks": {"type": "integer", "minimum": 0},
+        "seconds": {"type": "number", "minimum": 0},
+        "history_text": {"type": "string"},
+        "answer": {"type": ["string", "null"]},
+        "reason": {"enum": ["boxed", "eos", "budget", "finisher", None]},
+        "workers": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["name", "text", "tokens", "view_tokens", "generated_positions"],
+                "properties": {
+                    "name": {"type": "string", "minLength": 1},
+                    "text": {"type": "string"},
+                    "tokens": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                    "view_tokens": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                    "generated_positions": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                },
+            },
+        },
+    },
+}
+
+
+@pytest.fixture
+def loader_spy(monkeypatch, smollm):
+    """Replace ``hogwild_ref.models.load`` (what ``cli._load`` calls) with a recorder returning ``smollm``."""
+    calls: list[tuple] = []
+
+    def fake_load(name_or_path=None, dtype=torch.float32, device="cpu"):
+        calls.append((name_or_path, dtype, str(device)))
+        return smollm
+
+    monkeypatch.setattr(hogwild_ref.models, "load", fake_load)
+    return calls
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Fail the test if the CLI tries to load a model (bad arguments must be refused first)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the CLI loaded a model for invalid arguments")
+
+    monkeypatch.setattr(hogwild_ref.models, "load", refuse)
+
+
+def _chat_start(tokenizer) -> str:
+    """Text the chat template puts before the first user message (computed from the tokenizer itself)."""
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": SENTINEL}], tokenize=False, add_generation_prompt=True
+    )
+    start = rendered[: rendered.index(SENTINEL)]
+    assert start, "the embedded tokenizer's chat template should put a header before the user content"
+    return start
+
+
+def _check_result(d: dict, *, workers: int, layout: str, tokenizer, eos: int | None) -> None:
+    """Structural and semantic checks of one ``--json`` object, against the layout definitions."""
+    jsonschema.Draft202012Validator.check_schema(RESULT_SCHEMA)
+    jsonschema.Draft202012Validator(RESULT_SCHEMA).validate(d)
+    assert d["layout"] == layout
+    assert d["backend"] == "rotate_queries"  # the CLI default
+    assert [w["name"] for w in d["workers"]] == NAMES[:workers]
+
+    # --no-finisher: the run ends at the budget, or earlier with a stated reason
+    ticks = d["ticks"]
+    if ticks == MAX_STEPS:
+        assert d["reason"] in ("budget", "boxed", "eos")
+    else:
+        assert 1 <= ticks < MAX_STEPS, ticks
+        assert d["reason"] in ("boxed", "eos"), d["reason"]
+
+    vocab = len(tokenizer)
+    chat_start = _chat_start(tokenizer)
+    fed: list[list[int]] = []  # per worker, the sampled tokens that were fed back (all but the last)
+    for w in d["workers"]:
+        toks = w["tokens"]
+        # one sample per tick while active; every tick when nobody stopped
+        assert 1 <= len(toks) <= ticks
+        if d["reason"] == "budget" and eos not in toks:
+            assert len(toks) == ticks
+        assert all(0 <= t < vocab for t in toks)
+        assert all(0 <= t < vocab for t in w["view_tokens"])
+        fed.append([t for t in toks[:-1] if t != eos])
+
+        gp = w["generated_positions"]
+        assert gp == sorted(set(gp)), "generated positions must be distinct and increasing"
+        assert all(0 <= i < len(w["view_tokens"]) for i in gp)
+
+        view_text = tokenizer.decode(w["view_tokens"], skip_special_tokens=False)
+        assert view_text.startswith(chat_start), view_text[:120]
+        assert PROBLEM in view_text
+        assert w["name"] in w["text"]
+
+    all_fed = Counter(t for f in fed for t in f)
+    for k, w in enumerate(d["workers"]):
+        gen = [w["view_tokens"][i] for i in w["generated_positions"]]
+        # every generated token of a view was sampled by some worker; a worker sees all its own fed tokens
+        assert not Counter(gen) - all_fed
+        assert not Counter(fed[k]) - Counter(gen)
+        if layout in ("combined", "contiguous"):
+            # every worker's output is in every view (DESIGN §2: history + all current steps / all outputs)
+            assert Counter(gen) == all_fed
+        if layout == "contiguous":
+            # [prompt, out_j for j != w ascending, out_w]
+            expected = [t for j in range(workers) if j != k for t in fed[j]] + fed[k]
+            assert gen == expected
+
+
+def _single_json(out: str) -> dict:
+    obj, end = json.JSONDecoder().raw_decode(out.lstrip())
+    assert out.lstrip()[end:].strip() == "", "stdout must hold exactly one JSON object"
+    assert isinstance(obj, dict)
+    return obj
+
+
+def test_generate_json_combined_three_workers(capsys, loader_spy, smollm):
+    _, tokenizer = smollm
+    rc = main(["generate", PROBLEM, "--json", "--workers", "3", "--max-steps", str(MAX_STEPS), "--no-finisher",
+               "--layout", "combined", "--device", "cpu"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    # the CLI asked for the embedded default in float32 on the requested device
+    assert loader_spy == [(None, torch.float32, "cpu")]
+    d = _single_json(out)
+    _check_result(d, workers=3, layout="combined", tokenizer=tokenizer, eos=tokenizer.eos_token_id)
+    assert "SmolLM2" in d["model"]
+
+
+def test_generate_live_view_without_tty(capsys, loader_spy):
+    rc = main(["generate", PROBLEM, "--workers", "2", "--max-steps", str(MAX_STEPS), "--no-finisher",
+               "--layout", "interleaved", "--device", "cpu"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert len(loader_spy) == 1
+    assert "Hogwild run" in out
+    assert "ticks" in out
+    assert "Alice" in out and "Bob" in out
+    assert "interleaved" in out
+    assert "stopped by" in out
+    # the summary's ticks row carries a number within the budget
+    m = re.search(r"\bticks\b\W+(\d+)\s*\W*$", out, re.MULTILINE)
+    assert m is not None, out[-2000:]
+    assert 1 <= int(m.group(1)) <= MAX_STEPS
+    # the live view printed no JSON
+    assert not out.lstrip().startswith("{")
+
+
+def test_generate_contiguous_library_json(smollm):
+    """``--layout contiguous`` through the library: the same JSON object, round-tripped."""
+    model, tokenizer = smollm
+    result = hogwild_ref.generate(model, tokenizer, PROBLEM, workers=2, layout="contiguous", max_steps=MAX_STEPS,
+                                  finisher=False)
+    d = json.loads(json.dumps(result.to_json_dict()))
+    _check_result(d, workers=2, layout="contiguous", tokenizer=tokenizer, eos=tokenizer.eos_token_id)
+    assert d["history_text"] == ""  # contiguous: no steps, nothing is flushed
+
+
+@pytest.mark.parametrize("flag,value", [("--workers", "0"), ("--workers", "-2"), ("--max-steps", "0"),
+                                        ("--max-steps", "-5")])
+def test_bad_numbers_exit_2_naming_the_flag(capsys, no_loading, flag, value):
+    rc = main(["generate", "x", flag, value, "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 2
+    assert flag in err
+    assert out == ""
+
+
+def test_unknown_layout_is_an_argparse_error(capsys, no_loading):
+    with pytest.raises(SystemExit) as exc:
+        main(["generate", "x", "--layout", "diagonal"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--layout" in err and "diagonal" in err
+
+
+def test_missing_subcommand_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([])
+    assert exc.value.code == 2
