@@ -32,7 +32,7 @@ from torch import Tensor
 from .masks import TickPlan
 from .rope import RopeSpec, Rotation
 
-__all__ = ["BACKENDS", "Backend", "oracle", "rotate_keys", "rotate_queries", "TOLERANCES"]
+__all__ = ["BACKENDS", "Backend", "lse_merge", "oracle", "partial_attention", "rotate_keys", "rotate_queries", "TOLERANCES"]
 
 #: Tolerance policy (Spec §10): max abs error of a backend against the oracle, relative to the
 #: largest |value|, for attention outputs computed in each dtype.
@@ -83,7 +83,7 @@ def rotate_queries(
     # every segment's query rotation at once: (R, S, Hq, n, D)
     qs = rope.apply(q[:, None], Rotation(rot.cos[:, :, None, None, :], rot.sin[:, :, None, None, :]))
     qs = rearrange(qs, "r s (k g) n d -> s r k g n d", k=hkv)
-    lengths = plan.lengths.tolist()
+    lengths = plan.sizes
     scores = [
         torch.einsum("rkgnd,ktd->rkgnt", qs[j].to(k.dtype), k[:, :L]).to(acc)
         for j, (k, L) in enumerate(zip(keys, lengths, strict=True))
@@ -113,7 +113,7 @@ def rotate_keys(
     """
     hkv = keys[0].shape[0]
     outs = []
-    lengths = plan.lengths.tolist()
+    lengths = plan.sizes
     for r, row in enumerate(plan.rows):
         ks, vs, kpos = [], [], []
         for sid in row.view:
@@ -153,7 +153,7 @@ def oracle(
     """
     hkv = keys0[0].shape[0]
     outs = []
-    lengths = plan.lengths.tolist()
+    lengths = plan.sizes
     for r, row in enumerate(plan.rows):
         idx = [plan.table.index(sid) for sid in row.view]
         k = torch.cat([keys0[j][:, : lengths[j]] for j in idx], dim=1).double()
@@ -170,6 +170,39 @@ def oracle(
         outs.append(torch.einsum("rkgnt,ktd->rkgnd", p, v))
     out = torch.cat(outs, dim=0)
     return rearrange(out, "r k g n d -> r (k g) n d").to(q0.dtype)
+
+
+def partial_attention(
+    scores: Float[Tensor, "*batch m"], mask: Tensor, values: Float[Tensor, "*batch m D"]
+) -> tuple[Float[Tensor, "*batch D"], Float[Tensor, "*batch"]]:
+    """One part's softmax output and natural-log log-sum-exp over its visible keys (Spec §9.5).
+
+    ``scores`` already include the scale. A part with no visible key gets ``lse = -inf`` and output 0.
+    """
+    z = scores.masked_fill(~mask, float("-inf"))
+    lse = torch.logsumexp(z, dim=-1)
+    safe = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+    p = torch.exp(z - safe[..., None])
+    out = (p[..., None] * values).sum(dim=-2)
+    return out, lse
+
+
+def lse_merge(
+    outputs: Sequence[Float[Tensor, "*batch D"]], lses: Sequence[Float[Tensor, "*batch"]]
+) -> Float[Tensor, "*batch D"]:
+    """Merge per-part attention outputs by their natural-log log-sum-exps (Spec §9.5).
+
+    ``O = Σ_s exp(lse_s - lse) O_s`` with ``lse = ln Σ_s exp(lse_s)``; parts with ``lse_s = -inf``
+    weigh 0 and an all-empty query gives 0. Kernels returning base-2 LSEs must convert first
+    (``lse_e = lse_2 · ln 2``).
+    """
+    lse = torch.stack(list(lses), dim=0)
+    top = lse.amax(dim=0)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    w = torch.exp(lse - top)  # exp(-inf) = 0 for empty parts
+    total = w.sum(dim=0)
+    w = w / total.clamp_min(torch.finfo(w.dtype).tiny)
+    return sum(wi[..., None] * oi for wi, oi in zip(w, outputs))  # type: ignore[return-value]
 
 
 #: Backends by name; ``oracle`` takes position-0 inputs, the others model-rotated ones.

@@ -243,8 +243,13 @@ class Engine:
     def _decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)
 
-    def _forward(self, cache: HogwildCache, rows: Sequence[Row], feeds: Sequence[Sequence[int]], logits: bool = True) -> Tensor | None:
-        """One batched forward over ``rows`` feeding ``feeds`` (Spec §3): plan, write, attend."""
+    def forward_rows(self, cache: HogwildCache, rows: Sequence[Row], feeds: Sequence[Sequence[int]], logits: bool = True) -> Tensor | None:
+        """One batched forward over explicit ``rows`` feeding ``feeds`` (Spec §3): plan, write, attend.
+
+        The building block of :meth:`stream` (prefill rows and worker ticks alike) and of the
+        reference conformance adapter. Must run inside :func:`hogwild_attention`. Returns the
+        last real slot's logits per row ``(R, V)`` (float32, on the CPU), or None when ``logits`` is False.
+        """
         plan = plan_tick(cache.table, rows, self.rope, self.device)
         if self.window is not None:
             longest = int(plan.positions.max()) + 1
@@ -268,7 +273,7 @@ class Engine:
         if not logits:
             return None
         last = (plan.new_tokens - 1).clamp_min(0)
-        return out.logits[torch.arange(plan.num_rows, device=out.logits.device), last.to(out.logits.device)].float()
+        return out.logits[torch.arange(plan.num_rows, device=out.logits.device), last.to(out.logits.device)].float().cpu()
 
     def _table_and_static(self, problem: str) -> tuple[SegmentTable, str, dict[str, list[int]]]:
         """The layout's table (lengths 0) and the token ids of its static segments (Spec §4.4)."""
@@ -308,12 +313,12 @@ class Engine:
         with hogwild_attention(self.model), torch.inference_mode():
             # prefill (Spec §4.4): the prompt/history segment alone, then every other static segment
             rows0 = [Row((first,), len(static[first]))]
-            self._forward(cache, rows0, [static[first]], logits=False)
+            self.forward_rows(cache, rows0, [static[first]], logits=False)
             feed_static(rows0, [static[first]])
             others = [sid for sid in static if sid != first and static[sid]]
             if others:
                 rows1 = [Row((first, sid), len(static[sid])) for sid in others]
-                self._forward(cache, rows1, [static[sid] for sid in others], logits=False)
+                self.forward_rows(cache, rows1, [static[sid] for sid in others], logits=False)
                 feed_static(rows1, [static[sid] for sid in others])
             prefill_seconds = time.perf_counter() - t0
 
@@ -325,7 +330,7 @@ class Engine:
                 if not any(feeds):
                     reason = reason or "eos"
                     break
-                logits = self._forward(cache, cache.table.rows([len(f) for f in feeds]), feeds)
+                logits = self.forward_rows(cache, cache.table.rows([len(f) for f in feeds]), feeds)
                 assert logits is not None
                 tick += 1
                 for w, f in enumerate(feeds):
@@ -415,7 +420,7 @@ class Engine:
         extra = 0
         for _ in range(self.finisher_tokens):
             feeds = [feed] + [[] for _ in range(W - 1)]
-            logits = self._forward(cache, cache.table.rows([len(f) for f in feeds]), feeds)
+            logits = self.forward_rows(cache, cache.table.rows([len(f) for f in feeds]), feeds)
             assert logits is not None
             extra += 1
             sid = cache.table.write_segment(0)

@@ -45,6 +45,7 @@ class TickPlan:
         loc: ``(R, S, n)`` locations (``-1`` outside the view).
         key_mask: ``(R, n, T)`` visibility of every stored key (table order, ``T = sum(lengths)``),
             the dense form of the rule above (:func:`dense_mask`).
+        sizes: the segment lengths as Python ints (static shapes for ``torch.compile``).
         query_rotation: cos/sin of the deltas ``-offsets`` (shape ``(R, S, rotary_dim//2)``), or None.
     """
 
@@ -63,6 +64,7 @@ class TickPlan:
     loc: Int[Tensor, "R S n"]
     key_mask: Bool[Tensor, "R n T"]
     query_rotation: Rotation | None = None
+    sizes: tuple[int, ...] = ()
 
     @property
     def num_rows(self) -> int:
@@ -159,6 +161,7 @@ def plan_tick(
         loc=to(loc),
         key_mask=to(key_mask),
         query_rotation=rot,
+        sizes=tuple(lengths.tolist()),
     )
 
 

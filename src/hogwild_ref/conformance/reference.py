@@ -176,14 +176,14 @@ class ReferenceAdapter:
             raise ValueError(f"the trace gives no tokens for the prompt segment {first!r}")
         logits: list[Tensor] = []
         with hogwild_attention(model), torch.inference_mode():
-            engine._forward(cache, [Row((first,), len(static[first]))], [static[first]], logits=False)
+            engine.forward_rows(cache, [Row((first,), len(static[first]))], [static[first]], logits=False)
             others = [sid for sid in static if sid != first and static[sid]]
             if others:
                 rows = [Row((first, sid), len(static[sid])) for sid in others]
-                engine._forward(cache, rows, [static[sid] for sid in others], logits=False)
+                engine.forward_rows(cache, rows, [static[sid] for sid in others], logits=False)
             for tick in ticks:
                 feeds = self.tick_feeds(tick["feeds"])
-                out = engine._forward(cache, cache.table.rows([len(f) for f in feeds]), feeds)
+                out = engine.forward_rows(cache, cache.table.rows([len(f) for f in feeds]), feeds)
                 assert out is not None
                 logits.append(out.detach().float().cpu())
                 for w in tick.get("flush", []):
