@@ -177,7 +177,10 @@ def test_generate_live_view_without_tty(capsys, loader_spy):
     # the summary's ticks row carries a number within the budget
     m = re.search(r"\bticks\b\W+(\d+)\s*\W*$", out, re.MULTILINE)
     assert m is not None, out[-2000:]
-    assert 1 <= int(m.group(1)) <= MAX_STEPS
+    ticks = int(m.group(1))
+    assert 1 <= ticks <= MAX_STEPS
+    # the progress bar of the final frame agrees with the summary
+    assert re.search(rf"\b{ticks}/{MAX_STEPS}\b", out), out[-2000:]
     # the live view printed no JSON
     assert not out.lstrip().startswith("{")
 
@@ -199,6 +202,16 @@ def test_bad_numbers_exit_2_naming_the_flag(capsys, no_loading, flag, value):
     out, err = capsys.readouterr()
     assert rc == 2
     assert flag in err
+    assert out == ""
+
+
+@pytest.mark.parametrize("args,word", [(["--temperature", "-1"], "temperature"), (["--top-p", "1.5"], "top_p"),
+                                       (["--top-k", "0"], "top_k")])
+def test_bad_sampling_settings_exit_2(capsys, loader_spy, args, word):
+    rc = main(["generate", "x", "--json", "--max-steps", "2", "--device", "cpu", *args])
+    out, err = capsys.readouterr()
+    assert rc == 2
+    assert any(line.startswith("error:") and word in line for line in err.splitlines()), err
     assert out == ""
 
 

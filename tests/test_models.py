@@ -81,6 +81,19 @@ def test_sliding_window_detection():
     assert sliding_window(tiny_config("mistral")) is None  # tiny mistral: full attention
     assert sliding_window(tiny_config("qwen2", sliding_window=16, use_sliding_window=False)) is None
     assert sliding_window(tiny_config("llama")) is None
+    # qwen2 slides only in layers >= max_window_layers; any sliding layer makes the window count
+    assert sliding_window(tiny_config("qwen2", sliding_window=16, use_sliding_window=True, max_window_layers=1)) == 16
+    assert sliding_window(tiny_config("qwen2", sliding_window=16, use_sliding_window=True, max_window_layers=2)) is None
+
+
+def test_sliding_window_switched_off_explicitly():
+    """A config that keeps a window size but says it does not use it (set after construction, as
+    transformers' own Qwen2Config clears ``sliding_window`` when ``use_sliding_window`` is False)."""
+    config = tiny_config("llama")
+    config.sliding_window = 16
+    assert sliding_window(config) == 16
+    config.use_sliding_window = False
+    assert sliding_window(config) is None
 
 
 def test_engine_refuses_context_beyond_sliding_window(smollm_tokenizer):

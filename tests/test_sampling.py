@@ -41,6 +41,7 @@ def kept(filtered: torch.Tensor) -> set[int]:
 # ---------------------------------------------------------------------- config validation
 @pytest.mark.parametrize("kwargs,word", [
     (dict(temperature=-0.1), "temperature"),
+    (dict(temperature=float("nan")), "temperature"),  # not >= 0 either; sampling would fail later in torch
     (dict(temperature=1.0, top_k=0), "top_k"),
     (dict(temperature=1.0, top_k=-3), "top_k"),
     (dict(temperature=1.0, top_p=0.0), "top_p"),
@@ -48,7 +49,7 @@ def kept(filtered: torch.Tensor) -> set[int]:
     (dict(temperature=1.0, top_p=1.01), "top_p"),
     (dict(temperature=1.0, min_p=1.0), "min_p"),
     (dict(temperature=1.0, min_p=-0.1), "min_p"),
-])
+], ids=lambda v: "-".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else None)
 def test_config_rejects_invalid_values(kwargs, word):
     with pytest.raises(ValueError, match=word):
         SamplingConfig(**kwargs)

@@ -46,8 +46,8 @@ class LiveView:
             self.current[event.worker] += event.text
             self.progress.update(self.task, completed=event.tick)
         elif isinstance(event, StepEvent):
-            self.history.append(f"[{self.names[event.worker]}] {event.text.strip()}")
-            self.current[event.worker] = ""
+            self.history.append(event.text.strip())
+            self.current[event.worker] = f"(step {event.index} finished)\n"
         elif isinstance(event, FlushEvent):
             pass
         elif isinstance(event, DoneEvent):

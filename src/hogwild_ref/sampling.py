@@ -21,8 +21,8 @@ class SamplingConfig:
     min_p: float | None = None
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 is greedy); got {self.temperature}")
+        if not self.temperature >= 0 or self.temperature == float("inf"):
+            raise ValueError(f"temperature must be a finite number >= 0 (0 is greedy); got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"top_k must be >= 1; got {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
