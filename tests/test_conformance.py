@@ -372,3 +372,57 @@ def test_cli_regenerate_into_a_directory(capsys: pytest.CaptureFixture[str], tmp
     assert "wrote 14 vectors" in captured.err
     for path in sorted((tmp_path / "rope").iterdir()):
         assert path.read_bytes() == (VECTORS / "rope" / path.name).read_bytes(), path.name
+
+
+# ---------------------------------------------------------------------- JSON Schema of vectors (Spec §12.4)
+def _vector_validator():
+    """The vector schema, with its ``$ref`` to the segment-table schema resolved from spec/schema."""
+    import jsonschema
+    from referencing import Registry, Resource
+
+    schema_dir = Path(__file__).resolve().parents[1] / "spec" / "schema"
+    table = json.loads((schema_dir / "segment_table.schema.json").read_text())
+    vector = json.loads((schema_dir / "conformance_vector.schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(vector)
+    sibling = vector["$id"].rsplit("/", 1)[0] + "/segment_table.schema.json"
+    registry = Registry().with_resource(sibling, Resource.from_contents(table))
+    return jsonschema.Draft202012Validator(vector, registry=registry)
+
+
+def test_every_vector_validates_against_the_schema() -> None:
+    validator = _vector_validator()
+    files = sorted(VECTORS.rglob("*.json"))
+    assert len(files) >= 30
+    for path in files:
+        errors = list(validator.iter_errors(json.loads(path.read_text())))
+        assert not errors, f"{path.name}: {errors[0].message}"
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda d: d.update(level="kernel"),
+        lambda d: d.pop("tolerance"),
+        lambda d: d.update(tolerance=0),
+        lambda d: d["tensors"].update({"output/x": "?"}),
+        lambda d: d["inputs"]["ticks"][0].update(feeds="1 2 3") if d["level"] == "model" else d.update(version=2),
+        lambda d: d["inputs"]["ticks"][0].update(extra=1) if d["level"] == "model" else d.update(dtype="int8"),
+    ],
+)
+def test_schema_rejects_malformed_vectors(mutate) -> None:
+    validator = _vector_validator()
+    for level in ("rope", "attention", "model"):
+        path = sorted((VECTORS / level).glob("*.json"))[0]
+        data = json.loads(path.read_text())
+        mutate(data)
+        assert list(validator.iter_errors(data)), f"{level}: a malformed vector passed the schema"
+
+
+def test_schema_checks_explicit_tables_with_the_segment_table_schema() -> None:
+    validator = _vector_validator()
+    explicit = [p for p in sorted((VECTORS / "attention").glob("*.json")) if json.loads(p.read_text())["inputs"]["table"]]
+    assert explicit, "expected at least one attention vector with explicit views"
+    data = json.loads(explicit[0].read_text())
+    assert not list(validator.iter_errors(data))
+    del data["inputs"]["table"]["views"]
+    assert list(validator.iter_errors(data)), "a table without views passed"
