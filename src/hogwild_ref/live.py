@@ -44,7 +44,9 @@ class LiveView:
     def on_event(self, event: Event) -> None:
         if isinstance(event, TokenEvent):
             self.current[event.worker] += event.text
-            self.progress.update(self.task, completed=event.tick)
+            # the finisher may run past the budget: grow the bar instead of overflowing it
+            total = max(self.progress.tasks[0].total or 0, event.tick)
+            self.progress.update(self.task, completed=event.tick, total=total)
         elif isinstance(event, StepEvent):
             self.history.append(event.text.strip())
             self.current[event.worker] = f"(step {event.index} finished)\n"
