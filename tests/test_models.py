@@ -148,7 +148,14 @@ def test_load_routes_to_the_default(monkeypatch, name):
     assert calls == [(torch.bfloat16, "meta")]
 
 
-def test_load_gguf_path_uses_gguf_file(monkeypatch):
+def test_load_missing_path_names_the_path():
+    with pytest.raises(models.UnsupportedModelError, match="does not exist"):
+        models.load("/nonexistent/dir/weights.gguf")
+    with pytest.raises(models.UnsupportedModelError, match="does not exist"):
+        models.load("./no-such-model-dir")
+
+
+def test_load_gguf_path_uses_gguf_file(monkeypatch, tmp_path):
     """A ``.gguf`` path loads from its directory with ``gguf_file=`` and is checked (no default routing)."""
     calls = []
     tiny = tiny_model("llama")
@@ -167,10 +174,11 @@ def test_load_gguf_path_uses_gguf_file(monkeypatch):
     monkeypatch.setattr(models, "load_default", fake_default)
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", tok_from_pretrained)
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", model_from_pretrained)
-    model, tokenizer = models.load("/some/dir/weights.gguf")
+    (tmp_path / "weights.gguf").write_bytes(b"")
+    model, tokenizer = models.load(str(tmp_path / "weights.gguf"))
     assert model is tiny and tokenizer == "tokenizer"
-    assert calls[0] == ("tok", "/some/dir", {"gguf_file": "weights.gguf"})
-    assert calls[1][0] == "model" and calls[1][1] == "/some/dir"
+    assert calls[0] == ("tok", str(tmp_path), {"gguf_file": "weights.gguf"})
+    assert calls[1][0] == "model" and calls[1][1] == str(tmp_path)
     assert calls[1][2]["gguf_file"] == "weights.gguf"
     assert calls[1][2]["dtype"] == torch.float32
 

@@ -130,10 +130,8 @@ class HogwildCache(Cache):
             raise RuntimeError("HogwildCache.update called outside a tick; run the model through hogwild_ref.engine")
         store = self.stores[layer_idx]
         local = key_states if self.position_zero else self._to_local(key_states)
-        counts = plan.new_tokens.tolist()
-        index = plan.write_index.tolist()
-        starts = plan.write_start.tolist()
-        for r, n in enumerate(counts):
+        index, starts = plan.write_indices, plan.write_starts
+        for r, n in enumerate(plan.counts):
             if n:
                 store.write(index[r], starts[r], local[r, :, :n], value_states[r, :, :n])
         return key_states, value_states
@@ -159,12 +157,13 @@ class HogwildCache(Cache):
             raise ValueError(f"layout {table.layout!r} has no history segment to flush into")
         h, own = table.index(table.history), table.index(table.write_segment(w))
         L_h, L = table.length(table.history), table.length(table.write_segment(w))
-        for store in self.stores:
-            k, v = store.keys[own][:, :L], store.values[own][:, :L]
-            if not self.position_zero:
-                k = self.rope.rerotate(k, L_h)
-            store.write(h, L_h, k, v)
-            store.clear(own)
+        with torch.inference_mode():  # the buffers are written under inference mode during ticks
+            for store in self.stores:
+                k, v = store.keys[own][:, :L], store.values[own][:, :L]
+                if not self.position_zero:
+                    k = self.rope.rerotate(k, L_h)
+                store.write(h, L_h, k, v)
+                store.clear(own)
         self.table = table.flush(w)
 
 

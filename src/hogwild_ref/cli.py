@@ -1,4 +1,4 @@
-"""Command line: ``hogwild-ref generate | bench | conform | spec``."""
+"""Command line: ``hogwild-ref generate | bench | conform``."""
 
 from __future__ import annotations
 
@@ -140,6 +140,10 @@ def cmd_conform(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_json_dict()))
     else:
         _print_conform_table(report, args.adapter)
+    if not report.failed and not report.passed:
+        print(f"error: adapter {args.adapter!r} implements none of the levels run "
+              "(methods rope / attention / model, Spec §12.3); nothing was checked", file=sys.stderr)
+        return 1
     return 1 if report.failed else 0
 
 
@@ -191,7 +195,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     if args.what in ("attention", "all"):
         with console.status("attention ..."):
-            rows += [{"bench": "attention"} | r for r in as_rows(bench_attention(args.contexts, max(args.workers), device=args.device))]
+            dtype = getattr(torch, args.dtype) if args.dtype != "float32" or args.device in (None, "cpu") else None
+            rows += [{"bench": "attention"} | r for r in as_rows(
+                bench_attention(args.contexts, max(args.workers), dtype=dtype, device=args.device))]
     if args.what in ("engine", "all"):
         args.prompts = "default"
         with console.status("loading model ..."):
@@ -226,8 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"bench": cmd_bench, "conform": cmd_conform, "generate": cmd_generate}
     try:
         return handlers[args.command](args)
-    except (ValueError, RuntimeError) as exc:  # clear one-line errors for bad input
-        print(f"error: {exc}", file=sys.stderr)
+    except (ValueError, RuntimeError, OSError, AssertionError) as exc:  # clear one-line errors for bad input
+        print(f"error: {type(exc).__name__ + ': ' if isinstance(exc, (OSError, AssertionError)) else ''}{exc}", file=sys.stderr)
         return 2
 
 

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from . import prompts as prompts_mod
+from .attention import BACKENDS
 from .cache import ATTN_IMPLEMENTATION, HogwildCache, make_cache
 from .masks import plan_tick
 from .models import check_supported, sliding_window
@@ -95,7 +96,7 @@ Event = TokenEvent | StepEvent | FlushEvent | SnapshotEvent | DoneEvent
 class WorkerResult:
     """One worker's output.
 
-    ``tokens``: every id the worker sampled; ``view_tokens``: its final linearised view (what its
+    ``tokens``: every id the worker sampled (worker 0: the finisher's too); ``view_tokens``: its final linearised view (what its
     last query attended to); ``generated_positions``: indices into ``view_tokens`` of tokens the
     model sampled (the rest were forced: prompt, headers, step prefixes, other workers' tokens are
     counted as generated too — they were sampled by their writer).
@@ -167,6 +168,24 @@ def hogwild_attention(model: Any) -> Iterator[None]:
             model.set_attn_implementation(previous)
 
 
+def eos_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    """Tokens that end a worker: the tokenizer's EOS and the model's ``generation_config`` EOS ids.
+
+    Chat models often end a turn with a token other than the tokenizer's EOS (Phi-3's ``<|end|>``,
+    Llama 3's ``<|eot_id|>``); their generation config lists it.
+    """
+    ids: set[int] = set()
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if isinstance(eos, int):
+        ids.add(eos)
+    gen = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(gen, int):
+        ids.add(gen)
+    elif isinstance(gen, (list, tuple)):
+        ids.update(int(x) for x in gen)
+    return frozenset(ids)
+
+
 def _cache_keyword(model: Any) -> str:
     """transformers 5.24 renamed ``past_key_values`` to ``cache``; support both."""
     params = inspect.signature(type(model).forward).parameters
@@ -190,6 +209,12 @@ class Engine:
         finisher: when the budget ends without an answer, force one with the s1-style finisher
             (Spec §6.6), up to ``finisher_tokens`` tokens, in worker 0's view.
         record_logits: keep each tick's last-slot logits per worker (for tests).
+        allow_untested: run a model family outside the tested ones (Spec §11.3).
+        model_name: the name reported in the result (default: the config's name or path).
+        prefill_chunk: most tokens per row in one prefill forward (bounds prefill memory).
+
+    A ``scheduler`` config is used as given: its ``eos_token_ids`` replace the defaults
+    (:func:`eos_token_ids`), so pass them when you pass a config.
     """
 
     def __init__(
@@ -209,7 +234,12 @@ class Engine:
         record_logits: bool = False,
         allow_untested: bool = False,
         model_name: str | None = None,
+        prefill_chunk: int = 512,
     ) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        if prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be >= 1; got {prefill_chunk}")
         if not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be an integer >= 1; got {workers!r}")
         if layout not in LAYOUTS:
@@ -218,10 +248,7 @@ class Engine:
         self.rope = check_supported(model.config, allow_untested=allow_untested)
         self.workers, self.layout, self.backend = workers, layout, backend
         self.templates = templates or prompts_mod.PromptTemplates()
-        eos = getattr(tokenizer, "eos_token_id", None)
-        base = scheduler or SchedulerConfig.from_templates(
-            self.templates, eos_token_ids=frozenset([eos] if eos is not None else [])
-        )
+        base = scheduler or SchedulerConfig.from_templates(self.templates, eos_token_ids=eos_token_ids(model, tokenizer))
         self.scheduler_config = replace(base, steps=layout != "contiguous")
         self.names = self.scheduler_config.names or prompts_mod.default_names(workers)
         self.sampling = sampling or SamplingConfig()
@@ -234,6 +261,7 @@ class Engine:
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self._cache_kw = _cache_keyword(model)
+        self.prefill_chunk = prefill_chunk
         self.result: HogwildResult | None = None
 
     # ------------------------------------------------------------------ helpers
@@ -247,12 +275,13 @@ class Engine:
         """One batched forward over explicit ``rows`` feeding ``feeds`` (Spec §3): plan, write, attend.
 
         The building block of :meth:`stream` (prefill rows and worker ticks alike) and of the
-        reference conformance adapter. Must run inside :func:`hogwild_attention`. Returns the
+        reference conformance adapter. Switches the model to the ``"hogwild"`` attention only for
+        the duration of the call (the model is left as it was between ticks). Returns the
         last real slot's logits per row ``(R, V)`` (float32, on the CPU), or None when ``logits`` is False.
         """
         plan = plan_tick(cache.table, rows, self.rope, self.device)
         if self.window is not None:
-            longest = int(plan.positions.max()) + 1
+            longest = plan.max_position + 1
             if longest > self.window:
                 raise ValueError(
                     f"the context reached {longest} tokens, beyond the model's sliding window of {self.window}; "
@@ -268,12 +297,20 @@ class Engine:
         kwargs = {self._cache_kw: cache, "use_cache": True, "hogwild_cache": cache}
         if not logits:
             kwargs["logits_to_keep"] = 1
-        out = self.model(input_ids=ids.to(self.device), position_ids=positions, **kwargs)
+        with hogwild_attention(self.model), torch.inference_mode():
+            out = self.model(input_ids=ids.to(self.device), position_ids=positions, **kwargs)
         cache.end_tick()
         if not logits:
             return None
         last = (plan.new_tokens - 1).clamp_min(0)
         return out.logits[torch.arange(plan.num_rows, device=out.logits.device), last.to(out.logits.device)].float().cpu()
+
+    def _prefill(self, cache: HogwildCache, views: list[tuple[str, ...]], feeds: list[list[int]]) -> None:
+        """Prefill rows ``views`` with ``feeds``, at most ``prefill_chunk`` tokens per row per forward."""
+        step = self.prefill_chunk
+        for start in range(0, max(len(f) for f in feeds), step):
+            chunk = [f[start : start + step] for f in feeds]
+            self.forward_rows(cache, [Row(v, len(c)) for v, c in zip(views, chunk)], chunk, logits=False)
 
     def _table_and_static(self, problem: str) -> tuple[SegmentTable, str, dict[str, list[int]]]:
         """The layout's table (lengths 0) and the token ids of its static segments (Spec §4.4)."""
@@ -310,74 +347,77 @@ class Engine:
                 mirror[row.view[-1]].extend(f)
                 sampled_flag[row.view[-1]].extend([False] * len(f))
 
-        with hogwild_attention(self.model), torch.inference_mode():
-            # prefill (Spec §4.4): the prompt/history segment alone, then every other static segment
-            rows0 = [Row((first,), len(static[first]))]
-            self.forward_rows(cache, rows0, [static[first]], logits=False)
-            feed_static(rows0, [static[first]])
-            others = [sid for sid in static if sid != first and static[sid]]
-            if others:
-                rows1 = [Row((first, sid), len(static[sid])) for sid in others]
-                self.forward_rows(cache, rows1, [static[sid] for sid in others], logits=False)
-                feed_static(rows1, [static[sid] for sid in others])
-            prefill_seconds = time.perf_counter() - t0
+        # prefill (Spec §4.4): the prompt/history segment alone, then every other static segment,
+        # in chunks of prefill_chunk tokens (appending to a segment chunk by chunk is the same as
+        # one long row: each chunk attends causally to what is already stored)
+        self._prefill(cache, [(first,)], [static[first]])
+        feed_static([Row((first,), 0)], [static[first]])
+        others = [sid for sid in static if sid != first and static[sid]]
+        if others:
+            self._prefill(cache, [(first, sid) for sid in others], [static[sid] for sid in others])
+            feed_static([Row((first, sid), 0) for sid in others], [static[sid] for sid in others])
+        prefill_seconds = time.perf_counter() - t0
 
-            feeds = sched.initial_feeds()
-            pending: list[int | None] = [None] * W
-            reason: str | None = None
-            tick = 0
-            while True:
-                if not any(feeds):
-                    reason = reason or "eos"
-                    break
-                logits = self.forward_rows(cache, cache.table.rows([len(f) for f in feeds]), feeds)
-                assert logits is not None
-                tick += 1
-                for w, f in enumerate(feeds):
-                    sid = cache.table.write_segment(w)
-                    mirror[sid].extend(f)
-                    flags = [False] * len(f)
-                    if f and pending[w] is not None and f[0] == pending[w]:
-                        flags[0] = True
-                    sampled_flag[sid].extend(flags)
-                    written[w].extend(f)
-                if self.record_logits:
-                    logits_log.append(logits.detach().cpu())
-                sampled: list[int | None] = []
-                for w, f in enumerate(feeds):
-                    if f:
-                        tok = sample(logits[w], self.sampling, gens[w])
-                        sampled.append(tok)
-                        yield TokenEvent(tick, w, tok, self._decode([tok]))
-                    else:
-                        sampled.append(None)
-                pending = list(sampled)
-                outcome = sched.observe(sampled)
-                for step in outcome.finished_steps:
-                    yield StepEvent(tick, step.worker, step.index, step.text)
-                for w in outcome.flushes:
-                    own = cache.table.write_segment(w)
-                    hist = cache.table.history
-                    assert hist is not None
-                    cache.flush(w)
-                    mirror[hist].extend(mirror[own])
-                    sampled_flag[hist].extend(sampled_flag[own])
-                    mirror[own], sampled_flag[own] = [], []
-                    yield FlushEvent(tick, w, cache.table.length(hist))
-                if outcome.snapshot is not None:
-                    snapshots.append(outcome.snapshot)
-                    yield SnapshotEvent(tick, outcome.snapshot)
-                feeds = outcome.feeds
-                if outcome.done:
-                    reason = outcome.reason
-                    break
+        feeds = sched.initial_feeds()
+        pending: list[int | None] = [None] * W
+        finished: list[int] = []  # tokens the finisher decoded for worker 0
+        reason: str | None = None
+        tick = 0
+        while True:
+            if sched.done:  # a budget of 0 ends generation before the first tick (Spec §6.5)
+                reason = sched.reason
+                break
+            if not any(feeds):
+                reason = reason or "eos"
+                break
+            logits = self.forward_rows(cache, cache.table.rows([len(f) for f in feeds]), feeds)
+            assert logits is not None
+            tick += 1
+            for w, f in enumerate(feeds):
+                sid = cache.table.write_segment(w)
+                mirror[sid].extend(f)
+                flags = [False] * len(f)
+                if f and pending[w] is not None and f[0] == pending[w]:
+                    flags[0] = True
+                sampled_flag[sid].extend(flags)
+                written[w].extend(f)
+            if self.record_logits:
+                logits_log.append(logits.detach().cpu())
+            sampled: list[int | None] = []
+            for w, f in enumerate(feeds):
+                if f:
+                    tok = sample(logits[w], self.sampling, gens[w])
+                    sampled.append(tok)
+                    yield TokenEvent(tick, w, tok, self._decode([tok]))
+                else:
+                    sampled.append(None)
+            pending = list(sampled)
+            outcome = sched.observe(sampled)
+            for step in outcome.finished_steps:
+                yield StepEvent(tick, step.worker, step.index, step.text)
+            for w in outcome.flushes:
+                own = cache.table.write_segment(w)
+                hist = cache.table.history
+                assert hist is not None
+                cache.flush(w)
+                mirror[hist].extend(mirror[own])
+                sampled_flag[hist].extend(sampled_flag[own])
+                mirror[own], sampled_flag[own] = [], []
+                yield FlushEvent(tick, w, cache.table.length(hist))
+            if outcome.snapshot is not None:
+                snapshots.append(outcome.snapshot)
+                yield SnapshotEvent(tick, outcome.snapshot)
+            feeds = outcome.feeds
+            if outcome.done:
+                reason = outcome.reason
+                break
 
-            answer = sched.answer()
-            if answer is None and reason == "budget" and self.finisher:
-                answer, extra = yield from self._finish(cache, sched, pending, mirror, sampled_flag, written, tick)
-                tick += extra
-                if answer is not None:
-                    reason = "finisher"
+        answer = sched.answer()
+        if answer is None and reason == "budget" and self.finisher:
+            answer, extra = yield from self._finish(cache, sched, pending, mirror, sampled_flag, written, tick, finished)
+            tick += extra
+            if answer is not None:
+                reason = "finisher"
 
         seconds = time.perf_counter() - t0
         workers = []
@@ -389,7 +429,7 @@ class Engine:
             workers.append(WorkerResult(
                 name=self.names[w],
                 text=self._decode(text_ids),
-                tokens=sched.generated(w),
+                tokens=sched.generated(w) + (finished if w == 0 else []),
                 view_tokens=view_tokens,
                 generated_positions=[i for i, f in enumerate(flags) if f],
             ))
@@ -411,12 +451,12 @@ class Engine:
         yield DoneEvent(tick, reason, answer)
 
     def _finish(self, cache: HogwildCache, sched: Scheduler, pending: list[int | None], mirror: dict[str, list[int]],
-                sampled_flag: dict[str, list[bool]], written: list[list[int]], tick: int) -> Iterator[Event]:
+                sampled_flag: dict[str, list[bool]], written: list[list[int]], tick: int,
+                produced: list[int]) -> Iterator[Event]:
         """s1-style finisher (Spec §6.6): worker 0 is fed its last token + the finisher, then decodes greedily."""
         W = self.workers
         head = [pending[0]] if pending[0] is not None and pending[0] not in self.scheduler_config.eos_token_ids else []
         feed = head + sched.finisher_feed()
-        produced: list[int] = []
         extra = 0
         for _ in range(self.finisher_tokens):
             feeds = [feed] + [[] for _ in range(W - 1)]
@@ -474,10 +514,9 @@ def generate(
     reasoning steps; ``snapshots`` lists budgets at which to record the state (Spec §6.5).
     """
     templates = templates or prompts_mod.PromptTemplates()
-    eos = getattr(tokenizer, "eos_token_id", None)
     sched = SchedulerConfig.from_templates(
         templates,
-        eos_token_ids=frozenset([eos] if eos is not None else []),
+        eos_token_ids=eos_token_ids(model, tokenizer),
         max_ticks=max_steps,
         snapshot_ticks=tuple(snapshots),
         collab_every=collab_every,

@@ -46,6 +46,9 @@ class TickPlan:
         key_mask: ``(R, n, T)`` visibility of every stored key (table order, ``T = sum(lengths)``),
             the dense form of the rule above (:func:`dense_mask`).
         sizes: the segment lengths as Python ints (static shapes for ``torch.compile``).
+        counts, write_indices, write_starts, row_offsets, max_position: host (Python) copies of
+            ``new_tokens``, ``write_index``, ``write_start``, ``offsets`` and ``positions.max()``,
+            so the per-layer code never reads small tensors back from an accelerator.
         query_rotation: cos/sin of the deltas ``-offsets`` (shape ``(R, S, rotary_dim//2)``), or None.
     """
 
@@ -65,6 +68,11 @@ class TickPlan:
     key_mask: Bool[Tensor, "R n T"]
     query_rotation: Rotation | None = None
     sizes: tuple[int, ...] = ()
+    counts: tuple[int, ...] = ()
+    write_indices: tuple[int, ...] = ()
+    write_starts: tuple[int, ...] = ()
+    row_offsets: tuple[tuple[int, ...], ...] = ()
+    max_position: int = 0
 
     @property
     def num_rows(self) -> int:
@@ -162,6 +170,11 @@ def plan_tick(
         key_mask=to(key_mask),
         query_rotation=rot,
         sizes=tuple(lengths.tolist()),
+        counts=tuple(r.new_tokens for r in rows),
+        write_indices=tuple(write_index.tolist()),
+        write_starts=tuple(write_start.tolist()),
+        row_offsets=tuple(tuple(row) for row in offsets.tolist()),
+        max_position=int(positions.max()),
     )
 
 

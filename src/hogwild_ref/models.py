@@ -76,6 +76,9 @@ def load(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(name_or_path)
+    if (path.suffix == ".gguf" or name_or_path.startswith((".", "/", "~"))) and not path.expanduser().exists():
+        raise UnsupportedModelError(f"model path {name_or_path!r} does not exist; give a local directory, a .gguf file or a hub id")
+    path = path.expanduser()
     kwargs: dict[str, Any] = {}
     if path.suffix == ".gguf":
         kwargs["gguf_file"] = path.name

@@ -171,7 +171,10 @@ def load_adapter(spec: str) -> Any:
     factory = getattr(module, factory_name, None)
     if factory is None or not callable(factory):
         raise ValueError(f"module {module_name!r} has no callable {factory_name!r}")
-    return factory()
+    try:
+        return factory()
+    except Exception as exc:  # the adapter's own failure: a usage error of the runner (exit 2)
+        raise ValueError(f"adapter factory {spec!r} raised {type(exc).__name__}: {exc}") from exc
 
 
 # ---------------------------------------------------------------------- measures
