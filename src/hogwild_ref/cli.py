@@ -176,7 +176,8 @@ def _add_bench(sub: Any) -> None:
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4], help="engine: W values (attention uses the largest)")
     p.add_argument("--ticks", type=int, default=32, help="engine: ticks per run")
     p.add_argument("--model", default=None, help="engine: model (default: the embedded SmolLM2)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                   help="default: float32 for the engine; attention: bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", action="store_true", help="print JSON lines")
@@ -195,11 +196,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     if args.what in ("attention", "all"):
         with console.status("attention ..."):
-            dtype = getattr(torch, args.dtype) if args.dtype != "float32" or args.device in (None, "cpu") else None
+            dtype = getattr(torch, args.dtype) if args.dtype else None
             rows += [{"bench": "attention"} | r for r in as_rows(
                 bench_attention(args.contexts, max(args.workers), dtype=dtype, device=args.device))]
     if args.what in ("engine", "all"):
-        args.prompts = "default"
+        args.dtype = args.dtype or "float32"
         with console.status("loading model ..."):
             model, tokenizer = _load(args)
         with console.status("engine ..."):

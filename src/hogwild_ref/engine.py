@@ -155,9 +155,39 @@ class HogwildResult:
         }
 
 
+# ---------------------------------------------------------------------- token bookkeeping
+class _Transcript:
+    """Token ids of every segment (mirroring the cache), which of them were sampled, and what each
+    worker fed — the source of the result's texts and linearised views."""
+
+    def __init__(self, table: SegmentTable):
+        self.ids: dict[str, list[int]] = {s.id: [] for s in table.segments}
+        self.sampled: dict[str, list[bool]] = {s.id: [] for s in table.segments}
+        self.written: list[list[int]] = [[] for _ in range(table.workers)]
+
+    def append(self, sid: str, ids: Sequence[int], first_sampled: bool = False, worker: int | None = None) -> None:
+        """``ids`` were fed into segment ``sid`` (by ``worker``); the first was sampled if ``first_sampled``."""
+        self.ids[sid].extend(ids)
+        self.sampled[sid].extend(first_sampled and i == 0 for i in range(len(ids)))
+        if worker is not None:
+            self.written[worker].extend(ids)
+
+    def flush(self, own: str, history: str) -> None:
+        """Spec §5.1 on the mirror: ``own``'s tokens move to the end of ``history``."""
+        self.ids[history].extend(self.ids[own])
+        self.sampled[history].extend(self.sampled[own])
+        self.ids[own], self.sampled[own] = [], []
+
+    def view(self, view: Sequence[str]) -> tuple[list[int], list[int]]:
+        """The linearised view's ids and the indices of its sampled tokens."""
+        ids = [t for sid in view for t in self.ids[sid]]
+        flags = [f for sid in view for f in self.sampled[sid]]
+        return ids, [i for i, f in enumerate(flags) if f]
+
+
 # ---------------------------------------------------------------------- model plumbing
 @contextmanager
-def hogwild_attention(model: Any) -> Iterator[None]:
+def use_hogwild_attention(model: Any) -> Iterator[None]:
     """Switch ``model`` to the ``"hogwild"`` attention implementation for the duration (Spec §11.1)."""
     previous = getattr(model.config, "_attn_implementation", None)
     model.set_attn_implementation(ATTN_IMPLEMENTATION)
@@ -297,13 +327,21 @@ class Engine:
         kwargs = {self._cache_kw: cache, "use_cache": True, "hogwild_cache": cache}
         if not logits:
             kwargs["logits_to_keep"] = 1
-        with hogwild_attention(self.model), torch.inference_mode():
+        with use_hogwild_attention(self.model), torch.inference_mode():
             out = self.model(input_ids=ids.to(self.device), position_ids=positions, **kwargs)
         cache.end_tick()
         if not logits:
             return None
         last = (plan.new_tokens - 1).clamp_min(0)
         return out.logits[torch.arange(plan.num_rows, device=out.logits.device), last.to(out.logits.device)].float().cpu()
+
+    def prefill(self, cache: HogwildCache, first: str, static: dict[str, list[int]]) -> None:
+        """Prefill the static segments (Spec §4.4): ``first`` (the prompt/history) alone, then every
+        other static segment ``s`` of ``static`` in one batch of rows ``[first, s]``."""
+        self._prefill(cache, [(first,)], [static[first]])
+        others = [sid for sid in static if sid != first and static[sid]]
+        if others:
+            self._prefill(cache, [(first, sid) for sid in others], [static[sid] for sid in others])
 
     def _prefill(self, cache: HogwildCache, views: list[tuple[str, ...]], feeds: list[list[int]]) -> None:
         """Prefill rows ``views`` with ``feeds``, at most ``prefill_chunk`` tokens per row per forward."""
@@ -336,26 +374,16 @@ class Engine:
         cache = make_cache(self.model.config, table, self.rope, self.backend, self.dtype, self.device)
         sched = Scheduler(W, self._decode, self._encode, self.scheduler_config)
         gens = [torch.Generator(device="cpu").manual_seed(self.seed + w) for w in range(W)]
-        mirror: dict[str, list[int]] = {s.id: [] for s in table.segments}
-        sampled_flag: dict[str, list[bool]] = {s.id: [] for s in table.segments}
-        written: list[list[int]] = [[] for _ in range(W)]
+        transcript = _Transcript(table)
         logits_log: list[Tensor] = []
         snapshots: list[Snapshot] = []
-
-        def feed_static(rows: list[Row], feeds: list[list[int]]) -> None:
-            for row, f in zip(rows, feeds):
-                mirror[row.view[-1]].extend(f)
-                sampled_flag[row.view[-1]].extend([False] * len(f))
 
         # prefill (Spec §4.4): the prompt/history segment alone, then every other static segment,
         # in chunks of prefill_chunk tokens (appending to a segment chunk by chunk is the same as
         # one long row: each chunk attends causally to what is already stored)
-        self._prefill(cache, [(first,)], [static[first]])
-        feed_static([Row((first,), 0)], [static[first]])
-        others = [sid for sid in static if sid != first and static[sid]]
-        if others:
-            self._prefill(cache, [(first, sid) for sid in others], [static[sid] for sid in others])
-            feed_static([Row((first, sid), 0) for sid in others], [static[sid] for sid in others])
+        self.prefill(cache, first, static)
+        for sid, ids in static.items():
+            transcript.append(sid, ids)
         prefill_seconds = time.perf_counter() - t0
 
         feeds = sched.initial_feeds()
@@ -374,13 +402,8 @@ class Engine:
             assert logits is not None
             tick += 1
             for w, f in enumerate(feeds):
-                sid = cache.table.write_segment(w)
-                mirror[sid].extend(f)
-                flags = [False] * len(f)
-                if f and pending[w] is not None and f[0] == pending[w]:
-                    flags[0] = True
-                sampled_flag[sid].extend(flags)
-                written[w].extend(f)
+                first_sampled = bool(f) and pending[w] is not None and f[0] == pending[w]
+                transcript.append(cache.table.write_segment(w), f, first_sampled, worker=w)
             if self.record_logits:
                 logits_log.append(logits.detach().cpu())
             sampled: list[int | None] = []
@@ -400,9 +423,7 @@ class Engine:
                 hist = cache.table.history
                 assert hist is not None
                 cache.flush(w)
-                mirror[hist].extend(mirror[own])
-                sampled_flag[hist].extend(sampled_flag[own])
-                mirror[own], sampled_flag[own] = [], []
+                transcript.flush(own, hist)
                 yield FlushEvent(tick, w, cache.table.length(hist))
             if outcome.snapshot is not None:
                 snapshots.append(outcome.snapshot)
@@ -414,7 +435,7 @@ class Engine:
 
         answer = sched.answer()
         if answer is None and reason == "budget" and self.finisher:
-            answer, extra = yield from self._finish(cache, sched, pending, mirror, sampled_flag, written, tick, finished)
+            answer, extra = yield from self._finish(cache, sched, pending, transcript, tick, finished)
             tick += extra
             if answer is not None:
                 reason = "finisher"
@@ -422,16 +443,14 @@ class Engine:
         seconds = time.perf_counter() - t0
         workers = []
         for w in range(W):
-            view = cache.table.views[w]
-            view_tokens = [t for sid in view for t in mirror[sid]]
-            flags = [f for sid in view for f in sampled_flag[sid]]
-            text_ids = written[w] + ([pending[w]] if pending[w] is not None and pending[w] not in self.scheduler_config.eos_token_ids else [])
+            view_tokens, generated_positions = transcript.view(cache.table.views[w])
+            text_ids = transcript.written[w] + ([pending[w]] if pending[w] is not None and pending[w] not in self.scheduler_config.eos_token_ids else [])
             workers.append(WorkerResult(
                 name=self.names[w],
                 text=self._decode(text_ids),
                 tokens=sched.generated(w) + (finished if w == 0 else []),
                 view_tokens=view_tokens,
-                generated_positions=[i for i, f in enumerate(flags) if f],
+                generated_positions=generated_positions,
             ))
         self.result = HogwildResult(
             model=self.model_name,
@@ -450,9 +469,8 @@ class Engine:
         )
         yield DoneEvent(tick, reason, answer)
 
-    def _finish(self, cache: HogwildCache, sched: Scheduler, pending: list[int | None], mirror: dict[str, list[int]],
-                sampled_flag: dict[str, list[bool]], written: list[list[int]], tick: int,
-                produced: list[int]) -> Iterator[Event]:
+    def _finish(self, cache: HogwildCache, sched: Scheduler, pending: list[int | None], transcript: _Transcript,
+                tick: int, produced: list[int]) -> Iterator[Event]:
         """s1-style finisher (Spec §6.6): worker 0 is fed its last token + the finisher, then decodes greedily."""
         W = self.workers
         head = [pending[0]] if pending[0] is not None and pending[0] not in self.scheduler_config.eos_token_ids else []
@@ -463,10 +481,7 @@ class Engine:
             logits = self.forward_rows(cache, cache.table.rows([len(f) for f in feeds]), feeds)
             assert logits is not None
             extra += 1
-            sid = cache.table.write_segment(0)
-            mirror[sid].extend(feed)
-            sampled_flag[sid].extend([bool(head) and i == 0 for i in range(len(feed))])
-            written[0].extend(feed)
+            transcript.append(cache.table.write_segment(0), feed, bool(head), worker=0)
             tok = int(torch.argmax(logits[0]))
             yield TokenEvent(tick + extra, 0, tok, self._decode([tok]))
             produced.append(tok)

@@ -114,9 +114,7 @@ class RopeSpec:
             max_position = int(params.get("original_max_position_embeddings")
                                or getattr(config, "original_max_position_embeddings", 0)
                                or config.max_position_embeddings)
-            module_short = _longrope_short_inv_freq(config, params)
-            if module_short is not None:
-                inv_freq = module_short
+            inv_freq = _longrope_short_inv_freq(config)
         return cls(inv_freq, scaling, int(head_dim), convention, rope_type, max_position)
 
     # ------------------------------------------------------------------ rotations
@@ -181,7 +179,8 @@ class RopeSpec:
         """Raise :class:`RopeError` when a position reaches ``max_position`` (pinned LongRoPE, Spec §8.4)."""
         if self.max_position is None:
             return
-        top = int(torch.as_tensor(positions).max()) if torch.as_tensor(positions).numel() else -1
+        pos = torch.as_tensor(positions)
+        top = int(pos.max()) if pos.numel() else -1
         if top >= self.max_position:
             raise RopeError(
                 f"position {top} >= {self.max_position}: LongRoPE is pinned to its short factors, valid only "
@@ -228,7 +227,7 @@ def _rotary_module(config: Any) -> torch.nn.Module:
         return classes[0](config)
 
 
-def _longrope_short_inv_freq(config: Any, params: dict[str, Any]) -> Tensor | None:
+def _longrope_short_inv_freq(config: Any) -> Tensor:
     """LongRoPE's inverse frequencies with the short factors (via transformers' own function)."""
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 

@@ -86,8 +86,8 @@ class SegmentTable:
         if len(self.views) < 1:
             raise TableError("a segment table needs at least one worker (one view); got 0 views")
         if len(self._index) != len(self.segments):
-            seen: set[str] = set()
-            dup = next(s.id for s in self.segments if s.id in seen or seen.add(s.id))  # type: ignore[func-returns-value]
+            ids = [s.id for s in self.segments]
+            dup = next(sid for sid in ids if ids.count(sid) > 1)
             raise TableError(f"duplicate segment id {dup!r}: segment ids must be unique")
         for s in self.segments:
             if not isinstance(s.length, int) or isinstance(s.length, bool) or s.length < 0:

@@ -28,7 +28,7 @@ from torch import Tensor
 from ..cache import HogwildCache, make_cache
 from ..masks import plan_tick
 from ..rope import RopeSpec
-from ..segments import Row, SegmentTable, make_layout
+from ..segments import SegmentTable, make_layout
 
 __all__ = ["ReferenceAdapter", "config_from_dict", "reference"]
 
@@ -159,7 +159,7 @@ class ReferenceAdapter:
         """Prefill, then the trace's ticks and flushes, through :class:`~hogwild_ref.engine.Engine`."""
         from transformers import AutoModelForCausalLM
 
-        from ..engine import Engine, hogwild_attention
+        from ..engine import Engine
 
         cfg = config_from_dict(config)
         with torch.random.fork_rng(devices=[]):  # from_config initialises (and we overwrite) weights
@@ -175,19 +175,14 @@ class ReferenceAdapter:
         if first not in static:
             raise ValueError(f"the trace gives no tokens for the prompt segment {first!r}")
         logits: list[Tensor] = []
-        with hogwild_attention(model), torch.inference_mode():
-            engine.forward_rows(cache, [Row((first,), len(static[first]))], [static[first]], logits=False)
-            others = [sid for sid in static if sid != first and static[sid]]
-            if others:
-                rows = [Row((first, sid), len(static[sid])) for sid in others]
-                engine.forward_rows(cache, rows, [static[sid] for sid in others], logits=False)
-            for tick in ticks:
-                feeds = self.tick_feeds(tick["feeds"])
-                out = engine.forward_rows(cache, cache.table.rows([len(f) for f in feeds]), feeds)
-                assert out is not None
-                logits.append(out.detach().float().cpu())
-                for w in tick.get("flush", []):
-                    cache.flush(int(w))
+        engine.prefill(cache, first, static)
+        for tick in ticks:
+            feeds = self.tick_feeds(tick["feeds"])
+            out = engine.forward_rows(cache, cache.table.rows([len(f) for f in feeds]), feeds)
+            assert out is not None
+            logits.append(out.detach().float().cpu())
+            for w in tick.get("flush", []):
+                cache.flush(int(w))
         return torch.stack(logits)
 
 
