@@ -1,6 +1,7 @@
-"""HogwildCache: per-layer segment K/V storage behind the transformers Cache API (Spec §11).
+"""The transformers glue: HogwildCache and the registered attention and mask functions (Spec §11).
 
-Integration uses transformers' public surfaces only:
+The K/V themselves live in :class:`hogwild_ref.store.SegmentStore` (one arena per layer, on that
+layer's device), which knows nothing of transformers. Integration uses transformers' public surfaces only:
 
 * :class:`HogwildCache` subclasses ``transformers.Cache``; its ``update()`` receives the tick's new
   K/V (rotated by the model at the rows' view positions), re-rotates the keys by ``-o_r(write)`` to
@@ -16,7 +17,7 @@ from scratch (:func:`hogwild_ref.attention.oracle`).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from jaxtyping import Float
@@ -25,78 +26,70 @@ from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.cache_utils import Cache, DynamicLayer
 
 from .attention import BACKENDS
+from .fast import DecodeBuffers, DecodeTick, common_segment, compiled_decode_attention, decode_attention, plan_decode
 from .masks import TickPlan
 from .rope import RopeSpec, Rotation
 from .segments import SegmentTable
+from .store import DEFAULT_CAPACITY, SegmentStore
 
-__all__ = ["ATTN_IMPLEMENTATION", "HogwildCache", "OracleCache", "SegmentStore", "make_cache"]
+__all__ = ["ATTN_IMPLEMENTATION", "CACHE_BACKENDS", "HogwildCache", "OracleCache", "SegmentStore", "make_cache"]
 
 ATTN_IMPLEMENTATION = "hogwild"
 
 
-class SegmentStore:
-    """K/V of every segment for one layer, each in a buffer with spare capacity (Spec §2.1, §3.6).
-
-    Appends write in place; a full buffer doubles its capacity (amortised growth, never a copy of
-    the whole cache per token).
-    """
-
-    def __init__(self, num_segments: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: Any, capacity: int = 64):
-        self.keys = [torch.zeros(kv_heads, capacity, head_dim, dtype=dtype, device=device) for _ in range(num_segments)]
-        self.values = [torch.zeros_like(k) for k in self.keys]
-        self.lengths = [0] * num_segments
-
-    def _reserve(self, j: int, size: int) -> None:
-        cap = self.keys[j].shape[1]
-        if size <= cap:
-            return
-        new_cap = max(size, 2 * cap)
-        for buf in (self.keys, self.values):
-            old = buf[j]
-            grown = old.new_zeros(old.shape[0], new_cap, old.shape[2])
-            grown[:, :cap] = old
-            buf[j] = grown
-
-    def write(self, j: int, start: int, k: Float[Tensor, "Hkv n D"], v: Float[Tensor, "Hkv n D"]) -> None:
-        """Store ``n`` tokens at local positions ``start..start+n-1`` of segment ``j``."""
-        n = k.shape[1]
-        self._reserve(j, start + n)
-        self.keys[j][:, start : start + n] = k
-        self.values[j][:, start : start + n] = v
-        self.lengths[j] = max(self.lengths[j], start + n)
-
-    def clear(self, j: int) -> None:
-        self.lengths[j] = 0
+#: backend names the cache (and the engine) accept: the functions of
+#: :data:`hogwild_ref.attention.BACKENDS`, and ``"fast"`` (Spec §9.6: one-token ticks through
+#: :func:`hogwild_ref.fast.decode_attention`, every other tick through ``rotate_queries``)
+CACHE_BACKENDS = ("fast", *BACKENDS)
 
 
 class HogwildCache(Cache):
-    """Segment K/V storage for all layers, driven by one :class:`TickPlan` per tick (Spec §11.1).
+    """Segment K/V storage for all layers, driven tick by tick (Spec §11.1).
 
     Args:
         config: the model's config (layers, heads, head dim).
         table: the segment table (its segment order is the storage order).
         rope: the model's RoPE (from :meth:`RopeSpec.from_config`).
-        backend: ``"rotate_queries"`` (default) or ``"rotate_keys"``.
+        backend: ``"fast"``, ``"rotate_queries"`` or ``"rotate_keys"`` (Spec §9).
+        dtype: storage dtype (the model's).
+        device: storage device, or one device per layer (a model spread over devices).
+        capacities: slots to reserve per segment id (from the run's budget; Spec §9.6); segments not
+            named get :data:`hogwild_ref.store.DEFAULT_CAPACITY` and grow when needed.
+        compile: run the fast path's attention under ``torch.compile(fullgraph=True)``; a string is
+            the compile mode (``"reduce-overhead"`` for CUDA graphs).
     """
 
     position_zero = False  # the model is fed view positions
 
     def __init__(self, config: Any, table: SegmentTable, rope: RopeSpec, backend: str = "rotate_queries",
-                 dtype: torch.dtype = torch.float32, device: Any = "cpu"):
+                 dtype: torch.dtype = torch.float32, device: Any = "cpu", capacities: Mapping[str, int] | None = None,
+                 compile: bool | str = False):
         layers = config.num_hidden_layers
         super().__init__(layers=[DynamicLayer() for _ in range(layers)])
-        if backend not in BACKENDS or (backend == "oracle") != self.position_zero:
-            allowed = [b for b in BACKENDS if b != "oracle"] if not self.position_zero else ["oracle"]
+        allowed = ["oracle"] if self.position_zero else [b for b in CACHE_BACKENDS if b != "oracle"]
+        if backend not in allowed:
             raise ValueError(f"backend {backend!r} is not available for {type(self).__name__}; choose one of {allowed}")
         self.backend_name = backend
-        self.backend: Callable[..., Tensor] = BACKENDS[backend]
+        self.fast = backend == "fast"
+        self.backend: Callable[..., Tensor] = BACKENDS["rotate_queries" if self.fast else backend]
         self.rope = rope
         self.table = table
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         kv = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-        self.stores = [SegmentStore(len(table.segments), kv, head_dim, dtype, device) for _ in range(layers)]
+        devices = list(device) if isinstance(device, (list, tuple)) else [device] * layers
+        caps = [(capacities or {}).get(s.id, DEFAULT_CAPACITY) for s in table.segments]
+        common = common_segment(table)
+        self.common = table.index(common) if common is not None else None
+        self.stores = [SegmentStore(caps, kv, head_dim, dtype, devices[i], self.common) for i in range(layers)]
         self.plan: TickPlan | None = None
+        self.decode: DecodeTick | None = None
         self._write_rot: Rotation | None = None
+        self._buffers: dict[torch.device, DecodeBuffers] = {}
+        self._tail_index: dict[tuple[torch.device, int], tuple[Tensor, Tensor]] = {}
+        self.compiled = bool(compile)
+        self._decode_attention = (
+            compiled_decode_attention(compile if isinstance(compile, str) else None) if compile else decode_attention
+        )
 
     # ------------------------------------------------------------------ tick protocol
     def begin_tick(self, plan: TickPlan) -> None:
@@ -108,11 +101,40 @@ class HogwildCache(Cache):
             -plan.write_offset[:, None, None], plan.write_offset.device
         )
 
+    def can_decode(self, counts: Sequence[int]) -> bool:
+        """Whether a tick feeding ``counts`` takes the fast path (Spec §9.6): the ``fast`` backend, a
+        segment that opens every view, and at most one new token per row."""
+        return self.fast and self.common is not None and all(c in (0, 1) for c in counts)
+
+    def begin_decode(self, counts: Sequence[int]) -> Tensor:
+        """Plan a one-token tick on the host, copy it to the devices in place (Spec §9.6).
+
+        Returns the rows' view positions ``(R, 1)`` on the first layer's device.
+        """
+        table = self.table
+        for w, c in enumerate(counts):
+            if c:
+                sid = table.write_segment(w)
+                size = table.length(sid) + c
+                for store in self.stores:
+                    store.reserve(table.index(sid), size)
+        tick = plan_decode(table, counts, self.rope, self.stores[0])
+        for store in self.stores:
+            if store.device not in self._buffers:
+                self._buffers[store.device] = DecodeBuffers(
+                    table.workers, len(table.segments), self.rope.rotary_dim // 2, store.device
+                )
+        for buffers in self._buffers.values():
+            buffers.load(tick)
+        self.decode = tick
+        return self._buffers[self.stores[0].device].positions
+
     def end_tick(self) -> None:
-        """Adopt the plan's post-write table."""
-        assert self.plan is not None
-        self.table = self.plan.table
-        self.plan = None
+        """Adopt the tick's post-write table."""
+        tick = self.plan if self.plan is not None else self.decode
+        assert tick is not None, "end_tick without begin_tick/begin_decode"
+        self.table = tick.table
+        self.plan = self.decode = None
 
     def _to_local(self, keys: Tensor) -> Tensor:
         """Keys rotated at view positions -> segment-local positions: rotate by ``-o_r(write)``."""
@@ -123,12 +145,17 @@ class HogwildCache(Cache):
         """Store the tick's new K/V of every row with new tokens (Spec §3.2, §3.4).
 
         ``key_states``/``value_states``: ``(R, Hkv, n, D)``. Padding slots and zero-token rows are
-        never written. Returns the inputs unchanged (the attention function reads the store).
+        never written into a segment. Returns the inputs unchanged (the attention function reads the store).
         """
+        store = self.stores[layer_idx]
+        if self.decode is not None:
+            buf = self._buffers[store.device]
+            local = self.rope.apply(key_states[:, :, 0], Rotation(buf.write_cos[:, None], buf.write_sin[:, None]))
+            store.scatter(buf.slots, local.transpose(0, 1), value_states[:, :, 0].transpose(0, 1))
+            return key_states, value_states
         plan = self.plan
         if plan is None:
             raise RuntimeError("HogwildCache.update called outside a tick; run the model through hogwild_ref.engine")
-        store = self.stores[layer_idx]
         local = key_states if self.position_zero else self._to_local(key_states)
         index, starts = plan.write_indices, plan.write_starts
         for r, n in enumerate(plan.counts):
@@ -138,9 +165,29 @@ class HogwildCache(Cache):
 
     def attend(self, layer_idx: int, query: Float[Tensor, "R Hq n D"], scaling: float) -> Float[Tensor, "R Hq n D"]:
         """Run the backend for this layer over the segment store (Spec §9)."""
-        assert self.plan is not None
         store = self.stores[layer_idx]
+        if self.decode is not None:
+            return self._attend_decode(store, query, scaling)
+        assert self.plan is not None
         return self.backend(query, store.keys, store.values, self.plan, self.rope, scaling)
+
+    def _attend_decode(self, store: SegmentStore, query: Tensor, scaling: float) -> Tensor:
+        tick, buf = self.decode, self._buffers[store.device]
+        assert tick is not None and store.common is not None
+        key = (store.device, store.generation)
+        if key not in self._tail_index:
+            seg, loc = store.tail_index()
+            self._tail_index[key] = (seg.to(store.device), loc.to(store.device))
+        seg, loc = self._tail_index[key]
+        kc, vc = store.k[:, : tick.window], store.v[:, : tick.window]
+        if self.compiled and kc.shape[1] > 1:
+            torch._dynamo.mark_dynamic(kc, 1)  # the history grows: one graph for every window
+            torch._dynamo.mark_dynamic(vc, 1)
+        tail = store.tail_slice
+        return self._decode_attention(
+            query, kc, vc, store.k[:, tail], store.v[:, tail], seg, loc,
+            buf.cos, buf.sin, buf.visible, buf.lengths, store.common, self.rope, scaling,
+        )
 
     def get_seq_length(self, layer_idx: int | None = 0, *args: Any, **kwargs: Any) -> int:
         """Longest view length (informational: the engine always passes explicit position ids)."""
@@ -148,6 +195,10 @@ class HogwildCache(Cache):
 
     def get_mask_sizes(self, *args: Any, **kwargs: Any) -> tuple[int, int]:
         return self.get_seq_length(), 0
+
+    def nbytes(self) -> int:
+        """Bytes held by all layers' arenas."""
+        return sum(store.nbytes() for store in self.stores)
 
     # ------------------------------------------------------------------ flush (Spec §5.1)
     def flush(self, w: int) -> None:
@@ -163,7 +214,6 @@ class HogwildCache(Cache):
                 if not self.position_zero:
                     k = self.rope.rerotate(k, L_h)
                 store.write(h, L_h, k, v)
-                store.clear(own)
         self.table = table.flush(w)
 
 
@@ -173,14 +223,16 @@ class OracleCache(HogwildCache):
     position_zero = True
 
     def __init__(self, config: Any, table: SegmentTable, rope: RopeSpec, backend: str = "oracle",
-                 dtype: torch.dtype = torch.float32, device: Any = "cpu"):
-        super().__init__(config, table, rope, backend, dtype, device)
+                 dtype: torch.dtype = torch.float32, device: Any = "cpu", capacities: Mapping[str, int] | None = None,
+                 compile: bool | str = False):
+        super().__init__(config, table, rope, backend, dtype, device, capacities)
 
 
-def make_cache(config: Any, table: SegmentTable, rope: RopeSpec, backend: str, dtype: torch.dtype, device: Any) -> HogwildCache:
+def make_cache(config: Any, table: SegmentTable, rope: RopeSpec, backend: str, dtype: torch.dtype, device: Any,
+               capacities: Mapping[str, int] | None = None, compile: bool | str = False) -> HogwildCache:
     """The cache for ``backend``: :class:`OracleCache` for ``"oracle"``, else :class:`HogwildCache`."""
     cls = OracleCache if backend == "oracle" else HogwildCache
-    return cls(config, table, rope, backend, dtype, device)
+    return cls(config, table, rope, backend, dtype, device, capacities, compile)
 
 
 # ---------------------------------------------------------------------- transformers registration

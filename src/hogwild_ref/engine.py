@@ -20,11 +20,10 @@ import torch
 from torch import Tensor
 
 from . import prompts as prompts_mod
-from .attention import BACKENDS
-from .cache import ATTN_IMPLEMENTATION, HogwildCache, make_cache
+from .cache import ATTN_IMPLEMENTATION, CACHE_BACKENDS, HogwildCache, make_cache
 from .masks import plan_tick
 from .models import check_supported, sliding_window
-from .sampling import SamplingConfig, sample
+from .sampling import SamplingConfig, sample_rows
 from .scheduler import Scheduler, SchedulerConfig, Snapshot, extract_boxed
 from .segments import LAYOUTS, Row, SegmentTable, make_layout
 
@@ -190,6 +189,9 @@ class _Transcript:
 def use_hogwild_attention(model: Any) -> Iterator[None]:
     """Switch ``model`` to the ``"hogwild"`` attention implementation for the duration (Spec §11.1)."""
     previous = getattr(model.config, "_attn_implementation", None)
+    if previous == ATTN_IMPLEMENTATION:  # already switched for the whole run
+        yield
+        return
     model.set_attn_implementation(ATTN_IMPLEMENTATION)
     try:
         yield
@@ -216,6 +218,15 @@ def eos_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
     return frozenset(ids)
 
 
+def _layer_devices(model: Any) -> list[torch.device]:
+    """The device of every decoder layer (a model spread with ``device_map`` keeps K/V beside its layer)."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    default = next(model.parameters()).device
+    if layers is None or len(layers) != model.config.num_hidden_layers:
+        return [default] * model.config.num_hidden_layers
+    return [next(layer.parameters(), torch.empty(0, device=default)).device for layer in layers]
+
+
 def _cache_keyword(model: Any) -> str:
     """transformers 5.24 renamed ``past_key_values`` to ``cache``; support both."""
     params = inspect.signature(type(model).forward).parameters
@@ -223,6 +234,12 @@ def _cache_keyword(model: Any) -> str:
 
 
 # ---------------------------------------------------------------------- engine
+#: slots reserved for a worker's current step (a longer step grows its segment, Spec §9.6)
+STEP_CAPACITY = 128
+#: budget assumed for capacity planning when the run has none
+DEFAULT_BUDGET = 1024
+
+
 class Engine:
     """Hogwild generation with one model over one shared segment cache.
 
@@ -242,6 +259,8 @@ class Engine:
         allow_untested: run a model family outside the tested ones (Spec §11.3).
         model_name: the name reported in the result (default: the config's name or path).
         prefill_chunk: most tokens per row in one prefill forward (bounds prefill memory).
+        compile: compile the fast backend's decode attention with ``torch.compile(fullgraph=True)``
+            (a string is the compile mode, e.g. ``"reduce-overhead"``); None: on CUDA only.
 
     A ``scheduler`` config is used as given: its ``eos_token_ids`` replace the defaults
     (:func:`eos_token_ids`), so pass them when you pass a config.
@@ -265,9 +284,10 @@ class Engine:
         allow_untested: bool = False,
         model_name: str | None = None,
         prefill_chunk: int = 512,
+        compile: bool | str | None = None,
     ) -> None:
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        if backend not in CACHE_BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(CACHE_BACKENDS)}")
         if prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be >= 1; got {prefill_chunk}")
         if not isinstance(workers, int) or workers < 1:
@@ -292,6 +312,9 @@ class Engine:
         self.device, self.dtype = param.device, param.dtype
         self._cache_kw = _cache_keyword(model)
         self.prefill_chunk = prefill_chunk
+        if compile is None:  # the fast backend compiles on accelerators by default (Spec §9.6)
+            compile = backend == "fast" and self.device.type == "cuda"
+        self.compile = compile
         self.result: HogwildResult | None = None
 
     # ------------------------------------------------------------------ helpers
@@ -305,19 +328,19 @@ class Engine:
         """One batched forward over explicit ``rows`` feeding ``feeds`` (Spec §3): plan, write, attend.
 
         The building block of :meth:`stream` (prefill rows and worker ticks alike) and of the
-        reference conformance adapter. Switches the model to the ``"hogwild"`` attention only for
-        the duration of the call (the model is left as it was between ticks). Returns the
-        last real slot's logits per row ``(R, V)`` (float32, on the CPU), or None when ``logits`` is False.
+        reference conformance adapter. A tick of the worker rows in which every row feeds at most
+        one token goes through the fast path when the cache has the ``fast`` backend (Spec §9.6);
+        every other forward through the general plan (Spec §3.6). Returns the last real slot's
+        logits per row ``(R, V)`` (float32, on the model's device), or None when ``logits`` is False.
         """
+        counts = [len(f) for f in feeds]
+        worker_rows = len(rows) == cache.table.workers and all(
+            row.view == view for row, view in zip(rows, cache.table.views)
+        )
+        if worker_rows and cache.can_decode(counts):
+            return self._forward_decode(cache, feeds, counts, logits)
         plan = plan_tick(cache.table, rows, self.rope, self.device)
-        if self.window is not None:
-            longest = plan.max_position + 1
-            if longest > self.window:
-                raise ValueError(
-                    f"the context reached {longest} tokens, beyond the model's sliding window of {self.window}; "
-                    "hogwild_ref implements full attention only: use a smaller budget or a model without "
-                    "sliding-window attention"
-                )
+        self._check_window(plan.max_position + 1)
         ids = torch.zeros(plan.num_rows, plan.n, dtype=torch.long)
         for r, f in enumerate(feeds):
             if f:
@@ -333,7 +356,27 @@ class Engine:
         if not logits:
             return None
         last = (plan.new_tokens - 1).clamp_min(0)
-        return out.logits[torch.arange(plan.num_rows, device=out.logits.device), last.to(out.logits.device)].float().cpu()
+        return out.logits[torch.arange(plan.num_rows, device=out.logits.device), last.to(out.logits.device)].float()
+
+    def _forward_decode(self, cache: HogwildCache, feeds: Sequence[Sequence[int]], counts: list[int], logits: bool) -> Tensor | None:
+        """A one-token tick through the fast path (Spec §9.6): host plan, in-place device tensors."""
+        positions = cache.begin_decode(counts)
+        assert cache.decode is not None
+        self._check_window(int(cache.decode.positions.max()) + 1)
+        ids = torch.tensor([f[0] if f else 0 for f in feeds], dtype=torch.long)[:, None]
+        kwargs = {self._cache_kw: cache, "use_cache": True, "hogwild_cache": cache, "logits_to_keep": 1}
+        with use_hogwild_attention(self.model), torch.inference_mode():
+            out = self.model(input_ids=ids.to(self.device, non_blocking=True), position_ids=positions, **kwargs)
+        cache.end_tick()
+        return out.logits[:, -1].float() if logits else None
+
+    def _check_window(self, longest: int) -> None:
+        if self.window is not None and longest > self.window:
+            raise ValueError(
+                f"the context reached {longest} tokens, beyond the model's sliding window of {self.window}; "
+                "hogwild_ref implements full attention only: use a smaller budget or a model without "
+                "sliding-window attention"
+            )
 
     def prefill(self, cache: HogwildCache, first: str, static: dict[str, list[int]]) -> None:
         """Prefill the static segments (Spec §4.4): ``first`` (the prompt/history) alone, then every
@@ -366,14 +409,43 @@ class Engine:
         return table, first, static
 
     # ------------------------------------------------------------------ main loop
+    def capacities(self, table: SegmentTable, static: dict[str, list[int]]) -> dict[str, int]:
+        """Slots to reserve per segment, from the run's budget (Spec §9.6).
+
+        Static segments: their length. The history: the prompt plus one token per worker per tick
+        of the budget (and the finisher's). A current step: :data:`STEP_CAPACITY` tokens (a longer
+        step grows its segment). Contiguous outputs: the whole budget.
+        """
+        budget = self.scheduler_config.max_ticks if self.scheduler_config.max_ticks is not None else DEFAULT_BUDGET
+        extra = self.finisher_tokens + 32
+        caps = {sid: len(ids) for sid, ids in static.items()}
+        for seg in table.segments:
+            if seg.writer is not None:
+                caps[seg.id] = min(budget, STEP_CAPACITY) + extra if table.history is not None else budget + extra
+        if table.history is not None:
+            caps[table.history] = len(static.get(table.history, [])) + self.workers * budget + extra
+        return caps
+
+    def make_cache(self, table: SegmentTable, static: dict[str, list[int]]) -> HogwildCache:
+        """The run's cache: the engine's backend, capacities from the budget, per-layer devices."""
+        return make_cache(self.model.config, table, self.rope, self.backend, self.dtype, _layer_devices(self.model),
+                          self.capacities(table, static), self.compile)
+
     def stream(self, problem: str) -> Iterator[Event]:
-        """Run Hogwild generation on ``problem``, yielding events; the result lands in ``self.result``."""
+        """Run Hogwild generation on ``problem``, yielding events; the result lands in ``self.result``.
+
+        The model uses the ``"hogwild"`` attention for the whole run (switched once, restored at the end).
+        """
+        with use_hogwild_attention(self.model):
+            yield from self._stream(problem)
+
+    def _stream(self, problem: str) -> Iterator[Event]:
         t0 = time.perf_counter()
         table, first, static = self._table_and_static(problem)
         W = self.workers
-        cache = make_cache(self.model.config, table, self.rope, self.backend, self.dtype, self.device)
+        cache = self.make_cache(table, static)
         sched = Scheduler(W, self._decode, self._encode, self.scheduler_config)
-        gens = [torch.Generator(device="cpu").manual_seed(self.seed + w) for w in range(W)]
+        gens = [torch.Generator(device=self.device).manual_seed(self.seed + w) for w in range(W)]
         transcript = _Transcript(table)
         logits_log: list[Tensor] = []
         snapshots: list[Snapshot] = []
@@ -406,14 +478,10 @@ class Engine:
                 transcript.append(cache.table.write_segment(w), f, first_sampled, worker=w)
             if self.record_logits:
                 logits_log.append(logits.detach().cpu())
-            sampled: list[int | None] = []
-            for w, f in enumerate(feeds):
-                if f:
-                    tok = sample(logits[w], self.sampling, gens[w])
-                    sampled.append(tok)
+            sampled = sample_rows(logits, [bool(f) for f in feeds], self.sampling, gens)
+            for w, tok in enumerate(sampled):
+                if tok is not None:
                     yield TokenEvent(tick, w, tok, self._decode([tok]))
-                else:
-                    sampled.append(None)
             pending = list(sampled)
             outcome = sched.observe(sampled)
             for step in outcome.finished_steps:

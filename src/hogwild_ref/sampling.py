@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-__all__ = ["SamplingConfig", "sample"]
+__all__ = ["SamplingConfig", "sample", "sample_rows"]
 
 
 @dataclass(frozen=True)
@@ -58,3 +59,24 @@ def sample(logits: Float[Tensor, "V"], cfg: SamplingConfig, generator: torch.Gen
         return int(torch.argmax(logits))
     probs = filter_logits(logits, cfg).softmax(-1)
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def sample_rows(logits: Float[Tensor, "R V"], active: Sequence[bool], cfg: SamplingConfig,
+                generators: Sequence[torch.Generator]) -> list[int | None]:
+    """One token per active row, sampled on the logits' device; one copy of the ids to the host.
+
+    Row ``r`` uses ``generators[r]`` (which must live on the logits' device); inactive rows give None.
+    Greedy: one ``argmax`` over all rows.
+    """
+    if cfg.greedy:
+        ids = logits.argmax(dim=-1)
+    else:
+        probs = torch.stack([
+            filter_logits(logits[r], cfg).softmax(-1) if on else torch.ones_like(logits[r], dtype=torch.float32)
+            for r, on in enumerate(active)
+        ])
+        ids = torch.cat([
+            torch.multinomial(probs[r], 1, generator=generators[r]) if on else probs.new_zeros(1, dtype=torch.long)
+            for r, on in enumerate(active)
+        ])
+    return [int(t) if on else None for t, on in zip(ids.tolist(), active, strict=True)]
