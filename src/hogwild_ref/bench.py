@@ -22,7 +22,7 @@ from .masks import plan_tick
 from .rope import RopeSpec
 from .segments import make_layout
 
-__all__ = ["AttentionTiming", "EngineTiming", "bench_attention", "bench_engine", "machine"]
+__all__ = ["AttentionTiming", "EngineTiming", "MODEL_SHAPES", "TickTiming", "bench_attention", "bench_engine", "bench_ticks", "machine", "random_model"]
 
 
 def machine() -> str:
@@ -134,3 +134,183 @@ def bench_attention(contexts: Sequence[int] = (1024, 4096), workers: int = 4, q_
 
 def as_rows(items: Sequence[Any]) -> list[dict[str, Any]]:
     return [asdict(x) | ({"ratio": x.ratio} if isinstance(x, AttentionTiming) else {}) for x in items]
+
+
+# ---------------------------------------------------------------------- ticks (the fast path's benchmark)
+#: random-weight model shapes for ``bench ticks --model`` (no download)
+MODEL_SHAPES: dict[str, dict[str, Any]] = {
+    "smollm2-135m": dict(family="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, vocab_size=49152, rope_theta=100000.0,
+                         tie_word_embeddings=True),
+    "qwen2.5-7b": dict(family="qwen2", hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                       num_attention_heads=28, num_key_value_heads=4, vocab_size=152064, rope_theta=1000000.0),
+    "qwq-32b": dict(family="qwen2", hidden_size=5120, intermediate_size=27648, num_hidden_layers=64,
+                    num_attention_heads=40, num_key_value_heads=8, vocab_size=152064, rope_theta=1000000.0),
+}
+
+#: tokens in every worker's current step when the ticks are timed (the issue's method)
+STEP_TOKENS = 64
+
+
+@dataclass
+class TickTiming:
+    """One ``bench ticks`` case: seconds per Hogwild tick vs HF's own single-sequence decode step."""
+
+    backend: str
+    layout: str
+    workers: int
+    ctx: int
+    s_per_tick: float
+    baseline_s_per_step: float
+    ratio: float
+    compiled_baseline_s_per_step: float | None
+    ratio_compiled: float | None
+    peak_mem_bytes: int
+    device: str
+    threads: int
+
+
+def random_model(shape: str, dtype: torch.dtype, device: str | torch.device) -> Any:
+    """A random-weight model of a preset shape (:data:`MODEL_SHAPES`), built on ``device`` directly."""
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    if shape not in MODEL_SHAPES:
+        raise ValueError(f"unknown model shape {shape!r}; choose one of {', '.join(MODEL_SHAPES)}")
+    kw = dict(MODEL_SHAPES[shape])
+    family = kw.pop("family")
+    theta = kw.pop("rope_theta")
+    config_cls = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config}[family]
+    config = config_cls(max_position_embeddings=131072, **kw)
+    config.rope_parameters = {"rope_type": "default", "rope_theta": theta}
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.02)
+    return model.eval()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_mem(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _time_steps(step: Callable[[], Any], steps: int, warmup: int, device: torch.device) -> float:
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return (time.perf_counter() - t) / steps
+
+
+def _baseline_step(model: Any, ctx: int, steps: int, warmup: int, compiled: bool) -> float:
+    """HF's single-sequence decode step at context ``ctx``: DynamicCache and the model's default
+    attention, or (``compiled``) a StaticCache with the forward under ``torch.compile``."""
+    from transformers import DynamicCache, StaticCache
+
+    from .engine import _cache_keyword
+
+    device = next(model.parameters()).device
+    kw = _cache_keyword(model)
+    gen = torch.Generator(device="cpu").manual_seed(1)
+    prompt = torch.randint(0, model.config.vocab_size, (1, ctx), generator=gen).to(device)
+    total = ctx + warmup + steps + 1
+    cache = StaticCache(config=model.config, max_cache_len=total) if compiled else DynamicCache(config=model.config)
+    forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True) if compiled else model.forward
+    with torch.inference_mode():
+        for start in range(0, ctx, 2048):  # chunked prefill
+            chunk = prompt[:, start : start + 2048]
+            pos = torch.arange(start, start + chunk.shape[1], device=device)[None]
+            out = model(input_ids=chunk, position_ids=pos, cache_position=pos[0], use_cache=True, **{kw: cache},
+                        logits_to_keep=1)
+        state = {"pos": ctx, "tok": out.logits[:, -1].argmax(-1, keepdim=True)}
+
+        def step() -> None:
+            p = torch.tensor([[state["pos"]]], device=device)
+            o = forward(input_ids=state["tok"], position_ids=p, cache_position=p[0], use_cache=True, **{kw: cache})
+            state["tok"] = o.logits[:, -1].argmax(-1, keepdim=True).clone()
+            state["pos"] += 1
+
+        return _time_steps(step, steps, warmup, device)
+
+
+def bench_ticks(model: Any, *, workers: Sequence[int] = (1, 2, 4, 8), contexts: Sequence[int] = (1024, 4096),
+                layout: str = "combined", backend: str = "fast", steps: int = 10, warmup: int = 3,
+                compile: bool | str | None = None,
+                progress: Callable[[str], None] | None = None) -> list[TickTiming]:
+    """Seconds per Hogwild tick for every (ctx, W), next to HF's single-sequence decode step.
+
+    Method (issue 7): the common context holds ``ctx`` random tokens, every worker's current step
+    holds :data:`STEP_TOKENS` tokens; then ticks of one token per worker (greedy, sampled on the
+    device) are timed after ``warmup`` ticks. The baseline runs in the same process at the same
+    context (``ctx + STEP_TOKENS``): HF's DynamicCache step with the model's default attention, and
+    on CUDA also a compiled static-cache step.
+    """
+    from .engine import Engine, use_hogwild_attention
+    from .scheduler import SchedulerConfig
+    from .segments import Row
+
+    device = next(model.parameters()).device
+    say = progress or (lambda msg: None)
+    budget = STEP_TOKENS + warmup + steps + 8
+    out: list[TickTiming] = []
+    for ctx in contexts:
+        say(f"baseline ctx={ctx}")
+        base = _baseline_step(model, ctx + STEP_TOKENS, steps, warmup, compiled=False)
+        cbase = _baseline_step(model, ctx + STEP_TOKENS, steps, warmup, compiled=True) if device.type == "cuda" else None
+        for w in workers:
+            say(f"{backend} {layout} W={w} ctx={ctx}")
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            engine = Engine(model, None, workers=w, layout=layout, backend=backend, finisher=False, compile=compile,
+                            scheduler=SchedulerConfig(max_ticks=budget, eos_token_ids=frozenset()),
+                            prefill_chunk=2048)
+            table = _bench_table(layout, w)
+            gen = torch.Generator(device="cpu").manual_seed(2)
+            first = table.segments[0].id
+            static = {first: torch.randint(0, model.config.vocab_size, (ctx,), generator=gen).tolist()}
+            for seg in table.segments[1:]:
+                if seg.writer is None:
+                    static[seg.id] = torch.randint(0, model.config.vocab_size, (4,), generator=gen).tolist()
+            cache = engine.make_cache(table, static)
+            with use_hogwild_attention(model), torch.inference_mode():
+                engine.prefill(cache, first, static)
+                steps_ids = [torch.randint(0, model.config.vocab_size, (STEP_TOKENS,), generator=gen).tolist()
+                             for _ in range(w)]
+                logits = engine.forward_rows(cache, cache.table.rows([STEP_TOKENS] * w), steps_ids)
+                state = {"ids": logits.argmax(-1).tolist()}
+
+                def tick() -> None:
+                    feeds = [[t] for t in state["ids"]]
+                    lg = engine.forward_rows(cache, [Row(v, 1) for v in cache.table.views], feeds)
+                    state["ids"] = lg.argmax(-1).tolist()
+
+                s = _time_steps(tick, steps, warmup, device)
+            out.append(TickTiming(
+                backend=backend, layout=layout, workers=w, ctx=ctx, s_per_tick=s, baseline_s_per_step=base,
+                ratio=s / base, compiled_baseline_s_per_step=cbase,
+                ratio_compiled=(s / cbase) if cbase else None, peak_mem_bytes=_peak_mem(device),
+                device=machine(), threads=torch.get_num_threads(),
+            ))
+            del cache, engine
+    return out
+
+
+def _bench_table(layout: str, workers: int) -> Any:
+    from .segments import make_layout
+
+    return make_layout(layout, workers)

@@ -26,7 +26,7 @@ from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.cache_utils import Cache, DynamicLayer
 
 from .attention import BACKENDS
-from .fast import DecodeBuffers, DecodeTick, common_segment, compiled_decode_attention, decode_attention, plan_decode
+from .fast import DecodeBuffers, DecodeTick, common_segment, decode_attention, plan_decode
 from .masks import TickPlan
 from .rope import RopeSpec, Rotation
 from .segments import SegmentTable
@@ -55,8 +55,8 @@ class HogwildCache(Cache):
         device: storage device, or one device per layer (a model spread over devices).
         capacities: slots to reserve per segment id (from the run's budget; Spec §9.6); segments not
             named get :data:`hogwild_ref.store.DEFAULT_CAPACITY` and grow when needed.
-        compile: run the fast path's attention under ``torch.compile(fullgraph=True)``; a string is
-            the compile mode (``"reduce-overhead"`` for CUDA graphs).
+        compile: the decode step runs under ``torch.compile`` (the engine compiles it): the common
+            window's length is then marked dynamic, so that a growing history does not recompile.
     """
 
     position_zero = False  # the model is fed view positions
@@ -86,10 +86,8 @@ class HogwildCache(Cache):
         self._write_rot: Rotation | None = None
         self._buffers: dict[torch.device, DecodeBuffers] = {}
         self._tail_index: dict[tuple[torch.device, int], tuple[Tensor, Tensor]] = {}
-        self.compiled = bool(compile)
-        self._decode_attention = (
-            compiled_decode_attention(compile if isinstance(compile, str) else None) if compile else decode_attention
-        )
+        self._layer_inputs: dict[torch.device, tuple[Tensor, ...]] = {}
+        self.compiled = compile  # the engine compiles the decode step; the window must then stay symbolic
 
     # ------------------------------------------------------------------ tick protocol
     def begin_tick(self, plan: TickPlan) -> None:
@@ -122,10 +120,17 @@ class HogwildCache(Cache):
         for store in self.stores:
             if store.device not in self._buffers:
                 self._buffers[store.device] = DecodeBuffers(
-                    table.workers, len(table.segments), self.rope.rotary_dim // 2, store.device
+                    table.workers, len(table.segments), self.rope.rotary_dim // 2, store.device, store.dtype
                 )
-        for buffers in self._buffers.values():
+        self._layer_inputs = {}
+        for device, buffers in self._buffers.items():
             buffers.load(tick)
+            store = next(st for st in self.stores if st.device == device)
+            seg, loc = self._tail(store)
+            inputs = buffers.layer_inputs(tick.window, store.common, seg, loc)  # type: ignore[arg-type]
+            if self.compiled:
+                torch._dynamo.mark_dynamic(inputs[2], 1)  # the mask's width carries the common window
+            self._layer_inputs[device] = inputs
         self.decode = tick
         return self._buffers[self.stores[0].device].positions
 
@@ -171,26 +176,32 @@ class HogwildCache(Cache):
         assert self.plan is not None
         return self.backend(query, store.keys, store.values, self.plan, self.rope, scaling)
 
-    def _attend_decode(self, store: SegmentStore, query: Tensor, scaling: float) -> Tensor:
-        tick, buf = self.decode, self._buffers[store.device]
-        assert tick is not None and store.common is not None
+    def _tail(self, store: SegmentStore) -> tuple[Tensor, Tensor]:
+        """The store's tail index (segment, local position per slot) on its device, cached per layout."""
         key = (store.device, store.generation)
         if key not in self._tail_index:
             seg, loc = store.tail_index()
             self._tail_index[key] = (seg.to(store.device), loc.to(store.device))
-        seg, loc = self._tail_index[key]
-        kc, vc = store.k[:, : tick.window], store.v[:, : tick.window]
-        if self.compiled and kc.shape[1] > 1:
-            torch._dynamo.mark_dynamic(kc, 1)  # the history grows: one graph for every window
-            torch._dynamo.mark_dynamic(vc, 1)
+        return self._tail_index[key]
+
+    def _attend_decode(self, store: SegmentStore, query: Tensor, scaling: float) -> Tensor:
+        tail_cos, tail_sin, mask, active = self._layer_inputs[store.device]
         tail = store.tail_slice
-        return self._decode_attention(
-            query, kc, vc, store.k[:, tail], store.v[:, tail], seg, loc,
-            buf.cos, buf.sin, buf.visible, buf.lengths, store.common, self.rope, scaling,
+        window = mask.shape[1] - (tail.stop - tail.start)  # symbolic under torch.compile
+        kc, vc = store.k[:, :window], store.v[:, :window]
+        return decode_attention(
+            query, kc, vc, store.k[:, tail], store.v[:, tail], tail_cos, tail_sin, mask, active, self.rope, scaling
         )
 
     def get_seq_length(self, layer_idx: int | None = 0, *args: Any, **kwargs: Any) -> int:
-        """Longest view length (informational: the engine always passes explicit position ids)."""
+        """Longest view length (informational: the engine always passes explicit position ids).
+
+        0 during a one-token tick: the value would otherwise be a Python int that changes every tick,
+        and a compiled decode step would recompile on it (transformers reads it to build masks,
+        which the ``"hogwild"`` mask function does not use).
+        """
+        if self.decode is not None:
+            return 0
         return max(self.table.view_length(w) for w in range(self.table.workers))
 
     def get_mask_sizes(self, *args: Any, **kwargs: Any) -> tuple[int, int]:

@@ -26,7 +26,8 @@ def _add_generate(sub: Any) -> None:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--min-p", type=float, default=None)
-    p.add_argument("--backend", choices=["rotate_queries", "rotate_keys", "oracle"], default="rotate_queries")
+    p.add_argument("--backend", choices=["fast", "rotate_queries", "rotate_keys", "oracle"], default="fast",
+                   help="attention method (Spec §9): fast (default), rotate_queries, rotate_keys, or the slow oracle")
     p.add_argument("--collab-every", type=int, default=1024, help="tokens between collaboration prompts (0 disables)")
     p.add_argument("--no-finisher", action="store_true", help="do not force an answer when the budget ends")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
@@ -170,17 +171,72 @@ def _print_conform_table(report: Any, adapter: str) -> None:
 
 
 def _add_bench(sub: Any) -> None:
-    p = sub.add_parser("bench", help="benchmarks: one layer's attention per backend, and end-to-end ticks/s")
-    p.add_argument("--what", choices=["attention", "engine", "all"], default="all")
-    p.add_argument("--contexts", type=int, nargs="+", default=[1024, 4096], help="attention: history lengths")
-    p.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4], help="engine: W values (attention uses the largest)")
+    p = sub.add_parser("bench", help="benchmarks: Hogwild ticks vs a plain decode step, one layer's attention, end-to-end ticks/s")
+    p.add_argument("what", nargs="?", choices=["ticks", "attention", "engine", "all"], default="all",
+                   help="ticks: s/tick vs HF's single-sequence decode step at the same context (the fast "
+                        "path's benchmark); attention: one layer per backend; engine: end-to-end ticks/s; "
+                        "all: attention and engine (default)")
+    p.add_argument("--what", dest="what_flag", choices=["attention", "engine", "all"], default=None,
+                   help=argparse.SUPPRESS)
+    p.add_argument("--contexts", "--ctx", type=int, nargs="+", default=None,
+                   help="context lengths (ticks: 1024 4096; attention: 1024 4096)")
+    p.add_argument("--workers", type=int, nargs="+", default=None,
+                   help="W values (ticks: 1 2 4 8; engine: 1 2 4; attention uses the largest)")
     p.add_argument("--ticks", type=int, default=32, help="engine: ticks per run")
-    p.add_argument("--model", default=None, help="engine: model (default: the embedded SmolLM2)")
+    p.add_argument("--steps", type=int, default=10, help="ticks: timed ticks per case (after 3 warm-up ticks)")
+    p.add_argument("--layout", choices=["contiguous", "interleaved", "combined"], default="combined", help="ticks: layout")
+    p.add_argument("--backend", choices=["fast", "rotate_queries", "rotate_keys"], default="fast", help="ticks: backend")
+    p.add_argument("--compile", choices=["auto", "yes", "no"], default="auto",
+                   help="ticks: compile the fast path (auto: on CUDA only)")
+    p.add_argument("--model", default=None,
+                   help="ticks: a random-weight shape (smollm2-135m, qwen2.5-7b, qwq-32b), 'embedded', or a "
+                        "name/path (default smollm2-135m); engine: a model (default: the embedded SmolLM2)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                   help="default: float32 for the engine; attention: bfloat16 on CUDA, float32 on CPU")
+                   help="default: float32 on CPU, bfloat16 on CUDA (engine: float32)")
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", action="store_true", help="print JSON lines")
+
+
+def cmd_bench_ticks(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from .bench import MODEL_SHAPES, bench_ticks, machine, random_model
+
+    err = Console(stderr=True)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
+    name = args.model or "smollm2-135m"
+    with err.status(f"building {name} ..."):
+        if name in MODEL_SHAPES:
+            model = random_model(name, dtype, device)
+        else:
+            args.dtype = str(dtype).removeprefix("torch.")
+            args.model = None if name == "embedded" else name
+            model, _ = _load(args)
+    compile_ = {"auto": None, "yes": True, "no": False}[args.compile]
+    if compile_ and device.startswith("cuda"):
+        compile_ = "reduce-overhead"
+    results = bench_ticks(model, workers=args.workers or [1, 2, 4, 8], contexts=args.contexts or [1024, 4096],
+                          layout=args.layout, backend=args.backend, steps=args.steps, compile=compile_,
+                          progress=lambda msg: err.log(msg))
+    if args.json:
+        for r in results:
+            print(json.dumps(dataclasses.asdict(r)), flush=True)
+        return 0
+    table = Table(title=f"bench ticks: {name}, {args.layout}, {args.backend} — {machine()}")
+    for col in ("ctx", "W", "s/tick", "HF step", "ratio", "compiled HF step", "ratio (compiled)", "peak mem"):
+        table.add_column(col, justify="right")
+    for r in results:
+        table.add_row(str(r.ctx), str(r.workers), f"{r.s_per_tick * 1e3:.1f} ms", f"{r.baseline_s_per_step * 1e3:.1f} ms",
+                      f"{r.ratio:.2f}x", "-" if r.compiled_baseline_s_per_step is None else f"{r.compiled_baseline_s_per_step * 1e3:.1f} ms",
+                      "-" if r.ratio_compiled is None else f"{r.ratio_compiled:.2f}x", f"{r.peak_mem_bytes / 2**20:.0f} MiB")
+    Console().print(table)
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -192,19 +248,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    what = args.what_flag or args.what
+    if what == "ticks":
+        return cmd_bench_ticks(args)
     console = Console()
     rows: list[dict[str, Any]] = []
-    if args.what in ("attention", "all"):
+    workers = args.workers or [1, 2, 4]
+    if what in ("attention", "all"):
         with console.status("attention ..."):
             dtype = getattr(torch, args.dtype) if args.dtype else None
             rows += [{"bench": "attention"} | r for r in as_rows(
-                bench_attention(args.contexts, max(args.workers), dtype=dtype, device=args.device))]
-    if args.what in ("engine", "all"):
+                bench_attention(args.contexts or [1024, 4096], max(workers), dtype=dtype, device=args.device))]
+    if what in ("engine", "all"):
         args.dtype = args.dtype or "float32"
         with console.status("loading model ..."):
             model, tokenizer = _load(args)
         with console.status("engine ..."):
-            rows += [{"bench": "engine"} | r for r in as_rows(bench_engine(model, tokenizer, args.workers, args.ticks))]
+            rows += [{"bench": "engine"} | r for r in as_rows(bench_engine(model, tokenizer, workers, args.ticks))]
     if args.json:
         print(json.dumps({"machine": machine(), "results": rows}))
         return 0

@@ -248,7 +248,8 @@ class Engine:
         tokenizer: its tokenizer (a chat template is used when it has one).
         workers: number of workers ``W >= 1``.
         layout: ``"contiguous"``, ``"interleaved"`` or ``"combined"`` (Spec §4).
-        backend: ``"rotate_queries"`` (default), ``"rotate_keys"`` or ``"oracle"`` (the slow engine
+        backend: ``"fast"`` (default: one-token ticks through the arena path of Spec §9.6, other
+            forwards through ``rotate_queries``), ``"rotate_queries"``, ``"rotate_keys"`` or ``"oracle"`` (the slow engine
             oracle of Spec §11.4).
         templates: prompt texts (Spec §7).
         scheduler: scheduler settings (Spec §6); its budget is ``max_ticks``.
@@ -273,7 +274,7 @@ class Engine:
         *,
         workers: int = 2,
         layout: str = "combined",
-        backend: str = "rotate_queries",
+        backend: str = "fast",
         templates: prompts_mod.PromptTemplates | None = None,
         scheduler: SchedulerConfig | None = None,
         sampling: SamplingConfig | None = None,
@@ -315,6 +316,7 @@ class Engine:
         if compile is None:  # the fast backend compiles on accelerators by default (Spec §9.6)
             compile = backend == "fast" and self.device.type == "cuda"
         self.compile = compile
+        self._compiled_step: Callable[..., Any] | None = None
         self.result: HogwildResult | None = None
 
     # ------------------------------------------------------------------ helpers
@@ -366,9 +368,23 @@ class Engine:
         ids = torch.tensor([f[0] if f else 0 for f in feeds], dtype=torch.long)[:, None]
         kwargs = {self._cache_kw: cache, "use_cache": True, "hogwild_cache": cache, "logits_to_keep": 1}
         with use_hogwild_attention(self.model), torch.inference_mode():
-            out = self.model(input_ids=ids.to(self.device, non_blocking=True), position_ids=positions, **kwargs)
+            out = self._decode_step(input_ids=ids.to(self.device, non_blocking=True), position_ids=positions, **kwargs)
         cache.end_tick()
         return out.logits[:, -1].float() if logits else None
+
+    @property
+    def _decode_step(self) -> Callable[..., Any]:
+        """The model's forward for one-token ticks: compiled once when ``compile`` is set (Spec §9.6)."""
+        if not self.compile:
+            return self.model
+        if self._compiled_step is None:
+            on_cuda = self.device.type == "cuda"
+            mode = self.compile if isinstance(self.compile, str) else ("reduce-overhead" if on_cuda else None)
+            # CPU: freezing lets inductor pre-pack the weights, so the W-row linear layers cost about
+            # one row's (MKL's small-M GEMM otherwise grows with W)
+            options = None if on_cuda or mode is not None else {"freezing": True}
+            self._compiled_step = torch.compile(self.model.forward, fullgraph=True, mode=mode, options=options)
+        return self._compiled_step
 
     def _check_window(self, longest: int) -> None:
         if self.window is not None and longest > self.window:
@@ -412,8 +428,8 @@ class Engine:
     def capacities(self, table: SegmentTable, static: dict[str, list[int]]) -> dict[str, int]:
         """Slots to reserve per segment, from the run's budget (Spec §9.6).
 
-        Static segments: their length. The history: the prompt plus one token per worker per tick
-        of the budget (and the finisher's). A current step: :data:`STEP_CAPACITY` tokens (a longer
+        Static segments: their length. The history: the prompt plus 1.5 tokens per worker per tick
+        of the budget (room for step prefixes) and the finisher's. A current step: :data:`STEP_CAPACITY` tokens (a longer
         step grows its segment). Contiguous outputs: the whole budget.
         """
         budget = self.scheduler_config.max_ticks if self.scheduler_config.max_ticks is not None else DEFAULT_BUDGET
@@ -423,7 +439,8 @@ class Engine:
             if seg.writer is not None:
                 caps[seg.id] = min(budget, STEP_CAPACITY) + extra if table.history is not None else budget + extra
         if table.history is not None:
-            caps[table.history] = len(static.get(table.history, [])) + self.workers * budget + extra
+            # a tick feeds one token per worker, more at a step change (prefix, collaboration prompt)
+            caps[table.history] = len(static.get(table.history, [])) + self.workers * (budget + budget // 2) + extra
         return caps
 
     def make_cache(self, table: SegmentTable, static: dict[str, list[int]]) -> HogwildCache:
@@ -578,7 +595,7 @@ def generate(
     layout: str = "combined",
     max_steps: int | None = 256,
     *,
-    backend: str = "rotate_queries",
+    backend: str = "fast",
     temperature: float = 0.0,
     top_k: int | None = None,
     top_p: float | None = None,

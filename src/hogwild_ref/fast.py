@@ -117,12 +117,17 @@ def plan_decode(table: SegmentTable, counts: Sequence[int], rope: RopeSpec, stor
         counts=tuple(counts),
         positions=torch.tensor(positions, dtype=torch.long)[:, None],
         slots=torch.tensor(slots, dtype=torch.long),
-        rotation=rope.rotation(torch.tensor(offsets, dtype=torch.long)),
+        rotation=rope.rotation(torch.tensor(offsets, dtype=torch.long), dtype=_work(store.dtype)),
         write=tuple(write),
         visible=torch.tensor(visible, dtype=torch.bool),
         lengths=torch.tensor(lengths, dtype=torch.long),
         window=window,
     )
+
+
+def _work(dtype: torch.dtype) -> torch.dtype:
+    """Rotation dtype: float32, or float64 for float64 storage (Spec §8.5)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 class DecodeBuffers:
@@ -132,7 +137,7 @@ class DecodeBuffers:
     new tick into them (from pinned host memory, non-blocking, on accelerators).
     """
 
-    def __init__(self, rows: int, segments: int, half_rotary: int, device: Any):
+    def __init__(self, rows: int, segments: int, half_rotary: int, device: Any, dtype: torch.dtype = torch.float32):
         device = torch.device(device)
         pin = device.type == "cuda"
         self.device = device
@@ -143,11 +148,12 @@ class DecodeBuffers:
 
         self._host_positions, self.positions = pair((rows, 1), torch.long)
         self._host_slots, self.slots = pair((rows,), torch.long)
-        self._host_cos, self.cos = pair((rows, segments, half_rotary), torch.float32)
-        self._host_sin, self.sin = pair((rows, segments, half_rotary), torch.float32)
+        work = _work(dtype)
+        self._host_cos, self.cos = pair((rows, segments, half_rotary), work)
+        self._host_sin, self.sin = pair((rows, segments, half_rotary), work)
         self._host_visible, self.visible = pair((rows, segments), torch.bool)
         self._host_lengths, self.lengths = pair((segments,), torch.long)
-        self.write_cos = torch.zeros(rows, half_rotary, dtype=torch.float32, device=device)
+        self.write_cos = torch.zeros(rows, half_rotary, dtype=work, device=device)
         self.write_sin = torch.zeros_like(self.write_cos)
 
     def load(self, tick: DecodeTick) -> None:
@@ -169,6 +175,21 @@ class DecodeBuffers:
         self.write_cos.copy_(self.cos[rows, write])
         self.write_sin.copy_(-self.sin[rows, write])
 
+    def layer_inputs(self, window: int, common: int, tail_segment: Tensor, tail_local: Tensor) -> tuple[Tensor, ...]:
+        """The tick's inputs of :func:`decode_attention` shared by every layer on this device.
+
+        ``(tail_cos, tail_sin, mask, active)``: each tail slot's rotation for each row, the keys each
+        row sees (common window, then tail), and which rows feed a token. A row without a new token
+        is given the common window's first slot so that its softmax stays finite (its output is
+        zeroed by ``active``).
+        """
+        active = self.visible.any(dim=1)
+        common_mask = (torch.arange(window, device=self.device) < self.lengths[common])[None, :] & active[:, None]
+        common_mask[:, 0] |= ~active
+        tail_mask = self.visible[:, tail_segment] & (tail_local < self.lengths[tail_segment])[None, :]
+        mask = torch.cat([common_mask, tail_mask], dim=1)
+        return self.cos[:, tail_segment], self.sin[:, tail_segment], mask, active.to(torch.float32)
+
 
 def decode_attention(
     q: Float[Tensor, "R Hq 1 D"],
@@ -176,48 +197,40 @@ def decode_attention(
     v_common: Float[Tensor, "Hkv Lw D"],
     k_tail: Float[Tensor, "Hkv Nt D"],
     v_tail: Float[Tensor, "Hkv Nt D"],
-    tail_segment: Int[Tensor, "Nt"],
-    tail_local: Int[Tensor, "Nt"],
-    cos: Float[Tensor, "R S h"],
-    sin: Float[Tensor, "R S h"],
-    visible: Bool[Tensor, "R S"],
-    lengths: Int[Tensor, "S"],
-    common: int,
+    tail_cos: Float[Tensor, "R Nt h"],
+    tail_sin: Float[Tensor, "R Nt h"],
+    mask: Bool[Tensor, "R Lw+Nt"],
+    active: Float[Tensor, "R"],
     rope: RopeSpec,
     scaling: float,
 ) -> Float[Tensor, "R Hq 1 D"]:
     """One layer's attention for a one-token tick over the arena (Spec §9.6).
 
     ``q`` is rotated at the rows' view positions (as the model does). The common window's keys are
-    at their view positions (offset 0 in every view); key ``t`` of the common segment is visible iff
-    ``t < lengths[common]``. Tail slot ``a`` holds local position ``tail_local[a]`` of segment
-    ``tail_segment[a]``; for row ``r`` it is rotated by ``+o_r(s)`` to its view position and is
-    visible iff the segment is in the view and ``tail_local[a] < lengths[s]`` (write-before-read: the
-    row's own new token is the last visible key of its write segment). Rows that feed nothing see
-    nothing and return zeros. Scores and the softmax are computed in float32 (float64 inputs: float64).
+    at their view positions already (the common segment sits at offset 0 in every view) and are read
+    once for all rows. Tail slot ``a`` is rotated for row ``r`` by ``(tail_cos, tail_sin)[r, a]``
+    (the offset of its segment in ``r``'s view) to its view position. ``mask`` says which keys each
+    row sees (common window first, then the tail); one softmax covers both parts. Rows with
+    ``active == 0`` (no new token) return zeros. Scores and the softmax are computed in float32
+    (float64 for float64 inputs).
     """
     R, Hq, _, D = q.shape
-    hkv = k_common.shape[0]
+    hkv, window = k_common.shape[0], k_common.shape[1]
+    g = Hq // hkv
     acc = torch.promote_types(q.dtype, torch.float32)
-    qg = rearrange(q.to(acc), "r (k g) 1 d -> r k g d", k=hkv)
-    # common part: read once for all rows, no rotation
-    sc = torch.einsum("rkgd,kld->rkgl", qg, k_common.to(acc)) * scaling
-    window = k_common.shape[1]
-    mc = (torch.arange(window, device=q.device) < lengths[common])[None, :] & visible[:, common, None]
-    # tail: re-rotate each slot to the row's view position of its segment
-    rot = Rotation(cos[:, tail_segment][:, None], sin[:, tail_segment][:, None])  # (R, 1, Nt, h)
-    kt = rope.apply(k_tail.to(acc)[None], rot)  # (R, Hkv, Nt, D)
-    st = torch.einsum("rkgd,rktd->rkgt", qg, kt) * scaling
-    mt = visible[:, tail_segment] & (tail_local < lengths[tail_segment])[None, :]
-    scores = torch.cat([sc, st], dim=-1)
-    mask = torch.cat([mc, mt], dim=-1)[:, None, None, :]
-    scores = scores.masked_fill(~mask, float("-inf"))
-    top = scores.amax(dim=-1, keepdim=True).clamp_min(torch.finfo(acc).min)
-    e = torch.exp(scores - top)
-    p = e / e.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(acc).tiny)
-    out = torch.einsum("rkgl,kld->rkgd", p[..., :window], v_common.to(acc))
-    out = out + torch.einsum("rkgt,ktd->rkgd", p[..., window:], v_tail.to(acc))
-    return rearrange(out, "r k g d -> r (k g) 1 d").to(q.dtype)
+    qg = q.to(acc).view(R, hkv, g, D)
+    # common part: one batched matmul per KV head over all rows' queries, no rotation
+    qk = qg.permute(1, 0, 2, 3).reshape(hkv, R * g, D)
+    sc = torch.matmul(qk, k_common.to(acc).transpose(1, 2)).view(hkv, R, g, window)
+    # tail: every slot re-rotated to each row's view position of its segment
+    kt = rope.apply(k_tail.to(acc)[None], Rotation(tail_cos[:, None], tail_sin[:, None]))  # (R, Hkv, Nt, D)
+    st = torch.matmul(qg, kt.transpose(2, 3)).permute(1, 0, 2, 3)  # (Hkv, R, g, Nt)
+    scores = torch.cat([sc, st], dim=-1) * scaling
+    p = torch.softmax(scores.masked_fill(~mask[None, :, None, :], float("-inf")), dim=-1)
+    out = torch.matmul(p[..., :window].reshape(hkv, R * g, window), v_common.to(acc)).view(hkv, R, g, D)
+    out = out.permute(1, 0, 2, 3) + torch.matmul(p[..., window:].permute(1, 0, 2, 3), v_tail.to(acc)[None])
+    out = out * active[:, None, None, None]
+    return out.reshape(R, Hq, 1, D).to(q.dtype)
 
 
 _COMPILED: dict[str, Any] = {}

@@ -35,7 +35,10 @@ class SegmentStore:
 
     Args:
         capacities: slots reserved per segment, in table order.
-        kv_heads, head_dim, dtype, device: the layer's K/V geometry; ``device`` is the layer's device.
+        kv_heads: key/value heads of the layer.
+        head_dim: head dimension.
+        dtype: storage dtype (the model's).
+        device: the layer's device.
         common: table index of the segment stored first (the one that opens every view), or None
             (table order from slot 0).
     """
@@ -59,8 +62,9 @@ class SegmentStore:
             self.base[j] = pos
             pos += capacities[j]
         self.trash = pos  # one extra slot for rows that write nothing
-        k = torch.zeros(self.kv_heads, pos + 1, self.head_dim, dtype=self.dtype, device=self.device)
-        v = torch.zeros_like(k)
+        with torch.inference_mode(False):  # a normal tensor even when re-allocated during a tick
+            k = torch.zeros(self.kv_heads, pos + 1, self.head_dim, dtype=self.dtype, device=self.device)
+            v = torch.zeros_like(k)
         if old is not None:  # keep what is stored (whole old capacities: the store does not track lengths)
             for j in range(S):
                 L = old.keys[j].shape[1]

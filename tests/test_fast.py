@@ -1,0 +1,231 @@
+"""The fast backend (Spec §9.6) against independent oracles.
+
+* One layer: the arena store, the host plan and :func:`hogwild_ref.fast.decode_attention`, driven
+  through :class:`HogwildCache` exactly as the model drives it (write, then attend), against the
+  dense float64 attention oracle (Spec §9.1) for hypothesis-drawn tables of the layouts the fast
+  path covers (W = 1..8, zero-token rows included), within Spec §10.
+* Whole engine: greedy runs with ``backend="fast"`` are token-identical to the engine oracle
+  (Spec §11.4) with logits within 1e-4, through flushes, step changes (multi-token fallback ticks).
+* Compilation: a compiled decode step does not recompile from one tick to the next.
+* The conformance suite's model vectors pass with ``fast`` as the reference adapter's backend.
+
+``HOGWILD_TEST_DEVICE=cuda`` runs the one-layer and engine checks on a GPU (benchmarks/gpu.sh).
+"""
+
+from __future__ import annotations
+
+import os
+import types
+
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from hogwild_ref.attention import TOLERANCES, oracle
+from hogwild_ref.cache import HogwildCache
+from hogwild_ref.engine import Engine, FlushEvent
+from hogwild_ref.fast import common_segment
+from hogwild_ref.masks import plan_tick
+from hogwild_ref.models import tiny_model
+from hogwild_ref.scheduler import SchedulerConfig
+from strategies import any_tables, preset_tables
+from test_attention import ROPES
+
+DEVICE = torch.device(os.environ.get("HOGWILD_TEST_DEVICE", "cpu"))
+LOGIT_RTOL = 1e-4  # Spec §10.2, as in test_engine
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def _layer_config(hq: int, hkv: int, head_dim: int) -> types.SimpleNamespace:
+    return types.SimpleNamespace(num_hidden_layers=1, num_attention_heads=hq, num_key_value_heads=hkv,
+                                 head_dim=head_dim, hidden_size=hq * head_dim)
+
+
+def check_fast_layer(table, counts, rope_name, hkv, group, dtype, seed, slack):
+    """One tick of one layer through the cache's fast path vs the dense oracle."""
+    rope = ROPES[rope_name]
+    plan = plan_tick(table, counts, rope=rope)  # the oracle's plan (post-write lengths, positions)
+    g = torch.Generator().manual_seed(seed)
+    R, D, hq = table.workers, rope.head_dim, hkv * group
+
+    def rnd(*shape):  # representable in dtype, kept in float64 for the oracle
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype).to(torch.float64)
+
+    q_pre = rnd(R, hq, 1, D)
+    k_pre = [rnd(hkv, L, D) for L in plan.sizes]
+    vals = [rnd(hkv, L, D) for L in plan.sizes]
+    scaling = D**-0.5
+    ref = oracle(rope.rotate(q_pre, 0), [rope.rotate(k, 0) for k in k_pre], vals, plan, rope, scaling)
+
+    caps = {s.id: plan.table.length(s.id) + slack for s in table.segments}
+    cache = HogwildCache(_layer_config(hq, hkv, D), table, rope, "fast", dtype, DEVICE, caps)
+    store = cache.stores[0]
+    store.k.fill_(1e4)  # unused capacity holds large finite garbage: reading it past a mask shows
+    store.v.fill_(-1e4)
+    for j, seg in enumerate(table.segments):
+        if seg.length:
+            local = rope.rotate(k_pre[j][:, : seg.length].to(dtype), torch.arange(seg.length))
+            store.write(j, 0, local.to(DEVICE), vals[j][:, : seg.length].to(dtype).to(DEVICE))
+    assert cache.can_decode(counts)
+    positions = cache.begin_decode(counts)
+    assert positions.tolist() == plan.positions[:, :1].tolist() or not all(counts)
+    k_new = torch.stack([
+        rope.rotate(k_pre[plan.write_indices[r]][:, plan.write_starts[r] : plan.write_starts[r] + 1].to(dtype),
+                    plan.positions[r, 0])
+        if counts[r] else torch.full((hkv, 1, D), float("nan"), dtype=dtype)
+        for r in range(R)
+    ])
+    v_new = torch.stack([
+        vals[plan.write_indices[r]][:, plan.write_starts[r] : plan.write_starts[r] + 1].to(dtype)
+        if counts[r] else torch.full((hkv, 1, D), float("nan"), dtype=dtype)
+        for r in range(R)
+    ])
+    q = rope.rotate(q_pre.to(dtype), plan.positions[:, None, :1])
+    with torch.inference_mode():
+        cache.update(k_new.to(DEVICE), v_new.to(DEVICE), 0)
+        out = cache.attend(0, q.to(DEVICE), scaling).cpu()
+    cache.end_tick()
+    assert out.shape == q.shape and out.dtype == dtype
+    assert cache.table == plan.table
+    active = torch.tensor(counts, dtype=torch.bool)
+    assert (out[~active] == 0).all(), "a row without a new token must see nothing (Spec §3.4)"
+    if not active.any():
+        return 0.0
+    want = ref[active].double()
+    got = out[active].double()
+    assert torch.isfinite(got).all()
+    err = float((got - want).abs().max() / want.abs().max())
+    assert err <= TOLERANCES[dtype], f"fast {dtype}: error {err:.3e} > {TOLERANCES[dtype]:.0e}"
+    # the new keys landed at their segment-local positions, nothing else was written (Spec §3.2, §3.4)
+    for r in range(R):
+        j, t = plan.write_indices[r], plan.write_starts[r]
+        if counts[r]:
+            stored = store.keys[j][:, t].cpu().double()
+            local = rope.rotate(k_pre[j][:, t : t + 1], torch.tensor(t))[:, 0]
+            assert float((stored - local).abs().max()) <= 50 * TOLERANCES[dtype] * float(local.abs().max())
+    return err
+
+
+HEADS = st.sampled_from([(1, 1), (1, 4), (2, 1), (2, 2), (2, 4)])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    data=st.data(),
+    table=preset_tables(min_workers=1, max_workers=8, max_length=9),
+    rope=st.sampled_from(list(ROPES)),
+    heads=HEADS,
+    dtype=st.sampled_from([torch.float64, torch.float32]),
+    seed=st.integers(0, 2**31 - 1),
+    slack=st.integers(1, 70),
+)
+def test_fast_layer_matches_oracle_presets(data, table, rope, heads, dtype, seed, slack):
+    assume(common_segment(table) is not None)
+    counts = data.draw(st.lists(st.integers(0, 1), min_size=table.workers, max_size=table.workers), label="counts")
+    check_fast_layer(table, counts, rope, *heads, dtype, seed, slack)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    data=st.data(),
+    table=any_tables(max_workers=6, max_length=6),
+    rope=st.sampled_from(list(ROPES)),
+    heads=HEADS,
+    dtype=st.sampled_from([torch.float64, torch.float32]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_fast_layer_matches_oracle_explicit_tables(data, table, rope, heads, dtype, seed):
+    """Explicit tables whose views share a first static segment take the fast path too."""
+    assume(common_segment(table) is not None)
+    counts = data.draw(st.lists(st.integers(0, 1), min_size=table.workers, max_size=table.workers), label="counts")
+    check_fast_layer(table, counts, rope, *heads, dtype, seed, 3)
+
+
+def test_fast_layer_w8_combined_deterministic():
+    from hogwild_ref.segments import combined
+
+    table = combined(8, 37, others_header=5, separator=2, own_header=4)
+    table = table.with_lengths({f"cur_{w}": 3 * w + 1 for w in range(8)})
+    for counts in ([1] * 8, [1, 0, 1, 0, 0, 1, 1, 0], [0] * 7 + [1]):
+        check_fast_layer(table, counts, "yarn-partial-interleaved", 2, 4, torch.float32, 7, 5)
+        check_fast_layer(table, counts, "default", 2, 4, torch.float64, 8, 70)
+
+
+def test_store_growth_keeps_contents():
+    """A write past a segment's capacity re-allocates the arena and keeps every segment's keys."""
+    from hogwild_ref.segments import combined
+    from hogwild_ref.store import SegmentStore
+
+    table = combined(2, 4)
+    store = SegmentStore([4, 1, 2, 1, 2, 1, 1], 1, 2, torch.float64, "cpu", common=0)
+    for j in range(7):
+        store.write(j, 0, torch.full((1, 1, 2), float(j)), torch.full((1, 1, 2), -float(j)))
+    base_before = list(store.base)
+    assert store.reserve(table.index("cur_0"), 9)
+    assert store.generation == 1 and store.base != base_before
+    for j in range(7):
+        assert float(store.keys[j][0, 0, 0]) == j and float(store.values[j][0, 0, 0]) == -j
+
+
+# ---------------------------------------------------------------------- engine
+def boundary(text: str) -> bool:
+    return len(text) >= 12
+
+
+def _engine(model, tok, backend, workers, layout, ticks=24, compile=False, boundary=boundary, **kw):
+    sched = SchedulerConfig(max_ticks=ticks, boundary=boundary, collab_every=kw.pop("collab_every", None),
+                            eos_token_ids=frozenset())
+    return Engine(model, tok, workers=workers, layout=layout, backend=backend, scheduler=sched,
+                  record_logits=True, compile=compile, **kw)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3", "phi3"])
+@pytest.mark.parametrize("layout,workers", [("combined", 1), ("combined", 4), ("combined", 8), ("interleaved", 3),
+                                            ("contiguous", 2)])
+def test_fast_engine_matches_engine_oracle(family, layout, workers, smollm_tokenizer):
+    model = tiny_model(family, seed=3, vocab_size=len(smollm_tokenizer)).to(DEVICE)
+    ref = _engine(model, smollm_tokenizer, "oracle", workers, layout, collab_every=4).run("What is 7 * 6?")
+    fast = _engine(model, smollm_tokenizer, "fast", workers, layout, collab_every=4).run("What is 7 * 6?")
+    assert [w.tokens for w in fast.workers] == [w.tokens for w in ref.workers]
+    assert [w.view_tokens for w in fast.workers] == [w.view_tokens for w in ref.workers]
+    for a, b in zip(fast.logits, ref.logits, strict=True):
+        for w in range(a.shape[0]):
+            assert _rel(a[w].cpu(), b[w].cpu()) <= LOGIT_RTOL
+
+
+@pytest.mark.slow
+def test_compiled_decode_step_does_not_recompile(smollm_tokenizer):
+    """Spec §9.6: one graph for every one-token tick — growing segments, flushes and a growing common
+    window included (torch._dynamo.config.error_on_recompile)."""
+    import torch._dynamo
+
+    model = tiny_model("llama", seed=1, vocab_size=len(smollm_tokenizer)).to(DEVICE)
+    torch._dynamo.reset()
+    engine = _engine(model, smollm_tokenizer, "fast", 2, "combined", ticks=60, compile=True,
+                     boundary=lambda text: len(text) >= 40)
+    flushes = 0
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for event in engine.stream("What is 12 + 30?"):
+            flushes += isinstance(event, FlushEvent)
+    got = engine.result
+    assert got.ticks >= 55 and flushes >= 2
+    ref = _engine(model, smollm_tokenizer, "oracle", 2, "combined", ticks=60,
+                  boundary=lambda text: len(text) >= 40).run("What is 12 + 30?")
+    assert [w.tokens for w in got.workers] == [w.tokens for w in ref.workers]
+    for a, b in zip(got.logits, ref.logits, strict=True):
+        assert _rel(a.cpu(), b.cpu()) <= LOGIT_RTOL
+
+
+@pytest.mark.skipif(DEVICE.type != "cpu", reason="the conformance vectors run on the CPU")
+def test_conformance_model_vectors_pass_with_fast_backend():
+    from hogwild_ref.conformance import run
+    from hogwild_ref.conformance.reference import ReferenceAdapter
+
+    report = run(ReferenceAdapter(backend="fast"), None, ["model"])
+    assert report.passed >= 5 and report.failed == 0, [r.message for r in report.results if r.status == "failed"]
