@@ -200,22 +200,24 @@ def _print_conform_table(report: Any, adapter: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"conformance of {adapter} ({report.vectors_dir})")
-    table.add_column("vector", no_wrap=True)
-    table.add_column("level", no_wrap=True)
-    table.add_column("result", no_wrap=True)
-    table.add_column("error", justify="right", no_wrap=True)
-    table.add_column("tol", justify="right", no_wrap=True)
-    table.add_column("worst output / note", no_wrap=True, overflow="ellipsis", max_width=70)
-    style = {"passed": "green", "failed": "bold red", "skipped": "yellow"}
+    rows = []
     for r in report.results:
         err = "-" if r.max_abs_err is None else f"{r.max_abs_err:.3e}"
         result = r.status if r.failure is None else f"{r.status} ({r.failure})"
         note = r.message if r.message and r.status != "passed" else (r.worst or "")
         note = note.splitlines()[0] if note else ""
-        note = note if len(note) <= 70 else note[:69] + "…"
-        table.add_row(r.name, r.level, f"[{style[r.status]}]{result}[/]", err, f"{r.tol:.2g}", note, end_section=False)
-    console = Console(width=max(Console().width, 140))
+        note = note if len(note) <= 60 else note[:59] + "…"
+        rows.append((r.name, r.level, result, err, f"{r.tol:.2g}", note, r.status))
+    table = Table(title=f"conformance of {adapter} ({report.vectors_dir})")
+    for i, (title, justify) in enumerate((("vector", "left"), ("level", "left"), ("result", "left"),
+                                          ("error", "right"), ("tol", "right"))):
+        width = max([len(title)] + [len(row[i]) for row in rows])
+        table.add_column(title, justify=justify, no_wrap=True, min_width=width)  # type: ignore[arg-type]
+    table.add_column("worst output / note", no_wrap=True, overflow="ellipsis")
+    style = {"passed": "green", "failed": "bold red", "skipped": "yellow"}
+    for name, level, result, err, tol, note, status in rows:
+        table.add_row(name, level, f"[{style[status]}]{result}[/]", err, tol, note)
+    console = Console(width=max(Console().width, 150))
     console.print(table)
     console.print(f"{report.passed} passed, {report.failed} failed, {report.skipped} skipped "
                   "(errors are max|out - expected| / max|expected|, Spec §10.1; rope tolerances grow with the "

@@ -484,7 +484,9 @@ def run_vector(adapter: Any, vector: Vector) -> VectorResult:
         return VectorResult(name, level, "failed", None, tol, failure="raised",
                             message=f"{type(exc).__name__}: {exc}{at}", seconds=time.perf_counter() - t0)
     outputs = SCORES[level](vector, got)
-    worst = max((o for k, o in outputs.items() if k != "tokens"), key=lambda o: o.ratio or 0.0, default=None)
+    # the measured output closest to failing (outputs that could not be compared are reported apart)
+    worst = max((o for k, o in outputs.items() if k != "tokens" and o.err is not None),
+                key=lambda o: o.ratio or 0.0, default=None)
     notes = [f"{k}: {o.message}" for k, o in outputs.items() if o.message]
     tokens = outputs.get("tokens")
     if tokens is not None and tokens.mismatches:
