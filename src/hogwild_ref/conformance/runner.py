@@ -1,15 +1,20 @@
 """The conformance runner: feed every vector to an adapter and compare (Spec §12.3, §12.5).
 
-:func:`run` loads the vectors of the requested levels, calls the adapter's method of each level with
-the vector's inputs only (never the expected tensors), and measures every output with the relative
-error of Spec §10.1::
+:func:`run` loads the vectors of the requested levels (refusing other format versions, Spec §12.2),
+calls the adapter with each vector's inputs only (never the expected tensors) and measures **every
+output on its own** with the relative error of Spec §10.1::
 
     err = max |out - expected| / max |expected|      (the absolute difference if max |expected| = 0)
 
 over the entries that carry meaning (attention: real query slots; model: rows of workers that fed
-tokens). A vector's error is its worst output's; it passes when that error is within the vector's
-``tolerance`` (and, for the ``model`` level, every marked greedy token matches). An output of the
-wrong shape, a missing output, a non-finite value or an exception fails the vector and is reported.
+tokens). ``rope`` outputs are measured per row against the position-dependent bound of Spec §10.4.
+A vector passes when every output is within its tolerance (and, for the ``model`` level, every
+marked greedy token matches). An output of the wrong shape, a missing output, a non-finite value
+or an exception fails the vector; the other outputs are still measured and reported.
+
+Adapters are in-process objects with one method per level, or anything with ``supported_levels``
+and ``call_vector(vector, kwargs)`` — the out-of-process and offline adapters of
+:mod:`~hogwild_ref.conformance.external` (Spec §12.7).
 """
 
 from __future__ import annotations

@@ -2,19 +2,21 @@
 
 A vector is a pair of files in ``<vectors dir>/<level>/``:
 
-* ``<name>.json`` — metadata: ``name``, ``level``, ``version`` (of the spec, §1.4), ``description``,
-  ``tolerance``, ``measure``, ``dtype``, ``features``, ``inputs`` (the non-tensor keyword arguments of
-  the adapter method), ``tensors`` (what every tensor of the safetensors file is), for the ``model``
-  level ``config`` (the model's transformers config dict), and for the ``rope`` level ``diagnostics``
-  (the reference's RoPE parameters; informative, never passed to an adapter);
+* ``<name>.json`` — metadata: ``name``, ``level``, ``version`` (format version 2, Spec §1.4),
+  ``generator`` (the library versions), ``description``, ``tolerance`` (and, for ``rope``,
+  ``tolerance_per_position``, Spec §10.4), ``measure``, ``dtype``, ``features``, ``inputs`` (the
+  non-tensor keyword arguments of the adapter method, among them the version-independent RoPE data
+  ``rope``), ``tensors`` (what every tensor of the safetensors file is), and for the ``model`` level
+  ``config`` (the model's transformers config dict);
 * ``<name>.safetensors`` — tensors named ``input/...`` (given to the adapter) and ``expected/...``
   (never given to it).
 
 :func:`generate_vectors` rebuilds every vector from fixed seeds with the reference's oracles: float64
 rotations (``rope``), the dense float64 attention oracle of Spec §9.1 (``attention``) and the engine
-oracle of Spec §11.4 run in float64 (``model``). Expected values are stored in float32, JSON with a
-fixed key order and indentation, safetensors with sorted tensor names and no metadata, so that
-regeneration reproduces the checked-in files byte for byte.
+oracle of Spec §11.4 run in float64 (``model``; with given static K/V for ``prefill=given`` vectors).
+Expected values are stored in float32, JSON with a fixed key order and indentation, safetensors with
+sorted tensor names and no metadata, so that regeneration reproduces the checked-in files byte for
+byte.
 """
 
 from __future__ import annotations
@@ -38,6 +40,11 @@ __all__ = [
     "FORMAT",
     "SPEC_VERSION",
     "Vector",
+    "generator_versions",
+    "official_combined_table",
+    "private_scratch_table",
+    "prompt_segment",
+    "rope_data",
     "generate_vectors",
     "dumps_json",
     "load_vector",
