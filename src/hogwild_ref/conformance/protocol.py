@@ -167,12 +167,13 @@ class ModelAdapter(Protocol):
                 (explicit views, Spec §4.5; all lengths 0).
             static: token ids of the static segments, by segment id. The prompt segment ``P``
                 (the history, or the static segment opening every view) comes first.
-            static_keys, static_values: ``None``: prefill the static segments as Spec §4.4 says
-                (``P`` alone as one row ``([P], len)``, then every other non-empty static segment
-                ``s`` in one forward pass, each as its own row ``([P, s], len)``). Otherwise, for
-                every static segment, ``(layers, Hkv, len, D)`` keys in the stored form of Spec §2.1
-                and values: load them and do not prefill (Spec §12.2), so an implementation with
+            static_keys: ``None``: prefill the static segments as Spec §4.4 says (``P`` alone as
+                one row ``([P], len)``, then every other non-empty static segment ``s`` in one
+                forward pass, each as its own row ``([P, s], len)``). Otherwise, for every static
+                segment, ``(layers, Hkv, len, D)`` keys in the stored form of Spec §2.1: load them
+                (with ``static_values``) and do not prefill (Spec §12.2), so an implementation with
                 another prefill design can run the vector.
+            static_values: ``None``, or the static segments' values, ``(layers, Hkv, len, D)``.
             ticks: the generation ticks in order; tick ``t`` is
                 ``{"feeds": [ids of worker 0, ..., ids of worker W-1], "flush": [w, ...]}``:
                 worker ``w`` feeds ``feeds[w]`` (possibly empty: a zero-token row that writes
