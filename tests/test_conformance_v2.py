@@ -306,6 +306,29 @@ def test_adapter_cmd_failures_are_clear(tmp_path: Path, capsys: pytest.CaptureFi
     assert "[adapter stdout] loading weights..." in captured.err
 
 
+def test_a_wrong_out_of_process_adapter_fails_numerically(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Through the line protocol, outputs are scored like in-process ones: no rotation at all fails."""
+    script = tmp_path / "identity.py"
+    script.write_text(
+        "import json, sys\n"
+        "from safetensors.numpy import load_file, save_file\n"
+        "for line in sys.stdin:\n"
+        "    r = json.loads(line)\n"
+        "    if r['op'] == 'hello':\n"
+        "        print(json.dumps({'ok': True, 'levels': ['rope']}), flush=True)\n"
+        "        continue\n"
+        "    t = load_file(r['tensors'])\n"
+        "    save_file({'rotated': t['x'], 'rerotated': t['y']}, r['output'])\n"
+        "    print(json.dumps({'id': r['id'], 'ok': True, 'output': r['output']}), flush=True)\n"
+    )
+    rc = main(["conform", "--adapter-cmd", f'"{sys.executable}" "{script}"', "--level", "rope", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 1 and out["failed"] == 14
+    for entry in out["vectors"]:
+        assert entry["failure"] == "numeric" and entry["ratio"] > 100, entry["name"]
+        assert entry["outputs"]["rotated"]["shape"] == entry["outputs"]["rotated"]["expected_shape"]
+
+
 def test_conform_export_and_score_need_a_directory(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["conform", "export"]) == 2
     assert "needs a directory" in capsys.readouterr().err
