@@ -334,6 +334,10 @@ def test_conform_export_and_score_need_a_directory(capsys: pytest.CaptureFixture
     assert "needs a directory" in capsys.readouterr().err
     assert main(["conform", "score", str(tmp_path / "missing")]) == 2
     assert "conform export" in capsys.readouterr().err
+    assert main(["conform", "score", str(tmp_path), "--adapter-cmd", "x"]) == 2
+    assert "takes no adapter" in capsys.readouterr().err
+    assert main(["conform", "run", str(tmp_path)]) == 2
+    assert "did you mean" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------- engine with explicit tables (Spec §4.5)

@@ -135,6 +135,10 @@ def cmd_conform(args: argparse.Namespace) -> int:
     if args.action != "run" and args.dir is None:
         print(f"error: conform {args.action} needs a directory: hogwild-ref conform {args.action} DIR", file=sys.stderr)
         return 2
+    if args.action != "run" and (args.adapter or args.adapter_cmd):
+        print(f"error: conform {args.action} takes no adapter: export writes the inputs, score reads the outputs "
+              f"in DIR", file=sys.stderr)
+        return 2
     if args.action == "run" and args.dir is not None:
         print(f"error: unexpected argument {args.dir!r}; did you mean `conform export {args.dir}` or "
               f"`conform score {args.dir}`?", file=sys.stderr)
