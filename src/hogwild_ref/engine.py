@@ -260,8 +260,13 @@ class Engine:
         allow_untested: run a model family outside the tested ones (Spec §11.3).
         model_name: the name reported in the result (default: the config's name or path).
         prefill_chunk: most tokens per row in one prefill forward (bounds prefill memory).
-        compile: compile the fast backend's decode attention with ``torch.compile(fullgraph=True)``
-            (a string is the compile mode, e.g. ``"reduce-overhead"``); None: on CUDA only.
+        compile: run the fast backend's one-token ticks through ``torch.compile(model.forward,
+            fullgraph=True)`` (a string is the compile mode); None: on CUDA only, with CUDA graphs.
+        table: explicit segments and views (Spec §4.5) instead of the ``layout`` preset; its lengths
+            must be 0. The rendered prompt goes into its prompt segment (Spec §4.4); every other
+            static segment's text comes from ``static_texts``.
+        static_texts: with ``table``: the text of each static segment other than the prompt segment
+            (missing ones stay empty).
 
     A ``scheduler`` config is used as given: its ``eos_token_ids`` replace the defaults
     (:func:`eos_token_ids`), so pass them when you pass a config.
@@ -286,6 +291,8 @@ class Engine:
         model_name: str | None = None,
         prefill_chunk: int = 512,
         compile: bool | str | None = None,
+        table: SegmentTable | None = None,
+        static_texts: dict[str, str] | None = None,
     ) -> None:
         if backend not in CACHE_BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(CACHE_BACKENDS)}")
@@ -293,14 +300,14 @@ class Engine:
             raise ValueError(f"prefill_chunk must be >= 1; got {prefill_chunk}")
         if not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be an integer >= 1; got {workers!r}")
-        if layout not in LAYOUTS:
-            raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+        table, layout = _explicit_table(table, static_texts, workers, layout)
+        self.table, self.static_texts = table, dict(static_texts or {})
         self.model, self.tokenizer = model, tokenizer
         self.rope = check_supported(model.config, allow_untested=allow_untested)
         self.workers, self.layout, self.backend = workers, layout, backend
         self.templates = templates or prompts_mod.PromptTemplates()
         base = scheduler or SchedulerConfig.from_templates(self.templates, eos_token_ids=eos_token_ids(model, tokenizer))
-        self.scheduler_config = replace(base, steps=layout != "contiguous")
+        self.scheduler_config = replace(base, steps=layout != "contiguous" if table is None else table.history is not None)
         self.names = self.scheduler_config.names or prompts_mod.default_names(workers)
         self.sampling = sampling or SamplingConfig()
         self.seed = seed
@@ -411,6 +418,8 @@ class Engine:
 
     def _table_and_static(self, problem: str) -> tuple[SegmentTable, str, dict[str, list[int]]]:
         """The layout's table (lengths 0) and the token ids of its static segments (Spec §4.4)."""
+        if self.table is not None:  # explicit views (Spec §4.5): static texts come from the caller
+            return _explicit_static(self, problem)
         table = make_layout(self.layout, self.workers)
         templates = self.templates
         if table.history is None:  # contiguous: no shared history, so no history header (Spec §4.1)
@@ -585,6 +594,46 @@ class Engine:
                 on_event(event)
         assert self.result is not None
         return self.result
+
+
+# ---------------------------------------------------------------------- explicit tables (Spec §4.5)
+def _explicit_table(table: SegmentTable | None, static_texts: dict[str, str] | None, workers: int,
+                    layout: str) -> tuple[SegmentTable | None, str]:
+    """Check ``Engine``'s ``table``/``static_texts`` arguments; return the table and the layout name."""
+    if table is None:
+        if static_texts:
+            raise ValueError("static_texts needs an explicit table (for the presets the prompts module renders them)")
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+        return None, layout
+    if not isinstance(table, SegmentTable):
+        raise TypeError(f"table must be a SegmentTable (SegmentTable.from_dict for the JSON form); got {type(table).__name__}")
+    if table.workers != workers:
+        raise ValueError(f"the table has {table.workers} workers but workers={workers}; pass workers={table.workers}")
+    if any(s.length for s in table.segments):
+        raise ValueError("an explicit table for the engine must have all lengths 0 (the engine prefills it)")
+    from .conformance.vectors import prompt_segment
+
+    first = prompt_segment(table)  # raises when Spec §4.4 defines no prefill for the table
+    unknown = sorted(set(static_texts or {}) - {s.id for s in table.segments if s.writer is None and s.id != first})
+    if unknown:
+        raise ValueError(f"static_texts names {unknown}, which are not static segments of the table other than {first!r}")
+    return table, table.layout or "explicit"
+
+
+def _explicit_static(engine: Engine, problem: str) -> tuple[SegmentTable, str, dict[str, list[int]]]:
+    """The explicit table, its prompt segment and its static segments' token ids (Spec §4.4, §4.5)."""
+    from .conformance.vectors import prompt_segment
+
+    table = engine.table
+    assert table is not None
+    templates = engine.templates if table.history is not None else replace(engine.templates, history_header="")
+    chat = engine.tokenizer.apply_chat_template if getattr(engine.tokenizer, "chat_template", None) else None
+    first = prompt_segment(table)
+    static = {first: engine._encode(prompts_mod.render_prompt(problem, engine.workers, chat, templates, names=engine.names))}
+    for sid, text in engine.static_texts.items():
+        static[sid] = engine._encode(text)
+    return table, first, static
 
 
 def generate(

@@ -5,7 +5,10 @@
   factory :func:`reference` is what ``hogwild-ref conform --adapter hogwild_ref.conformance:reference``
   imports;
 * :mod:`.vectors` — the vector format and :func:`generate_vectors` (deterministic);
-* :mod:`.runner` — :func:`run` (returns a :class:`Report`).
+* :mod:`.runner` — :func:`run` (returns a :class:`Report`);
+* :mod:`.external` — adapters in another process (:class:`~.external.CommandAdapter`, the line
+  protocol of Spec §12.7) and offline (:func:`~.external.export_vectors`,
+  :class:`~.external.OutputsDirAdapter`).
 """
 
 from __future__ import annotations

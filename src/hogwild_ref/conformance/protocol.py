@@ -42,8 +42,8 @@ class RopeAdapter(Protocol):
     def rope(
         self,
         *,
+        rope: dict[str, Any],
         config: dict[str, Any],
-        convention: str,
         x: Tensor,
         positions: Tensor,
         y: Tensor,
@@ -52,14 +52,15 @@ class RopeAdapter(Protocol):
         """Rotate at absolute positions and re-rotate by deltas.
 
         Args:
-            config: the model's Hugging Face config as a dict (``PretrainedConfig.to_dict()``
-                without ``transformers_version``; ``model_type`` names the architecture). The RoPE
-                parameters — inverse frequencies, ``attention_scaling`` ``A``, rotary dimension
-                ``d_r``, head dimension ``D`` — are the architecture's own (Spec §8.1): for
-                example ``transformers.AutoConfig.for_model(**config)`` and the architecture's
-                ``*RotaryEmbedding`` module. LongRoPE is pinned to its short factors (Spec §8.4).
-            convention: ``"half"`` (rotate-half, Llama/NeoX) or ``"interleaved"`` (GPT-J pairs),
-                Spec §8.3.
+            rope: the vector's RoPE, version-independent and normative (Spec §12.4):
+                ``{"convention": "half" | "interleaved", "inv_freq": [θ_0, ..., θ_{h-1}],
+                "attention_scaling": A, "rotary_dim": d_r, "head_dim": D, "rope_type": str,
+                "max_position": int | None}``. ``inv_freq`` are transformers' float32 inverse
+                frequencies (as float64 numbers); the first ``d_r = 2h`` channels are rotated
+                (Spec §8.1), pairs per the convention (Spec §8.3).
+            config: the model's Hugging Face config as a dict (transformers 5 ``to_dict()`` form,
+                without ``transformers_version``); informative here — for implementations that
+                build their RoPE from a config. Where the two disagree, ``rope`` is right.
             x: ``(N, D)`` float32 head vectors.
             positions: ``(N,)`` int64 absolute positions ``>= 0``.
             y: ``(N, D)`` float32 head vectors (already rotated vectors, or any vectors).
@@ -69,6 +70,8 @@ class RopeAdapter(Protocol):
             ``{"rotated": rotate(x, positions), "rerotated": rerotate(y, deltas)}``, both ``(N, D)``:
             ``rotate`` is the model's rotation with ``A`` (Spec §8.2), ``rerotate`` the *pure*
             rotation without ``A`` (Spec §8.3); row ``i`` uses ``positions[i]`` / ``deltas[i]``.
+            Row ``i`` is held to a tolerance that grows with ``|p_i|`` (Spec §10.4), so float32
+            angles pass.
         """
         ...
 
@@ -86,6 +89,7 @@ class AttentionAdapter(Protocol):
         table: dict[str, Any] | None,
         new_tokens: list[int],
         rope: dict[str, Any],
+        config: dict[str, Any],
         scaling: float,
         q: Tensor,
         k: Tensor,
@@ -105,8 +109,8 @@ class AttentionAdapter(Protocol):
                 Spec §2.4 (explicit views, Spec §4.5), with the same lengths as ``lengths``.
             new_tokens: ``[n_0, ..., n_{W-1}]``, the tokens worker ``w`` feeds this tick (``>= 0``);
                 the tick's rows are the workers' rows (Spec §3.1).
-            rope: ``{"config": <HF config dict>, "convention": "half" | "interleaved"}``, as for
-                :meth:`RopeAdapter.rope`.
+            rope: the RoPE data, as for :meth:`RopeAdapter.rope` (normative).
+            config: the HF config dict the RoPE data came from (informative).
             scaling: the attention scale (score = ``scaling * q·k``).
             q: ``(W, Hq, n, D)`` the new tokens' queries *before* RoPE (the attention layer's
                 projections); slot ``i`` of row ``w`` is real iff ``i < n_w``, the rest is padding.
@@ -140,9 +144,13 @@ class ModelAdapter(Protocol):
         *,
         config: dict[str, Any],
         weights: dict[str, Tensor],
-        layout: str,
+        rope: dict[str, Any],
+        layout: str | None,
         workers: int,
+        table: dict[str, Any] | None,
         static: dict[str, list[int]],
+        static_keys: dict[str, Tensor] | None,
+        static_values: dict[str, Tensor] | None,
         ticks: list[dict[str, Any]],
     ) -> Tensor:
         """Run a small model over a Hogwild cache through a given trace; return the logits.
@@ -150,12 +158,22 @@ class ModelAdapter(Protocol):
         Args:
             config: the model's Hugging Face config as a dict (as for :meth:`RopeAdapter.rope`).
             weights: the model's float32 parameters by their transformers ``state_dict`` names.
-            layout: the preset (Spec §4) — ``"contiguous"``, ``"interleaved"`` or ``"combined"``.
+            rope: the model's RoPE data (as for :meth:`RopeAdapter.rope`; normative where a
+                rebuilt config would differ, e.g. under transformers 4).
+            layout: the preset (Spec §4) — ``"contiguous"``, ``"interleaved"`` or ``"combined"`` —
+                or ``None`` when ``table`` gives explicit views.
             workers: ``W``.
+            table: ``None`` for a preset; otherwise the segment table in the JSON form of Spec §2.4
+                (explicit views, Spec §4.5; all lengths 0).
             static: token ids of the static segments, by segment id. The prompt segment ``P``
-                (``common``, or ``prompt`` for contiguous) comes first. Prefill them as Spec §4.4
-                says: ``P`` alone as one row ``([P], len)``, then every other non-empty static
-                segment ``s`` in one forward pass, each as its own row ``([P, s], len)``.
+                (the history, or the static segment opening every view) comes first.
+            static_keys: ``None``: prefill the static segments as Spec §4.4 says (``P`` alone as
+                one row ``([P], len)``, then every other non-empty static segment ``s`` in one
+                forward pass, each as its own row ``([P, s], len)``). Otherwise, for every static
+                segment, ``(layers, Hkv, len, D)`` keys in the stored form of Spec §2.1: load them
+                (with ``static_values``) and do not prefill (Spec §12.2), so an implementation with
+                another prefill design can run the vector.
+            static_values: ``None``, or the static segments' values, ``(layers, Hkv, len, D)``.
             ticks: the generation ticks in order; tick ``t`` is
                 ``{"feeds": [ids of worker 0, ..., ids of worker W-1], "flush": [w, ...]}``:
                 worker ``w`` feeds ``feeds[w]`` (possibly empty: a zero-token row that writes
@@ -175,4 +193,6 @@ class Adapter(RopeAdapter, AttentionAdapter, ModelAdapter, Protocol):
 
     Adapters may implement any subset: the runner looks each method up by the level's name
     (``getattr(adapter, level, None)``) and reports the vectors of missing levels as skipped.
+    Adapters in another process speak the line protocol of Spec §12.7 instead
+    (:mod:`hogwild_ref.conformance.external`).
     """

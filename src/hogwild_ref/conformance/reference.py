@@ -30,7 +30,7 @@ from ..masks import plan_tick
 from ..rope import RopeSpec
 from ..segments import SegmentTable, make_layout
 
-__all__ = ["ReferenceAdapter", "config_from_dict", "reference"]
+__all__ = ["ReferenceAdapter", "config_from_dict", "reference", "rope_spec"]
 
 
 def config_from_dict(config: Mapping[str, Any]) -> Any:
@@ -58,9 +58,9 @@ class ReferenceAdapter:
         self.dtype = dtype
 
     # ------------------------------------------------------------------ decisions (hooks)
-    def make_rope(self, config: Mapping[str, Any], convention: str) -> RopeSpec:
-        """The RoPE of a config dict (Spec §8.1)."""
-        return RopeSpec.from_config(config_from_dict(config), convention=convention)  # type: ignore[arg-type]
+    def make_rope(self, rope: Mapping[str, Any]) -> RopeSpec:
+        """The RoPE of a vector: its version-independent data (Spec §12.4), which is normative."""
+        return rope_spec(rope)
 
     def make_table(
         self, layout: str | None, workers: int, lengths: Mapping[str, int], table: Mapping[str, Any] | None
@@ -70,7 +70,7 @@ class ReferenceAdapter:
             built = SegmentTable.from_dict(table)
         else:
             if layout is None:
-                raise ValueError("an attention vector needs a layout name or an explicit table")
+                raise ValueError("a vector needs a layout name or an explicit table")
             built = make_layout(layout, workers)
         if built.workers != workers:
             raise ValueError(f"the table has {built.workers} workers, the vector says {workers}")
@@ -89,10 +89,10 @@ class ReferenceAdapter:
         return [list(f) for f in feeds]
 
     # ------------------------------------------------------------------ level: rope (Spec §8)
-    def rope(self, *, config: dict[str, Any], convention: str, x: Tensor, positions: Tensor, y: Tensor,
+    def rope(self, *, rope: dict[str, Any], config: dict[str, Any], x: Tensor, positions: Tensor, y: Tensor,
              deltas: Tensor) -> dict[str, Tensor]:
         """``rotate(x, positions)`` with ``attention_scaling`` and the pure ``rerotate(y, deltas)``."""
-        spec = self.make_rope(config, convention)
+        spec = self.make_rope(rope)
         return {"rotated": spec.rotate(x, positions), "rerotated": spec.rerotate(y, deltas)}
 
     # ------------------------------------------------------------------ level: attention (Spec §3, §9)
@@ -105,6 +105,7 @@ class ReferenceAdapter:
         table: dict[str, Any] | None,
         new_tokens: list[int],
         rope: dict[str, Any],
+        config: dict[str, Any],
         scaling: float,
         q: Tensor,
         k: Tensor,
@@ -113,7 +114,7 @@ class ReferenceAdapter:
         values: dict[str, Tensor],
     ) -> dict[str, Any]:
         """One tick of one layer through the reference's cache and rotate-queries backend."""
-        spec = self.make_rope(rope["config"], rope["convention"])
+        spec = self.make_rope(rope)
         tab = self.make_table(layout, workers, lengths, table)
         counts = self.tick_counts(new_tokens)
         plan = plan_tick(tab, tab.rows(counts), spec)
@@ -146,36 +147,85 @@ class ReferenceAdapter:
         }
 
     # ------------------------------------------------------------------ level: model (Spec §4.4, §5, §11)
-    def model(
-        self,
-        *,
-        config: dict[str, Any],
-        weights: dict[str, Tensor],
-        layout: str,
-        workers: int,
-        static: dict[str, list[int]],
-        ticks: list[dict[str, Any]],
-    ) -> Tensor:
-        """Prefill, then the trace's ticks and flushes, through :class:`~hogwild_ref.engine.Engine`."""
+    def _setup(self, config: dict[str, Any], weights: dict[str, Tensor], rope: dict[str, Any], layout: str | None,
+               workers: int, table: dict[str, Any] | None) -> tuple[Any, HogwildCache, str]:
+        """The model, an :class:`Engine` over an explicit table, an empty cache and the prompt segment."""
         from transformers import AutoModelForCausalLM
 
         from ..engine import Engine
+        from .vectors import prompt_segment
 
         cfg = config_from_dict(config)
         with torch.random.fork_rng(devices=[]):  # from_config initialises (and we overwrite) weights
             model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
         model.load_state_dict({name: t.to(torch.float32) for name, t in weights.items()}, strict=True)
         model = model.to(self.dtype).eval()
-        spec = self.make_rope(config, "half")
-        engine = Engine(model, None, workers=workers, layout=layout, backend=self.backend)
+        spec = self.make_rope(rope)
+        tab = self.make_table(layout, workers, {}, table)
+        engine = Engine(model, None, workers=workers, table=tab, backend=self.backend)
         engine.rope = spec
-        tab = self.make_table(layout, workers, {}, None)
         cache = self.make_cache(model.config, tab, spec, self.backend, self.dtype)
-        first = tab.history if tab.history is not None else tab.segments[0].id
-        if first not in static:
-            raise ValueError(f"the trace gives no tokens for the prompt segment {first!r}")
-        logits: list[Tensor] = []
+        return engine, cache, prompt_segment(tab)
+
+    def prefill_kv(self, *, config: dict[str, Any], weights: dict[str, Tensor], rope: dict[str, Any],
+                   layout: str | None, workers: int, table: dict[str, Any] | None,
+                   static: dict[str, list[int]]) -> dict[str, tuple[Tensor, Tensor]]:
+        """The static segments' K/V after the Spec §4.4 prefill: ``{id: (keys, values)}``, each
+        ``(layers, Hkv, len, D)``, keys in the stored form of Spec §2.1 (used by the vector generator)."""
+        engine, cache, first = self._setup(config, weights, rope, layout, workers, table)
         engine.prefill(cache, first, static)
+        out = {}
+        for sid in static:
+            j, L = cache.table.index(sid), cache.table.length(sid)
+            ks = torch.stack([st.keys[j][:, :L] for st in cache.stores])
+            vs = torch.stack([st.values[j][:, :L] for st in cache.stores])
+            if cache.position_zero:  # the oracle stores A k (position 0): move to local positions 0..L-1
+                ks = cache.rope.rerotate(ks, torch.arange(L))
+            out[sid] = (ks.clone(), vs.clone())
+        return out
+
+    def load_static(self, cache: HogwildCache, keys: Mapping[str, Tensor], values: Mapping[str, Tensor]) -> None:
+        """Store given static K/V (stored form, ``(layers, Hkv, len, D)``) instead of prefilling (Spec §12.2)."""
+        lengths = {}
+        with torch.inference_mode():
+            for sid, ks in keys.items():
+                j, L = cache.table.index(sid), ks.shape[2]
+                if cache.table[sid].writer is not None:
+                    raise ValueError(f"static K/V given for {sid!r}, which is a worker's write segment")
+                ks = ks.to(cache.stores[0].keys[j].dtype)
+                if cache.position_zero:
+                    ks = cache.rope.rerotate(ks, -torch.arange(L))
+                for layer, store in enumerate(cache.stores):
+                    store.write(j, 0, ks[layer], values[sid][layer].to(ks.dtype))
+                lengths[sid] = L
+        cache.table = cache.table.with_lengths(lengths)
+
+    def model(
+        self,
+        *,
+        config: dict[str, Any],
+        weights: dict[str, Tensor],
+        rope: dict[str, Any],
+        layout: str | None,
+        workers: int,
+        table: dict[str, Any] | None,
+        static: dict[str, list[int]],
+        static_keys: dict[str, Tensor] | None,
+        static_values: dict[str, Tensor] | None,
+        ticks: list[dict[str, Any]],
+    ) -> Tensor:
+        """Prefill (or load the given static K/V), then the trace's ticks and flushes, through
+        :class:`~hogwild_ref.engine.Engine` over the vector's table."""
+        engine, cache, first = self._setup(config, weights, rope, layout, workers, table)
+        if static_keys is not None:
+            if static_values is None or set(static_values) != set(static_keys):
+                raise ValueError("static_keys and static_values must name the same segments")
+            self.load_static(cache, static_keys, static_values)
+        else:
+            if first not in static:
+                raise ValueError(f"the trace gives no tokens for the prompt segment {first!r}")
+            engine.prefill(cache, first, static)
+        logits: list[Tensor] = []
         for tick in ticks:
             feeds = self.tick_feeds(tick["feeds"])
             out = engine.forward_rows(cache, cache.table.rows([len(f) for f in feeds]), feeds)
@@ -184,6 +234,18 @@ class ReferenceAdapter:
             for w in tick.get("flush", []):
                 cache.flush(int(w))
         return torch.stack(logits)
+
+
+def rope_spec(rope: Mapping[str, Any]) -> RopeSpec:
+    """A :class:`RopeSpec` from a vector's version-independent RoPE data (Spec §12.4)."""
+    try:
+        return RopeSpec(
+            torch.tensor(rope["inv_freq"], dtype=torch.float64), float(rope["attention_scaling"]),
+            int(rope["head_dim"]), rope["convention"], str(rope.get("rope_type", "default")), rope.get("max_position"),
+        )
+    except KeyError as exc:
+        raise ValueError(f"the vector's rope data lacks {exc}; version 2 vectors carry inv_freq, attention_scaling, "
+                         "rotary_dim, head_dim and convention (Spec §12.4)") from exc
 
 
 def reference() -> ReferenceAdapter:

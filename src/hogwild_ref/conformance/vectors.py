@@ -2,19 +2,21 @@
 
 A vector is a pair of files in ``<vectors dir>/<level>/``:
 
-* ``<name>.json`` — metadata: ``name``, ``level``, ``version`` (of the spec, §1.4), ``description``,
-  ``tolerance``, ``measure``, ``dtype``, ``features``, ``inputs`` (the non-tensor keyword arguments of
-  the adapter method), ``tensors`` (what every tensor of the safetensors file is), for the ``model``
-  level ``config`` (the model's transformers config dict), and for the ``rope`` level ``diagnostics``
-  (the reference's RoPE parameters; informative, never passed to an adapter);
+* ``<name>.json`` — metadata: ``name``, ``level``, ``version`` (format version 2, Spec §1.4),
+  ``generator`` (the library versions), ``description``, ``tolerance`` (and, for ``rope``,
+  ``tolerance_per_position``, Spec §10.4), ``measure``, ``dtype``, ``features``, ``inputs`` (the
+  non-tensor keyword arguments of the adapter method, among them the version-independent RoPE data
+  ``rope``), ``tensors`` (what every tensor of the safetensors file is), and for the ``model`` level
+  ``config`` (the model's transformers config dict);
 * ``<name>.safetensors`` — tensors named ``input/...`` (given to the adapter) and ``expected/...``
   (never given to it).
 
 :func:`generate_vectors` rebuilds every vector from fixed seeds with the reference's oracles: float64
 rotations (``rope``), the dense float64 attention oracle of Spec §9.1 (``attention``) and the engine
-oracle of Spec §11.4 run in float64 (``model``). Expected values are stored in float32, JSON with a
-fixed key order and indentation, safetensors with sorted tensor names and no metadata, so that
-regeneration reproduces the checked-in files byte for byte.
+oracle of Spec §11.4 run in float64 (``model``; with given static K/V for ``prefill=given`` vectors).
+Expected values are stored in float32, JSON with a fixed key order and indentation, safetensors with
+sorted tensor names and no metadata, so that regeneration reproduces the checked-in files byte for
+byte.
 """
 
 from __future__ import annotations
@@ -38,6 +40,11 @@ __all__ = [
     "FORMAT",
     "SPEC_VERSION",
     "Vector",
+    "generator_versions",
+    "official_combined_table",
+    "private_scratch_table",
+    "prompt_segment",
+    "rope_data",
     "generate_vectors",
     "dumps_json",
     "load_vector",
@@ -45,18 +52,25 @@ __all__ = [
     "write_vector",
 ]
 
-#: version of the specification the vectors are generated for (Spec §1.4)
-SPEC_VERSION = 1
+#: version of the vector format / specification the vectors are generated for (Spec §1.4, §12.2)
+SPEC_VERSION = 2
 #: directory name of this vector set under ``spec/vectors/``
-FORMAT = "v1"
+FORMAT = "v2"
 
-#: tolerances on the relative error of Spec §10.1 (rope and attention: §10.2 by dtype)
-ROPE_TOLERANCE = TOLERANCES[torch.float32]
+#: tolerances on the relative error of Spec §10.1 (attention: §10.2 by dtype; rope: §8.5 / §10.4,
+#: per row ``ROPE_TOLERANCE + ROPE_TOLERANCE_PER_POSITION * (|p| + 1)``)
+ROPE_TOLERANCE = 1e-6
+ROPE_TOLERANCE_PER_POSITION = 2.0**-23
 MODEL_TOLERANCE = 1e-4
 #: a greedy token is marked exact when its logit beats the runner-up by this fraction of max|logits|
 TOKEN_MARGIN = 1e-3
 
 MEASURE_RELATIVE = "max|out - expected| / max|expected| per output (Spec §10.1); the vector's error is the worst output"
+MEASURE_ROPE = (
+    "per output and per row i: max_j |out[i, j] - expected[i, j]| / max|expected| (Spec §10.1), at most "
+    "tolerance + tolerance_per_position * (|p_i| + 1) with p_i = positions[i] (rotated) or deltas[i] (rerotated) "
+    "(Spec §10.4)"
+)
 
 
 @dataclass
@@ -137,6 +151,36 @@ def _config_dict(config: Any) -> dict[str, Any]:
     data = config.to_dict()
     data.pop("transformers_version", None)
     return json.loads(json.dumps(data))  # plain JSON types (e.g. int dict keys become strings)
+
+
+def rope_data(spec: RopeSpec) -> dict[str, Any]:
+    """The version-independent RoPE of a vector (Spec §12.4, normative): what ``rotate``/``rerotate`` need.
+
+    ``inv_freq`` are the float64 values of transformers' float32 inverse frequencies (JSON floats
+    round-trip exactly), so an implementation needs neither transformers nor a config parser.
+    """
+    return {
+        "convention": spec.convention,
+        "rope_type": spec.rope_type,
+        "head_dim": spec.head_dim,
+        "rotary_dim": spec.rotary_dim,
+        "attention_scaling": spec.attention_scaling,
+        "max_position": spec.max_position,
+        "inv_freq": [float(x) for x in spec.inv_freq.tolist()],
+    }
+
+
+def generator_versions() -> dict[str, str]:
+    """The library versions a vector was generated with (Spec §12.2); torch without its local build tag."""
+    import transformers
+
+    from .. import __version__
+
+    return {
+        "hogwild_ref": __version__,
+        "torch": torch.__version__.split("+")[0],
+        "transformers": transformers.__version__,
+    }
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -254,18 +298,20 @@ def _rope_vector(case: str, convention: str, seed: int) -> Vector:
         "name": f"{case}-{convention}",
         "level": "rope",
         "version": SPEC_VERSION,
+        "generator": generator_versions(),
         "description": (
             f"RoPE of a {config.model_type} config with rope type {spec.rope_type!r} "
             f"(head_dim {spec.head_dim}, rotary_dim {spec.rotary_dim}, attention_scaling {spec.attention_scaling:.6g}), "
             f"{convention!r} convention: rotate(x, positions) includes attention_scaling (Spec §8.2); "
-            "rerotate(y, deltas) is a pure rotation (Spec §8.3). Positions up to the model's limit "
-            "(angles must be computed in float64, Spec §8.5)."
+            "rerotate(y, deltas) is a pure rotation (Spec §8.3). Positions up to the model's limit; the "
+            "tolerance grows with the position, so float32 angles pass (Spec §8.5, §10.4)."
         ),
         "tolerance": ROPE_TOLERANCE,
-        "measure": MEASURE_RELATIVE,
+        "tolerance_per_position": ROPE_TOLERANCE_PER_POSITION,
+        "measure": MEASURE_ROPE,
         "dtype": "float32",
         "features": features,
-        "inputs": {"config": _config_dict(config), "convention": convention},
+        "inputs": {"rope": rope_data(spec), "config": _config_dict(config)},
         "tensors": {
             "input/x": f"({N}, {D}) float32: vectors to rotate",
             "input/positions": f"({N},) int64: absolute positions, 0 <= p < {limit}",
@@ -273,15 +319,6 @@ def _rope_vector(case: str, convention: str, seed: int) -> Vector:
             "input/deltas": f"({N},) int64: position deltas",
             "expected/rotated": f"({N}, {D}) float32: rotate(x[i], positions[i]) = A R(p) x (Spec §8.2)",
             "expected/rerotated": f"({N}, {D}) float32: rerotate(y[i], deltas[i]) = R(d) y, no A (Spec §8.3)",
-        },
-        "diagnostics": {
-            "note": "the reference's RoPE parameters for this config; informative, not passed to the adapter",
-            "rope_type": spec.rope_type,
-            "head_dim": spec.head_dim,
-            "rotary_dim": spec.rotary_dim,
-            "attention_scaling": spec.attention_scaling,
-            "max_position": spec.max_position,
-            "inv_freq": spec.inv_freq.tolist(),
         },
     }
     tensors = {
@@ -313,6 +350,7 @@ class _AttentionCase:
     convention: str = "half"
     dtype: torch.dtype = torch.float32
     scaling: float | None = None
+    extra: tuple[str, ...] = ()
 
 
 def _combined_lengths(common: int, others_header: int, sep: int, own_header: int, cur: Sequence[int]) -> dict[str, int]:
@@ -347,6 +385,32 @@ def _explicit_no_history_table() -> dict[str, Any]:
     ]
     views = [["system", "out_1", "notes", "out_0"], ["notes", "system", "out_0", "out_1"]]
     return {"version": 1, "layout": None, "history": None, "segments": segments, "views": views}
+
+
+def official_combined_table(workers: int = 2, lengths: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """The official code's combined layout: ``[common, others_header, cur_j (j != w), own_header, cur_w]``.
+
+    Five blocks at ``W = 2``; unlike the preset of Spec §4.3 there are no separators.
+    """
+    lengths = dict(lengths or {})
+    segments = [{"id": "common", "length": lengths.get("common", 0), "writer": None},
+                {"id": "others_header", "length": lengths.get("others_header", 0), "writer": None}]
+    segments += [{"id": f"cur_{w}", "length": lengths.get(f"cur_{w}", 0), "writer": w} for w in range(workers)]
+    segments += [{"id": "own_header", "length": lengths.get("own_header", 0), "writer": None}]
+    views = [["common", "others_header", *(f"cur_{j}" for j in range(workers) if j != w), "own_header", f"cur_{w}"]
+             for w in range(workers)]
+    return {"version": 1, "layout": None, "history": "common", "segments": segments, "views": views}
+
+
+def private_scratch_table(workers: int = 2, lengths: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """Each worker sees the others' steps, then a private static scratch segment, then its own step."""
+    lengths = dict(lengths or {})
+    segments = [{"id": "common", "length": lengths.get("common", 0), "writer": None}]
+    segments += [{"id": f"scratch_{w}", "length": lengths.get(f"scratch_{w}", 0), "writer": None} for w in range(workers)]
+    segments += [{"id": f"cur_{w}", "length": lengths.get(f"cur_{w}", 0), "writer": w} for w in range(workers)]
+    views = [["common", *(f"cur_{j}" for j in range(workers) if j != w), f"scratch_{w}", f"cur_{w}"]
+             for w in range(workers)]
+    return {"version": 1, "layout": None, "history": "common", "segments": segments, "views": views}
 
 
 ATTENTION_CASES: tuple[_AttentionCase, ...] = (
@@ -394,6 +458,21 @@ ATTENTION_CASES: tuple[_AttentionCase, ...] = (
                    "a segment in no view", "llama-gqa", (1, 2, 1), table=_explicit_scratch_table()),
     _AttentionCase("explicit-w2-no-history", "explicit views without a history; static segments in different orders",
                    "llama-mha", (2, 1), table=_explicit_no_history_table()),
+    _AttentionCase("official5-w2", "the official code's five-block combined layout [common, others_header, "
+                   "other's step, own_header, own step] without separators, feeds (2, 1)", "llama-gqa", (2, 1),
+                   table=official_combined_table(2, {"common": 40, "others_header": 6, "own_header": 5,
+                                                     "cur_0": 7, "cur_1": 3}),
+                   extra=("table=official-combined",)),
+    _AttentionCase("official5-w2-zero", "the official five-block layout, worker 1 idle (feeds (3, 0)), YaRN",
+                   "llama-yarn-gqa", (3, 0),
+                   table=official_combined_table(2, {"common": 25, "others_header": 4, "own_header": 6,
+                                                     "cur_0": 2, "cur_1": 5}),
+                   extra=("table=official-combined",)),
+    _AttentionCase("scratch-w2", "private scratch layout [common, other's step, scratch_w, own step], feeds (1, 2)",
+                   "llama-gqa", (1, 2),
+                   table=private_scratch_table(2, {"common": 12, "scratch_0": 4, "scratch_1": 2, "cur_0": 3,
+                                                   "cur_1": 0}),
+                   extra=("table=private-scratch",)),
 )
 
 
@@ -479,6 +558,7 @@ def _attention_vector(case: _AttentionCase, seed: int) -> Vector:
         "name": case.name,
         "level": "attention",
         "version": SPEC_VERSION,
+        "generator": generator_versions(),
         "description": (
             f"{case.description}. One tick of one attention layer: build the views, place the new tokens "
             "at their view positions (Spec §3.5), rotate q and k there (Spec §8.2), write every row's real "
@@ -487,14 +567,15 @@ def _attention_vector(case: _AttentionCase, seed: int) -> Vector:
         "tolerance": TOLERANCES[case.dtype],
         "measure": MEASURE_RELATIVE + "; out over real query slots only",
         "dtype": dt,
-        "features": _attention_features(spec, tab, counts, hq, hkv, case.dtype, case.convention),
+        "features": _attention_features(spec, tab, counts, hq, hkv, case.dtype, case.convention) + list(case.extra),
         "inputs": {
             "layout": case.layout if case.table is None else None,
             "workers": W,
             "lengths": lengths,
             "table": tab.to_dict() if case.table is not None else None,
             "new_tokens": counts,
-            "rope": {"config": _config_dict(config), "convention": case.convention},
+            "rope": rope_data(spec),
+            "config": _config_dict(config),
             "scaling": scaling,
         },
         "tensors": desc,
@@ -527,9 +608,12 @@ class _ModelCase:
     name: str
     description: str
     family: str
-    layout: str
+    layout: str | None
     workers: int
     overrides: Mapping[str, Any]
+    table: Callable[[], dict[str, Any]] | None = None  # explicit views (Spec §4.5) instead of a preset
+    given_kv: bool = False  # the vector carries its static segments' K/V (Spec §12.2): no prefill needed
+    extra: tuple[str, ...] = ()
 
 
 MODEL_CASES: tuple[_ModelCase, ...] = (
@@ -541,29 +625,54 @@ MODEL_CASES: tuple[_ModelCase, ...] = (
                {"bos_token_id": 1, "eos_token_id": 2}),
     _ModelCase("llama-yarn-interleaved-w3", "tiny Llama with YaRN RoPE (attention_scaling != 1), interleaved layout, "
                "three workers", "llama", "interleaved", 3, {"rope_parameters": dict(_YARN), "max_position_embeddings": 8192}),
+    _ModelCase("llama-official5-w2", "tiny Llama, the official code's five-block combined layout (explicit table "
+               "[common, others_header, other's step, own_header, own step], no separators), two workers",
+               "llama", None, 2, {}, table=lambda: official_combined_table(2), extra=("table=official-combined",)),
+    _ModelCase("llama-official5-w2-given-kv", "tiny Llama, the official five-block layout with the static segments' "
+               "K/V given (any prefill design can run it), two workers", "llama", None, 2, {},
+               table=lambda: official_combined_table(2), given_kv=True, extra=("table=official-combined",)),
+    _ModelCase("llama-scratch-w2", "tiny Llama, private scratch layout (explicit table [common, other's step, "
+               "scratch_w, own step]), two workers", "llama", None, 2, {}, table=lambda: private_scratch_table(2),
+               extra=("table=private-scratch",)),
 )
 
 
-def _model_trace(layout: str, workers: int, vocab: int, seed: int) -> tuple[dict[str, list[int]], list[dict[str, Any]]]:
+def _model_table(case: _ModelCase) -> SegmentTable:
+    if case.table is not None:
+        return SegmentTable.from_dict(case.table())
+    assert case.layout is not None
+    return make_layout(case.layout, case.workers)
+
+
+def _model_trace(tab: SegmentTable, vocab: int, seed: int) -> tuple[dict[str, list[int]], list[dict[str, Any]]]:
     g = torch.Generator().manual_seed(seed)
 
     def ids(n: int) -> list[int]:
         return torch.randint(3, vocab, (n,), generator=g).tolist()
 
-    tab = make_layout(layout, workers)
-    first = tab.history if tab.history is not None else tab.segments[0].id
+    first = prompt_segment(tab)
     static = {first: ids(12)}
-    if layout == "combined":
-        static["others_header"] = ids(4)
-        static["own_header"] = ids(3)
-        for j in range(workers):
-            static[f"sep_{j}"] = ids(2)
+    sizes = {"others_header": 4, "own_header": 3}
+    for seg in tab.segments:  # every other static segment in table order (2 tokens unless named above)
+        if seg.writer is None and seg.id != first:
+            static[seg.id] = ids(sizes.get(seg.id, 2))
     ticks = []
     for counts, flushes in _TRACE:
-        feeds = [ids(c) for c in counts[:workers]]
-        flush = [w for w in flushes if w < workers] if tab.history is not None else []
+        feeds = [ids(c) for c in counts[: tab.workers]]
+        flush = [w for w in flushes if w < tab.workers] if tab.history is not None else []
         ticks.append({"feeds": feeds, "flush": flush})
     return static, ticks
+
+
+def prompt_segment(tab: SegmentTable) -> str:
+    """The prompt segment ``P`` of Spec §4.4: the history, else the static segment opening every view."""
+    if tab.history is not None:
+        return tab.history
+    first = tab.views[0][0]
+    if tab[first].writer is not None or any(v[0] != first for v in tab.views):
+        raise ValueError("the table has no history and no static segment that opens every view; "
+                         "Spec §4.4 defines no prefill for it")
+    return first
 
 
 def _model_vector(case: _ModelCase, seed: int) -> Vector:
@@ -574,19 +683,32 @@ def _model_vector(case: _ModelCase, seed: int) -> Vector:
     config = _config_dict(model.config)
     weights = {k: v.detach().to(torch.float32).clone() for k, v in model.state_dict().items()}
     vocab = int(model.config.vocab_size)
-    static, ticks = _model_trace(case.layout, case.workers, vocab, seed + 1)
+    tab = _model_table(case)
+    table_dict = tab.to_dict() if case.table is not None else None
+    static, ticks = _model_trace(tab, vocab, seed + 1)
+    spec = RopeSpec.from_config(model.config)
+    rope = rope_data(spec)
     # the engine oracle (Spec §11.4), run in float64
     engine_oracle = ReferenceAdapter(backend="oracle", dtype=torch.float64)
-    logits = engine_oracle.model(config=config, weights=weights, layout=case.layout, workers=case.workers,
-                                 static=static, ticks=ticks)
+    common = dict(config=config, weights=weights, rope=rope, layout=case.layout, workers=case.workers,
+                  table=table_dict, static=static, ticks=ticks)
+    static_keys = static_values = None
+    if case.given_kv:
+        # the static segments' K/V as the Spec §4.4 prefill computes them (float64 oracle), in the stored form of
+        # Spec §2.1, rounded to float32; the expected logits are computed from exactly these rounded K/V
+        kv = engine_oracle.prefill_kv(config=config, weights=weights, rope=rope, layout=case.layout,
+                                      workers=case.workers, table=table_dict, static=static)
+        static_keys = {sid: k.float() for sid, (k, _) in kv.items()}
+        static_values = {sid: v.float() for sid, (_, v) in kv.items()}
+    logits = engine_oracle.model(**common, static_keys=static_keys, static_values=static_values)
     T, W = logits.shape[:2]
     fed = torch.tensor([[len(f) > 0 for f in t["feeds"]] for t in ticks])
     top2 = logits.topk(2, dim=-1).values
     margin = (top2[..., 0] - top2[..., 1]) > TOKEN_MARGIN * float(logits[fed].abs().max())
     tokens = torch.where(fed & margin, logits.argmax(-1), torch.full((T, W), -1, dtype=torch.long))
-    spec = RopeSpec.from_config(model.config)
-    features = [f"family={model.config.model_type}", f"layout={case.layout}", f"W={case.workers}",
-                "zero-token row", "multi-token row", f"rope_type={spec.rope_type}"]
+    features = [f"family={model.config.model_type}", f"layout={case.layout or 'explicit'}", f"W={case.workers}",
+                "zero-token row", "multi-token row", f"rope_type={spec.rope_type}",
+                "prefill=given" if case.given_kv else "prefill=spec"]
     if any(t["flush"] for t in ticks):
         features.append("flush")
     if any(len(t["flush"]) > 1 for t in ticks):
@@ -595,20 +717,36 @@ def _model_vector(case: _ModelCase, seed: int) -> Vector:
         features.append("partial rotary")
     if spec.attention_scaling != 1.0:
         features.append("attention_scaling != 1")
+    features += list(case.extra)
     tensors = {f"input/weights/{k}": v for k, v in weights.items()}
     desc = {f"input/weights/{k}": f"{tuple(v.shape)} float32: parameter {k}" for k, v in weights.items()}
+    hkv, D = spec_heads(model.config)
+    layers = int(model.config.num_hidden_layers)
+    for sid in (static_keys or {}):
+        assert static_keys is not None and static_values is not None
+        L = static_keys[sid].shape[2]
+        tensors[f"input/static_keys/{sid}"] = static_keys[sid]
+        tensors[f"input/static_values/{sid}"] = static_values[sid]
+        desc[f"input/static_keys/{sid}"] = (f"({layers}, {hkv}, {L}, {D}) float32: per layer, the stored keys of static "
+                                            f"segment {sid} (Spec §2.1 form) as the Spec §4.4 prefill computes them")
+        desc[f"input/static_values/{sid}"] = f"({layers}, {hkv}, {L}, {D}) float32: per layer, the values of {sid}"
     tensors["expected/logits"] = logits.float()
     tensors["expected/tokens"] = tokens
     desc["expected/logits"] = (f"({T}, {W}, {vocab}) float32: logits of each worker's last fed token per tick "
                                "(rows of workers that fed nothing are not compared)")
     desc["expected/tokens"] = (f"({T}, {W}) int64: greedy token (argmax) per tick and worker where it is decisive, "
                                "else -1; marked tokens must match exactly")
+    prefill = (
+        "Load the given static K/V (input/static_keys, input/static_values) instead of prefilling (Spec §12.2)"
+        if case.given_kv else "Prefill the static segments as Spec §4.4 says (each in the context of the prompt segment)"
+    )
     meta = {
         "name": case.name,
         "level": "model",
         "version": SPEC_VERSION,
+        "generator": generator_versions(),
         "description": (
-            f"{case.description}. Prefill the static segments (Spec §4.4), then run the ticks with the given "
+            f"{case.description}. {prefill}, then run the ticks with the given "
             "feeds (teacher forcing: zero-token workers write nothing, Spec §3.4; multi-token feeds are causal) and "
             "flush the listed workers after each tick, in order (Spec §5). Expected: the engine oracle's "
             "(Spec §11.4) last-slot logits per worker per tick, computed in float64."
@@ -621,10 +759,17 @@ def _model_vector(case: _ModelCase, seed: int) -> Vector:
         "dtype": "float32",
         "features": features,
         "config": config,
-        "inputs": {"layout": case.layout, "workers": case.workers, "static": static, "ticks": ticks},
+        "inputs": {"layout": case.layout, "workers": case.workers, "table": table_dict, "rope": rope,
+                   "static": static, "ticks": ticks},
         "tensors": desc,
     }
     return Vector(meta, tensors)
+
+
+def spec_heads(config: Any) -> tuple[int, int]:
+    """``(Hkv, D)`` of a transformers config."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads), int(head_dim)
 
 
 def _model_vectors() -> list[Vector]:
