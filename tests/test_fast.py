@@ -62,8 +62,10 @@ def check_fast_layer(table, counts, rope_name, hkv, group, dtype, seed, slack):
     caps = {s.id: plan.table.length(s.id) + slack for s in table.segments}
     cache = HogwildCache(_layer_config(hq, hkv, D), table, rope, "fast", dtype, DEVICE, caps)
     store = cache.stores[0]
-    store.k.fill_(1e4)  # unused capacity holds large finite garbage: reading it past a mask shows
-    store.v.fill_(-1e4)
+    for buf in (store.k_common, store.k_tail):  # unused capacity holds large finite garbage:
+        buf.fill_(1e4)  # reading it past a mask shows
+    for buf in (store.v_common, store.v_tail):
+        buf.fill_(-1e4)
     for j, seg in enumerate(table.segments):
         if seg.length:
             local = rope.rotate(k_pre[j][:, : seg.length].to(dtype), torch.arange(seg.length))
@@ -160,13 +162,15 @@ def test_store_growth_keeps_contents():
 
     table = combined(2, 4)
     store = SegmentStore([4, 1, 2, 1, 2, 1, 1], 1, 2, torch.float64, "cpu", common=0)
+    assert store.capacities == [4] + [2] * 6  # tail blocks of one capacity
     for j in range(7):
         store.write(j, 0, torch.full((1, 1, 2), float(j)), torch.full((1, 1, 2), -float(j)))
-    base_before = list(store.base)
     assert store.reserve(table.index("cur_0"), 9)
-    assert store.generation == 1 and store.base != base_before
+    assert store.generation == 1 and store.block == 9 and store.k_tail.shape == (1, 6, 9, 2)
     for j in range(7):
         assert float(store.keys[j][0, 0, 0]) == j and float(store.values[j][0, 0, 0]) == -j
+    assert [float(x) for x in store.k_tail[0, :, 0, 0]] == [float(j) for j in store.tail_segments]
+    assert store.slot(store.tail_segments[2], 5) == 2 * 9 + 5
 
 
 # ---------------------------------------------------------------------- engine

@@ -85,7 +85,7 @@ class HogwildCache(Cache):
         self.decode: DecodeTick | None = None
         self._write_rot: Rotation | None = None
         self._buffers: dict[torch.device, DecodeBuffers] = {}
-        self._tail_index: dict[tuple[torch.device, int], tuple[Tensor, Tensor]] = {}
+        self._tail_index: dict[torch.device, Tensor] = {}
         self._layer_inputs: dict[torch.device, tuple[Tensor, ...]] = {}
         self.compiled = compile  # the engine compiles the decode step; the window must then stay symbolic
 
@@ -113,9 +113,8 @@ class HogwildCache(Cache):
         for w, c in enumerate(counts):
             if c:
                 sid = table.write_segment(w)
-                size = table.length(sid) + c
                 for store in self.stores:
-                    store.reserve(table.index(sid), size)
+                    store.reserve(table.index(sid), table.length(sid) + c)
         tick = plan_decode(table, counts, self.rope, self.stores[0])
         for store in self.stores:
             if store.device not in self._buffers:
@@ -126,8 +125,8 @@ class HogwildCache(Cache):
         for device, buffers in self._buffers.items():
             buffers.load(tick)
             store = next(st for st in self.stores if st.device == device)
-            seg, loc = self._tail(store)
-            inputs = buffers.layer_inputs(tick.window, store.common, seg, loc)  # type: ignore[arg-type]
+            inputs = buffers.layer_inputs(tick.window, store.common, self._tail(store), store.block)  # type: ignore[arg-type]
+            inputs = (*inputs, store.scatter_index(buffers.slots))
             if self.compiled:
                 torch._dynamo.mark_dynamic(inputs[2], 1)  # the mask's width carries the common window
             self._layer_inputs[device] = inputs
@@ -156,7 +155,7 @@ class HogwildCache(Cache):
         if self.decode is not None:
             buf = self._buffers[store.device]
             local = self.rope.apply(key_states[:, :, 0], Rotation(buf.write_cos[:, None], buf.write_sin[:, None]))
-            store.scatter(buf.slots, local.transpose(0, 1), value_states[:, :, 0].transpose(0, 1))
+            store.scatter(self._layer_inputs[store.device][-1], local.transpose(0, 1), value_states[:, :, 0].transpose(0, 1))
             return key_states, value_states
         plan = self.plan
         if plan is None:
@@ -176,22 +175,18 @@ class HogwildCache(Cache):
         assert self.plan is not None
         return self.backend(query, store.keys, store.values, self.plan, self.rope, scaling)
 
-    def _tail(self, store: SegmentStore) -> tuple[Tensor, Tensor]:
-        """The store's tail index (segment, local position per slot) on its device, cached per layout."""
-        key = (store.device, store.generation)
-        if key not in self._tail_index:
-            seg, loc = store.tail_index()
-            self._tail_index[key] = (seg.to(store.device), loc.to(store.device))
-        return self._tail_index[key]
+    def _tail(self, store: SegmentStore) -> Tensor:
+        """Table indices of the store's tail segments on its device."""
+        if store.device not in self._tail_index:
+            self._tail_index[store.device] = torch.tensor(store.tail_segments, dtype=torch.long, device=store.device)
+        return self._tail_index[store.device]
 
     def _attend_decode(self, store: SegmentStore, query: Tensor, scaling: float) -> Tensor:
-        tail_cos, tail_sin, mask, active = self._layer_inputs[store.device]
-        tail = store.tail_slice
-        window = mask.shape[1] - (tail.stop - tail.start)  # symbolic under torch.compile
-        kc, vc = store.k[:, :window], store.v[:, :window]
-        return decode_attention(
-            query, kc, vc, store.k[:, tail], store.v[:, tail], tail_cos, tail_sin, mask, active, self.rope, scaling
-        )
+        query_cos, query_sin, mask, active, _ = self._layer_inputs[store.device]
+        k_tail, v_tail = store.k_tail, store.v_tail
+        window = mask.shape[1] - k_tail.shape[1] * k_tail.shape[2]  # symbolic under torch.compile
+        kc, vc = store.k_common[:, :window], store.v_common[:, :window]
+        return decode_attention(query, kc, vc, k_tail, v_tail, query_cos, query_sin, mask, active, self.rope, scaling)
 
     def get_seq_length(self, layer_idx: int | None = 0, *args: Any, **kwargs: Any) -> int:
         """Longest view length (informational: the engine always passes explicit position ids).

@@ -10,6 +10,7 @@ Public entry points: :func:`generate` (returns a :class:`HogwildResult`) and :cl
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from torch import Tensor
 from . import prompts as prompts_mod
 from .cache import ATTN_IMPLEMENTATION, CACHE_BACKENDS, HogwildCache, make_cache
 from .masks import plan_tick
+from .packed import PackedLinear, packing_available
 from .models import check_supported, sliding_window
 from .sampling import SamplingConfig, sample_rows
 from .scheduler import Scheduler, SchedulerConfig, Snapshot, extract_boxed
@@ -235,7 +237,7 @@ def _cache_keyword(model: Any) -> str:
 
 # ---------------------------------------------------------------------- engine
 #: slots reserved for a worker's current step (a longer step grows its segment, Spec §9.6)
-STEP_CAPACITY = 128
+STEP_CAPACITY = 64
 #: budget assumed for capacity planning when the run has none
 DEFAULT_BUDGET = 1024
 
@@ -262,6 +264,9 @@ class Engine:
         prefill_chunk: most tokens per row in one prefill forward (bounds prefill memory).
         compile: run the fast backend's one-token ticks through ``torch.compile(model.forward,
             fullgraph=True)`` (a string is the compile mode); None: on CUDA only, with CUDA graphs.
+        pack_weights: run the one-token ticks' float32 CPU linear layers on MKL-packed copies of the
+            weights (:class:`hogwild_ref.packed.PackedLinear`; one more copy of those weights);
+            None: with the fast backend, W >= 2, float32 on the CPU.
         table: explicit segments and views (Spec §4.5) instead of the ``layout`` preset; its lengths
             must be 0. The rendered prompt goes into its prompt segment (Spec §4.4); every other
             static segment's text comes from ``static_texts``.
@@ -291,6 +296,7 @@ class Engine:
         model_name: str | None = None,
         prefill_chunk: int = 512,
         compile: bool | str | None = None,
+        pack_weights: bool | None = None,
         table: SegmentTable | None = None,
         static_texts: dict[str, str] | None = None,
     ) -> None:
@@ -324,6 +330,11 @@ class Engine:
             compile = backend == "fast" and self.device.type == "cuda"
         self.compile = compile
         self._compiled_step: Callable[..., Any] | None = None
+        if pack_weights is None:  # eager fast ticks on the CPU with W >= 2 (Spec §9.6)
+            pack_weights = (backend == "fast" and self.device.type == "cpu" and workers > 1
+                            and self.dtype == torch.float32 and packing_available())
+        self.pack_weights = pack_weights
+        self._packed: PackedLinear | None = None
         self.result: HogwildResult | None = None
 
     # ------------------------------------------------------------------ helpers
@@ -374,10 +385,19 @@ class Engine:
         self._check_window(int(cache.decode.positions.max()) + 1)
         ids = torch.tensor([f[0] if f else 0 for f in feeds], dtype=torch.long)[:, None]
         kwargs = {self._cache_kw: cache, "use_cache": True, "hogwild_cache": cache, "logits_to_keep": 1}
-        with use_hogwild_attention(self.model), torch.inference_mode():
+        packed = self._packed_linear(len(feeds))
+        with use_hogwild_attention(self.model), torch.inference_mode(), packed or contextlib.nullcontext():
             out = self._decode_step(input_ids=ids.to(self.device, non_blocking=True), position_ids=positions, **kwargs)
         cache.end_tick()
         return out.logits[:, -1].float() if logits else None
+
+    def _packed_linear(self, rows: int) -> PackedLinear | None:
+        """MKL-packed linear weights for ``rows``-row ticks on the CPU (Spec §9.6), when enabled."""
+        if not self.pack_weights or self.compile:
+            return None
+        if self._packed is None or self._packed.rows != rows:
+            self._packed = PackedLinear(self.model, rows)
+        return self._packed
 
     @property
     def _decode_step(self) -> Callable[..., Any]:
@@ -446,7 +466,7 @@ class Engine:
         caps = {sid: len(ids) for sid, ids in static.items()}
         for seg in table.segments:
             if seg.writer is not None:
-                caps[seg.id] = min(budget, STEP_CAPACITY) + extra if table.history is not None else budget + extra
+                caps[seg.id] = min(budget, STEP_CAPACITY) + 16 if table.history is not None else budget + extra
         if table.history is not None:
             # a tick feeds one token per worker, more at a step change (prefix, collaboration prompt)
             caps[table.history] = len(static.get(table.history, [])) + self.workers * (budget + budget // 2) + extra

@@ -56,7 +56,8 @@ class DecodeTick:
         table: the table after this tick's writes.
         counts: new tokens per row (0 or 1).
         positions: ``(R, 1)`` view position of each row's new token (0 for rows that feed nothing).
-        slots: ``(R,)`` arena slot each row writes (the store's trash slot for rows that feed nothing).
+        slots: ``(R,)`` tail slot each row writes (:meth:`SegmentStore.slot`); ``-1`` for a row that
+            feeds nothing (it writes the store's trash slot, which no tick reads).
         rotation: cos/sin ``(R, S, rotary_dim // 2)`` of ``+o_r(s)`` for every row and segment.
         write: table index of each row's write segment (Python ints).
         visible: ``(R, S)`` whether segment ``s`` is in row ``r``'s view and the row feeds a token.
@@ -78,7 +79,7 @@ class DecodeTick:
 def plan_decode(table: SegmentTable, counts: Sequence[int], rope: RopeSpec, store: SegmentStore) -> DecodeTick:
     """Plan a one-token tick over ``table`` (lengths before the tick) for the arena ``store`` (Spec §9.6).
 
-    The arena must already have room for the writes (:meth:`SegmentStore.reserve`).
+    The store must already have room for the writes (:meth:`SegmentStore.reserve`).
     """
     if len(counts) != table.workers:
         raise TableError(f"counts has {len(counts)} entries; expected one per worker ({table.workers})")
@@ -103,10 +104,10 @@ def plan_decode(table: SegmentTable, counts: Sequence[int], rope: RopeSpec, stor
                 visible[r][j] = True
             local = after.length(view[-1]) - 1
             positions.append(offs[view[-1]] + local)
-            slots.append(store.base[w] + local)
-        else:
+            slots.append(store.slot(w, local))
+        else:  # writes its (unused) K/V into the trash slot
             positions.append(0)
-            slots.append(store.trash)
+            slots.append(-1)
     lengths = [s.length for s in after.segments]
     cap = store.capacities[common]
     window = min(cap, max(WINDOW_QUANTUM, -(-lengths[common] // WINDOW_QUANTUM) * WINDOW_QUANTUM))
@@ -175,31 +176,33 @@ class DecodeBuffers:
         self.write_cos.copy_(self.cos[rows, write])
         self.write_sin.copy_(-self.sin[rows, write])
 
-    def layer_inputs(self, window: int, common: int, tail_segment: Tensor, tail_local: Tensor) -> tuple[Tensor, ...]:
+    def layer_inputs(self, window: int, common: int, tail: Tensor, block: int) -> tuple[Tensor, ...]:
         """The tick's inputs of :func:`decode_attention` shared by every layer on this device.
 
-        ``(tail_cos, tail_sin, mask, active)``: each tail slot's rotation for each row, the keys each
-        row sees (common window, then tail), and which rows feed a token. A row without a new token
-        is given the common window's first slot so that its softmax stays finite (its output is
-        zeroed by ``active``).
+        ``(query_cos, query_sin, mask, active)``: the rotation by ``-o_r(s)`` of every row's query
+        for every tail segment ``s`` (``tail``: their table indices), the keys each row sees (common
+        window, then ``block`` slots per tail segment), and which rows feed a token. A row without a
+        new token is given the common window's first slot so that its softmax stays finite (its
+        output is zeroed by ``active``).
         """
         active = self.visible.any(dim=1)
         common_mask = (torch.arange(window, device=self.device) < self.lengths[common])[None, :] & active[:, None]
         common_mask[:, 0] |= ~active
-        tail_mask = self.visible[:, tail_segment] & (tail_local < self.lengths[tail_segment])[None, :]
-        mask = torch.cat([common_mask, tail_mask], dim=1)
-        return self.cos[:, tail_segment], self.sin[:, tail_segment], mask, active.to(torch.float32)
+        local = torch.arange(block, device=self.device)
+        tail_mask = self.visible[:, tail, None] & (local[None, None, :] < self.lengths[tail][None, :, None])
+        mask = torch.cat([common_mask, tail_mask.flatten(1)], dim=1)
+        return self.cos[:, tail], -self.sin[:, tail], mask, active.to(self.cos.dtype)
 
 
 def decode_attention(
     q: Float[Tensor, "R Hq 1 D"],
     k_common: Float[Tensor, "Hkv Lw D"],
     v_common: Float[Tensor, "Hkv Lw D"],
-    k_tail: Float[Tensor, "Hkv Nt D"],
-    v_tail: Float[Tensor, "Hkv Nt D"],
-    tail_cos: Float[Tensor, "R Nt h"],
-    tail_sin: Float[Tensor, "R Nt h"],
-    mask: Bool[Tensor, "R Lw+Nt"],
+    k_tail: Float[Tensor, "Hkv St C D"],
+    v_tail: Float[Tensor, "Hkv St C D"],
+    query_cos: Float[Tensor, "R St h"],
+    query_sin: Float[Tensor, "R St h"],
+    mask: Bool[Tensor, "R L"],
     active: Float[Tensor, "R"],
     rope: RopeSpec,
     scaling: float,
@@ -208,28 +211,33 @@ def decode_attention(
 
     ``q`` is rotated at the rows' view positions (as the model does). The common window's keys are
     at their view positions already (the common segment sits at offset 0 in every view) and are read
-    once for all rows. Tail slot ``a`` is rotated for row ``r`` by ``(tail_cos, tail_sin)[r, a]``
-    (the offset of its segment in ``r``'s view) to its view position. ``mask`` says which keys each
-    row sees (common window first, then the tail); one softmax covers both parts. Rows with
-    ``active == 0`` (no new token) return zeros. Scores and the softmax are computed in float32
-    (float64 for float64 inputs).
+    once for all rows. The tail's keys stay at segment-local positions; for tail segment ``s`` row
+    ``r``'s query is re-rotated by ``(query_cos, query_sin)[r, s]`` (the rotation by ``-o_r(s)``,
+    Spec §9.2), so that its dot product with key ``t`` sees the relative position ``p - o_r(s) - t``.
+    ``mask`` (``L = Lw + St·C``) says which keys each row sees, common window first, then the tail
+    blocks in order; one softmax covers both parts. Rows with ``active == 0`` (no new token) return
+    zeros. Scores and the softmax are computed in float32 (float64 for float64 inputs).
     """
     R, Hq, _, D = q.shape
     hkv, window = k_common.shape[0], k_common.shape[1]
+    st_n, block = k_tail.shape[1], k_tail.shape[2]
     g = Hq // hkv
     acc = torch.promote_types(q.dtype, torch.float32)
     qg = q.to(acc).view(R, hkv, g, D)
     # common part: one batched matmul per KV head over all rows' queries, no rotation
     qk = qg.permute(1, 0, 2, 3).reshape(hkv, R * g, D)
-    sc = torch.matmul(qk, k_common.to(acc).transpose(1, 2)).view(hkv, R, g, window)
-    # tail: every slot re-rotated to each row's view position of its segment
-    kt = rope.apply(k_tail.to(acc)[None], Rotation(tail_cos[:, None], tail_sin[:, None]))  # (R, Hkv, Nt, D)
-    st = torch.matmul(qg, kt.transpose(2, 3)).permute(1, 0, 2, 3)  # (Hkv, R, g, Nt)
-    scores = torch.cat([sc, st], dim=-1) * scaling
-    p = torch.softmax(scores.masked_fill(~mask[None, :, None, :], float("-inf")), dim=-1)
-    out = torch.matmul(p[..., :window].reshape(hkv, R * g, window), v_common.to(acc)).view(hkv, R, g, D)
-    out = out.permute(1, 0, 2, 3) + torch.matmul(p[..., window:].permute(1, 0, 2, 3), v_tail.to(acc)[None])
-    out = out * active[:, None, None, None]
+    sc = torch.matmul(qk, k_common.to(acc).transpose(1, 2))  # (Hkv, R*g, Lw)
+    # tail: each row's query re-rotated once per tail segment, one batched matmul over (head, segment)
+    qr = rope.apply(qg[:, None], Rotation(query_cos[:, :, None, None], query_sin[:, :, None, None]))  # (R, St, Hkv, g, D)
+    qr = qr.permute(2, 1, 0, 3, 4).reshape(hkv, st_n, R * g, D)
+    st = torch.matmul(qr, k_tail.to(acc).transpose(2, 3))  # (Hkv, St, R*g, C)
+    st = st.permute(0, 2, 1, 3).reshape(hkv, R * g, st_n * block)
+    scores = (torch.cat([sc, st], dim=-1) * scaling).view(hkv, R, g, -1)
+    p = torch.softmax(scores.masked_fill(~mask[None, :, None, :], float("-inf")), dim=-1).view(hkv, R * g, -1)
+    out = torch.matmul(p[..., :window], v_common.to(acc))  # (Hkv, R*g, D)
+    pt = p[..., window:].reshape(hkv, R * g, st_n, block).permute(0, 2, 1, 3)
+    out = out + torch.matmul(pt, v_tail.to(acc)).sum(dim=1)
+    out = out.view(hkv, R, g, D).permute(1, 0, 2, 3) * active[:, None, None, None]
     return out.reshape(R, Hq, 1, D).to(q.dtype)
 
 

@@ -1,19 +1,16 @@
-"""Segment K/V storage for one layer: one preallocated arena per layer (Spec §2.1, §3.6, §9.6).
+"""Segment K/V storage for one layer: preallocated, written by index (Spec §2.1, §3.6, §9.6).
 
-A plain class that knows nothing of transformers. Every segment of the table owns a fixed slice of
-one arena tensor ``(Hkv, N, D)`` per layer for keys and one for values:
+A plain class that knows nothing of transformers. Per layer, on that layer's device:
 
-* the *common* segment (the one that opens every view: the prompt/history) sits first, at arena
-  slots ``0 .. cap_common - 1``, so the fast backend reads it as one contiguous window;
-* the other segments (the *tail*: headers, separators, every worker's current step) follow in table
-  order;
-* one last *trash* slot receives the K/V of rows that write nothing in a compiled tick (Spec §3.4:
-  a zero-token row writes nothing into any segment).
+* the *common* segment (the static segment that opens every view: the prompt/history) has one
+  buffer ``(Hkv, cap, D)`` for keys and one for values, so the fast backend reads it as one window;
+* every other segment (the *tail*: headers, separators, every worker's current step) has a block of
+  one common capacity ``C`` in a ``(Hkv, S_tail, C, D)`` tensor, so the tail is read by one batched
+  matmul over (head, segment) without a copy.
 
 Keys are stored rotated at segment-local positions (Spec §2.1). Capacities come from the run's
-budget; a write past a segment's capacity re-allocates the arena with that segment's capacity
-doubled (a rare event, documented in Spec §9.6; the compiled path then sees a new tail size).
-``keys[j]`` / ``values[j]`` are views of segment ``j`` (table order) into the arena.
+budget; a write past a segment's capacity re-allocates the buffers with that capacity doubled (rare,
+Spec §9.6). ``keys[j]`` / ``values[j]`` are views of segment ``j`` (table order).
 """
 
 from __future__ import annotations
@@ -21,7 +18,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 __all__ = ["DEFAULT_CAPACITY", "SegmentStore"]
@@ -31,7 +28,7 @@ DEFAULT_CAPACITY = 64
 
 
 class SegmentStore:
-    """K/V of every segment of one layer in one arena (Spec §9.6).
+    """K/V of every segment of one layer (Spec §9.6).
 
     Args:
         capacities: slots reserved per segment, in table order.
@@ -39,59 +36,58 @@ class SegmentStore:
         head_dim: head dimension.
         dtype: storage dtype (the model's).
         device: the layer's device.
-        common: table index of the segment stored first (the one that opens every view), or None
-            (table order from slot 0).
+        common: table index of the segment that opens every view, or None (every segment is a tail block).
     """
 
     def __init__(self, capacities: Sequence[int], kv_heads: int, head_dim: int, dtype: torch.dtype, device: Any,
                  common: int | None = 0):
         self.kv_heads, self.head_dim, self.dtype, self.device = kv_heads, head_dim, dtype, torch.device(device)
-        S = len(capacities)
         self.common = common
-        self.order = ([common] if common is not None else []) + [j for j in range(S) if j != common]
-        self.generation = 0  # bumped by every re-allocation (compiled callers re-read the layout)
+        #: table indices of the tail's segments, in block order
+        self.tail_segments = [j for j in range(len(capacities)) if j != common]
+        self._block_of = {j: b for b, j in enumerate(self.tail_segments)}
+        self.generation = 0  # bumped by every re-allocation
         self._allocate([max(1, int(c)) for c in capacities])
 
     # ------------------------------------------------------------------ layout
     def _allocate(self, capacities: list[int], old: SegmentStore | None = None) -> None:
-        S = len(capacities)
-        self.capacities = capacities
-        self.base = [0] * S
-        pos = 0
-        for j in self.order:
-            self.base[j] = pos
-            pos += capacities[j]
-        self.trash = pos  # one extra slot for rows that write nothing
-        with torch.inference_mode(False):  # a normal tensor even when re-allocated during a tick
-            k = torch.zeros(self.kv_heads, pos + 1, self.head_dim, dtype=self.dtype, device=self.device)
-            v = torch.zeros_like(k)
+        block = max([capacities[j] for j in self.tail_segments], default=1)
+        self.capacities = [c if j == self.common else block for j, c in enumerate(capacities)]
+        self.block = block
+        common_cap = self.capacities[self.common] if self.common is not None else 0
+
+        def zeros(*shape: int) -> Tensor:
+            with torch.inference_mode(False):  # normal tensors even when re-allocated during a tick
+                return torch.zeros(*shape, dtype=self.dtype, device=self.device)
+
+        H, D, n = self.kv_heads, self.head_dim, len(self.tail_segments)
+        # one spare row: a window of the whole capacity is never the whole buffer, so its strides
+        # relate to its length in one way only (a compiled step does not recompile on it)
+        self.k_common = zeros(H, common_cap + 1, D)[:, :common_cap]
+        self.v_common = zeros(H, common_cap + 1, D)[:, :common_cap]
+        # the tail is one flat buffer with one extra row at the end: the trash slot, where a row that
+        # feeds nothing writes in a one-token tick (outside every view, never read: Spec §3.4)
+        self._k_flat, self._v_flat = zeros(H * n * block + 1, D), zeros(H * n * block + 1, D)
+        self.k_tail = self._k_flat[:-1].view(H, n, block, D)
+        self.v_tail = self._v_flat[:-1].view(H, n, block, D)
+        self.trash = H * n * block
+        self.keys = [self._segment(self.k_common, self.k_tail, j) for j in range(len(capacities))]
+        self.values = [self._segment(self.v_common, self.v_tail, j) for j in range(len(capacities))]
         if old is not None:  # keep what is stored (whole old capacities: the store does not track lengths)
-            for j in range(S):
+            for j in range(len(capacities)):
                 L = old.keys[j].shape[1]
-                k[:, self.base[j] : self.base[j] + L] = old.keys[j]
-                v[:, self.base[j] : self.base[j] + L] = old.values[j]
-        self.k, self.v = k, v
-        self.keys = [k[:, self.base[j] : self.base[j] + capacities[j]] for j in range(S)]
-        self.values = [v[:, self.base[j] : self.base[j] + capacities[j]] for j in range(S)]
+                self.keys[j][:, :L] = old.keys[j]
+                self.values[j][:, :L] = old.values[j]
 
-    @property
-    def common_capacity(self) -> int:
-        """Slots of the common segment (0 without one)."""
-        return self.capacities[self.common] if self.common is not None else 0
+    def _segment(self, common: Tensor, tail: Tensor, j: int) -> Tensor:
+        return common if j == self.common else tail[:, self._block_of[j]]
 
-    @property
-    def tail_slice(self) -> slice:
-        """Arena slots of the tail (every segment but the common one), trash slot excluded."""
-        return slice(self.common_capacity, self.trash)
-
-    def tail_index(self) -> tuple[Tensor, Tensor]:
-        """For every tail slot: its segment (table index) and its local position, shape ``(N_tail,)``."""
-        seg = torch.cat([torch.full((self.capacities[j],), j, dtype=torch.long) for j in self.order if j != self.common])
-        loc = torch.cat([torch.arange(self.capacities[j]) for j in self.order if j != self.common])
-        return seg, loc
+    def slot(self, j: int, t: int) -> int:
+        """Index of local position ``t`` of tail segment ``j`` in the flattened tail ``(Hkv, S_tail·C, D)``."""
+        return self._block_of[j] * self.block + t
 
     def reserve(self, j: int, size: int) -> bool:
-        """Make room for ``size`` tokens in segment ``j``; True when the arena was re-allocated."""
+        """Make room for ``size`` tokens in segment ``j``; True when the buffers were re-allocated."""
         if size <= self.capacities[j]:
             return False
         caps = list(self.capacities)
@@ -108,17 +104,20 @@ class SegmentStore:
         self.keys[j][:, start : start + n] = k
         self.values[j][:, start : start + n] = v
 
-    def scatter(self, slots: Tensor, k: Float[Tensor, "Hkv R D"], v: Float[Tensor, "Hkv R D"]) -> None:
-        """Store one token per row at arena ``slots`` ``(R,)`` (the compiled path's write, Spec §9.6).
+    def scatter_index(self, slots: Int[Tensor, "R"]) -> Int[Tensor, "Hkv*R"]:
+        """Rows of the flat tail buffer that :meth:`scatter` writes for tail ``slots`` (:meth:`slot`;
+        ``-1``: the trash slot), head-major."""
+        heads = torch.arange(self.kv_heads, device=slots.device)[:, None] * (len(self.tail_segments) * self.block)
+        return torch.where(slots[None, :] < 0, self.trash, heads + slots[None, :]).flatten()
 
-        Rows that write nothing point at :attr:`trash`.
-        """
-        self.k.index_copy_(1, slots, k)
-        self.v.index_copy_(1, slots, v)
+    def scatter(self, index: Int[Tensor, "Hkv*R"], k: Float[Tensor, "Hkv R D"], v: Float[Tensor, "Hkv R D"]) -> None:
+        """Store one token per row (:meth:`scatter_index`): the fast path's write (Spec §9.6)."""
+        self._k_flat.index_copy_(0, index, k.reshape(-1, self.head_dim))
+        self._v_flat.index_copy_(0, index, v.reshape(-1, self.head_dim))
 
     def nbytes(self) -> int:
-        """Bytes held by the arena (keys and values)."""
-        return self.k.numel() * self.k.element_size() * 2
+        """Bytes held by the buffers (keys and values)."""
+        return sum(t.untyped_storage().nbytes() for t in (self.k_common, self.v_common, self._k_flat, self._v_flat))
 
 
 class _Snapshot:
