@@ -152,9 +152,13 @@ class BatchRunner:
         budgets: budgets in ticks (``>= 1``); the runs go to the largest one.
         finisher: apply the finisher (Spec §6.6) at every budget where there is no answer yet.
         record_logits: keep each tick's last-slot logits per problem (for tests).
+        extract: answer extraction from a text (default :func:`~hogwild_ref.scheduler.extract_boxed`,
+            as the engine); applied as :meth:`Scheduler.answer` does: the history, then each
+            worker's current text, then the finisher's text.
     """
 
-    def __init__(self, engine: Engine, budgets: Sequence[int], *, finisher: bool = True, record_logits: bool = False):
+    def __init__(self, engine: Engine, budgets: Sequence[int], *, finisher: bool = True, record_logits: bool = False,
+                 extract: Callable[[str], str | None] = extract_boxed):
         budgets = sorted(set(int(b) for b in budgets))
         if not budgets or budgets[0] < 1:
             raise ValueError(f"budgets must be tick counts >= 1; got {list(budgets)}")
@@ -162,6 +166,7 @@ class BatchRunner:
         self.budgets = budgets
         self.finisher = finisher
         self.record_logits = record_logits
+        self.extract = extract
         self.scheduler_config = replace(engine.scheduler_config, max_ticks=budgets[-1], snapshot_ticks=tuple(budgets))
 
     # ------------------------------------------------------------------ public
@@ -267,9 +272,18 @@ class BatchRunner:
         if outcome.snapshot is not None:
             finish_now.append(p)
 
+    def _answer(self, p: _Problem) -> str | None:
+        """:meth:`Scheduler.answer` with ``self.extract``: the history, else the lowest worker's current text."""
+        found = self.extract(p.sched.history_text())
+        for w in range(self.engine.workers):
+            if found is not None:
+                break
+            found = self.extract(p.sched.current_text(w))
+        return found
+
     def _needs_finisher(self, p: _Problem) -> bool:
         """Spec §6.6: only when the budget (not boxed/eos) ended generation and there is no answer."""
-        return self.finisher and p.sched.answer() is None and (not p.sched.done or p.sched.reason == "budget")
+        return self.finisher and self._answer(p) is None and (not p.sched.done or p.sched.reason == "budget")
 
     def _snapshot_finishers(self, cache: HogwildCache, snap: list[_Problem], t0: float) -> None:
         """Answers at this tick's budget for ``snap`` (Spec §13.2): the finisher from the snapshot's
@@ -290,7 +304,7 @@ class BatchRunner:
                 answer = answers[p.index]
                 reason = "finisher" if answer is not None else "budget"
             else:
-                answer = p.sched.answer()
+                answer = self._answer(p)
                 reason = p.sched.reason if p.sched.done else "budget"
             p.result.budgets.append(BudgetAnswer(
                 budget=tick,
@@ -324,7 +338,7 @@ class BatchRunner:
                 tok = int(torch.argmax(logits[i]))
                 produced[p.index].append(tok)
                 feeds[p.index] = [tok]
-                answer = extract_boxed(eng._decode(fin[p.index] + produced[p.index]))
+                answer = self.extract(eng._decode(fin[p.index] + produced[p.index]))
                 answers[p.index] = answer
                 if answer is None and tok not in eos:
                     still.append(p)
@@ -338,7 +352,7 @@ class BatchRunner:
         p.active = False
         r = p.result
         r.reason = reason
-        r.answer = p.sched.answer()
+        r.answer = self._answer(p)
         r.ticks = p.sched.tick
         r.tokens = [p.sched.generated(w) for w in range(self.engine.workers)]
         done = {a.budget for a in r.budgets}
