@@ -31,7 +31,7 @@ from .sampling import sample
 from .scheduler import Scheduler, extract_boxed
 from .segments import Row, Segment, SegmentTable, flush_into
 
-__all__ = ["BatchItem", "BatchRunner", "BudgetAnswer", "ItemResult", "flush_kv", "union_tables"]
+__all__ = ["BatchItem", "BatchRunner", "BudgetAnswer", "ItemResult", "copy_segments", "flush_kv", "union_tables"]
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,24 @@ def flush_kv(cache: HogwildCache, w: int, history: str) -> None:
             store.write(h, L_h, k, v)
             store.clear(own)
     cache.table = new_table
+
+
+def copy_segments(src: HogwildCache, dst: HogwildCache, prefix: str) -> None:
+    """Copy every non-empty segment ``s`` of ``src`` into segment ``prefix + s`` of ``dst`` (Spec §13.3).
+
+    The stored K/V are segment-local (Spec §2.1), so a copy needs no rotation; ``dst``'s lengths
+    are set to ``src``'s.
+    """
+    lengths = {}
+    with torch.inference_mode():
+        for seg in src.table.segments:
+            if not seg.length:
+                continue
+            j, k = src.table.index(seg.id), dst.table.index(prefix + seg.id)
+            for s_store, d_store in zip(src.stores, dst.stores, strict=True):
+                d_store.write(k, 0, s_store.keys[j][:, : seg.length], s_store.values[j][:, : seg.length])
+            lengths[prefix + seg.id] = seg.length
+    dst.table = dst.table.with_lengths(lengths)
 
 
 @dataclass
@@ -235,24 +253,18 @@ class BatchRunner:
 
     # ------------------------------------------------------------------ steps
     def _prefill(self, cache: HogwildCache, built: list[tuple[SegmentTable, str, dict[str, list[int]]]]) -> None:
-        """Spec §4.4 for every problem at once: each prompt/history segment alone, then the other
-        static segments in rows ``[first, s]`` (as :meth:`Engine.prefill`, batched over problems)."""
-        firsts = [([f"p{b}/{first}"], static[first]) for b, (_, first, static) in enumerate(built)]
-        self._prefill_rows(cache, [(v[0],) for v, _ in firsts], [f for _, f in firsts])
-        views, feeds = [], []
-        for b, (_, first, static) in enumerate(built):
-            for sid, ids in static.items():
-                if sid != first and ids:
-                    views.append((f"p{b}/{first}", f"p{b}/{sid}"))
-                    feeds.append(ids)
-        if views:
-            self._prefill_rows(cache, views, feeds)
+        """Spec §4.4 for every problem: :meth:`Engine.prefill` in the problem's own cache, then its
+        K/V copied into the union (:func:`copy_segments`).
 
-    def _prefill_rows(self, cache: HogwildCache, views: list[tuple[str, ...]], feeds: list[list[int]]) -> None:
-        step = self.engine.prefill_chunk
-        for start in range(0, max(len(f) for f in feeds), step):
-            chunk = [f[start : start + step] for f in feeds]
-            self.engine.forward_rows(cache, [Row(v, len(c)) for v, c in zip(views, chunk)], chunk, logits=False)
+        One problem at a time: a prefill row scores its hundreds of query slots against every
+        stored key of the batch, so batching prefill rows across problems costs ``P^2``, and a
+        problem's prefill alone is exactly its :meth:`Engine.run`'s.
+        """
+        eng = self.engine
+        for b, (table, first, static) in enumerate(built):
+            own = make_cache(eng.model.config, table, eng.rope, eng.backend, eng.dtype, eng.device)
+            eng.prefill(own, first, static)
+            copy_segments(own, cache, f"p{b}/")
 
     def _observe(self, cache: HogwildCache, p: _Problem, logits: Tensor, finish_now: list[_Problem]) -> None:
         """Sample, let the scheduler decide, flush, and record a snapshot (as :meth:`Engine.stream`)."""
