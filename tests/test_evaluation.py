@@ -277,8 +277,11 @@ def test_eval_config_rejects_bad_input():
 
 
 @pytest.mark.slow
-def test_cli_eval_on_the_embedded_model(tmp_path, capsys):
+def test_cli_eval_on_the_embedded_model(tmp_path, capsys, monkeypatch, smollm):
+    import hogwild_ref.models
     from hogwild_ref.cli import main
+
+    monkeypatch.setattr(hogwild_ref.models, "load", lambda *a, **k: smollm)  # the session's model, no second load
 
     rc = main(["eval", "--dataset", "builtin:arith", "--workers", "1", "2", "--budgets", "4", "8", "--limit", "1",
                "--prompts", "compact", "--out", str(tmp_path), "--no-progress", "--finisher-tokens", "4"])
@@ -289,4 +292,6 @@ def test_cli_eval_on_the_embedded_model(tmp_path, capsys):
     assert len(rows) == 6
     for name in ("summary.md", "summary.json", "accuracy.png", "accuracy.svg", "config.json"):
         assert (tmp_path / name).is_file()
+    monkeypatch.setattr(hogwild_ref.models, "load", lambda *a, **k: pytest.fail("loaded a model for bad arguments"))
     assert main(["eval", "--budgets", "0", "--out", str(tmp_path / "x")]) == 2
+    assert "budgets must be tick counts >= 1" in capsys.readouterr().err

@@ -220,9 +220,6 @@ class BatchRunner:
                 feeds=sched.initial_feeds(),
                 pending=[None] * W,
             ))
-        for p in probs:
-            if p.sched.done:  # a budget of 0 (not reachable with budgets >= 1, kept for symmetry with Engine)
-                self._finish_item(p, p.sched.reason, t0)
         tick = 0
         while any(p.active for p in probs):
             live = [p for p in probs if p.active]
