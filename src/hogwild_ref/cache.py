@@ -29,7 +29,7 @@ from .attention import BACKENDS
 from .fast import DecodeBuffers, DecodeTick, common_segment, decode_attention, plan_decode
 from .masks import TickPlan
 from .rope import RopeSpec, Rotation
-from .segments import SegmentTable
+from .segments import SegmentTable, flush_into
 from .store import DEFAULT_CAPACITY, SegmentStore
 
 __all__ = ["ATTN_IMPLEMENTATION", "CACHE_BACKENDS", "HogwildCache", "OracleCache", "SegmentStore", "make_cache"]
@@ -207,20 +207,26 @@ class HogwildCache(Cache):
         return sum(store.nbytes() for store in self.stores)
 
     # ------------------------------------------------------------------ flush (Spec §5.1)
-    def flush(self, w: int) -> None:
-        """Move worker ``w``'s finished step into history: re-rotate by the history length, append."""
+    def flush(self, w: int, history: str | None = None) -> None:
+        """Move worker ``w``'s finished step into history: re-rotate by the history length, append (Spec §5.1).
+
+        ``history``: the segment to flush into, when it is not the table's history segment (a
+        union of several problems' tables, Spec §13.3).
+        """
         table = self.table
-        if table.history is None:
+        if history is None and table.history is None:
             raise ValueError(f"layout {table.layout!r} has no history segment to flush into")
-        h, own = table.index(table.history), table.index(table.write_segment(w))
-        L_h, L = table.length(table.history), table.length(table.write_segment(w))
+        hist = history if history is not None else table.history
+        after = table.flush(w) if history is None else flush_into(table, w, history)  # validates first
+        h, own = table.index(hist), table.index(table.write_segment(w))  # type: ignore[arg-type]
+        L_h, L = table.length(hist), table.length(table.write_segment(w))  # type: ignore[arg-type]
         with torch.inference_mode():  # the buffers are written under inference mode during ticks
             for store in self.stores:
                 k, v = store.keys[own][:, :L], store.values[own][:, :L]
                 if not self.position_zero:
                     k = self.rope.rerotate(k, L_h)
                 store.write(h, L_h, k, v)
-        self.table = table.flush(w)
+        self.table = after
 
 
 class OracleCache(HogwildCache):

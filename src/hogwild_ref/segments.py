@@ -325,3 +325,23 @@ def make_layout(name: str, workers: int, prompt_length: int = 0, **static_length
 def static_segments(table: SegmentTable) -> list[str]:
     """Ids of the static segments (writer None), in table order (Spec §2.1)."""
     return [s.id for s in table.segments if s.writer is None]
+
+
+def flush_into(table: SegmentTable, w: int, history: str) -> SegmentTable:
+    """Move worker ``w``'s write segment into the static segment ``history`` (Spec §5.1, §13.3).
+
+    :meth:`SegmentTable.flush` with an explicit history segment, for tables that hold several
+    independent problems side by side (one history per problem, none of them opening every view):
+    ``history`` grows by the length of ``w``'s write segment, which becomes empty. ``history`` must
+    be a static segment that opens ``w``'s view.
+    """
+    if history not in table._index:
+        raise TableError(f"history segment {history!r} is not a segment of the table")
+    if table[history].writer is not None:
+        raise TableError(f"history segment {history!r} must be static (writer None)")
+    if not 0 <= w < table.workers:
+        raise TableError(f"worker {w} out of range; the table has {table.workers} workers")
+    if table.views[w][0] != history:
+        raise TableError(f"segment {history!r} does not open worker {w}'s view; flush into the history of its own problem")
+    own = table.write_segment(w)
+    return table.with_lengths({history: table.length(history) + table.length(own), own: 0})

@@ -36,7 +36,8 @@ class SegmentStore:
         head_dim: head dimension.
         dtype: storage dtype (the model's).
         device: the layer's device.
-        common: table index of the segment that opens every view, or None (every segment is a tail block).
+        common: table index of the segment that opens every view, or None: then every segment has a
+            buffer of its own capacity and the fast path does not apply.
     """
 
     def __init__(self, capacities: Sequence[int], kv_heads: int, head_dim: int, dtype: torch.dtype, device: Any,
@@ -51,15 +52,18 @@ class SegmentStore:
 
     # ------------------------------------------------------------------ layout
     def _allocate(self, capacities: list[int], old: SegmentStore | None = None) -> None:
+        if self.common is None:  # no fast path: one buffer per segment at its own capacity
+            self.capacities, self.block = list(capacities), 0
+            self.keys = [self._zeros(self.kv_heads, c, self.head_dim) for c in capacities]
+            self.values = [self._zeros(self.kv_heads, c, self.head_dim) for c in capacities]
+            self._restore(old)
+            return
         block = max([capacities[j] for j in self.tail_segments], default=1)
         self.capacities = [c if j == self.common else block for j, c in enumerate(capacities)]
         self.block = block
         common_cap = self.capacities[self.common] if self.common is not None else 0
 
-        def zeros(*shape: int) -> Tensor:
-            with torch.inference_mode(False):  # normal tensors even when re-allocated during a tick
-                return torch.zeros(*shape, dtype=self.dtype, device=self.device)
-
+        zeros = self._zeros
         H, D, n = self.kv_heads, self.head_dim, len(self.tail_segments)
         # one spare row: a window of the whole capacity is never the whole buffer, so its strides
         # relate to its length in one way only (a compiled step does not recompile on it)
@@ -73,11 +77,19 @@ class SegmentStore:
         self.trash = H * n * block
         self.keys = [self._segment(self.k_common, self.k_tail, j) for j in range(len(capacities))]
         self.values = [self._segment(self.v_common, self.v_tail, j) for j in range(len(capacities))]
-        if old is not None:  # keep what is stored (whole old capacities: the store does not track lengths)
-            for j in range(len(capacities)):
-                L = old.keys[j].shape[1]
-                self.keys[j][:, :L] = old.keys[j]
-                self.values[j][:, :L] = old.values[j]
+        self._restore(old)
+
+    def _zeros(self, *shape: int) -> Tensor:
+        with torch.inference_mode(False):  # normal tensors even when re-allocated during a tick
+            return torch.zeros(*shape, dtype=self.dtype, device=self.device)
+
+    def _restore(self, old: SegmentStore | None) -> None:
+        """Copy what ``old`` stored (whole old capacities: the store does not track lengths)."""
+        if old is None:
+            return
+        for j, (k, v) in enumerate(zip(old.keys, old.values, strict=True)):
+            self.keys[j][:, : k.shape[1]] = k
+            self.values[j][:, : v.shape[1]] = v
 
     def _segment(self, common: Tensor, tail: Tensor, j: int) -> Tensor:
         return common if j == self.common else tail[:, self._block_of[j]]
@@ -117,6 +129,8 @@ class SegmentStore:
 
     def nbytes(self) -> int:
         """Bytes held by the buffers (keys and values)."""
+        if self.common is None:
+            return sum(t.untyped_storage().nbytes() for t in (*self.keys, *self.values))
         return sum(t.untyped_storage().nbytes() for t in (self.k_common, self.v_common, self._k_flat, self._v_flat))
 
 

@@ -1,0 +1,35 @@
+"""Evaluation harness: accuracy against the forward-pass budget (Spec §13).
+
+* :mod:`~hogwild_ref.evaluation.datasets` — JSONL/JSON files (GSM8k, MATH, LIMO, AIME field names)
+  and the built-in ``builtin:arith`` set;
+* :mod:`~hogwild_ref.evaluation.answers` — the last parseable ``\\boxed{}``, normalisation, numeric
+  comparison, majority vote;
+* :mod:`~hogwild_ref.evaluation.runner` — :func:`run_eval`: Hogwild runs snapshotted at every budget
+  with the finisher, the 1-worker and self-consistency baselines, batched across problems
+  (:mod:`hogwild_ref.batch`), resumable JSONL results;
+* :mod:`~hogwild_ref.evaluation.summary` and :mod:`~hogwild_ref.evaluation.plot` — accuracy with
+  95% intervals, and its plot (matplotlib: the ``eval`` extra).
+"""
+
+from __future__ import annotations
+
+from .answers import answers_match, extract_answer, majority_vote, normalise
+from .datasets import Problem, load_dataset
+from .runner import EvalConfig, EvalReport, run_eval
+from .summary import Cell, format_markdown, summarise, wilson_interval
+
+__all__ = [
+    "Cell",
+    "EvalConfig",
+    "EvalReport",
+    "Problem",
+    "answers_match",
+    "extract_answer",
+    "format_markdown",
+    "load_dataset",
+    "majority_vote",
+    "normalise",
+    "run_eval",
+    "summarise",
+    "wilson_interval",
+]

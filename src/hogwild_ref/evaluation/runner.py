@@ -1,0 +1,319 @@
+"""The evaluation harness: accuracy against the forward-pass budget (Spec §13).
+
+One *unit* is (method, problem, workers ``W``, seed):
+
+* ``hogwild``: one Hogwild run of ``W`` workers (the run with ``W = 1`` is the single-worker
+  baseline), snapshotted at every budget with the finisher applied at each snapshot (Spec §13.2);
+* ``self_consistency`` (``W >= 2``): ``W`` independent single-worker samples at temperature
+  ``sc_temperature``, each snapshotted the same way, and the majority answer at each budget
+  (Spec §13.4). ``W`` samples for ``B`` ticks take ``B`` sequential forward passes of ``W`` rows:
+  the same forward-pass budget as ``W`` Hogwild workers.
+
+Units of one (method, ``W``, seed) run ``batch`` problems at a time in one forward
+(:class:`~hogwild_ref.batch.BatchRunner`, Spec §13.3). Every unit writes one row per budget to
+``results.jsonl`` as soon as its batch ends (Spec §13.5); a rerun skips the rows already there.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..batch import BatchItem, BatchRunner, ItemResult
+from ..engine import Engine, eos_token_ids
+from ..prompts import PRESETS
+from ..sampling import SamplingConfig
+from ..scheduler import SchedulerConfig
+from .answers import answers_match, extract_answer, majority_vote
+from .datasets import Problem, load_dataset
+from .results import ResultsLog, row_key
+from .summary import Cell, format_markdown, summarise
+
+__all__ = ["EvalConfig", "EvalReport", "Unit", "plan_units", "run_eval"]
+
+METHODS = ("hogwild", "self_consistency")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Settings of one evaluation (CLI: ``hogwild-ref eval``).
+
+    ``workers`` gets 1 added (the baseline) unless ``baseline`` is False; ``self_consistency`` adds
+    the majority-vote baseline for every ``W >= 2``. ``batch`` is the number of problems per forward
+    (1: one problem at a time). Settings that change results (see :meth:`identity`) must match the
+    ones an output directory was started with.
+    """
+
+    dataset: str = "builtin:arith"
+    workers: tuple[int, ...] = (1, 2, 4)
+    budgets: tuple[int, ...] = (256, 512, 1024)
+    seeds: tuple[int, ...] = (0,)
+    limit: int | None = None
+    layout: str = "combined"
+    backend: str = "rotate_queries"
+    prompts: str = "default"
+    temperature: float = 0.0
+    top_p: float | None = None
+    self_consistency: bool = True
+    sc_temperature: float = 0.6
+    baseline: bool = True
+    collab_every: int | None = 1024
+    finisher_tokens: int = 24
+    batch: int = 4
+    retry_errors: bool = False
+    model: str = "default"
+    allow_untested: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("workers", "budgets", "seeds"):
+            object.__setattr__(self, name, tuple(int(x) for x in getattr(self, name)))
+        if not self.workers or min(self.workers) < 1:
+            raise ValueError(f"workers must be counts >= 1; got {list(self.workers)}")
+        if not self.budgets or min(self.budgets) < 1:
+            raise ValueError(f"budgets must be tick counts >= 1; got {list(self.budgets)}")
+        if not self.seeds:
+            raise ValueError("give at least one seed")
+        if self.batch < 1:
+            raise ValueError(f"batch must be >= 1 problems per forward; got {self.batch}")
+        if self.prompts not in PRESETS:
+            raise ValueError(f"unknown prompts {self.prompts!r}; choose one of {', '.join(PRESETS)}")
+        if self.self_consistency and self.sc_temperature <= 0:
+            raise ValueError("self-consistency needs sc_temperature > 0 (greedy samples would all be the same)")
+
+    def worker_counts(self) -> list[int]:
+        return sorted(set(self.workers) | ({1} if self.baseline else set()))
+
+    def identity(self) -> dict[str, Any]:
+        """The settings a results row depends on (besides its key)."""
+        keys = ("dataset", "layout", "backend", "prompts", "temperature", "top_p", "sc_temperature",
+                "collab_every", "finisher_tokens", "model")
+        return {k: getattr(self, k) for k in keys}
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One Hogwild run, or one set of self-consistency samples, of one problem."""
+
+    method: str
+    problem: Problem
+    workers: int
+    seed: int
+
+    def keys(self, budgets: Sequence[int]) -> list[tuple[str, str, int, int, int]]:
+        return [(self.method, self.problem.id, self.workers, self.seed, b) for b in budgets]
+
+
+@dataclass
+class EvalReport:
+    """What :func:`run_eval` produced."""
+
+    rows: list[dict[str, Any]]
+    cells: list[Cell]
+    files: dict[str, Path]
+    ran_units: int
+    skipped_units: int
+    seconds: float
+    problems: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def plan_units(problems: Sequence[Problem], cfg: EvalConfig) -> list[Unit]:
+    """Every unit of the evaluation, grouped by (method, workers, seed) so that batches can form."""
+    units = []
+    for method in METHODS:
+        for W in cfg.worker_counts():
+            if method == "self_consistency" and (not cfg.self_consistency or W < 2):
+                continue
+            for seed in cfg.seeds:
+                units += [Unit(method, p, W, seed) for p in problems]
+    return units
+
+
+def _engine(model: Any, tokenizer: Any, cfg: EvalConfig, workers: int, temperature: float) -> Engine:
+    templates = PRESETS[cfg.prompts]()
+    sched = SchedulerConfig.from_templates(templates, eos_token_ids=eos_token_ids(model, tokenizer),
+                                           collab_every=cfg.collab_every)
+    return Engine(model, tokenizer, workers=workers, layout=cfg.layout, backend=cfg.backend, templates=templates,
+                  scheduler=sched, sampling=SamplingConfig(temperature, None, cfg.top_p if temperature > 0 else None),
+                  finisher_tokens=cfg.finisher_tokens, allow_untested=cfg.allow_untested, model_name=cfg.model)
+
+
+def _items(unit: Unit) -> list[BatchItem]:
+    if unit.method == "hogwild":
+        return [BatchItem(unit.problem.problem, unit.seed)]
+    # W independent samples; worker 0 of sample i samples with seed unit.seed * W + i
+    return [BatchItem(unit.problem.problem, unit.seed * unit.workers + i) for i in range(unit.workers)]
+
+
+def _rows(unit: Unit, results: list[ItemResult], budgets: Sequence[int], batch: int) -> list[dict[str, Any]]:
+    rows = []
+    error = next((r.error for r in results if r.error), None)
+    for B in budgets:
+        snaps = [next((a for a in r.budgets if a.budget == B), None) for r in results]
+        base = {"method": unit.method, "problem_id": unit.problem.id, "workers": unit.workers, "seed": unit.seed,
+                "budget": B, "gold": unit.problem.answer, "batch": batch}
+        if error is not None or any(s is None for s in snaps):
+            rows.append(base | {"answer": None, "correct": False, "ticks": None, "finisher_ticks": None,
+                                "tokens_per_worker": None, "seconds": None, "reason": None,
+                                "error": error or "no result at this budget"})
+            continue
+        if unit.method == "hogwild":
+            (s,) = snaps
+            answer, tokens, extra = s.answer, list(s.tokens), {}
+        else:
+            samples = [s.answer for s in snaps]
+            answer, tokens, extra = majority_vote(samples), [s.tokens[0] for s in snaps], {"samples": samples}
+        rows.append(base | {
+            "answer": answer,
+            "correct": answers_match(answer, unit.problem.answer),
+            "ticks": max(s.ticks for s in snaps),
+            "finisher_ticks": max(len(s.finisher_tokens) for s in snaps),
+            "tokens_per_worker": tokens,
+            "seconds": round(max(s.seconds for s in snaps), 4),
+            "reason": snaps[0].reason if unit.method == "hogwild" else None,
+            "error": None,
+        } | extra)
+    return rows
+
+
+def _check_identity(path: Path, cfg: EvalConfig) -> None:
+    ident = cfg.identity()
+    if path.exists():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        diff = {k: (old.get(k), v) for k, v in ident.items() if old.get(k) != v}
+        if diff:
+            what = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
+            raise ValueError(f"{path.parent} holds results made with other settings ({what}); "
+                             "use another --out directory, or the same settings to resume")
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(ident, indent=2) + "\n", encoding="utf-8")
+
+
+class _Progress:
+    """A rich progress bar with ETA over row-ticks (rows x budget), or nothing."""
+
+    def __init__(self, total: int, units: int, enabled: bool, console: Any = None):
+        self.bar = None
+        self.units, self.done_units = units, 0
+        if enabled and total:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
+                                transient=False)
+            self.task = self.bar.add_task(self._desc(""), total=total)
+            self.bar.start()
+
+    def _desc(self, what: str) -> str:
+        return f"eval {self.done_units}/{self.units} units {what}".rstrip()
+
+    def advance(self, n: float, what: str = "") -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, advance=n, description=self._desc(what))
+
+    def units_done(self, n: int) -> None:
+        self.done_units += n
+        self.advance(0)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def run_eval(
+    model: Any,
+    tokenizer: Any,
+    cfg: EvalConfig,
+    out_dir: str | Path,
+    *,
+    progress: bool = True,
+    console: Any = None,
+    plot: bool = True,
+    on_unit: Callable[[Unit], None] | None = None,
+) -> EvalReport:
+    """Run (or resume) the evaluation ``cfg`` into ``out_dir``; write results, summary and plot (Spec §13).
+
+    Files: ``results.jsonl`` (one row per unit and budget), ``config.json`` (the settings results
+    depend on), ``summary.md`` and ``summary.json`` (the requested rows only), ``accuracy.png`` and
+    ``accuracy.svg`` (when ``plot``). ``on_unit`` is called before each unit's batch runs.
+    """
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    problems = load_dataset(cfg.dataset, cfg.limit)
+    _check_identity(out / "config.json", cfg)
+    log = ResultsLog(out / "results.jsonl")
+    budgets = sorted(set(cfg.budgets))
+    units = plan_units(problems, cfg)
+    todo = [u for u in units if not all(log.has(k, retry_errors=cfg.retry_errors) for k in u.keys(budgets))]
+    groups: dict[tuple[str, int, int], list[Unit]] = {}
+    for u in todo:
+        groups.setdefault((u.method, u.workers, u.seed), []).append(u)
+    bar = _Progress(sum(u.workers * budgets[-1] for u in todo), len(todo), progress, console)
+    try:
+        for (method, W, seed), us in groups.items():
+            engine_workers = W if method == "hogwild" else 1
+            temperature = cfg.temperature if method == "hogwild" else cfg.sc_temperature
+            engine = _engine(model, tokenizer, cfg, engine_workers, temperature)
+            runner = BatchRunner(engine, budgets, extract=extract_answer)
+            for start in range(0, len(us), cfg.batch):
+                chunk = us[start : start + cfg.batch]
+                log.append(_run_chunk(runner, chunk, budgets, bar, on_unit, f"{method} W={W} seed={seed}"))
+                bar.units_done(len(chunk))
+    finally:
+        bar.close()
+    wanted = {k for u in units for k in u.keys(budgets)}
+    rows = [r for r in log.all() if row_key(r) in wanted]
+    cells = summarise(rows)
+    files = {"results": log.path, "config": out / "config.json"}
+    files["summary_md"] = out / "summary.md"
+    title = f"{cfg.dataset}, {len(problems)} problems, seeds {list(cfg.seeds)}, {cfg.layout} layout, model {cfg.model}"
+    files["summary_md"].write_text(f"# {title}\n\n" + format_markdown(cells), encoding="utf-8")
+    files["summary_json"] = out / "summary.json"
+    files["summary_json"].write_text(json.dumps({"title": title, "cells": [c.to_dict() for c in cells]}, indent=2) + "\n",
+                                     encoding="utf-8")
+    if plot:
+        from .plot import plot_accuracy
+
+        png, svg = plot_accuracy(cells, out / "accuracy", title=title)
+        files["png"], files["svg"] = png, svg
+    return EvalReport(rows=rows, cells=cells, files=files, ran_units=len(todo), skipped_units=len(units) - len(todo),
+                      seconds=time.perf_counter() - t0, problems=len(problems))
+
+
+def _run_chunk(runner: BatchRunner, chunk: list[Unit], budgets: list[int], bar: _Progress,
+               on_unit: Callable[[Unit], None] | None, what: str) -> list[dict[str, Any]]:
+    """Rows of ``chunk``'s units, run as one batch; if the batch fails, each unit alone (Spec §13.5)."""
+    items: list[BatchItem] = []
+    spans: list[tuple[int, int]] = []
+    for u in chunk:
+        if on_unit is not None:
+            on_unit(u)
+        its = _items(u)
+        spans.append((len(items), len(items) + len(its)))
+        items += its
+    rows_per_item = runner.engine.workers
+    total = len(items) * rows_per_item * budgets[-1]
+    state = {"active": len(items), "advanced": 0}
+
+    def on_tick(tick: int, active: int) -> None:
+        step = state["active"] * rows_per_item
+        state["advanced"] += step
+        state["active"] = active
+        bar.advance(step, what)
+
+    try:
+        results = runner.run(items, on_tick)
+    except Exception as exc:  # noqa: BLE001 - isolate the failing problem, record its error
+        bar.advance(-state["advanced"], what)
+        if len(chunk) > 1:
+            return [row for u in chunk for row in _run_chunk(runner, [u], budgets, bar, None, what)]
+        bar.advance(total, what)
+        err = ItemResult(chunk[0].problem.problem, chunk[0].seed, error=f"{type(exc).__name__}: {exc}")
+        return _rows(chunk[0], [err], budgets, 1)
+    bar.advance(total - state["advanced"], what)
+    return [row for u, (a, b) in zip(chunk, spans) for row in _rows(u, results[a:b], budgets, len(chunk))]
+

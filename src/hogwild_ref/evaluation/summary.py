@@ -1,0 +1,107 @@
+"""Accuracy per method x workers x budget with confidence intervals (Spec §13.4).
+
+The accuracy of a cell is the fraction of its rows (problems x seeds) that are correct; a row that
+crashed counts as wrong and is also counted in ``errors``. The interval is the Wilson score interval
+at 95% over those rows. Rows of one problem with different seeds are not independent, so with several
+seeds the interval is somewhat optimistic; with one seed it is the usual binomial interval over problems.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable
+
+__all__ = ["Cell", "format_markdown", "label", "summarise", "wilson_interval"]
+
+Z95 = 1.959963984540054
+
+
+def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for ``correct`` successes out of ``n`` (``(0, 1)`` for ``n = 0``)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = correct / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One line of the summary."""
+
+    method: str
+    workers: int
+    budget: int
+    n: int
+    correct: int
+    accuracy: float
+    ci_low: float
+    ci_high: float
+    errors: int
+    baseline: float | None  # accuracy of the 1-worker Hogwild run at this budget
+    mean_ticks: float
+    mean_tokens: float  # tokens sampled per row, all workers (samples) together
+    mean_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+METHOD_ORDER = {"hogwild": 0, "self_consistency": 1}
+
+
+def summarise(rows: Iterable[dict[str, Any]]) -> list[Cell]:
+    """Group ``rows`` by (method, workers, budget) into :class:`Cell` lines, sorted."""
+    groups: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], int(r["workers"]), int(r["budget"])), []).append(r)
+    base = {}
+    for (method, workers, budget), rs in groups.items():
+        if method == "hogwild" and workers == 1:
+            base[budget] = sum(bool(r["correct"]) for r in rs) / len(rs)
+    cells = []
+    for (method, workers, budget), rs in groups.items():
+        n = len(rs)
+        k = sum(bool(r["correct"]) for r in rs)
+        lo, hi = wilson_interval(k, n)
+        cells.append(Cell(
+            method=method,
+            workers=workers,
+            budget=budget,
+            n=n,
+            correct=k,
+            accuracy=k / n,
+            ci_low=lo,
+            ci_high=hi,
+            errors=sum(bool(r.get("error")) for r in rs),
+            baseline=base.get(budget),
+            mean_ticks=sum(r.get("ticks") or 0 for r in rs) / n,
+            mean_tokens=sum(sum(r.get("tokens_per_worker") or []) for r in rs) / n,
+            mean_seconds=sum(r.get("seconds") or 0.0 for r in rs) / n,
+        ))
+    return sorted(cells, key=lambda c: (METHOD_ORDER.get(c.method, 9), c.method, c.workers, c.budget))
+
+
+def label(c: Cell) -> str:
+    if c.method == "hogwild":
+        return "Hogwild, 1 worker (baseline)" if c.workers == 1 else f"Hogwild, {c.workers} workers"
+    if c.method == "self_consistency":
+        return f"self-consistency, {c.workers} samples"
+    return f"{c.method}, {c.workers}"
+
+
+def format_markdown(cells: list[Cell]) -> str:
+    """The summary as a Markdown table."""
+    head = ("| method | budget | n | accuracy | 95% CI | 1-worker baseline | errors | mean ticks | mean tokens | mean s |\n"
+            "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|\n")
+    lines = []
+    for c in cells:
+        base = "-" if c.baseline is None else f"{c.baseline:.3f}"
+        lines.append(f"| {label(c)} | {c.budget} | {c.n} | {c.accuracy:.3f} | [{c.ci_low:.3f}, {c.ci_high:.3f}] | {base} | "
+                     f"{c.errors} | {c.mean_ticks:.1f} | {c.mean_tokens:.1f} | {c.mean_seconds:.2f} |")
+    return head + "\n".join(lines) + "\n"
+
+

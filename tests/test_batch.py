@@ -1,0 +1,161 @@
+"""Batching independent problems (Spec §13.3) and answers at snapshots (Spec §13.2), against the engine.
+
+The oracle is :meth:`Engine.run` on one problem at a time (itself checked against the engine oracle
+in ``test_engine.py``): a batch of problems must give every problem exactly its own run (greedy
+tokens identical, logits within Spec §10), and the finisher's answer at a snapshot must be the
+answer of a separate run whose budget is that snapshot.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hogwild_ref.batch import BatchItem, BatchRunner, union_tables
+from hogwild_ref.engine import Engine
+from hogwild_ref.models import tiny_model
+from hogwild_ref.scheduler import SchedulerConfig
+from hogwild_ref.segments import TableError, flush_into, make_layout
+
+#: Spec §10.2: whole-model float32 logits, max abs error relative to the largest |logit|.
+LOGIT_RTOL = 1e-4
+
+PROBLEMS = ["What is 12 + 30? Think step by step.", "Add 3 and 4.", "Count the letters in 'hogwild'."]
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def chunk_boundary(text: str) -> bool:
+    """A step boundary that fires often on any text (random models never write '.\\n\\n')."""
+    return len(text) >= 12
+
+
+def _engine(model, tok, *, workers, layout, ticks, finisher, eos=frozenset(), seed=0, backend="rotate_queries"):
+    sched = SchedulerConfig(max_ticks=ticks, boundary=chunk_boundary, collab_every=5, eos_token_ids=eos,
+                            stop_on_boxed=False)
+    return Engine(model, tok, workers=workers, layout=layout, backend=backend, scheduler=sched, seed=seed,
+                  record_logits=True, finisher=finisher, finisher_tokens=5)
+
+
+# ---------------------------------------------------------------------- pure helpers
+def test_union_namespaces_segments_and_writers():
+    a, b = make_layout("combined", 2), make_layout("interleaved", 3)
+    union, histories = union_tables([a, b])
+    assert union.workers == 5
+    assert histories == ["p0/common", "p1/common"]
+    assert union.views[0] == tuple(f"p0/{s}" for s in a.views[0])
+    assert union.views[4] == ("p1/common", "p1/cur_2")
+    assert union.write_segment(3) == "p1/cur_1" and union["p1/cur_1"].writer == 3
+    # a view names only its own problem's segments
+    for w, view in enumerate(union.views):
+        prefix = "p0/" if w < 2 else "p1/"
+        assert all(sid.startswith(prefix) for sid in view)
+    assert union_tables([make_layout("contiguous", 2)])[1] == [None]
+
+
+def test_flush_into_moves_the_step_into_the_given_history():
+    union, _ = union_tables([make_layout("interleaved", 2), make_layout("interleaved", 2)])
+    union = union.with_lengths({"p0/common": 10, "p1/common": 7, "p1/cur_1": 4, "p0/cur_1": 2})
+    out = flush_into(union, 3, "p1/common")
+    assert out.length("p1/common") == 11 and out.length("p1/cur_1") == 0
+    assert out.length("p0/common") == 10 and out.length("p0/cur_1") == 2
+    with pytest.raises(TableError, match="does not open worker 3"):
+        flush_into(union, 3, "p0/common")
+    with pytest.raises(TableError, match="static"):
+        flush_into(union, 3, "p1/cur_0")
+
+
+# ---------------------------------------------------------------------- batched == one at a time
+@pytest.mark.parametrize("family,layout,workers,backend", [
+    ("qwen2", "combined", 2, "rotate_queries"),
+    ("qwen2", "interleaved", 3, "rotate_queries"),
+    ("qwen2", "contiguous", 2, "rotate_queries"),
+    ("phi3", "combined", 2, "rotate_queries"),
+    ("qwen3", "combined", 3, "rotate_keys"),
+])
+def test_batched_problems_equal_one_at_a_time(family, layout, workers, backend, smollm_tokenizer):
+    model = tiny_model(family, seed=3, vocab_size=len(smollm_tokenizer))
+    ticks = 14
+    items = [BatchItem(p, seed=10 * i) for i, p in enumerate(PROBLEMS)]
+    runner = BatchRunner(_engine(model, smollm_tokenizer, workers=workers, layout=layout, ticks=ticks, finisher=False,
+                                 backend=backend), [ticks], finisher=False, record_logits=True)
+    batched = runner.run(items)
+    worst = 0.0
+    for it, got in zip(items, batched):
+        ref = _engine(model, smollm_tokenizer, workers=workers, layout=layout, ticks=ticks, finisher=False,
+                      seed=it.seed, backend=backend).run(it.problem)
+        assert got.error is None
+        assert got.tokens == [w.tokens for w in ref.workers], f"{layout}: greedy tokens differ for {it.problem!r}"
+        assert got.ticks == ref.ticks and len(got.logits) == len(ref.logits)
+        for a, b in zip(got.logits, ref.logits):
+            worst = max(worst, _rel_err(a, b))
+    assert worst <= LOGIT_RTOL, f"{layout}: logit error {worst:.2e}"
+
+
+def test_batched_problems_with_stopped_workers_equal_one_at_a_time(smollm_tokenizer):
+    """Problems that end at different ticks (EOS) and zero-token rows inside a batch."""
+    model = tiny_model("llama", seed=5, vocab_size=len(smollm_tokenizer))
+    ticks = 16
+    probe = _engine(model, smollm_tokenizer, workers=2, layout="combined", ticks=ticks, finisher=False).run(PROBLEMS[0])
+    eos = frozenset([probe.workers[1].tokens[4]])  # worker 1 of problem 0 stops at tick 5
+    items = [BatchItem(p) for p in PROBLEMS]
+    runner = BatchRunner(_engine(model, smollm_tokenizer, workers=2, layout="combined", ticks=ticks, finisher=True, eos=eos),
+                         [4, 9, ticks], record_logits=True)
+    batched = runner.run(items)
+    for it, got in zip(items, batched):
+        ref = _engine(model, smollm_tokenizer, workers=2, layout="combined", ticks=ticks, finisher=False, eos=eos).run(it.problem)
+        assert got.tokens == [w.tokens for w in ref.workers]
+        assert got.ticks == ref.ticks and got.reason in (ref.reason, "finisher")
+        for a, b in zip(got.logits, ref.logits):
+            assert _rel_err(a, b) <= LOGIT_RTOL
+    assert any(len(t) < ticks for t in batched[0].tokens), "the chosen EOS did not stop a worker early"
+
+
+# ---------------------------------------------------------------------- snapshots + finisher
+@pytest.mark.parametrize("layout", ["combined", "contiguous"])
+def test_finisher_at_snapshots_leaves_the_run_unchanged_and_equals_a_run_with_that_budget(layout, smollm_tokenizer):
+    model = tiny_model("llama", seed=7, vocab_size=len(smollm_tokenizer))
+    budgets = [5, 9, 13]
+    items = [BatchItem(PROBLEMS[0], seed=1), BatchItem(PROBLEMS[1], seed=2)]
+    runner = BatchRunner(_engine(model, smollm_tokenizer, workers=2, layout=layout, ticks=99, finisher=True),
+                         budgets, finisher=True, record_logits=True)
+    results = runner.run(items)
+    for it, got in zip(items, results):
+        # the main run, snapshots and finishers notwithstanding, is the run without them
+        plain = _engine(model, smollm_tokenizer, workers=2, layout=layout, ticks=budgets[-1], finisher=False,
+                        seed=it.seed).run(it.problem)
+        assert got.tokens == [w.tokens for w in plain.workers]
+        for a, b in zip(got.logits, plain.logits):
+            assert _rel_err(a, b) <= LOGIT_RTOL
+        assert [a.budget for a in got.budgets] == budgets
+        for snap in got.budgets:
+            ref = _engine(model, smollm_tokenizer, workers=2, layout=layout, ticks=snap.budget, finisher=True,
+                          seed=it.seed).run(it.problem)
+            generated = len(ref.workers[0].tokens) - len(snap.finisher_tokens)
+            assert snap.ticks == snap.budget and snap.tokens[0] == generated == snap.budget
+            assert len(snap.finisher_tokens) > 0, "the finisher did not run"
+            assert list(snap.finisher_tokens) == ref.workers[0].tokens[generated:]
+            assert snap.answer == ref.answer
+            assert snap.reason == ref.reason
+
+
+def test_a_problem_that_fails_is_recorded_and_the_others_go_on(smollm_tokenizer, monkeypatch):
+    model = tiny_model("llama", seed=7, vocab_size=len(smollm_tokenizer))
+    runner = BatchRunner(_engine(model, smollm_tokenizer, workers=2, layout="combined", ticks=8, finisher=False), [8],
+                         finisher=False)
+    from hogwild_ref import batch as batch_mod
+
+    real = batch_mod.BatchRunner._observe
+
+    def flaky(self, cache, p, logits, finish_now):
+        if p.index == 1 and p.sched.tick == 3:
+            raise RuntimeError("boom")
+        return real(self, cache, p, logits, finish_now)
+
+    monkeypatch.setattr(batch_mod.BatchRunner, "_observe", flaky)
+    results = runner.run([BatchItem(p) for p in PROBLEMS])
+    assert results[1].error == "RuntimeError: boom"
+    assert results[0].error is None and results[2].error is None
+    assert results[0].ticks == results[2].ticks == 8

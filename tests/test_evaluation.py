@@ -1,0 +1,297 @@
+"""The evaluation harness (Spec §13): answers, datasets, summary, resumable results, crashes, CLI.
+
+Oracles: hand-written answer pairs; an independent parser of the built-in questions; published Wilson
+interval values; and, for resuming, a complete uninterrupted run of the same evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+
+from hogwild_ref.evaluation import EvalConfig, run_eval
+from hogwild_ref.evaluation.answers import answers_match, extract_answer, majority_vote, normalise
+from hogwild_ref.evaluation.datasets import load_dataset, problem_from_record
+from hogwild_ref.evaluation.results import ResultsLog
+from hogwild_ref.evaluation.summary import format_markdown, summarise, wilson_interval
+from hogwild_ref.models import tiny_model
+
+
+# ---------------------------------------------------------------------- answers (Spec §13.1)
+def test_extract_answer_takes_the_last_parseable_box():
+    assert extract_answer("a \\boxed{3} then \\boxed{\\frac{1}{2}} and \\boxed{}") == "\\frac{1}{2}"
+    assert extract_answer("\\boxed{7} \\boxed{ $ $ }") == "7"
+    assert extract_answer("\\boxed{12, 7") is None  # unclosed
+    assert extract_answer("no box") is None and extract_answer(None) is None
+
+
+@pytest.mark.parametrize("pred,gold,ok", [
+    ("\\frac{1}{2}", "0.5", True),
+    ("\\dfrac{3}{4}", "3/4", True),
+    ("1,000", "1000", True),
+    ("$12$", "12", True),
+    ("x = 5", "5", True),
+    ("50\\%", "50", True),
+    ("12, 7", "12,7.0", True),
+    ("12, 7", "7, 12", False),
+    ("12, 7", "12", False),
+    ("\\text{Paris}", "paris", True),
+    ("3", "3.000001", True),
+    ("3", "3.001", False),
+    ("-2", "2", False),
+    ("(1,2]", "(1, 2]", True),
+    ("answer", "64, 75, 23, 2, 24", False),
+    (None, "3", False),
+    ("", "", False),
+])
+def test_answers_match(pred, gold, ok):
+    assert answers_match(pred, gold) is ok
+    if pred is not None:
+        assert answers_match(gold, pred) is ok  # symmetric
+
+
+def test_normalise_strips_latex_noise():
+    assert normalise("  \\text{ 42 } . ") == "42"
+    assert normalise("\\left( 1, 2 \\right)") == "(1,2)"
+    assert normalise("90^\\circ") == "90"
+
+
+def test_majority_vote_groups_equal_answers_and_breaks_ties_by_first():
+    assert majority_vote(["3", "4", "3.0", None]) == "3"
+    assert majority_vote(["4", "3"]) == "4"
+    assert majority_vote([None, "4", "\\frac{8}{2}", "3"]) == "4"
+    assert majority_vote([None, None]) is None
+
+
+# ---------------------------------------------------------------------- datasets
+_QUESTIONS = [
+    (r"has (\d+) apples and buys (\d+) more", lambda a, b: a + b),
+    (r"A box holds (\d+) pens\. How many pens are in (\d+) boxes", lambda a, b: a * b),
+    (r"had (\d+) stickers and gave away (\d+)", lambda a, b: a - b),
+    (r"(\d+) cookies are shared equally by (\d+) children", lambda a, b: a // b),
+    (r"has (\d+) cars with (\d+) seats each, and (\d+) seats are taken", lambda a, b, c: a * b - c),
+]
+
+
+def _solve(question: str) -> int:
+    for pattern, f in _QUESTIONS:
+        m = re.search(pattern, question)
+        if m:
+            return f(*map(int, m.groups()))
+    raise AssertionError(f"unrecognised question {question!r}")
+
+
+@pytest.mark.parametrize("spec,k", [("builtin:arith", 5), ("builtin:arith-1", 1), ("builtin:arith-3", 3)])
+def test_builtin_arith_is_deterministic_and_its_answers_are_right(spec, k):
+    problems = load_dataset(spec)
+    assert problems == load_dataset(spec) and len({p.id for p in problems}) == len(problems) == 200
+    for p in problems[:60]:
+        questions = re.findall(r"^\d+\. (.*)$", p.problem, re.MULTILINE) if k > 1 else [p.problem]
+        assert len(questions) == k
+        golds = [_solve(q) for q in questions]
+        assert all(g >= 0 for g in golds)
+        assert answers_match(", ".join(map(str, golds)), p.answer), p
+        assert "\\boxed{}" in p.problem
+    assert load_dataset(spec, limit=3) == problems[:3]
+
+
+def test_dataset_field_layouts(tmp_path):
+    gsm = problem_from_record({"question": "Q?", "answer": "3 + 4 = 7\nso 1,000 + 234\n#### 1,234"}, "d-0")
+    assert (gsm.id, gsm.problem, gsm.answer) == ("d-0", "Q?", "1234")
+    math = problem_from_record({"problem": "P", "solution": "so $\\boxed{\\frac{1}{2}}$.", "unique_id": "alg/1.json"}, "x")
+    assert (math.id, math.answer) == ("alg/1.json", "\\frac{1}{2}")
+    aime = problem_from_record({"ID": "2024-I-1", "Problem": "P", "Answer": 204, "Solution": "..."}, "x")
+    assert (aime.id, aime.answer) == ("2024-I-1", "204")
+    limo = problem_from_record({"question": "Q", "solution": "\\boxed{9}", "answer": "8"}, "x")
+    assert limo.answer == "8"  # the answer field wins over the solution's box
+    with pytest.raises(ValueError, match="no problem text"):
+        problem_from_record({"answer": "1"}, "r-3")
+    with pytest.raises(ValueError, match="no answer"):
+        problem_from_record({"problem": "P", "solution": "no box"}, "r-3")
+
+    path = tmp_path / "set.jsonl"
+    path.write_text('{"id": "a", "problem": "1+1?", "answer": "2"}\n\n{"id": "b", "question": "2+2?", "answer": "#### 4"}\n')
+    assert [(p.id, p.answer) for p in load_dataset(str(path))] == [("a", "2"), ("b", "4")]
+    arr = tmp_path / "set.json"
+    arr.write_text(json.dumps([{"problem": "P", "answer": 1}, {"problem": "Q", "answer": 2}]))
+    assert [p.id for p in load_dataset(str(arr))] == ["set-0", "set-1"]
+    dup = tmp_path / "dup.jsonl"
+    dup.write_text('{"id": 1, "problem": "P", "answer": 1}\n{"id": 1, "problem": "Q", "answer": 2}\n')
+    with pytest.raises(ValueError, match="two problems with id '1'"):
+        load_dataset(str(dup))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"problem": "P", "answer": 1}\n{oops\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2 is not valid JSON"):
+        load_dataset(str(bad))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_dataset(str(tmp_path / "missing.jsonl"))
+    with pytest.raises(ValueError, match="unknown built-in dataset"):
+        load_dataset("builtin:gsm8k")
+
+
+# ---------------------------------------------------------------------- summary (Spec §13.4)
+def test_wilson_interval_matches_published_values():
+    # Newcombe (1998), Stat. Med. 17:857, Table I: 81/263 -> 0.2553-0.3662; 15/148 -> 0.0624-0.1605
+    lo, hi = wilson_interval(81, 263)
+    assert abs(lo - 0.2553) < 1e-4 and abs(hi - 0.3662) < 1e-4
+    lo, hi = wilson_interval(15, 148)
+    assert abs(lo - 0.0624) < 1e-4 and abs(hi - 0.1605) < 1e-4
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0.0 and abs(hi - 0.2775) < 1e-4  # Newcombe Table I: 0/10 -> 0-0.2775
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_summarise_counts_accuracy_errors_and_baseline():
+    def row(method, w, b, pid, correct, error=None):
+        return {"method": method, "workers": w, "budget": b, "problem_id": pid, "seed": 0, "correct": correct,
+                "error": error, "ticks": b, "tokens_per_worker": [b] * w, "seconds": 1.0}
+
+    rows = [row("hogwild", 1, 8, "a", True), row("hogwild", 1, 8, "b", False),
+            row("hogwild", 2, 8, "a", True), row("hogwild", 2, 8, "b", False, error="RuntimeError: boom"),
+            row("self_consistency", 2, 8, "a", False), row("self_consistency", 2, 8, "b", False)]
+    cells = summarise(rows)
+    assert [(c.method, c.workers) for c in cells] == [("hogwild", 1), ("hogwild", 2), ("self_consistency", 2)]
+    h2 = cells[1]
+    assert (h2.n, h2.correct, h2.accuracy, h2.errors, h2.baseline, h2.mean_tokens) == (2, 1, 0.5, 1, 0.5, 16)
+    assert cells[2].accuracy == 0.0 and cells[2].baseline == 0.5
+    text = format_markdown(cells)
+    assert "| Hogwild, 1 worker (baseline) | 8 | 2 | 0.500 |" in text and "self-consistency, 2 samples" in text
+
+
+def test_results_log_drops_a_line_cut_short_and_keeps_the_latest_row(tmp_path):
+    path = tmp_path / "results.jsonl"
+    full = {"method": "hogwild", "problem_id": "a", "workers": 1, "seed": 0, "budget": 8, "correct": False}
+    path.write_text(json.dumps(full) + "\n" + '{"method": "hogwild", "problem_id": "b", "wor')
+    log = ResultsLog(path)
+    assert log.dropped == 1 and len(log.all()) == 1
+    assert path.read_text().endswith("}\n")
+    log.append([full | {"correct": True}, full | {"problem_id": "b"}])
+    again = ResultsLog(path)
+    assert again.dropped == 0 and len(again.all()) == 2
+    assert again.rows[("hogwild", "a", 1, 0, 8)]["correct"] is True
+
+
+# ---------------------------------------------------------------------- run_eval end to end (tiny model)
+@pytest.fixture(scope="module")
+def tiny(smollm_tokenizer):
+    return tiny_model("llama", seed=11, vocab_size=len(smollm_tokenizer)), smollm_tokenizer
+
+
+def _cfg(**kw):
+    base = dict(dataset="builtin:arith-2", workers=(2,), budgets=(3, 6), limit=3, batch=2, prompts="compact",
+                finisher_tokens=3, collab_every=None)
+    return EvalConfig(**(base | kw))
+
+
+def _stable(rows):
+    """Rows without the wall-clock fields (and the batch size, which depends on what was left to run)."""
+    return sorted((json.dumps({k: v for k, v in r.items() if k not in ("seconds", "batch")}, sort_keys=True) for r in rows))
+
+
+def test_eval_writes_rows_summary_and_plot(tiny, tmp_path):
+    model, tok = tiny
+    report = run_eval(model, tok, _cfg(), tmp_path, progress=False)
+    # units: hogwild W=1 and W=2, self-consistency W=2; 3 problems; 2 budgets each
+    assert report.ran_units == 9 and len(report.rows) == 18
+    assert {(r["method"], r["workers"]) for r in report.rows} == {("hogwild", 1), ("hogwild", 2), ("self_consistency", 2)}
+    for r in report.rows:
+        assert r["error"] is None and r["ticks"] <= r["budget"]
+        assert len(r["tokens_per_worker"]) == r["workers"]
+        assert r["correct"] == answers_match(r["answer"], r["gold"])
+        if r["method"] == "self_consistency":
+            assert len(r["samples"]) == 2 and r["answer"] == majority_vote(r["samples"])
+    assert report.files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<svg" in report.files["svg"].read_text()
+    assert "| Hogwild, 2 workers | 6 | 3 |" in report.files["summary_md"].read_text()
+    assert len(json.loads(report.files["summary_json"].read_text())["cells"]) == 6
+
+
+def test_eval_resumes_without_redoing_finished_rows(tiny, tmp_path):
+    model, tok = tiny
+    complete = run_eval(model, tok, _cfg(), tmp_path / "complete", progress=False, plot=False)
+    # an interrupted run: the first 5 rows, then a line cut short
+    part = tmp_path / "part"
+    part.mkdir()
+    shutil.copy(tmp_path / "complete" / "config.json", part / "config.json")
+    lines = (tmp_path / "complete" / "results.jsonl").read_text().splitlines(keepends=True)
+    (part / "results.jsonl").write_text("".join(lines[:5]) + lines[5][:40])
+    kept = [json.loads(x) for x in lines[:5]]
+    unit = lambda r: (r["method"], r["problem_id"], r["workers"], r["seed"])  # noqa: E731
+    finished = {unit(r) for r in kept if sum(unit(q) == unit(r) for q in kept) == 2}  # both budgets on disk
+    assert len(finished) == 2
+    ran = []
+    resumed = run_eval(model, tok, _cfg(), part, progress=False, plot=False, on_unit=ran.append)
+    assert resumed.skipped_units == 2 and resumed.ran_units == len(ran) == 7
+    assert not {(u.method, u.problem.id, u.workers, u.seed) for u in ran} & finished
+    assert _stable(resumed.rows) == _stable(complete.rows)
+    # and once complete, nothing runs again
+    again = run_eval(model, tok, _cfg(), part, progress=False, plot=False, on_unit=ran.append)
+    assert again.ran_units == 0 and len(ran) == 7
+
+
+def test_a_crashing_problem_is_recorded_and_the_others_finish(tiny, tmp_path, monkeypatch):
+    model, tok = tiny
+    from hogwild_ref.engine import Engine
+
+    real = Engine._table_and_static
+    victim = load_dataset("builtin:arith-2", 3)[1]
+
+    def flaky(self, problem):
+        if problem == victim.problem:
+            raise RuntimeError("boom")
+        return real(self, problem)
+
+    monkeypatch.setattr(Engine, "_table_and_static", flaky)
+    report = run_eval(model, tok, _cfg(), tmp_path, progress=False, plot=False)
+    bad = [r for r in report.rows if r["problem_id"] == victim.id]
+    good = [r for r in report.rows if r["problem_id"] != victim.id]
+    assert len(bad) == 6 and all(r["error"] == "RuntimeError: boom" and r["correct"] is False for r in bad)
+    assert len(good) == 12 and all(r["error"] is None for r in good)
+    assert sum(c.errors for c in report.cells) == 6
+    # a resume keeps recorded errors; --retry-errors reruns exactly those units
+    monkeypatch.setattr(Engine, "_table_and_static", real)
+    assert run_eval(model, tok, _cfg(), tmp_path, progress=False, plot=False).ran_units == 0
+    retried = run_eval(model, tok, _cfg(retry_errors=True), tmp_path, progress=False, plot=False)
+    assert retried.ran_units == 3 and all(r["error"] is None for r in retried.rows)
+
+
+def test_eval_refuses_to_mix_settings_in_one_directory(tiny, tmp_path):
+    model, tok = tiny
+    run_eval(model, tok, _cfg(budgets=(2,), workers=(1,), self_consistency=False, limit=1), tmp_path, progress=False, plot=False)
+    with pytest.raises(ValueError, match=r"finisher_tokens: 3 there, 5 now"):
+        run_eval(model, tok, _cfg(budgets=(2,), finisher_tokens=5, limit=1), tmp_path, progress=False, plot=False)
+
+
+def test_eval_config_rejects_bad_input():
+    with pytest.raises(ValueError, match="budgets must be"):
+        EvalConfig(budgets=(0, 8))
+    with pytest.raises(ValueError, match="workers must be"):
+        EvalConfig(workers=(0,))
+    with pytest.raises(ValueError, match="sc_temperature > 0"):
+        EvalConfig(sc_temperature=0.0)
+    with pytest.raises(ValueError, match="batch must be"):
+        EvalConfig(batch=0)
+
+
+@pytest.mark.slow
+def test_cli_eval_on_the_embedded_model(tmp_path, capsys, monkeypatch, smollm):
+    import hogwild_ref.models
+    from hogwild_ref.cli import main
+
+    monkeypatch.setattr(hogwild_ref.models, "load", lambda *a, **k: smollm)  # the session's model, no second load
+
+    rc = main(["eval", "--dataset", "builtin:arith", "--workers", "1", "2", "--budgets", "4", "8", "--limit", "1",
+               "--prompts", "compact", "--out", str(tmp_path), "--no-progress", "--finisher-tokens", "4"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "| Hogwild, 2 workers | 8 | 1 |" in out and "self-consistency, 2 samples" in out
+    rows = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 6
+    for name in ("summary.md", "summary.json", "accuracy.png", "accuracy.svg", "config.json"):
+        assert (tmp_path / name).is_file()
+    monkeypatch.setattr(hogwild_ref.models, "load", lambda *a, **k: pytest.fail("loaded a model for bad arguments"))
+    assert main(["eval", "--budgets", "0", "--out", str(tmp_path / "x")]) == 2
+    assert "budgets must be tick counts >= 1" in capsys.readouterr().err
