@@ -26,7 +26,7 @@ from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.cache_utils import Cache, DynamicLayer
 
 from .attention import BACKENDS
-from .fast import DecodeBuffers, DecodeTick, common_segment, decode_attention, plan_decode
+from .fast import DecodeBuffers, DecodeTick, common_segment, decode_attention, plan_decode, prefix_attention
 from .masks import TickPlan
 from .rope import RopeSpec, Rotation
 from .segments import SegmentTable, flush_into
@@ -172,8 +172,12 @@ class HogwildCache(Cache):
         store = self.stores[layer_idx]
         if self.decode is not None:
             return self._attend_decode(store, query, scaling)
-        assert self.plan is not None
-        return self.backend(query, store.keys, store.values, self.plan, self.rope, scaling)
+        plan = self.plan
+        assert plan is not None
+        if self.fast and self.common is not None and plan.num_rows == 1 and len(plan.rows[0].view) == 1 \
+                and plan.write_indices[0] == self.common:  # prefill of the common segment: causal SDPA
+            return prefix_attention(query, store.keys[self.common], store.values[self.common], plan.write_starts[0], scaling)
+        return self.backend(query, store.keys, store.values, plan, self.rope, scaling)
 
     def _tail(self, store: SegmentStore) -> Tensor:
         """Table indices of the store's tail segments on its device."""

@@ -7,16 +7,17 @@ Split FlashInfer-style into what the host decides once per tick and what the com
   per (row, segment) rotations by ``+o_r(s)``, visibility, post-write lengths, each row's arena slot.
   :class:`DecodeBuffers` keeps device copies of them that are written in place every tick (static
   addresses, as CUDA graphs need).
-* :func:`decode_attention` (compiled once, ``fullgraph=True``) is one layer's attention on explicit
-  tensors. The *common* segment — the one that opens every view (prompt + history) — sits at offset 0
+* :func:`decode_attention` is one layer's attention on explicit tensors (traced into the engine's
+  compiled decode step when it compiles one, ``fullgraph=True``). The *common* segment — the one that opens every view (prompt + history) — sits at offset 0
   in every view, so its keys are stored at their view positions already: it is read once for all
   rows with no rotation and no per-row copy. The *tail* (headers, separators, current steps; small)
-  is stored at segment-local positions and re-rotated per row to its view positions, as DESIGN §5
-  option (a) describes. Both parts share one softmax.
+  stays at segment-local positions; each row's query is re-rotated once per tail segment (Spec §9.2)
+  and the tail is read by one batched matmul over (head, segment). Both parts share one softmax.
 
 Lengths live only in the masks; the shapes are the common window (the common segment's length rounded
-up to :data:`WINDOW_QUANTUM`, marked dynamic so that a growing history does not recompile) and the
-tail's capacity (static until the arena is re-allocated).
+up to :data:`WINDOW_QUANTUM`, marked dynamic when the engine compiles its decode step, so that a growing
+history does not recompile) and the tail's block capacity (static until the store is re-allocated).
+:func:`prefix_attention` is the prefill of the common segment: plain causal SDPA.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
@@ -33,7 +35,7 @@ from .rope import RopeSpec, Rotation
 from .segments import SegmentTable, TableError, view_offsets
 from .store import SegmentStore
 
-__all__ = ["WINDOW_QUANTUM", "DecodeBuffers", "DecodeTick", "common_segment", "decode_attention", "plan_decode"]
+__all__ = ["WINDOW_QUANTUM", "DecodeBuffers", "DecodeTick", "common_segment", "decode_attention", "plan_decode", "prefix_attention"]
 
 #: the common window is the common segment's length rounded up to a multiple of this
 WINDOW_QUANTUM = 64
@@ -241,12 +243,21 @@ def decode_attention(
     return out.reshape(R, Hq, 1, D).to(q.dtype)
 
 
-_COMPILED: dict[str, Any] = {}
+def prefix_attention(
+    q: Float[Tensor, "1 Hq n D"], keys: Float[Tensor, "Hkv L D"], values: Float[Tensor, "Hkv L D"],
+    start: int, scaling: float,
+) -> Float[Tensor, "1 Hq n D"]:
+    """Attention of a prefill chunk of the common segment (Spec §9.6): one causal sequence.
 
-
-def compiled_decode_attention(mode: str | None = None) -> Any:
-    """:func:`decode_attention` under ``torch.compile(fullgraph=True)`` (one compiled function per process)."""
-    key = mode or "default"
-    if key not in _COMPILED:
-        _COMPILED[key] = torch.compile(decode_attention, fullgraph=True, mode=mode)
-    return _COMPILED[key]
+    The chunk's queries sit at positions ``start .. start+n-1`` of the segment, which opens every
+    view (offset 0), so its stored keys are at their view positions: this is plain causal attention
+    over ``keys[:, :start+n]`` through PyTorch's fused kernel (no dense score matrix, memory linear
+    in the prompt length for a fixed chunk).
+    """
+    n = q.shape[2]
+    T = start + n
+    k, v = keys[None, :, :T], values[None, :, :T]
+    if start == 0:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=True)
+    mask = torch.arange(T, device=q.device)[None, :] <= torch.arange(start, T, device=q.device)[:, None]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, enable_gqa=True)
