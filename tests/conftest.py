@@ -61,3 +61,19 @@ def smollm_tokenizer():
 
     directory, name = default_model_path()
     return AutoTokenizer.from_pretrained(directory, gguf_file=name)
+
+
+@pytest.fixture(scope="session")
+def char_tokenizer():
+    """A character-level tokenizer built in-process (no files): for machines without the embedded
+    model's package (the GPU check in benchmarks/gpu.sh)."""
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = ["<unk>", "<eos>"] + sorted(set(string.printable))
+    tok = Tokenizer(models.WordLevel({c: i for i, c in enumerate(chars)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>")
