@@ -1,6 +1,6 @@
 """The transformers glue: HogwildCache and the registered attention and mask functions (Spec §11).
 
-The K/V themselves live in :class:`hogwild_ref.store.SegmentStore` (one arena per layer, on that
+The K/V themselves live in :class:`hogwild_ref.store.SegmentStore` (preallocated buffers per layer, on that
 layer's device), which knows nothing of transformers. Integration uses transformers' public surfaces only:
 
 * :class:`HogwildCache` subclasses ``transformers.Cache``; its ``update()`` receives the tick's new
@@ -207,7 +207,7 @@ class HogwildCache(Cache):
         return self.get_seq_length(), 0
 
     def nbytes(self) -> int:
-        """Bytes held by all layers' arenas."""
+        """Bytes held by all layers' K/V buffers."""
         return sum(store.nbytes() for store in self.stores)
 
     # ------------------------------------------------------------------ flush (Spec §5.1)

@@ -250,7 +250,7 @@ class Engine:
         tokenizer: its tokenizer (a chat template is used when it has one).
         workers: number of workers ``W >= 1``.
         layout: ``"contiguous"``, ``"interleaved"`` or ``"combined"`` (Spec §4).
-        backend: ``"fast"`` (default: one-token ticks through the arena path of Spec §9.6, other
+        backend: ``"fast"`` (default: one-token ticks through the path of Spec §9.6, other
             forwards through ``rotate_queries``), ``"rotate_queries"``, ``"rotate_keys"`` or ``"oracle"`` (the slow engine
             oracle of Spec §11.4).
         templates: prompt texts (Spec §7).

@@ -1,16 +1,16 @@
-"""The fast backend: one-token ticks over the arena, compiled (Spec §9.6).
+"""The fast backend: one-token ticks over preallocated segment storage (Spec §9.6).
 
 Split FlashInfer-style into what the host decides once per tick and what the compiled code reads:
 
 * :func:`plan_decode` (host, once per tick) turns the segment table and the rows' new-token counts
   (0 or 1 each) into a :class:`DecodeTick`: Python ints for control flow and a few small tensors —
-  per (row, segment) rotations by ``+o_r(s)``, visibility, post-write lengths, each row's arena slot.
+  per (row, segment) rotations by ``+o_r(s)``, visibility, post-write lengths, each row's tail slot.
   :class:`DecodeBuffers` keeps device copies of them that are written in place every tick (static
   addresses, as CUDA graphs need).
 * :func:`decode_attention` is one layer's attention on explicit tensors (traced into the engine's
-  compiled decode step when it compiles one, ``fullgraph=True``). The *common* segment — the one that opens every view (prompt + history) — sits at offset 0
-  in every view, so its keys are stored at their view positions already: it is read once for all
-  rows with no rotation and no per-row copy. The *tail* (headers, separators, current steps; small)
+  compiled decode step when it compiles one, ``fullgraph=True``). The *common* segment — the one
+  that opens every view (prompt + history) — sits at offset 0 in every view, so its keys are stored
+  at their view positions already: it is read once for all rows with no rotation and no per-row copy. The *tail* (headers, separators, current steps; small)
   stays at segment-local positions; each row's query is re-rotated once per tail segment (Spec §9.2)
   and the tail is read by one batched matmul over (head, segment). Both parts share one softmax.
 
@@ -79,7 +79,7 @@ class DecodeTick:
 
 
 def plan_decode(table: SegmentTable, counts: Sequence[int], rope: RopeSpec, store: SegmentStore) -> DecodeTick:
-    """Plan a one-token tick over ``table`` (lengths before the tick) for the arena ``store`` (Spec §9.6).
+    """Plan a one-token tick over ``table`` (lengths before the tick) for ``store`` (Spec §9.6).
 
     The store must already have room for the writes (:meth:`SegmentStore.reserve`).
     """
@@ -209,7 +209,7 @@ def decode_attention(
     rope: RopeSpec,
     scaling: float,
 ) -> Float[Tensor, "R Hq 1 D"]:
-    """One layer's attention for a one-token tick over the arena (Spec §9.6).
+    """One layer's attention for a one-token tick (Spec §9.6).
 
     ``q`` is rotated at the rows' view positions (as the model does). The common window's keys are
     at their view positions already (the common segment sits at offset 0 in every view) and are read
