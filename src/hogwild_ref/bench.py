@@ -168,6 +168,7 @@ class TickTiming:
     peak_mem_bytes: int
     device: str
     threads: int
+    kv_bytes_per_tick: int = 0  # K/V bytes the fast path reads per tick (common window once + tail blocks)
 
 
 def random_model(shape: str, dtype: torch.dtype, device: str | torch.device) -> Any:
@@ -300,11 +301,12 @@ def bench_ticks(model: Any, *, workers: Sequence[int] = (1, 2, 4, 8), contexts: 
                     state["ids"] = lg.argmax(-1).tolist()
 
                 s = _time_steps(tick, steps, warmup, device)
+                kv_bytes = cache.decode_read_bytes() if backend == "fast" else 0
             out.append(TickTiming(
                 backend=backend, layout=layout, workers=w, ctx=ctx, s_per_tick=s, baseline_s_per_step=base,
                 ratio=s / base, compiled_baseline_s_per_step=cbase,
                 ratio_compiled=(s / cbase) if cbase else None, peak_mem_bytes=_peak_mem(device),
-                device=machine(), threads=torch.get_num_threads(),
+                device=machine(), threads=torch.get_num_threads(), kv_bytes_per_tick=kv_bytes,
             ))
             del cache, engine
     return out

@@ -26,7 +26,7 @@ from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.cache_utils import Cache, DynamicLayer
 
 from .attention import BACKENDS
-from .fast import DecodeBuffers, DecodeTick, common_segment, decode_attention, plan_decode, prefix_attention
+from .fast import WINDOW_QUANTUM, DecodeBuffers, DecodeTick, common_segment, decode_attention, plan_decode, prefix_attention
 from .masks import TickPlan
 from .rope import RopeSpec, Rotation
 from .segments import SegmentTable, flush_into
@@ -205,6 +205,19 @@ class HogwildCache(Cache):
 
     def get_mask_sizes(self, *args: Any, **kwargs: Any) -> tuple[int, int]:
         return self.get_seq_length(), 0
+
+    def decode_read_bytes(self) -> int:
+        """K/V bytes one one-token tick reads on the fast path (Spec §9.6): every layer's common window
+        (once for all rows) and its tail blocks."""
+        total = 0
+        for store in self.stores:
+            if store.common is None:
+                return 0
+            L = self.table.length(self.table.segments[store.common].id)
+            window = min(store.capacities[store.common], max(WINDOW_QUANTUM, -(-L // WINDOW_QUANTUM) * WINDOW_QUANTUM))
+            slots = window + len(store.tail_segments) * store.block
+            total += 2 * slots * store.kv_heads * store.head_dim * store.k_common.element_size()
+        return total
 
     def nbytes(self) -> int:
         """Bytes held by all layers' K/V buffers."""
