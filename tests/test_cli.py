@@ -188,7 +188,7 @@ def test_generate_live_view_without_tty(capsys, loader_spy):
 def test_generate_contiguous_library_json(smollm):
     """``--layout contiguous`` through the library: the same JSON object, round-tripped."""
     model, tokenizer = smollm
-    result = hogwild_ref.generate(model, tokenizer, PROBLEM, workers=2, layout="contiguous", max_steps=MAX_STEPS,
+    result = hogwild_ref.generate(model, tokenizer, PROBLEM, workers=2, layout="contiguous", max_ticks=MAX_STEPS,
                                   finisher=False)
     d = json.loads(json.dumps(result.to_json_dict()))
     _check_result(d, workers=2, layout="contiguous", tokenizer=tokenizer, eos=tokenizer.eos_token_id)

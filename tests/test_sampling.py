@@ -204,7 +204,7 @@ def tiny_llama(smollm_tokenizer):
 
 
 def _run(model, tok, **kwargs):
-    return hogwild_ref.generate(model, tok, PROBLEM, workers=2, max_steps=MAX_STEPS, finisher=False,
+    return hogwild_ref.generate(model, tok, PROBLEM, workers=2, max_ticks=MAX_STEPS, finisher=False,
                                 collab_every=None, **kwargs)
 
 
