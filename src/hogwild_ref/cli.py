@@ -97,6 +97,10 @@ def _generate_settings(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads is not None:
         check_int("threads", args.threads, 1, cli=True)
     _check_device(args.device)
+    if args.model not in (None, "default", "smollm2"):
+        from .models import resolve_source
+
+        resolve_source(args.model)
     if args.max_steps is not None:
         print("warning: --max-steps is deprecated, use --max-ticks (the budget counts ticks)", file=sys.stderr)
     templates = PRESETS[args.prompts]()

@@ -25,6 +25,7 @@ __all__ = [
     "default_model_path",
     "load",
     "load_default",
+    "resolve_source",
     "tiny_config",
     "tiny_family_config",
     "tiny_model",
@@ -91,29 +92,7 @@ def load(
 
     from .compat import ensure_compatible
 
-    assert name_or_path is not None
-    path = Path(name_or_path).expanduser()
-    local = path.suffix == ".gguf" or name_or_path.startswith((".", "/", "~")) or path.exists()
-    if local and not path.exists():
-        raise UnsupportedModelError(f"model path {name_or_path!r} does not exist; give a local directory, a .gguf file or a hub id")
-    kwargs: dict[str, Any] = {}
-    source = name_or_path
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise UnsupportedModelError(f"{name_or_path!r} is not a file; give the path of a .gguf file")
-        kwargs["gguf_file"] = path.name
-        source = str(path.parent)
-    elif local:
-        if not path.is_dir():
-            raise UnsupportedModelError(
-                f"{name_or_path!r} is not a model: give a model directory (with config.json), a .gguf file or a hub id"
-            )
-        if not (path / "config.json").is_file():
-            raise UnsupportedModelError(
-                f"{name_or_path!r} is not a model directory (it has no config.json); give the directory a model was "
-                "saved to with save_pretrained, a .gguf file or a hub id"
-            )
-        source = str(path)
+    source, kwargs = resolve_source(name_or_path)
     if "gguf_file" not in kwargs:
         check_supported(AutoConfig.from_pretrained(source), allow_untested=allow_untested)
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
@@ -121,6 +100,35 @@ def load(
     ensure_compatible(model, allow_untested=allow_untested)
     check_vocabulary(model, tokenizer)
     return model, tokenizer
+
+
+def resolve_source(name_or_path: str) -> tuple[str, dict[str, Any]]:
+    """Where ``from_pretrained`` loads ``name_or_path`` from, and its extra keywords (``gguf_file``).
+
+    Checks local paths before anything loads: a missing path, a file that is not a ``.gguf``, a
+    directory without ``config.json`` ("not a model directory") are refused naming the fix. Anything
+    that is not a local path is taken as a hub id.
+    """
+    path = Path(name_or_path).expanduser()
+    local = path.suffix == ".gguf" or name_or_path.startswith((".", "/", "~")) or path.exists()
+    if local and not path.exists():
+        raise UnsupportedModelError(f"model path {name_or_path!r} does not exist; give a local directory, a .gguf file or a hub id")
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise UnsupportedModelError(f"{name_or_path!r} is not a file; give the path of a .gguf file")
+        return str(path.parent), {"gguf_file": path.name}
+    if not local:
+        return name_or_path, {}
+    if not path.is_dir():
+        raise UnsupportedModelError(
+            f"{name_or_path!r} is not a model: give a model directory (with config.json), a .gguf file or a hub id"
+        )
+    if not (path / "config.json").is_file():
+        raise UnsupportedModelError(
+            f"{name_or_path!r} is not a model directory (it has no config.json); give the directory a model was "
+            "saved to with save_pretrained, a .gguf file or a hub id"
+        )
+    return str(path), {}
 
 
 def check_vocabulary(model: Any, tokenizer: Any) -> None:
