@@ -14,7 +14,6 @@ from dataclasses import replace
 
 import pytest
 import torch
-import transformers
 
 import hogwild_ref
 from hogwild_ref import compat

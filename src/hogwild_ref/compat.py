@@ -400,7 +400,7 @@ def _prove_or_refuse(model: Any, rope: RopeSpec, backend: str, mt: str) -> float
 
 # ---------------------------------------------------------------------- entry point
 _PROOFS: weakref.WeakKeyDictionary[Any, dict[tuple[str, str, str], Proof]] = weakref.WeakKeyDictionary()
-_IN_PROOF: contextvars.ContextVar[dict[int, RopeSpec]] = contextvars.ContextVar("hogwild_in_proof", default={})
+_IN_PROOF: contextvars.ContextVar[dict[int, RopeSpec] | None] = contextvars.ContextVar("hogwild_in_proof", default=None)
 
 
 def proof_of(model: Any) -> Proof | None:
@@ -430,7 +430,7 @@ def ensure_compatible(model: Any, *, allow_untested: bool = False, backend: str 
         UnsupportedModelError: naming the reason (:class:`CompatibilityError` with the measured error
         when the numeric proof fails).
     """
-    inside = _IN_PROOF.get()
+    inside = _IN_PROOF.get() or {}
     if id(model) in inside:
         return inside[id(model)]
     proofs = _PROOFS.setdefault(model, {})

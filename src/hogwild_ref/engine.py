@@ -15,7 +15,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Generator, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -389,7 +389,7 @@ class Engine:
         return table, first, static
 
     # ------------------------------------------------------------------ main loop
-    def stream(self, problem: str) -> Iterator[Event]:
+    def stream(self, problem: str) -> Generator[Event, None, None]:
         """Run Hogwild generation on ``problem``, yielding events; the result lands in ``self.result``.
 
         Ctrl-C (``KeyboardInterrupt``, raised inside the run or thrown into it at an event) leaves the
@@ -424,7 +424,7 @@ class Engine:
             "prompts": asdict(self.templates),
         }
 
-    def _stream(self, problem: str) -> Iterator[Event]:
+    def _stream(self, problem: str) -> Generator[Event, None, None]:
         t0 = time.perf_counter()
         check_problem(problem)
         table, first, static = self._table_and_static(problem)
@@ -448,7 +448,8 @@ class Engine:
             workers = []
             for w in range(W):
                 view_tokens, generated_positions = transcript.view(cache.table.views[w])
-                last = [pending[w]] if pending[w] is not None and pending[w] not in self.scheduler_config.eos_token_ids else []
+                p = pending[w]
+                last = [p] if p is not None and p not in self.scheduler_config.eos_token_ids else []
                 workers.append(WorkerResult(
                     name=self.names[w],
                     text=self._decode(transcript.written[w] + last),
@@ -530,7 +531,7 @@ class Engine:
         yield DoneEvent(tick, reason, answer)
 
     def _finish(self, cache: HogwildCache, sched: Scheduler, pending: list[int | None], transcript: _Transcript,
-                tick: int, produced: list[int]) -> Iterator[Event]:
+                tick: int, produced: list[int]) -> Generator[Event, None, tuple[str | None, int]]:
         """s1-style finisher (Spec §6.6): worker 0 is fed its last token + the finisher, then decodes greedily."""
         W = self.workers
         head = [pending[0]] if pending[0] is not None and pending[0] not in self.scheduler_config.eos_token_ids else []

@@ -66,7 +66,7 @@ def load_default(dtype: torch.dtype = torch.float32, device: str | torch.device 
 
     directory, name = default_model_path()
     tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=dtype).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=dtype).to(device).eval()  # type: ignore[arg-type]
     ensure_compatible(model)
     return model, tokenizer
 
@@ -96,7 +96,7 @@ def load(
     if "gguf_file" not in kwargs:
         check_supported(AutoConfig.from_pretrained(source), allow_untested=allow_untested)
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs).to(device).eval()  # type: ignore[arg-type]
     ensure_compatible(model, allow_untested=allow_untested)
     check_vocabulary(model, tokenizer)
     return model, tokenizer

@@ -108,13 +108,14 @@ class RopeSpec:
                 "Hogwild needs a 1-D rotary embedding whose rotation depends only on the position delta"
             )
         module = _rotary_module(config)
-        if not isinstance(getattr(module, "inv_freq", None), torch.Tensor):
+        buffer = getattr(module, "inv_freq", None)
+        if not isinstance(buffer, torch.Tensor):
             raise RopeError(
                 f"the rotary embedding of model type {getattr(config, 'model_type', None)!r} ({type(module).__name__}) "
                 "has no inv_freq buffer, so it does not follow transformers' RotaryEmbedding interface from which "
                 "hogwild_ref reads the frequencies (e.g. GPT-J and CodeGen use their own sinusoidal tables)"
             )
-        inv_freq = module.inv_freq.detach().to(torch.float64)
+        inv_freq = buffer.detach().to(torch.float64)
         scaling = float(getattr(module, "attention_scaling", 1.0))
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         max_position = None
