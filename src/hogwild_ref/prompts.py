@@ -77,7 +77,7 @@ _DEFAULT_SYSTEM = (
     "- Read what the others are doing before you start something. Do not redo work that "
     "someone else is already doing; split the problem between you and take an open part.\n"
     "- Check the others' results when it helps, and say so when you find a mistake.\n"
-    "- When the answer is known, write it once as \\boxed{answer}."
+    "- When you know the final answer, write it once inside \\boxed{}."
 )
 
 
@@ -176,7 +176,8 @@ class PromptTemplates:
         return cls(
             system=(
                 "{names} solve the problem together, step by step. They see each other's steps "
-                "as they are written. Each step is one short sentence. Put the final answer in \\boxed{}."
+                "as they are written. Each step is one short sentence that ends with a period. "
+                "Put the final answer in \\boxed{}."
             ),
             history_header="\n",
             others_header="\n",

@@ -146,8 +146,11 @@ class RopeSpec:
 
     def apply(
         self, x: Float[Tensor, "*batch head_dim"], rot: Rotation, scale: float = 1.0
-    ) -> Float[Tensor, "*batch head_dim"]:
-        """Rotate ``x`` by a precomputed :class:`Rotation` (broadcast over ``x.shape[:-1]``), times ``scale``."""
+    ) -> Float[Tensor, "*out head_dim"]:
+        """Rotate ``x`` by a precomputed :class:`Rotation` (broadcast over ``x.shape[:-1]``), times ``scale``.
+
+        The result has the broadcast shape of ``x.shape[:-1]`` and the rotation's leading shape.
+        """
         if x.shape[-1] != self.head_dim:
             raise RopeError(f"last dimension of x is {x.shape[-1]}, expected head_dim {self.head_dim}")
         rd, h = self.rotary_dim, self.rotary_dim // 2
@@ -168,8 +171,8 @@ class RopeSpec:
         return out.to(x.dtype)
 
     def rotate(
-        self, x: Float[Tensor, "*batch head_dim"], positions: Int[Tensor, "*batch"] | int
-    ) -> Float[Tensor, "*batch head_dim"]:
+        self, x: Float[Tensor, "*batch head_dim"], positions: Int[Tensor, "*positions"] | int
+    ) -> Float[Tensor, "*out head_dim"]:
         """RoPE at absolute ``positions``, as the model applies it, ``attention_scaling`` included (Spec §8.2).
 
         ``positions`` broadcasts against ``x.shape[:-1]`` (e.g. ``(B, 1, n)`` for ``x`` of ``(B, H, n, D)``).
@@ -178,8 +181,8 @@ class RopeSpec:
         return self.apply(x, self.rotation(positions, x.device, _work(x)), self.attention_scaling)
 
     def rerotate(
-        self, x: Float[Tensor, "*batch head_dim"], delta: Int[Tensor, "*batch"] | int
-    ) -> Float[Tensor, "*batch head_dim"]:
+        self, x: Float[Tensor, "*batch head_dim"], delta: Int[Tensor, "*deltas"] | int
+    ) -> Float[Tensor, "*out head_dim"]:
         """Pure rotation by a position ``delta`` (Spec §8.3): no ``attention_scaling``.
 
         ``rerotate(rotate(x, p), d) == rotate(x, p + d)`` and ``rerotate(x, 0) == x``.
