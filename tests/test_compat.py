@@ -143,6 +143,11 @@ def test_sliding_window_is_refused_once_the_context_passes_it():
         check_attention_kwargs(_Module(), {"sliding_window": 64, "hogwild_cache": Cache()})
 
 
+def test_a_mask_built_by_the_model_is_refused():
+    with pytest.raises(AttentionFeatureError, match="own attention mask"):
+        check_attention_kwargs(_Module(), {}, attention_mask=torch.zeros(1, 1, 2, 2))
+
+
 def test_bidirectional_module_is_refused():
     class Bidirectional(_Module):
         is_causal = False
@@ -231,7 +236,7 @@ def test_not_a_model_directory(tmp_path):
 EXPECTED = {
     "llama": "runs", "qwen2": "runs", "qwen3": "runs", "mistral": "runs", "phi3": "runs", "cohere": "runs",
     "glm": "runs", "gpt_neox": "runs", "gemma2": "softcapping", "gpt_oss": "sinks", "gptj": "inv_freq",
-    "deepseek_v2": "head_dim", "diffllama": "compatibility proof failed",
+    "deepseek_v2": "head_dim", "diffllama": "compatibility proof failed", "doge": "own attention mask",
 }
 
 

@@ -198,7 +198,7 @@ def hogwild_attention(module: Any, query: Tensor, key: Tensor, value: Tensor, at
             "the 'hogwild' attention implementation needs the hogwild_cache keyword; "
             "run the model through hogwild_ref.engine"
         )
-    check_attention_kwargs(module, kwargs, dropout=dropout)  # issue 9: refuse unimplemented features (compat.py)
+    check_attention_kwargs(module, kwargs, dropout=dropout, attention_mask=attention_mask)  # issue 9 (compat.py)
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     out = cache.attend(module.layer_idx, query, scaling)

@@ -82,7 +82,8 @@ def _value(v: Any) -> str:
     return repr(v)
 
 
-def check_attention_kwargs(module: Any, kwargs: Mapping[str, Any], *, dropout: float | None = 0.0) -> None:
+def check_attention_kwargs(module: Any, kwargs: Mapping[str, Any], *, dropout: float | None = 0.0,
+                           attention_mask: Any = None) -> None:
     """Refuse every attention feature the hogwild attention function does not implement (Spec §11.6).
 
     ``kwargs`` are the keyword arguments the model passed to its attention function (besides
@@ -90,7 +91,9 @@ def check_attention_kwargs(module: Any, kwargs: Mapping[str, Any], *, dropout: f
     function takes it as a parameter). Implemented: any ``scaling``; ``sliding_window`` while every
     view fits inside the window (checked against the tick plan when the hogwild cache is given);
     ``softcap``/``s_aux`` only when None; ``dropout`` only 0; ``is_causal`` only True. Anything else
-    with a value other than None is refused, naming the keyword.
+    with a value other than None is refused, naming the keyword. ``attention_mask`` must be None:
+    the mask function registered for the hogwild attention returns None, so a mask here is one the
+    model built itself (e.g. doge's dynamic mask), which the hogwild attention would drop.
 
     Raises:
         AttentionFeatureError: naming the feature, the layer and what to do.
@@ -102,6 +105,12 @@ def check_attention_kwargs(module: Any, kwargs: Mapping[str, Any], *, dropout: f
     if dropout:
         raise AttentionFeatureError(
             f"attention dropout (p={dropout}) in {where}: the model is in training mode; call model.eval() first"
+        )
+    if attention_mask is not None:
+        raise AttentionFeatureError(
+            f"the model passes its own attention mask ({_value(attention_mask)}) to its attention function in "
+            f"{where} (e.g. a dynamic or bidirectional mask); the hogwild attention builds its mask from the segment "
+            "table and would drop it"
         )
     for key, value in kwargs.items():
         if key in _PLUMBING or key in ("dropout", "scaling") or value is None:
@@ -194,7 +203,7 @@ def _probe_attention(module: Any, query: Tensor, key: Tensor, value: Tensor, att
     cap.kwargs.update(kwargs)
     if cap.error is None:
         try:
-            check_attention_kwargs(module, kwargs, dropout=None)
+            check_attention_kwargs(module, kwargs, dropout=None, attention_mask=attention_mask)
         except AttentionFeatureError as exc:
             cap.error = exc
     if value.shape[1] and query.shape[1] % value.shape[1] == 0:
