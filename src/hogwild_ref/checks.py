@@ -153,8 +153,8 @@ def warn_context(bound: int | None, limit: int | None, *, cli: bool = False) -> 
         return None
     message = (
         f"this run may reach about {bound} positions (prompt + workers x budget), beyond the model's "
-        f"max_position_embeddings of {limit}; quality degrades past it: lower {_name('max_ticks', cli)} or "
-        f"{_name('workers', cli)}"
+        f"max_position_embeddings of {limit}; quality degrades past it: lower the budget "
+        f"({_name('max_ticks', cli)}) or the number of workers"
     )
     warnings.warn(message, ContextLengthWarning, stacklevel=3)
     return message
