@@ -52,7 +52,8 @@ __all__ = [
 #: Logit tolerance of the numeric proof per model dtype: max |engine - model| / max |model| over all
 #: ticks (Spec §11.6). A wrong position, pairing or scale is an error of order 1e-2 to 1.
 PROOF_TOLERANCES: dict[torch.dtype, float] = {
-    torch.float64: 1e-8, torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2,
+    # float64 models still get float32 RoPE angles from transformers, hence 1e-5, not float64 round-off
+    torch.float64: 1e-5, torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2,
 }
 #: Positions of the RoPE probe; 0 is the reference (identity rotation).
 PROBE_POSITIONS = (0, 1, 3, 17, 251)
@@ -317,7 +318,7 @@ def probe_rope(model: Any, spec: RopeSpec) -> RopeProbe:
                 errors[conv] = max(errors[conv], _rel(moved_x, x))
     best = min(errors, key=errors.__getitem__)
     other = "interleaved" if best == "half" else "half"
-    tol = 10 * PROOF_TOLERANCES.get(param.dtype, 1e-4)
+    tol = max(10 * PROOF_TOLERANCES.get(param.dtype, 1e-4), 1e-3)  # the other pairing is off by O(1)
     if errors[best] > tol:
         raise CompatibilityError(
             f"{mt}: the model's rotary embedding matches neither rotate-half nor interleaved pairs of the first "
