@@ -437,8 +437,7 @@ def ensure_compatible(model: Any, *, allow_untested: bool = False, backend: str 
         the :class:`RopeSpec` to run the model with.
 
     Raises:
-        UnsupportedModelError: naming the reason (:class:`CompatibilityError` with the measured error
-        when the numeric proof fails).
+        UnsupportedModelError: naming the reason; a :class:`CompatibilityError` with the measured error when the numeric proof fails.
     """
     inside = _IN_PROOF.get() or {}
     if id(model) in inside:
