@@ -260,7 +260,8 @@ class Engine:
         finisher: when the budget ends without an answer, force one with the s1-style finisher
             (Spec §6.6), up to ``finisher_tokens`` tokens, in worker 0's view.
         record_logits: keep each tick's last-slot logits per worker (for tests).
-        allow_untested: run a model family outside the tested ones (Spec §11.3).
+        allow_untested: run a model family outside the tested ones once the compatibility proof on
+            the model passes (Spec §11.3, §11.6); every model is proven before its first run.
         model_name: the name reported in the result (default: the config's name or path).
         prefill_chunk: most tokens per row in one prefill forward (bounds prefill memory).
 
