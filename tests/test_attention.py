@@ -19,7 +19,7 @@ from collections import defaultdict
 import pytest
 import torch
 import transformers
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hogwild_ref.attention import TOLERANCES, oracle, rotate_keys, rotate_queries

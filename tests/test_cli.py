@@ -2,7 +2,7 @@
 
 The CLI runs in-process (``hogwild_ref.cli.main``) with the session's embedded SmolLM2: the
 loader is replaced by a spy that records what the CLI asked for and returns the already-loaded
-model, so no test pays for a second load. Budgets are small (``--max-steps 12``).
+model, so no test pays for a second load. Budgets are small (``--max-ticks 12``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ SENTINEL = "QQSENTINELQQ"
 RESULT_SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
-    "required": ["model", "layout", "backend", "ticks", "seconds", "history_text", "answer", "workers"],
+    "required": ["model", "layout", "backend", "ticks", "seconds", "prefill_seconds", "history_text", "answer",
+                 "workers", "settings", "snapshots"],
     "properties": {
         "model": {"type": "string", "minLength": 1},
         "layout": {"enum": ["contiguous", "interleaved", "combined"]},
@@ -37,7 +38,10 @@ RESULT_SCHEMA = {
         "seconds": {"type": "number", "minimum": 0},
         "history_text": {"type": "string"},
         "answer": {"type": ["string", "null"]},
-        "reason": {"enum": ["boxed", "eos", "budget", "finisher", None]},
+        "reason": {"enum": ["boxed", "eos", "budget", "finisher", "interrupted", None]},
+        "prefill_seconds": {"type": "number", "minimum": 0},
+        "settings": {"type": "object", "required": ["workers", "layout", "backend", "max_ticks", "seed", "sampling", "prompts"]},
+        "snapshots": {"type": "array"},
         "workers": {
             "type": "array",
             "minItems": 1,
@@ -152,7 +156,7 @@ def _single_json(out: str) -> dict:
 
 def test_generate_json_combined_three_workers(capsys, loader_spy, smollm):
     _, tokenizer = smollm
-    rc = main(["generate", PROBLEM, "--json", "--workers", "3", "--max-steps", str(MAX_STEPS), "--no-finisher",
+    rc = main(["generate", PROBLEM, "--json", "--workers", "3", "--max-ticks", str(MAX_STEPS), "--no-finisher",
                "--layout", "combined", "--device", "cpu"])
     out, err = capsys.readouterr()
     assert rc == 0, err
@@ -164,7 +168,7 @@ def test_generate_json_combined_three_workers(capsys, loader_spy, smollm):
 
 
 def test_generate_live_view_without_tty(capsys, loader_spy):
-    rc = main(["generate", PROBLEM, "--workers", "2", "--max-steps", str(MAX_STEPS), "--no-finisher",
+    rc = main(["generate", PROBLEM, "--workers", "2", "--max-ticks", str(MAX_STEPS), "--no-finisher",
                "--layout", "interleaved", "--device", "cpu"])
     out, err = capsys.readouterr()
     assert rc == 0, err
@@ -188,15 +192,15 @@ def test_generate_live_view_without_tty(capsys, loader_spy):
 def test_generate_contiguous_library_json(smollm):
     """``--layout contiguous`` through the library: the same JSON object, round-tripped."""
     model, tokenizer = smollm
-    result = hogwild_ref.generate(model, tokenizer, PROBLEM, workers=2, layout="contiguous", max_steps=MAX_STEPS,
+    result = hogwild_ref.generate(model, tokenizer, PROBLEM, workers=2, layout="contiguous", max_ticks=MAX_STEPS,
                                   finisher=False)
     d = json.loads(json.dumps(result.to_json_dict()))
     _check_result(d, workers=2, layout="contiguous", tokenizer=tokenizer, eos=tokenizer.eos_token_id)
     assert d["history_text"] == ""  # contiguous: no steps, nothing is flushed
 
 
-@pytest.mark.parametrize("flag,value", [("--workers", "0"), ("--workers", "-2"), ("--max-steps", "0"),
-                                        ("--max-steps", "-5")])
+@pytest.mark.parametrize("flag,value", [("--workers", "0"), ("--workers", "-2"), ("--max-ticks", "0"),
+                                        ("--max-ticks", "-5")])
 def test_bad_numbers_exit_2_naming_the_flag(capsys, no_loading, flag, value):
     rc = main(["generate", "x", flag, value, "--json"])
     out, err = capsys.readouterr()
@@ -205,10 +209,11 @@ def test_bad_numbers_exit_2_naming_the_flag(capsys, no_loading, flag, value):
     assert out == ""
 
 
-@pytest.mark.parametrize("args,word", [(["--temperature", "-1"], "temperature"), (["--top-p", "1.5"], "top_p"),
-                                       (["--top-k", "0"], "top_k")])
-def test_bad_sampling_settings_exit_2(capsys, loader_spy, args, word):
-    rc = main(["generate", "x", "--json", "--max-steps", "2", "--device", "cpu", *args])
+@pytest.mark.parametrize("args,word", [(["--temperature", "-1"], "--temperature"), (["--top-p", "1.5"], "--top-p"),
+                                       (["--top-k", "0"], "--top-k")])
+def test_bad_sampling_settings_exit_2(capsys, no_loading, args, word):
+    """Refused before the model loads (issue 9), naming the flag."""
+    rc = main(["generate", "x", "--json", "--max-ticks", "2", "--device", "cpu", *args])
     out, err = capsys.readouterr()
     assert rc == 2
     assert any(line.startswith("error:") and word in line for line in err.splitlines()), err

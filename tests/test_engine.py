@@ -172,7 +172,8 @@ def test_chunked_prefill_equals_one_row(smollm_tokenizer):
 @pytest.mark.parametrize("layout", ["interleaved", "combined"])
 def test_eos_finisher_and_collab_prompts_match_engine_oracle(layout, smollm_tokenizer):
     """Zero-token rows after EOS, multi-token collaboration-prompt feeds and finisher ticks, end to end."""
-    model = tiny_model("llama", seed=5, vocab_size=len(smollm_tokenizer))
+    # the seed gives a run where some worker stops early; it depends on the default prompt text
+    model = tiny_model("llama", seed=8, vocab_size=len(smollm_tokenizer))
 
     def run(backend, eos):
         sched = SchedulerConfig(max_ticks=18, boundary=chunk_boundary, collab_every=3, eos_token_ids=eos,

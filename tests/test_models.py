@@ -56,18 +56,31 @@ def test_dynamic_rope_is_refused():
         check_supported(config, allow_untested=True)
 
 
-def test_untested_family_is_refused_naming_the_option():
+def test_model_without_rope_is_refused_for_that_reason_not_as_untested():
+    """gpt2 cannot run whatever the options: the error names the real reason (issue 9), not --allow-untested."""
     config = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4)
+    for allow in (False, True):
+        with pytest.raises(UnsupportedModelError) as exc:
+            check_supported(config, allow_untested=allow)
+        msg = str(exc.value)
+        assert "gpt2" in msg and "no rotary position embedding" in msg
+        assert "allow_untested" not in msg
+
+
+def test_untested_rope_family_is_refused_naming_the_option():
+    config = transformers.CohereConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, vocab_size=256)
     with pytest.raises(UnsupportedModelError) as exc:
         check_supported(config)
-    msg = str(exc.value)
-    assert "gpt2" in msg
-    assert "allow_untested" in msg
-    # opting in does not make a model without RoPE runnable
-    with pytest.raises(UnsupportedModelError) as exc:
+    assert "cohere" in str(exc.value) and "allow_untested" in str(exc.value)
+    assert check_supported(config, allow_untested=True).rotary_dim == 16
+
+
+@pytest.mark.parametrize("config_class", [transformers.GPTJConfig, transformers.CodeGenConfig])
+def test_rotary_module_without_frequencies_is_a_refusal_not_an_attribute_error(config_class):
+    config = config_class(n_embd=64, n_layer=2, n_head=4, rotary_dim=8)
+    with pytest.raises(UnsupportedModelError, match="inv_freq"):
         check_supported(config, allow_untested=True)
-    assert "rotary" in str(exc.value)
-    assert "allow_untested" not in str(exc.value)
 
 
 def test_unsupported_model_error_is_a_value_error():
@@ -100,7 +113,7 @@ def test_engine_refuses_context_beyond_sliding_window(smollm_tokenizer):
     tok = smollm_tokenizer
     model = tiny_model("mistral", vocab_size=len(tok), sliding_window=32)
     with pytest.raises(ValueError, match="sliding window") as exc:
-        hogwild_ref.generate(model, tok, PROBLEM, workers=2, max_steps=4, finisher=False)
+        hogwild_ref.generate(model, tok, PROBLEM, workers=2, max_ticks=4, finisher=False)
     assert "32" in str(exc.value)
 
 
@@ -108,7 +121,7 @@ def test_engine_runs_within_a_large_sliding_window(smollm_tokenizer):
     """The refusal is about the context length, not about sliding windows as such."""
     tok = smollm_tokenizer
     model = tiny_model("mistral", vocab_size=len(tok), sliding_window=4096)
-    result = hogwild_ref.generate(model, tok, PROBLEM, workers=2, max_steps=3, finisher=False)
+    result = hogwild_ref.generate(model, tok, PROBLEM, workers=2, max_ticks=3, finisher=False)
     assert result.ticks == 3
     assert all(len(w.tokens) == 3 for w in result.workers)
 
@@ -252,12 +265,12 @@ def tiny_llama():
 @pytest.mark.parametrize("workers", [0, -1])
 def test_generate_refuses_bad_worker_count(tiny_llama, smollm_tokenizer, workers):
     with pytest.raises(ValueError, match="workers"):
-        hogwild_ref.generate(tiny_llama, smollm_tokenizer, PROBLEM, workers=workers, max_steps=2)
+        hogwild_ref.generate(tiny_llama, smollm_tokenizer, PROBLEM, workers=workers, max_ticks=2)
 
 
 def test_generate_refuses_unknown_layout(tiny_llama, smollm_tokenizer):
     with pytest.raises(ValueError) as exc:
-        hogwild_ref.generate(tiny_llama, smollm_tokenizer, PROBLEM, workers=2, layout="diagonal", max_steps=2)
+        hogwild_ref.generate(tiny_llama, smollm_tokenizer, PROBLEM, workers=2, layout="diagonal", max_ticks=2)
     msg = str(exc.value)
     assert "diagonal" in msg
     for choice in ("contiguous", "interleaved", "combined"):

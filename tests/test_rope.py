@@ -286,7 +286,8 @@ def test_longrope_is_pinned_below_original_context():
 def test_spec_construction_errors():
     with pytest.raises(RopeError, match=r"rotary_dim 8 must be even and <= head_dim 6"):
         RopeSpec(torch.ones(4), head_dim=6)
-    with pytest.raises(RopeError, match=r"unknown RoPE convention 'spiral'"):
+    # RopeError, or the runtime type check of the Literal annotation when the suite checks annotations
+    with pytest.raises((RopeError, TypeError), match=r"spiral"):
         RopeSpec(torch.ones(4), head_dim=8, convention="spiral")  # type: ignore[arg-type]
     with pytest.raises(RopeError, match=r"last dimension of x is 5, expected head_dim 8"):
         RopeSpec(torch.ones(4), head_dim=8).rotate(torch.zeros(5), 0)
@@ -387,3 +388,10 @@ def test_rotate_matches_transformers(name, max_pos):
         assert float(err.max()) <= 1e-5 * 3  # the ~1e-5 relative regime near the origin
     # pass-through channels identical
     assert torch.equal(got[..., rope.rotary_dim:], q[..., rope.rotary_dim:])
+
+
+def test_shape_annotations_are_checked_at_run_time():
+    """The suite runs with jaxtyping's import hook (pyproject addopts): a wrong shape is a TypeError."""
+    spec = RopeSpec(torch.ones(4), head_dim=8)
+    with pytest.raises(TypeError):
+        spec.rotate(torch.zeros(3, 8, dtype=torch.int64), 0)  # Float annotation, integer tensor

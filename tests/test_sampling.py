@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import hogwild_ref
@@ -204,7 +204,7 @@ def tiny_llama(smollm_tokenizer):
 
 
 def _run(model, tok, **kwargs):
-    return hogwild_ref.generate(model, tok, PROBLEM, workers=2, max_steps=MAX_STEPS, finisher=False,
+    return hogwild_ref.generate(model, tok, PROBLEM, workers=2, max_ticks=MAX_STEPS, finisher=False,
                                 collab_every=None, **kwargs)
 
 

@@ -29,7 +29,7 @@ from .cache import HogwildCache, make_cache
 from .engine import Engine
 from .sampling import sample
 from .scheduler import Scheduler, extract_boxed
-from .segments import Row, Segment, SegmentTable, flush_into
+from .segments import Row, Segment, SegmentTable
 
 __all__ = ["BatchItem", "BatchRunner", "BudgetAnswer", "ItemResult", "copy_segments", "flush_kv", "union_tables"]
 
@@ -192,7 +192,7 @@ class BatchRunner:
         cache = make_cache(eng.model.config, union, eng.rope, eng.backend, eng.dtype, eng.device)
         self._prefill(cache, built)
         probs: list[_Problem] = []
-        for b, (it, (table, _, _)) in enumerate(zip(items, built)):
+        for b, (it, _built) in enumerate(zip(items, built)):
             sched = Scheduler(W, eng._decode, eng._encode, self.scheduler_config)
             probs.append(_Problem(
                 index=b,
@@ -299,7 +299,7 @@ class BatchRunner:
                 reason = "finisher" if answer is not None else "budget"
             else:
                 answer = self._answer(p)
-                reason = p.sched.reason if p.sched.done else "budget"
+                reason = (p.sched.reason or "budget") if p.sched.done else "budget"
             p.result.budgets.append(BudgetAnswer(
                 budget=tick,
                 ticks=tick,

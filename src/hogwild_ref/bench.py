@@ -22,7 +22,8 @@ from .masks import plan_tick
 from .rope import RopeSpec
 from .segments import make_layout
 
-__all__ = ["AttentionTiming", "EngineTiming", "MODEL_SHAPES", "TickTiming", "bench_attention", "bench_engine", "bench_ticks", "machine", "random_model"]
+__all__ = ["AttentionTiming", "EngineTiming", "MODEL_SHAPES", "TickTiming", "bench_attention", "bench_engine", "bench_ticks",
+           "machine", "random_model"]
 
 
 def machine() -> str:
@@ -293,11 +294,13 @@ def bench_ticks(model: Any, *, workers: Sequence[int] = (1, 2, 4, 8), contexts: 
                 steps_ids = [torch.randint(0, model.config.vocab_size, (STEP_TOKENS,), generator=gen).tolist()
                              for _ in range(w)]
                 logits = engine.forward_rows(cache, cache.table.rows([STEP_TOKENS] * w), steps_ids)
+                assert logits is not None
                 state = {"ids": logits.argmax(-1).tolist()}
 
                 def tick() -> None:
                     feeds = [[t] for t in state["ids"]]
                     lg = engine.forward_rows(cache, [Row(v, 1) for v in cache.table.views], feeds)
+                    assert lg is not None
                     state["ids"] = lg.argmax(-1).tolist()
 
                 s = _time_steps(tick, steps, warmup, device)
@@ -308,7 +311,6 @@ def bench_ticks(model: Any, *, workers: Sequence[int] = (1, 2, 4, 8), contexts: 
                 ratio_compiled=(s / cbase) if cbase else None, peak_mem_bytes=_peak_mem(device),
                 device=machine(), threads=torch.get_num_threads(), kv_bytes_per_tick=kv_bytes,
             ))
-            del cache, engine
     return out
 
 

@@ -26,6 +26,7 @@ from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.cache_utils import Cache, DynamicLayer
 
 from .attention import BACKENDS
+from .compat import check_attention_kwargs
 from .fast import WINDOW_QUANTUM, DecodeBuffers, DecodeTick, common_segment, decode_attention, plan_decode, prefix_attention
 from .masks import TickPlan
 from .rope import RopeSpec, Rotation
@@ -278,6 +279,7 @@ def hogwild_attention(module: Any, query: Tensor, key: Tensor, value: Tensor, at
             "the 'hogwild' attention implementation needs the hogwild_cache keyword; "
             "run the model through hogwild_ref.engine"
         )
+    check_attention_kwargs(module, kwargs, dropout=dropout, attention_mask=attention_mask)  # issue 9 (compat.py)
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     out = cache.attend(module.layer_idx, query, scaling)

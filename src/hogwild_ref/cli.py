@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 DEFAULT_PROBLEM = (
     "A shop sells pencils at 3 dollars each and notebooks at 5 dollars each. "
@@ -13,13 +13,21 @@ DEFAULT_PROBLEM = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``error: <problem> (see <prog> --help)``, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def _add_generate(sub: Any) -> None:
     p = sub.add_parser("generate", help="Hogwild generation with W workers over one shared cache")
     p.add_argument("problem", nargs="?", default=DEFAULT_PROBLEM, help="the problem (default: a small arithmetic problem)")
     p.add_argument("--workers", "-w", type=int, default=2, help="number of workers W >= 1 (default 2)")
     p.add_argument("--layout", choices=["contiguous", "interleaved", "combined"], default="combined")
-    p.add_argument("--max-steps", type=int, default=256,
+    p.add_argument("--max-ticks", type=int, default=256,
                    help="budget in ticks (batched forward passes), the paper's budget (default 256)")
+    p.add_argument("--max-steps", type=int, default=None, help="deprecated name of --max-ticks")
     p.add_argument("--model", default=None, help="HF id, local directory or .gguf path (default: embedded SmolLM2-135M-Instruct)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
@@ -30,11 +38,17 @@ def _add_generate(sub: Any) -> None:
                    help="attention method (Spec §9): fast (default), rotate_queries, rotate_keys, or the slow oracle")
     p.add_argument("--collab-every", type=int, default=1024, help="tokens between collaboration prompts (0 disables)")
     p.add_argument("--no-finisher", action="store_true", help="do not force an answer when the budget ends")
+    p.add_argument("--finisher-tokens", type=int, default=24, help="most tokens the finisher decodes (default 24)")
+    p.add_argument("--snapshots", type=int, nargs="+", default=[], metavar="TICK",
+                   help="record the state at these tick counts (within the budget)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
-    p.add_argument("--allow-untested", action="store_true", help="try a model family outside the tested ones")
+    p.add_argument("--allow-untested", action="store_true",
+                   help="run a family outside the tested ones once the compatibility proof on the model passes")
     p.add_argument("--prompts", choices=["default", "compact"], default="default",
                    help="prompt templates: default, or compact (short, for ~100M-parameter models)")
+    p.add_argument("--prompts-file", default=None, metavar="PATH",
+                   help="TOML or JSON file of prompt templates (fields of PromptTemplates) overriding --prompts")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the live view")
 
@@ -42,57 +56,142 @@ def _add_generate(sub: Any) -> None:
 def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     import torch
 
-    from .models import load
+    from . import models
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return load(args.model, getattr(torch, args.dtype), device)
+    if getattr(args, "allow_untested", False):
+        return models.load(args.model, getattr(torch, args.dtype), device, allow_untested=True)
+    return models.load(args.model, getattr(torch, args.dtype), device)
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
-    from rich.console import Console
+def _check_device(device: str | None) -> None:
+    """Refuse a device torch does not know or this machine does not have, before loading."""
+    if device is None:
+        return
+    import torch
 
-    from .engine import generate
-    from .live import LiveView
-    from .prompts import PRESETS
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {device!r} is not a torch device; use cpu, cuda, cuda:0, mps, ...") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: MPS is not available on this machine; use --device cpu")
 
-    if args.workers < 1:
-        print(f"error: --workers must be >= 1 (got {args.workers})", file=sys.stderr)
-        return 2
-    if args.max_steps < 1:
-        print(f"error: --max-steps must be >= 1 (got {args.max_steps})", file=sys.stderr)
-        return 2
-    if args.threads:
-        import torch
 
-        torch.set_num_threads(args.threads)
-    console = Console(stderr=args.json)
-    with console.status("loading model ..."):
-        model, tokenizer = _load(args)
-    kwargs = dict(
+def _generate_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Check every generate flag before anything loads (Spec §11.7); return generate()'s keywords."""
+    from .checks import check_int, check_settings
+    from .prompts import PRESETS, load_templates
+
+    if args.max_steps is not None:
+        args.max_ticks = args.max_steps
+    if args.collab_every is not None and args.collab_every < 0:
+        raise ValueError(f"--collab-every must be >= 0 (0 disables the collaboration prompt); got {args.collab_every}")
+    check_settings(problem=args.problem, workers=args.workers, layout=args.layout, backend=args.backend,
+                   max_ticks=args.max_ticks, snapshots=args.snapshots, finisher_tokens=args.finisher_tokens,
+                   collab_every=args.collab_every or None, seed=args.seed, temperature=args.temperature,
+                   top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, cli=True)
+    if args.threads is not None:
+        check_int("threads", args.threads, 1, cli=True)
+    _check_device(args.device)
+    if args.model not in (None, "default", "smollm2"):
+        from .models import resolve_source
+
+        resolve_source(args.model)
+    if args.max_steps is not None:
+        print("warning: --max-steps is deprecated, use --max-ticks (the budget counts ticks)", file=sys.stderr)
+    templates = PRESETS[args.prompts]()
+    if args.prompts_file is not None:
+        templates = load_templates(args.prompts_file, templates)
+    return dict(
         workers=args.workers,
         layout=args.layout,
-        max_steps=args.max_steps,
+        max_ticks=args.max_ticks,
         backend=args.backend,
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
         min_p=args.min_p,
         seed=args.seed,
+        snapshots=tuple(args.snapshots),
         collab_every=args.collab_every or None,
         finisher=not args.no_finisher,
+        finisher_tokens=args.finisher_tokens,
         allow_untested=args.allow_untested,
         model_name=args.model or "SmolLM2-135M-Instruct (embedded GGUF)",
-        templates=PRESETS[args.prompts](),
+        templates=templates,
     )
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import warnings
+
+    from rich.console import Console
+
+    from .checks import ContextLengthWarning
+    from .engine import GenerationInterrupted, generate
+    from .live import LiveView
+
+    kwargs = _generate_settings(args)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    console = Console(stderr=args.json)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # keep stderr to our own lines (errors, warnings)
+    hf_logging.disable_progress_bar()
+    with console.status("loading model ..."):
+        model, tokenizer = _load(args)
+    view = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", ContextLengthWarning)
+            warnings.showwarning = _show_warning
+            if args.json:
+                result = generate(model, tokenizer, args.problem, **kwargs)
+            else:
+                view = LiveView(console, args.workers, args.max_ticks, args.problem)
+                with view:
+                    result = generate(model, tokenizer, args.problem, on_event=view.on_event, **kwargs)
+    except GenerationInterrupted as exc:
+        if exc.result is None:
+            print("interrupted before generation started", file=sys.stderr)
+            return 130
+        if args.json:
+            print(json.dumps(exc.result.to_json_dict()))
+        else:
+            _print_partial(console, exc.result)
+        print("interrupted: the partial result is above (reason: interrupted)", file=sys.stderr)
+        return 130
     if args.json:
-        result = generate(model, tokenizer, args.problem, **kwargs)
         print(json.dumps(result.to_json_dict()))
         return 0
-    view = LiveView(console, args.workers, args.max_steps, args.problem)
-    with view:
-        result = generate(model, tokenizer, args.problem, on_event=view.on_event, **kwargs)
+    assert view is not None
     view.summary(result)
     return 0
+
+
+def _show_warning(message: Any, *args: Any, **kwargs: Any) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _print_partial(console: Any, result: Any) -> None:
+    """Ctrl-C in the live view: the history and what every worker wrote, then the summary."""
+    from rich.panel import Panel
+    from rich.text import Text
+
+    from .live import LiveView
+
+    console.print(Panel(Text(result.history_text or "(no finished steps)"), title="shared history (interrupted)"))
+    for w in result.workers:
+        console.print(Panel(Text(w.text or "(nothing yet)"), title=f"{w.name} (interrupted)"))
+    LiveView(console, len(result.workers), max(result.ticks, 1), "").summary(result)
 
 
 def _add_conform(sub: Any) -> None:
@@ -277,7 +376,7 @@ def cmd_bench_ticks(args: argparse.Namespace) -> int:
             args.dtype = str(dtype).removeprefix("torch.")
             args.model = None if name == "embedded" else name
             model, _ = _load(args)
-    compile_ = {"auto": None, "yes": True, "no": False}[args.compile]
+    compile_: bool | str | None = {"auto": None, "yes": True, "no": False}[args.compile]
     if compile_ and device.startswith("cuda"):
         compile_ = "reduce-overhead"
     results = bench_ticks(model, workers=args.workers or [1, 2, 4, 8], contexts=args.contexts or [1024, 4096],
@@ -365,7 +464,7 @@ def _add_eval(sub: Any) -> None:
     p.add_argument("--collab-every", type=int, default=1024, help="tokens between collaboration prompts (0 disables)")
     p.add_argument("--finisher-tokens", type=int, default=24, help="most tokens the finisher decodes at each budget")
     p.add_argument("--prompts", choices=["default", "compact"], default="default")
-    p.add_argument("--backend", choices=["rotate_queries", "rotate_keys", "oracle"], default="rotate_queries")
+    p.add_argument("--backend", choices=["fast", "rotate_queries", "rotate_keys", "oracle"], default="fast")
     p.add_argument("--retry-errors", action="store_true", help="rerun units whose rows recorded an error")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
@@ -408,8 +507,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hogwild-ref", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    from . import __version__
+
+    parser = _Parser(prog="hogwild-ref", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"hogwild-ref {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_generate(sub)
     _add_conform(sub)
     _add_bench(sub)
@@ -418,9 +520,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"bench": cmd_bench, "conform": cmd_conform, "eval": cmd_eval, "generate": cmd_generate}
     try:
         return handlers[args.command](args)
-    except (ValueError, RuntimeError, OSError, AssertionError) as exc:  # clear one-line errors for bad input
-        print(f"error: {type(exc).__name__ + ': ' if isinstance(exc, (OSError, AssertionError)) else ''}{exc}", file=sys.stderr)
+    except AssertionError:  # a failed internal check is a bug in hogwild_ref, not bad input
+        import traceback
+
+        traceback.print_exc()
+        print("internal error: an assertion inside hogwild_ref failed; this is a bug, please report it with the "
+              "traceback above", file=sys.stderr)
+        return 70
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, RuntimeError, OSError) as exc:  # one-line errors for bad input
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
+
+
+def _one_line(exc: BaseException) -> str:
+    """The exception as one line: its message's first line, prefixed with the type where that helps."""
+    text = str(exc).strip().splitlines()
+    message = text[0] if text else type(exc).__name__
+    if isinstance(exc, (OSError, RuntimeError)) and not isinstance(exc, ValueError):
+        return f"{type(exc).__name__}: {message}"
+    return message
 
 
 if __name__ == "__main__":

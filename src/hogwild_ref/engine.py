@@ -13,18 +13,21 @@ from __future__ import annotations
 import contextlib
 import inspect
 import time
+import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable, Generator, Iterator, Sequence
 
 import torch
 from torch import Tensor
 
 from . import prompts as prompts_mod
 from .cache import ATTN_IMPLEMENTATION, CACHE_BACKENDS, HogwildCache, make_cache
+from .checks import check_int, check_problem, check_settings, context_bound, warn_context
+from .compat import ensure_compatible
 from .masks import plan_tick
+from .models import check_vocabulary, sliding_window
 from .packed import PackedLinear, packing_available
-from .models import check_supported, sliding_window
 from .sampling import SamplingConfig, sample_rows
 from .scheduler import Scheduler, SchedulerConfig, Snapshot, extract_boxed
 from .segments import LAYOUTS, Row, SegmentTable, make_layout
@@ -33,6 +36,7 @@ __all__ = [
     "DoneEvent",
     "Engine",
     "FlushEvent",
+    "GenerationInterrupted",
     "HogwildResult",
     "SnapshotEvent",
     "StepEvent",
@@ -82,7 +86,8 @@ class SnapshotEvent:
 
 @dataclass(frozen=True)
 class DoneEvent:
-    """Generation ended (``reason``: "boxed", "eos", "budget" or "finisher")."""
+    """Generation ended (``reason``: "boxed", "eos", "budget" or "finisher"; a result built after
+    Ctrl-C has reason "interrupted")."""
 
     tick: int
     reason: str | None
@@ -127,6 +132,7 @@ class HogwildResult:
     snapshots: list[Snapshot] = field(default_factory=list)
     table: SegmentTable | None = None
     logits: list[Tensor] | None = None  # per tick (W, V) float32, when record_logits
+    settings: dict[str, Any] = field(default_factory=dict)  # the run's settings (workers, budget, sampling, ...)
 
     @property
     def ticks_per_second(self) -> float:
@@ -140,9 +146,12 @@ class HogwildResult:
             "backend": self.backend,
             "ticks": self.ticks,
             "seconds": round(self.seconds, 4),
+            "prefill_seconds": round(self.prefill_seconds, 4),
             "history_text": self.history_text,
             "answer": self.answer,
             "reason": self.reason,
+            "settings": self.settings,
+            "snapshots": [asdict(s) for s in self.snapshots],
             "workers": [
                 {
                     "name": w.name,
@@ -154,6 +163,18 @@ class HogwildResult:
                 for w in self.workers
             ],
         }
+
+
+class GenerationInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`generate`: a ``KeyboardInterrupt`` that carries the partial result.
+
+    ``result`` holds what each worker wrote up to the last completed tick and the shared history,
+    with ``reason == "interrupted"`` (also left in :attr:`Engine.result`).
+    """
+
+    def __init__(self, result: HogwildResult | None):
+        super().__init__("generation interrupted")
+        self.result = result
 
 
 # ---------------------------------------------------------------------- token bookkeeping
@@ -259,7 +280,8 @@ class Engine:
         finisher: when the budget ends without an answer, force one with the s1-style finisher
             (Spec §6.6), up to ``finisher_tokens`` tokens, in worker 0's view.
         record_logits: keep each tick's last-slot logits per worker (for tests).
-        allow_untested: run a model family outside the tested ones (Spec §11.3).
+        allow_untested: run a model family outside the tested ones once the compatibility proof on
+            the model passes (Spec §11.3, §11.6); every model is proven before its first run.
         model_name: the name reported in the result (default: the config's name or path).
         prefill_chunk: most tokens per row in one prefill forward (bounds prefill memory).
         compile: run the fast backend's one-token ticks through ``torch.compile(model.forward,
@@ -303,14 +325,16 @@ class Engine:
     ) -> None:
         if backend not in CACHE_BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(CACHE_BACKENDS)}")
-        if prefill_chunk < 1:
-            raise ValueError(f"prefill_chunk must be >= 1; got {prefill_chunk}")
-        if not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers must be an integer >= 1; got {workers!r}")
+        check_int("prefill_chunk", prefill_chunk, 1)
+        check_settings(workers=workers, layout=layout if table is None else "combined", backend=backend,
+                       backends=CACHE_BACKENDS, max_ticks=None, finisher_tokens=finisher_tokens,
+                       seed=seed)  # Spec §11.7, before the model runs
         table, layout = _explicit_table(table, static_texts, workers, layout)
         self.table, self.static_texts = table, dict(static_texts or {})
+        if tokenizer is not None:
+            check_vocabulary(model, tokenizer)
         self.model, self.tokenizer = model, tokenizer
-        self.rope = check_supported(model.config, allow_untested=allow_untested)
+        self.rope = ensure_compatible(model, allow_untested=allow_untested, backend=backend)  # Spec §11.6
         self.workers, self.layout, self.backend = workers, layout, backend
         self.templates = templates or prompts_mod.PromptTemplates()
         base = scheduler or SchedulerConfig.from_templates(self.templates, eos_token_ids=eos_token_ids(model, tokenizer))
@@ -337,6 +361,7 @@ class Engine:
         self.pack_weights = pack_weights
         self._packed: PackedLinear | None = None
         self.result: HogwildResult | None = None
+        self._partial: Callable[[], HogwildResult] | None = None
 
     # ------------------------------------------------------------------ helpers
     def _encode(self, text: str) -> list[int]:
@@ -410,7 +435,7 @@ class Engine:
             mode = self.compile if isinstance(self.compile, str) else ("reduce-overhead" if on_cuda else None)
             # CPU: freezing lets inductor pre-pack the weights, so the W-row linear layers cost about
             # one row's (MKL's small-M GEMM otherwise grows with W)
-            options = None if on_cuda or mode is not None else {"freezing": True}
+            options: dict[str, Any] | None = None if on_cuda or mode is not None else {"freezing": True}
             self._compiled_step = torch.compile(self.model.forward, fullgraph=True, mode=mode, options=options)
         return self._compiled_step
 
@@ -478,24 +503,83 @@ class Engine:
         return make_cache(self.model.config, table, self.rope, self.backend, self.dtype, _layer_devices(self.model),
                           self.capacities(table, static), self.compile)
 
-    def stream(self, problem: str) -> Iterator[Event]:
+    def stream(self, problem: str) -> Generator[Event, None, None]:
         """Run Hogwild generation on ``problem``, yielding events; the result lands in ``self.result``.
 
-        The model uses the ``"hogwild"`` attention for the whole run (switched once, restored at the end).
+        Ctrl-C (``KeyboardInterrupt``, raised inside the run or thrown into it at an event) leaves the
+        partial result in ``self.result`` — every worker's text up to the last completed tick and the
+        history, ``reason == "interrupted"`` — and propagates.
         """
-        with use_hogwild_attention(self.model):
-            yield from self._stream(problem)
+        self.result, self._partial = None, None
+        try:
+            with use_hogwild_attention(self.model):  # switched once for the whole run, restored at the end
+                yield from self._stream(problem)
+        except KeyboardInterrupt:
+            if self._partial is not None:
+                self.result = self._partial()
+            raise
+        finally:
+            self._partial = None
 
-    def _stream(self, problem: str) -> Iterator[Event]:
+    def settings(self) -> dict[str, Any]:
+        """The run's settings as plain data (the ``settings`` of :meth:`HogwildResult.to_json_dict`)."""
+        cfg = self.scheduler_config
+        return {
+            "workers": self.workers,
+            "names": list(self.names),
+            "layout": self.layout,
+            "backend": self.backend,
+            "max_ticks": cfg.max_ticks,
+            "seed": self.seed,
+            "sampling": asdict(self.sampling),
+            "collab_every": cfg.collab_every,
+            "finisher": self.finisher,
+            "finisher_tokens": self.finisher_tokens,
+            "snapshot_ticks": list(cfg.snapshot_ticks),
+            "prompts": asdict(self.templates),
+        }
+
+    def _stream(self, problem: str) -> Generator[Event, None, None]:
         t0 = time.perf_counter()
+        check_problem(problem)
         table, first, static = self._table_and_static(problem)
         W = self.workers
+        bound = context_bound(sum(map(len, static.values())), W, self.scheduler_config.max_ticks,
+                              self.finisher_tokens if self.finisher else 0)
+        warn_context(bound, getattr(self.model.config, "max_position_embeddings", None))
         cache = self.make_cache(table, static)
         sched = Scheduler(W, self._decode, self._encode, self.scheduler_config)
         gens = [torch.Generator(device=self.device).manual_seed(self.seed + w) for w in range(W)]
         transcript = _Transcript(table)
         logits_log: list[Tensor] = []
         snapshots: list[Snapshot] = []
+        prefill_seconds = 0.0
+        pending: list[int | None] = [None] * W
+        finished: list[int] = []  # tokens the finisher decoded for worker 0
+        tick = 0
+
+        def build(reason: str | None, answer: str | None) -> HogwildResult:
+            """The result from the state after the last completed tick (also the partial one, Ctrl-C)."""
+            workers = []
+            for w in range(W):
+                view_tokens, generated_positions = transcript.view(cache.table.views[w])
+                p = pending[w]
+                last = [p] if p is not None and p not in self.scheduler_config.eos_token_ids else []
+                workers.append(WorkerResult(
+                    name=self.names[w],
+                    text=self._decode(transcript.written[w] + last),
+                    tokens=sched.generated(w) + (finished if w == 0 else []),
+                    view_tokens=view_tokens,
+                    generated_positions=generated_positions,
+                ))
+            return HogwildResult(
+                model=self.model_name, layout=self.layout, backend=self.backend, workers=workers,
+                history_text=sched.history_text(), answer=answer, reason=reason, ticks=tick,
+                seconds=time.perf_counter() - t0, prefill_seconds=prefill_seconds, snapshots=list(snapshots),
+                table=cache.table, logits=logits_log if self.record_logits else None, settings=self.settings(),
+            )
+
+        self._partial = lambda: build("interrupted", sched.answer())
 
         # prefill (Spec §4.4): the prompt/history segment alone, then every other static segment,
         # in chunks of prefill_chunk tokens (appending to a segment chunk by chunk is the same as
@@ -506,10 +590,7 @@ class Engine:
         prefill_seconds = time.perf_counter() - t0
 
         feeds = sched.initial_feeds()
-        pending: list[int | None] = [None] * W
-        finished: list[int] = []  # tokens the finisher decoded for worker 0
         reason: str | None = None
-        tick = 0
         while True:
             if sched.done:  # a budget of 0 ends generation before the first tick (Spec §6.5)
                 reason = sched.reason
@@ -519,17 +600,18 @@ class Engine:
                 break
             logits = self.forward_rows(cache, cache.table.rows([len(f) for f in feeds]), feeds)
             assert logits is not None
-            tick += 1
-            for w, f in enumerate(feeds):
-                first_sampled = bool(f) and pending[w] is not None and f[0] == pending[w]
-                transcript.append(cache.table.write_segment(w), f, first_sampled, worker=w)
-            if self.record_logits:
-                logits_log.append(logits.detach().cpu())
             sampled = sample_rows(logits, [bool(f) for f in feeds], self.sampling, gens)
             for w, tok in enumerate(sampled):
                 if tok is not None:
-                    yield TokenEvent(tick, w, tok, self._decode([tok]))
-            pending = list(sampled)
+                    yield TokenEvent(tick + 1, w, tok, self._decode([tok]))
+            # the tick is complete: commit it (a Ctrl-C before this line reports the previous tick)
+            tick += 1
+            if self.record_logits:
+                logits_log.append(logits.detach().cpu())
+            for w, f in enumerate(feeds):
+                first_sampled = bool(f) and pending[w] is not None and f[0] == pending[w]
+                transcript.append(cache.table.write_segment(w), f, first_sampled, worker=w)
+            pending[:] = sampled
             outcome = sched.observe(sampled)
             for step in outcome.finished_steps:
                 yield StepEvent(tick, step.worker, step.index, step.text)
@@ -555,37 +637,12 @@ class Engine:
             if answer is not None:
                 reason = "finisher"
 
-        seconds = time.perf_counter() - t0
-        workers = []
-        for w in range(W):
-            view_tokens, generated_positions = transcript.view(cache.table.views[w])
-            text_ids = transcript.written[w] + ([pending[w]] if pending[w] is not None and pending[w] not in self.scheduler_config.eos_token_ids else [])
-            workers.append(WorkerResult(
-                name=self.names[w],
-                text=self._decode(text_ids),
-                tokens=sched.generated(w) + (finished if w == 0 else []),
-                view_tokens=view_tokens,
-                generated_positions=generated_positions,
-            ))
-        self.result = HogwildResult(
-            model=self.model_name,
-            layout=self.layout,
-            backend=self.backend,
-            workers=workers,
-            history_text=sched.history_text(),
-            answer=answer,
-            reason=reason,
-            ticks=tick,
-            seconds=seconds,
-            prefill_seconds=prefill_seconds,
-            snapshots=snapshots,
-            table=cache.table,
-            logits=logits_log if self.record_logits else None,
-        )
+        self.result = build(reason, answer)
+        self._partial = None
         yield DoneEvent(tick, reason, answer)
 
     def _finish(self, cache: HogwildCache, sched: Scheduler, pending: list[int | None], transcript: _Transcript,
-                tick: int, produced: list[int]) -> Iterator[Event]:
+                tick: int, produced: list[int]) -> Generator[Event, None, tuple[str | None, int]]:
         """s1-style finisher (Spec §6.6): worker 0 is fed its last token + the finisher, then decodes greedily."""
         W = self.workers
         head = [pending[0]] if pending[0] is not None and pending[0] not in self.scheduler_config.eos_token_ids else []
@@ -609,10 +666,22 @@ class Engine:
         return extract_boxed(self._decode(sched.finisher_feed() + produced)), extra
 
     def run(self, problem: str, on_event: Callable[[Event], None] | None = None) -> HogwildResult:
-        """Run to completion, calling ``on_event`` for every event; return the result."""
-        for event in self.stream(problem):
-            if on_event is not None:
-                on_event(event)
+        """Run to completion, calling ``on_event`` for every event; return the result.
+
+        Ctrl-C anywhere (inside the model or inside ``on_event``) raises :class:`GenerationInterrupted`,
+        a ``KeyboardInterrupt`` carrying the partial result, which also stays in ``self.result``.
+        """
+        events = self.stream(problem)
+        try:
+            for event in events:
+                if on_event is not None:
+                    on_event(event)
+        except KeyboardInterrupt:
+            try:  # an interrupt in on_event: let the suspended run build its partial result
+                events.throw(KeyboardInterrupt())
+            except (KeyboardInterrupt, StopIteration):
+                pass
+            raise GenerationInterrupted(self.result) from None
         assert self.result is not None
         return self.result
 
@@ -657,13 +726,16 @@ def _explicit_static(engine: Engine, problem: str) -> tuple[SegmentTable, str, d
     return table, first, static
 
 
+_UNSET: Any = object()
+
+
 def generate(
     model: Any,
     tokenizer: Any,
     problem: str,
     workers: int = 2,
     layout: str = "combined",
-    max_steps: int | None = 256,
+    max_ticks: int | None = 256,
     *,
     backend: str = "fast",
     temperature: float = 0.0,
@@ -675,19 +747,32 @@ def generate(
     collab_every: int | None = 1024,
     templates: prompts_mod.PromptTemplates | None = None,
     finisher: bool = True,
+    finisher_tokens: int = 24,
     on_event: Callable[[Event], None] | None = None,
+    max_steps: Any = _UNSET,
     **engine_kwargs: Any,
 ) -> HogwildResult:
     """Hogwild generation of ``workers`` workers on ``problem``.
 
-    ``max_steps`` is the budget in ticks (batched forward passes, the paper's budget), not in
-    reasoning steps; ``snapshots`` lists budgets at which to record the state (Spec §6.5).
+    ``max_ticks`` is the budget in ticks (batched forward passes, the paper's budget), not in
+    reasoning steps; ``snapshots`` lists budgets at which to record the state (Spec §6.5). Every
+    setting is checked before the model runs (Spec §11.7); the model is proven compatible once
+    (Spec §11.6). ``max_steps`` is the deprecated name of ``max_ticks`` (removed in 0.3).
+    Ctrl-C raises :class:`GenerationInterrupted` carrying the partial result.
     """
+    if max_steps is not _UNSET:
+        warnings.warn("generate(max_steps=...) is deprecated: the budget counts ticks, pass max_ticks=... "
+                      "(max_steps will be removed in hogwild_ref 0.3)", DeprecationWarning, stacklevel=2)
+        max_ticks = max_steps
+    check_settings(problem=problem, workers=workers, layout=layout, backend=backend, backends=CACHE_BACKENDS,
+                   max_ticks=max_ticks, snapshots=snapshots, finisher_tokens=finisher_tokens,
+                   collab_every=collab_every, seed=seed, temperature=temperature, top_k=top_k, top_p=top_p,
+                   min_p=min_p)
     templates = templates or prompts_mod.PromptTemplates()
     sched = SchedulerConfig.from_templates(
         templates,
         eos_token_ids=eos_token_ids(model, tokenizer),
-        max_ticks=max_steps,
+        max_ticks=max_ticks,
         snapshot_ticks=tuple(snapshots),
         collab_every=collab_every,
     )
@@ -702,6 +787,7 @@ def generate(
         sampling=SamplingConfig(temperature, top_k, top_p, min_p),
         seed=seed,
         finisher=finisher,
+        finisher_tokens=finisher_tokens,
         **engine_kwargs,
     )
     return engine.run(problem, on_event)

@@ -10,9 +10,10 @@ Split FlashInfer-style into what the host decides once per tick and what the com
 * :func:`decode_attention` is one layer's attention on explicit tensors (traced into the engine's
   compiled decode step when it compiles one, ``fullgraph=True``). The *common* segment — the one
   that opens every view (prompt + history) — sits at offset 0 in every view, so its keys are stored
-  at their view positions already: it is read once for all rows with no rotation and no per-row copy. The *tail* (headers, separators, current steps; small)
-  stays at segment-local positions; each row's query is re-rotated once per tail segment (Spec §9.2)
-  and the tail is read by one batched matmul over (head, segment). Both parts share one softmax.
+  at their view positions already: it is read once for all rows with no rotation and no per-row
+  copy. The *tail* (headers, separators, current steps; small) stays at segment-local positions;
+  each row's query is re-rotated once per tail segment (Spec §9.2) and the tail is read by one
+  batched matmul over (head, segment). Both parts share one softmax.
 
 Lengths live only in the masks; the shapes are the common window (the common segment's length rounded
 up to :data:`WINDOW_QUANTUM`, marked dynamic when the engine compiles its decode step, so that a growing
@@ -27,7 +28,6 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
@@ -35,7 +35,8 @@ from .rope import RopeSpec, Rotation
 from .segments import SegmentTable, TableError, view_offsets
 from .store import SegmentStore
 
-__all__ = ["WINDOW_QUANTUM", "DecodeBuffers", "DecodeTick", "common_segment", "decode_attention", "plan_decode", "prefix_attention"]
+__all__ = ["WINDOW_QUANTUM", "DecodeBuffers", "DecodeTick", "common_segment", "decode_attention", "plan_decode",
+           "prefix_attention"]
 
 #: the common window is the common segment's length rounded up to a multiple of this
 WINDOW_QUANTUM = 64

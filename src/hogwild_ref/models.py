@@ -21,10 +21,13 @@ __all__ = [
     "SUPPORTED_FAMILIES",
     "UnsupportedModelError",
     "check_supported",
+    "check_vocabulary",
     "default_model_path",
     "load",
     "load_default",
+    "resolve_source",
     "tiny_config",
+    "tiny_family_config",
     "tiny_model",
 ]
 
@@ -53,60 +56,115 @@ def default_model_path() -> tuple[Path, str]:
 
 
 def load_default(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> tuple[Any, Any]:
-    """Load the embedded SmolLM2-135M-Instruct (GGUF, dequantised by transformers) and its tokenizer."""
+    """Load the embedded SmolLM2-135M-Instruct (GGUF, dequantised by transformers) and its tokenizer.
+
+    The model is proven compatible (:func:`hogwild_ref.compat.ensure_compatible`) before it is returned.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .compat import ensure_compatible
 
     directory, name = default_model_path()
     tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=dtype).to(device).eval()
-    check_supported(model.config)
+    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=dtype).to(device).eval()  # type: ignore[arg-type]
+    ensure_compatible(model)
     return model, tokenizer
 
 
 def load(
-    name_or_path: str | None = None, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    name_or_path: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    *,
+    allow_untested: bool = False,
 ) -> tuple[Any, Any]:
     """Load a model and tokenizer: the embedded default when ``name_or_path`` is None or "default".
 
     A path to a ``.gguf`` file is loaded with ``gguf_file=``; anything else goes to
-    ``AutoModelForCausalLM.from_pretrained`` (a local directory or a hub id).
+    ``AutoModelForCausalLM.from_pretrained`` (a local directory or a hub id). The config is checked
+    before the weights load (:func:`check_supported`), and the loaded model is proven compatible
+    (:func:`hogwild_ref.compat.ensure_compatible`, Spec §11.6); ``allow_untested`` lets that proof
+    stand in for the tested-family list.
     """
     if name_or_path in (None, "default", "smollm2"):
         return load_default(dtype, device)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    path = Path(name_or_path)
-    if (path.suffix == ".gguf" or name_or_path.startswith((".", "/", "~"))) and not path.expanduser().exists():
-        raise UnsupportedModelError(f"model path {name_or_path!r} does not exist; give a local directory, a .gguf file or a hub id")
-    path = path.expanduser()
-    kwargs: dict[str, Any] = {}
-    if path.suffix == ".gguf":
-        kwargs["gguf_file"] = path.name
-        name_or_path = str(path.parent)
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, **kwargs).to(device).eval()
-    check_supported(model.config)
+    from .compat import ensure_compatible
+
+    source, kwargs = resolve_source(name_or_path)
+    if "gguf_file" not in kwargs:
+        check_supported(AutoConfig.from_pretrained(source), allow_untested=allow_untested)
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs).to(device).eval()  # type: ignore[arg-type]
+    ensure_compatible(model, allow_untested=allow_untested)
+    check_vocabulary(model, tokenizer)
     return model, tokenizer
 
 
-def check_supported(config: Any, *, allow_untested: bool = False) -> RopeSpec:
-    """Check that Hogwild can run this model exactly; return its :class:`RopeSpec` (Spec §11.3).
+def resolve_source(name_or_path: str) -> tuple[str, dict[str, Any]]:
+    """Where ``from_pretrained`` loads ``name_or_path`` from, and its extra keywords (``gguf_file``).
 
-    Refuses: models without rotary embeddings, unsupported rope types (dynamic NTK, ...), and
-    families not tested here (unless ``allow_untested``). Sliding-window attention is checked per
-    run against the context length by the engine (:func:`sliding_window`).
+    Checks local paths before anything loads: a missing path, a file that is not a ``.gguf``, a
+    directory without ``config.json`` ("not a model directory") are refused naming the fix. Anything
+    that is not a local path is taken as a hub id.
+    """
+    path = Path(name_or_path).expanduser()
+    local = path.suffix == ".gguf" or name_or_path.startswith((".", "/", "~")) or path.exists()
+    if local and not path.exists():
+        raise UnsupportedModelError(f"model path {name_or_path!r} does not exist; give a local directory, a .gguf file or a hub id")
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise UnsupportedModelError(f"{name_or_path!r} is not a file; give the path of a .gguf file")
+        return str(path.parent), {"gguf_file": path.name}
+    if not local:
+        return name_or_path, {}
+    if not path.is_dir():
+        raise UnsupportedModelError(
+            f"{name_or_path!r} is not a model: give a model directory (with config.json), a .gguf file or a hub id"
+        )
+    if not (path / "config.json").is_file():
+        raise UnsupportedModelError(
+            f"{name_or_path!r} is not a model directory (it has no config.json); give the directory a model was "
+            "saved to with save_pretrained, a .gguf file or a hub id"
+        )
+    return str(path), {}
+
+
+def check_vocabulary(model: Any, tokenizer: Any) -> None:
+    """Refuse a tokenizer whose ids do not all fit the model's embedding table (Spec §11.3)."""
+    size = getattr(tokenizer, "__len__", None)
+    if tokenizer is None or size is None:
+        return
+    vocab = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > vocab:
+        raise UnsupportedModelError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary has only {vocab}: they do not belong "
+            "together; load the tokenizer saved with this model"
+        )
+
+
+def check_supported(config: Any, *, allow_untested: bool = False) -> RopeSpec:
+    """Check, from the config alone, that Hogwild can run this model; return its :class:`RopeSpec` (Spec §11.3).
+
+    Refuses, naming the real reason first: models without rotary embeddings, rope types that are
+    not shift-invariant (dynamic NTK, ...), rotary modules that do not expose their frequencies; then
+    families not tested here (unless ``allow_untested``). The RoPE pairing, attention features and
+    the numerics are proven on the model itself (:func:`hogwild_ref.compat.ensure_compatible`,
+    Spec §11.6); sliding windows are checked per tick against the context length.
     """
     model_type = getattr(config, "model_type", None)
+    try:
+        spec = RopeSpec.from_config(config)
+    except RopeError as exc:
+        raise UnsupportedModelError(f"{model_type}: {exc}") from exc
     if model_type not in SUPPORTED_FAMILIES and not allow_untested:
         raise UnsupportedModelError(
             f"model type {model_type!r} is not among the tested families ({', '.join(SUPPORTED_FAMILIES)}). "
-            "Pass allow_untested=True (CLI: --allow-untested) to try it: it works if the model calls "
-            "cache.update() and the attention interface, and the conformance suite will tell."
+            "Pass allow_untested=True (CLI: --allow-untested) to run it once a compatibility proof on the model "
+            "itself (its RoPE and attention checked against its own forward) passes"
         )
-    try:
-        return RopeSpec.from_config(config)
-    except RopeError as exc:
-        raise UnsupportedModelError(f"{model_type}: {exc}") from exc
+    return spec
 
 
 def sliding_window(config: Any) -> int | None:
@@ -170,3 +228,40 @@ def tiny_model(family: str, seed: int = 0, vocab_size: int = 256, dtype: torch.d
             if p.dim() >= 2:
                 p.normal_(0.0, 0.08)
     return model
+
+
+# ---------------------------------------------------------------------- tiny configs of any family (survey)
+#: Overrides that make most transformers decoder configs tiny (unknown keys are ignored by the families
+#: that do not use them). Attribute aliases (``n_embd``, ``n_layer``, ...) map through each config's
+#: ``attribute_map``.
+_TINY_ANY: dict[str, Any] = dict(
+    vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, head_dim=16, max_position_embeddings=4096, tie_word_embeddings=False,
+    pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    # mixture of experts
+    num_experts=4, num_local_experts=4, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+    shared_expert_intermediate_size=32, n_shared_experts=1, first_k_dense_replace=1, n_group=1, topk_group=1,
+    # multi-head latent attention and other projections
+    kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16,
+    # hybrid / recurrent blocks
+    linear_num_key_heads=2, linear_num_value_heads=2, linear_key_head_dim=16, linear_value_head_dim=16,
+    mamba_n_heads=4, mamba_d_head=16, mamba_d_state=16, ssm_state_size=16,
+)
+
+
+def tiny_family_config(model_type: str, **overrides: Any) -> Any:
+    """A tiny config of any transformers family (best effort, for the compatibility survey, Spec §11.6).
+
+    Families whose configs ignore these sizes may still come out large: check the parameter count
+    (e.g. on the meta device) before building one.
+    """
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if model_type not in CONFIG_MAPPING:
+        raise UnsupportedModelError(f"transformers has no config for model type {model_type!r}")
+    cls = CONFIG_MAPPING[model_type]
+    default = cls()
+    known = set(vars(default)) | set(getattr(default, "attribute_map", {}))
+    kwargs = {k: v for k, v in _TINY_ANY.items() if k in known}
+    kwargs.update(overrides)
+    return cls(**kwargs)

@@ -28,6 +28,7 @@ __all__ = [
     "default_names",
     "fill",
     "format_names",
+    "load_templates",
     "render_prompt",
     "segment_texts",
 ]
@@ -76,7 +77,7 @@ _DEFAULT_SYSTEM = (
     "- Read what the others are doing before you start something. Do not redo work that "
     "someone else is already doing; split the problem between you and take an open part.\n"
     "- Check the others' results when it helps, and say so when you find a mistake.\n"
-    "- When the answer is known, write it once as \\boxed{answer}."
+    "- When you know the final answer, write it once inside \\boxed{}."
 )
 
 
@@ -175,7 +176,8 @@ class PromptTemplates:
         return cls(
             system=(
                 "{names} solve the problem together, step by step. They see each other's steps "
-                "as they are written. Each step is one short sentence. Put the final answer in \\boxed{}."
+                "as they are written. Each step is one short sentence that ends with a period. "
+                "Put the final answer in \\boxed{}."
             ),
             history_header="\n",
             others_header="\n",
@@ -269,3 +271,43 @@ def segment_texts(templates: PromptTemplates, workers: int) -> dict[str, str]:
     for j in range(workers):
         texts[f"sep_{j}"] = templates.separator
     return texts
+
+
+def load_templates(path: str, base: PromptTemplates | None = None) -> PromptTemplates:
+    """Prompt templates from a TOML or JSON file of ``PromptTemplates`` fields (Spec §7.1).
+
+    The file holds a table/object whose keys are fields of :class:`PromptTemplates` (``system``,
+    ``problem``, ``step_prefix``, ``finisher``, ...) with string values; the other fields keep the
+    values of ``base`` (default: the default templates). Raises ``ValueError`` naming the problem.
+    """
+    import json
+    import tomllib
+    from dataclasses import fields, replace
+    from pathlib import Path
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ValueError(f"prompt file {path!r} does not exist; give a .toml or .json file of template texts")
+    if file.suffix not in (".toml", ".json"):
+        raise ValueError(f"prompt file {path!r} must end in .toml or .json")
+    try:
+        text = file.read_text(encoding="utf-8")
+        data = tomllib.loads(text) if file.suffix == ".toml" else json.loads(text)
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"prompt file {path!r} is not valid {file.suffix[1:].upper()}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"prompt file {path!r} must hold a table of template texts, not {type(data).__name__}")
+    known = {f.name for f in fields(PromptTemplates)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"prompt file {path!r}: unknown template(s) {', '.join(unknown)}; "
+                         f"the templates are {', '.join(sorted(known))}")
+    bad = sorted(k for k, v in data.items() if not isinstance(v, str))
+    if bad:
+        raise ValueError(f"prompt file {path!r}: template(s) {', '.join(bad)} must be strings")
+    templates = replace(base or PromptTemplates(), **data)
+    if "{problem}" not in templates.problem:
+        raise ValueError(f"prompt file {path!r}: the problem template must contain {{problem}}")
+    if not templates.finisher.rstrip().endswith("\\boxed{"):
+        raise ValueError(f"prompt file {path!r}: the finisher must end with an open \\boxed{{ (Spec §6.6)")
+    return templates

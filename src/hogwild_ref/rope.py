@@ -85,6 +85,10 @@ class RopeSpec:
     def from_config(cls, config: Any, *, convention: Convention = "half") -> RopeSpec:
         """Build the spec from a transformers config (Spec §8.1, §8.4).
 
+        The config does not say which channels pair up; ``convention`` is rotate-half unless given.
+        The engine derives it from the model's own rotary code (:func:`hogwild_ref.compat.probe_rope`,
+        Spec §11.6) and never relies on this default.
+
         Uses the architecture's own rotary-embedding module (``<Arch>RotaryEmbedding(config)``), so
         the inverse frequencies and ``attention_scaling`` are transformers' own. Refuses rope types
         that are not shift-invariant (``dynamic`` NTK) and unknown types; pins LongRoPE to its short
@@ -104,7 +108,14 @@ class RopeSpec:
                 "Hogwild needs a 1-D rotary embedding whose rotation depends only on the position delta"
             )
         module = _rotary_module(config)
-        inv_freq = module.inv_freq.detach().to(torch.float64)
+        buffer = getattr(module, "inv_freq", None)
+        if not isinstance(buffer, torch.Tensor):
+            raise RopeError(
+                f"the rotary embedding of model type {getattr(config, 'model_type', None)!r} ({type(module).__name__}) "
+                "has no inv_freq buffer, so it does not follow transformers' RotaryEmbedding interface from which "
+                "hogwild_ref reads the frequencies (e.g. GPT-J and CodeGen use their own sinusoidal tables)"
+            )
+        inv_freq = buffer.detach().to(torch.float64)
         scaling = float(getattr(module, "attention_scaling", 1.0))
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         max_position = None
@@ -135,8 +146,11 @@ class RopeSpec:
 
     def apply(
         self, x: Float[Tensor, "*batch head_dim"], rot: Rotation, scale: float = 1.0
-    ) -> Float[Tensor, "*batch head_dim"]:
-        """Rotate ``x`` by a precomputed :class:`Rotation` (broadcast over ``x.shape[:-1]``), times ``scale``."""
+    ) -> Float[Tensor, "*out head_dim"]:
+        """Rotate ``x`` by a precomputed :class:`Rotation` (broadcast over ``x.shape[:-1]``), times ``scale``.
+
+        The result has the broadcast shape of ``x.shape[:-1]`` and the rotation's leading shape.
+        """
         if x.shape[-1] != self.head_dim:
             raise RopeError(f"last dimension of x is {x.shape[-1]}, expected head_dim {self.head_dim}")
         rd, h = self.rotary_dim, self.rotary_dim // 2
@@ -157,8 +171,8 @@ class RopeSpec:
         return out.to(x.dtype)
 
     def rotate(
-        self, x: Float[Tensor, "*batch head_dim"], positions: Int[Tensor, "*batch"] | int
-    ) -> Float[Tensor, "*batch head_dim"]:
+        self, x: Float[Tensor, "*batch head_dim"], positions: Int[Tensor, "*positions"] | int
+    ) -> Float[Tensor, "*out head_dim"]:
         """RoPE at absolute ``positions``, as the model applies it, ``attention_scaling`` included (Spec §8.2).
 
         ``positions`` broadcasts against ``x.shape[:-1]`` (e.g. ``(B, 1, n)`` for ``x`` of ``(B, H, n, D)``).
@@ -167,8 +181,8 @@ class RopeSpec:
         return self.apply(x, self.rotation(positions, x.device, _work(x)), self.attention_scaling)
 
     def rerotate(
-        self, x: Float[Tensor, "*batch head_dim"], delta: Int[Tensor, "*batch"] | int
-    ) -> Float[Tensor, "*batch head_dim"]:
+        self, x: Float[Tensor, "*batch head_dim"], delta: Int[Tensor, "*deltas"] | int
+    ) -> Float[Tensor, "*out head_dim"]:
         """Pure rotation by a position ``delta`` (Spec §8.3): no ``attention_scaling``.
 
         ``rerotate(rotate(x, p), d) == rotate(x, p + d)`` and ``rerotate(x, 0) == x``.
@@ -223,8 +237,14 @@ def _rotary_module(config: Any) -> torch.nn.Module:
             f"model type {model_type!r} has no rotary position embedding; Hogwild shares KV across workers at "
             "different positions, which needs RoPE (absolute or learned position embeddings cannot be shifted)"
         )
-    with torch.device("cpu"):
-        return classes[0](config)
+    try:
+        with torch.device("cpu"):
+            return classes[0](config)
+    except Exception as exc:  # noqa: BLE001 - a rotary module that cannot be built from this config
+        raise RopeError(
+            f"cannot build {classes[0].__name__} from this {model_type!r} config ({type(exc).__name__}: {exc}); "
+            "hogwild_ref reads the RoPE frequencies from the architecture's own rotary module"
+        ) from exc
 
 
 def _longrope_short_inv_freq(config: Any) -> Tensor:

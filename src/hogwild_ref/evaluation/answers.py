@@ -85,7 +85,9 @@ def parse_number(part: str) -> Fraction | float | None:
 
 def split_parts(normalised: str) -> list[str]:
     """Split a normalised answer at commas and semicolons outside brackets (a list of answers)."""
-    parts, depth, cur = [], 0, []
+    parts: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for c in normalised:
         if c in "([{":
             depth += 1

@@ -160,20 +160,21 @@ def _rows(unit: Unit, results: list[ItemResult], budgets: Sequence[int], batch: 
                                 "tokens_per_worker": None, "seconds": None, "reason": None,
                                 "error": error or "no result at this budget"})
             continue
+        found = [s for s in snaps if s is not None]
         if unit.method == "hogwild":
-            (s,) = snaps
+            (s,) = found
             answer, tokens, extra = s.answer, list(s.tokens), {}
         else:
-            samples = [s.answer for s in snaps]
-            answer, tokens, extra = majority_vote(samples), [s.tokens[0] for s in snaps], {"samples": samples}
+            samples = [s.answer for s in found]
+            answer, tokens, extra = majority_vote(samples), [s.tokens[0] for s in found], {"samples": samples}
         rows.append(base | {
             "answer": answer,
             "correct": answers_match(answer, unit.problem.answer),
-            "ticks": max(s.ticks for s in snaps),
-            "finisher_ticks": max(len(s.finisher_tokens) for s in snaps),
+            "ticks": max(s.ticks for s in found),
+            "finisher_ticks": max(len(s.finisher_tokens) for s in found),
             "tokens_per_worker": tokens,
-            "seconds": round(max(s.seconds for s in snaps), 4),
-            "reason": snaps[0].reason if unit.method == "hogwild" else None,
+            "seconds": round(max(s.seconds for s in found), 4),
+            "reason": found[0].reason if unit.method == "hogwild" else None,
             "error": None,
         } | extra)
     return rows

@@ -1,0 +1,160 @@
+"""Checks of run settings before any model loads or runs (Spec §11.7).
+
+Pure Python: no torch. Every check raises :class:`SettingsError` (a ``ValueError``) with one line
+that names the setting, the value and the fix. The same checks serve the library
+(:func:`hogwild_ref.generate`, :class:`hogwild_ref.engine.Engine`) and the CLI, which names its
+flags instead (``cli=True``: ``--max-ticks`` rather than ``max_ticks``).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = [
+    "ContextLengthWarning",
+    "SettingsError",
+    "check_int",
+    "check_problem",
+    "check_sampling",
+    "check_settings",
+    "context_bound",
+    "warn_context",
+]
+
+LAYOUTS = ("contiguous", "interleaved", "combined")
+
+
+class SettingsError(ValueError):
+    """A run setting is invalid (Spec §11.7)."""
+
+
+class ContextLengthWarning(UserWarning):
+    """The run may reach positions beyond the model's ``max_position_embeddings`` (Spec §11.7)."""
+
+
+def _name(name: str, cli: bool) -> str:
+    return "--" + name.replace("_", "-") if cli else name
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_int(name: str, value: Any, minimum: int, *, cli: bool = False, fix: str = "") -> int:
+    """``value`` must be an integer ``>= minimum`` (bools and floats such as 2.5 are refused)."""
+    shown = _name(name, cli)
+    if not _is_int(value):
+        raise SettingsError(f"{shown} must be an integer >= {minimum}; got {value!r}{fix}")
+    if value < minimum:
+        raise SettingsError(f"{shown} must be >= {minimum}; got {value}{fix}")
+    return int(value)
+
+
+def _check_real(name: str, value: Any, cli: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+        raise SettingsError(f"{_name(name, cli)} must be a finite number; got {value!r}")
+    return float(value)
+
+
+def check_problem(problem: Any) -> str:
+    """The problem must be a non-empty string with some non-whitespace text."""
+    if not isinstance(problem, str):
+        raise SettingsError(f"the problem must be a string of text; got {type(problem).__name__}")
+    if not problem.strip():
+        raise SettingsError("the problem is empty; give the problem text to solve")
+    return problem
+
+
+def check_sampling(temperature: Any = 0.0, top_k: Any = None, top_p: Any = None, min_p: Any = None,
+                   *, cli: bool = False) -> None:
+    """Temperature ``>= 0`` (0 is greedy), ``top_k`` an integer ``>= 1``, ``top_p`` in (0, 1], ``min_p`` in [0, 1)."""
+    t = _check_real("temperature", temperature, cli)
+    if t < 0:
+        raise SettingsError(f"{_name('temperature', cli)} must be >= 0 (0 is greedy); got {temperature}")
+    if top_k is not None:
+        check_int("top_k", top_k, 1, cli=cli)
+    if top_p is not None:
+        p = _check_real("top_p", top_p, cli)
+        if not 0 < p <= 1:
+            raise SettingsError(f"{_name('top_p', cli)} must be in (0, 1]; got {top_p}")
+    if min_p is not None:
+        m = _check_real("min_p", min_p, cli)
+        if not 0 <= m < 1:
+            raise SettingsError(f"{_name('min_p', cli)} must be in [0, 1); got {min_p}")
+
+
+def check_settings(
+    *,
+    problem: Any = "x",
+    workers: Any = 2,
+    layout: Any = "combined",
+    backend: Any = "fast",
+    backends: Sequence[str] = ("fast", "oracle", "rotate_keys", "rotate_queries"),
+    max_ticks: Any = 256,
+    snapshots: Any = (),
+    finisher_tokens: Any = 24,
+    collab_every: Any = None,
+    seed: Any = 0,
+    temperature: Any = 0.0,
+    top_k: Any = None,
+    top_p: Any = None,
+    min_p: Any = None,
+    cli: bool = False,
+) -> None:
+    """Every run setting at once, in the order a user reads them (Spec §11.7).
+
+    ``max_ticks`` is the budget in ticks: an integer ``>= 1`` (the library also takes None: no
+    budget). Snapshot ticks must lie within the budget. ``collab_every`` is None (off) or ``>= 1``.
+    """
+    check_problem(problem)
+    check_int("workers", workers, 1, cli=cli)
+    if layout not in LAYOUTS:
+        raise SettingsError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if backend not in backends:
+        raise SettingsError(f"unknown backend {backend!r}; choose one of {', '.join(backends)}")
+    if max_ticks is not None or cli:
+        check_int("max_ticks", max_ticks, 1, cli=cli,
+                  fix="" if cli else " (the budget in ticks; None for no budget)")
+    if isinstance(snapshots, (str, bytes)) or not isinstance(snapshots, Sequence):
+        raise SettingsError(f"{_name('snapshots', cli)} must be a list of tick counts; got {snapshots!r}")
+    for t in snapshots:
+        check_int("snapshots", t, 1, cli=cli, fix=" (a tick count; the first tick is 1)")
+        if max_ticks is not None and t > max_ticks:
+            raise SettingsError(
+                f"snapshot at tick {t} is beyond the budget of {max_ticks} ticks; lower it or raise "
+                f"{_name('max_ticks', cli)}"
+            )
+    check_int("finisher_tokens", finisher_tokens, 1, cli=cli)
+    if collab_every is not None:
+        check_int("collab_every", collab_every, 1, cli=cli, fix=" (tokens between collaboration prompts)")
+    check_int("seed", seed, 0, cli=cli)
+    check_sampling(temperature, top_k, top_p, min_p, cli=cli)
+
+
+def context_bound(prompt_tokens: int, workers: int, max_ticks: int | None, finisher_tokens: int = 0) -> int | None:
+    """Positions a run reaches at least when it uses its whole budget (Spec §11.7).
+
+    Every worker's view holds the prompt and its own fed tokens; in the combined and contiguous
+    layouts every other worker's tokens too. This is ``prompt + workers * max_ticks + finisher``,
+    a lower estimate for runs that spend the budget (step headers add more).
+    """
+    if max_ticks is None:
+        return None
+    return prompt_tokens + workers * max_ticks + finisher_tokens
+
+
+def warn_context(bound: int | None, limit: int | None, *, cli: bool = False) -> str | None:
+    """Warn (and return the message) when ``bound`` passes the model's ``max_position_embeddings``."""
+    if bound is None or limit is None or bound <= limit:
+        return None
+    message = (
+        f"this run may reach about {bound} positions (prompt + workers x budget), beyond the model's "
+        f"max_position_embeddings of {limit}; quality degrades past it: lower the budget "
+        f"({_name('max_ticks', cli)}) or the number of workers"
+    )
+    warnings.warn(message, ContextLengthWarning, stacklevel=3)
+    return message

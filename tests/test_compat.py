@@ -1,0 +1,256 @@
+"""The compatibility proof (Spec §11.6): RoPE pairing from the model's own rotary code, refused attention
+features, the numeric proof against the model's own forward, and the survey of transformers' families.
+
+Oracles: the model's own forward / ``generate`` (its own attention implementation and cache) and the
+engine oracle; the pairing expected for each family is read from transformers' own
+``apply_rotary_pos_emb`` / ``rotate_half`` source, not from hogwild_ref.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import replace
+
+import pytest
+import torch
+
+import hogwild_ref
+from hogwild_ref import compat
+from hogwild_ref.attention import BACKENDS
+from hogwild_ref.compat import (
+    AttentionFeatureError,
+    CompatibilityError,
+    check_attention_kwargs,
+    ensure_compatible,
+    probe_rope,
+    proof_of,
+    tiny_family_model,
+)
+from hogwild_ref.engine import Engine
+from hogwild_ref.models import UnsupportedModelError, check_supported, tiny_model
+from hogwild_ref.scheduler import SchedulerConfig
+
+logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+def _family_model(family, seed=0, sharpen=1.0):
+    model = tiny_family_model(family, seed=seed)
+    if sharpen != 1.0:  # peaky attention, so that a position error shows in the logits
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith(("q_proj.weight", "k_proj.weight")):
+                    p.mul_(sharpen)
+    return model
+
+
+def _pairing_from_source(family: str) -> str:
+    """The pairing transformers' own code uses: interleaved if its RoPE helper slices ``::2``."""
+    import importlib
+
+    modeling = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
+    source = inspect.getsource(modeling.apply_rotary_pos_emb)
+    helpers = [n for n in ("rotate_half", "rotate_every_two") if n in vars(modeling)]
+    source += "".join(inspect.getsource(vars(modeling)[n]) for n in helpers)
+    return "interleaved" if "::2" in source else "half"
+
+
+# ---------------------------------------------------------------------- RoPE probe
+@pytest.mark.parametrize("family,rotary_dim", [("llama", 16), ("phi3", 8), ("cohere", 16), ("glm", 8), ("gpt_neox", 4)])
+def test_probe_derives_pairing_and_rotary_dim_from_the_model(family, rotary_dim):
+    model = tiny_model(family) if family in ("llama", "phi3") else _family_model(family)
+    probe = probe_rope(model, check_supported(model.config, allow_untested=True))
+    assert probe.convention == _pairing_from_source(family)
+    assert probe.rotary_dim == rotary_dim
+    assert probe.error < 1e-5 < 0.1 < probe.other_error
+
+
+def test_cohere_interleaved_runs_exactly(smollm_tokenizer):
+    """Issue 9: cohere used to run with rotate-half. Now: W = 1 equals the model's own greedy decoding,
+    and W = 2 combined (where a wrong pairing does not cancel) matches the engine oracle."""
+    tok = smollm_tokenizer
+    model = tiny_family_model("cohere", seed=1)
+    model.resize_token_embeddings(len(tok))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                p.mul_(4.0)
+    assert ensure_compatible(model, allow_untested=True).convention == "interleaved"
+
+    sched = SchedulerConfig(max_ticks=12, boundary=lambda t: len(t) >= 12, collab_every=None, eos_token_ids=frozenset())
+    one = Engine(model, tok, workers=1, layout="contiguous", scheduler=sched, finisher=False).run("Add 2 and 3.")
+    w = one.workers[0]
+    prefix = w.view_tokens[: w.generated_positions[0]]
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([prefix]), max_new_tokens=11, do_sample=False,
+                             attention_mask=torch.ones(1, len(prefix), dtype=torch.long), pad_token_id=0)
+    assert out[0, len(prefix):].tolist() == w.tokens[:11]
+
+    runs = {}
+    for backend in ("oracle", "rotate_queries"):
+        runs[backend] = Engine(model, tok, workers=2, layout="combined", backend=backend, scheduler=sched,
+                               record_logits=True, finisher=False).run("Add 2 and 3.")
+    assert [w.tokens for w in runs["oracle"].workers] == [w.tokens for w in runs["rotate_queries"].workers]
+    for a, b in zip(runs["oracle"].logits, runs["rotate_queries"].logits):
+        assert float((a - b).abs().max() / b.abs().max()) < 1e-4
+
+
+def test_wrong_pairing_is_measured_by_the_numeric_proof():
+    """The numeric proof alone catches a wrong pairing (here forced) on a model with peaky attention."""
+    model = _family_model("cohere", sharpen=6.0)
+    rope = ensure_compatible(model, allow_untested=True)
+    assert compat.prove(model, rope, "oracle") < 1e-4
+    wrong = replace(rope, convention="half")
+    assert compat.prove(model, wrong, "oracle") > 1e-2
+
+
+# ---------------------------------------------------------------------- attention features
+class _Module:
+    layer_idx = 3
+    is_causal = True
+
+
+@pytest.mark.parametrize("kwargs,word", [
+    ({"softcap": 50.0}, "softcapping"),
+    ({"s_aux": torch.zeros(4)}, "sinks"),
+    ({"sinks": torch.zeros(4)}, "sinks"),
+    ({"is_causal": False}, "bidirectional"),
+    ({"indices": torch.zeros(2)}, "'indices'"),
+    ({"alibi_slopes": torch.zeros(4)}, "'alibi_slopes'"),
+    ({"dropout": 0.1}, "dropout"),
+])
+def test_unimplemented_attention_features_are_refused_by_name(kwargs, word):
+    with pytest.raises(AttentionFeatureError, match=word) as exc:
+        check_attention_kwargs(_Module(), kwargs, dropout=None)
+    assert "layer 3" in str(exc.value)
+
+
+def test_implemented_attention_keywords_pass():
+    ok = {"scaling": 0.3, "dropout": 0.0, "sliding_window": None, "softcap": None, "s_aux": None,
+          "position_ids": torch.zeros(1), "use_cache": True, "is_causal": True, "output_router_logits": False}
+    check_attention_kwargs(_Module(), ok, dropout=None)
+
+
+def test_sliding_window_is_refused_once_the_context_passes_it():
+    class Plan:
+        max_position = 99
+
+    class Cache:
+        plan = Plan()
+
+    check_attention_kwargs(_Module(), {"sliding_window": 100, "hogwild_cache": Cache()})
+    with pytest.raises(AttentionFeatureError, match="sliding window of 64"):
+        check_attention_kwargs(_Module(), {"sliding_window": 64, "hogwild_cache": Cache()})
+
+
+def test_a_mask_built_by_the_model_is_refused():
+    with pytest.raises(AttentionFeatureError, match="own attention mask"):
+        check_attention_kwargs(_Module(), {}, attention_mask=torch.zeros(1, 1, 2, 2))
+
+
+def test_bidirectional_module_is_refused():
+    class Bidirectional(_Module):
+        is_causal = False
+
+    with pytest.raises(AttentionFeatureError, match="bidirectional"):
+        check_attention_kwargs(Bidirectional(), {})
+
+
+@pytest.mark.parametrize("family,word", [("gemma2", "softcapping"), ("gpt_oss", "sinks")])
+def test_families_with_unimplemented_features_are_refused(family, word):
+    model = _family_model(family)
+    with pytest.raises(AttentionFeatureError, match=word):
+        ensure_compatible(model, allow_untested=True)
+
+
+def test_a_model_in_training_mode_is_refused():
+    model = tiny_model("llama")
+    for layer in model.model.layers:
+        layer.self_attn.attention_dropout = 0.1
+    model.train()
+    with pytest.raises(AttentionFeatureError, match="eval"):
+        ensure_compatible(model)
+
+
+# ---------------------------------------------------------------------- numeric proof and gating
+def test_proof_runs_once_per_model_and_backend(monkeypatch):
+    model = tiny_model("qwen2", seed=3)
+    calls = []
+    real = compat.prove
+    monkeypatch.setattr(compat, "prove", lambda m, r, b, **k: calls.append(b) or real(m, r, b, **k))
+    ensure_compatible(model)
+    ensure_compatible(model)
+    assert calls == ["oracle", "rotate_queries"]
+    ensure_compatible(model, backend="rotate_keys")
+    assert calls == ["oracle", "rotate_queries", "rotate_keys"]
+    proof = proof_of(model)
+    assert proof is not None and proof.tested and set(proof.errors) >= {"oracle", "rotate_queries"}
+    assert all(e < proof.tolerance for e in proof.errors.values())
+
+
+def test_a_backend_that_computes_something_else_is_refused_with_the_measured_error(monkeypatch):
+    model = tiny_model("llama", seed=4)
+    real = BACKENDS["rotate_queries"]
+    monkeypatch.setitem(BACKENDS, "rotate_queries", lambda q, *a, **k: 1.5 * real(q, *a, **k))
+    with pytest.raises(CompatibilityError, match=r"rotate_queries \d\.\d\de[-+]\d\d") as exc:
+        ensure_compatible(model)
+    assert "oracle" not in str(exc.value).split("by")[1].split("(")[0]  # the oracle itself passed
+
+
+def test_engine_refuses_untested_family_unless_allowed_then_runs(smollm_tokenizer):
+    model = tiny_family_model("olmo", seed=0)
+    model.resize_token_embeddings(len(smollm_tokenizer))
+    with pytest.raises(UnsupportedModelError, match="allow_untested"):
+        Engine(model, smollm_tokenizer)
+    result = hogwild_ref.generate(model, smollm_tokenizer, "Add 1 and 2.", workers=2, max_ticks=3, finisher=False,
+                                  allow_untested=True)
+    assert result.ticks == 3
+    # allowed once for this model object: later engines need not repeat the switch
+    Engine(model, smollm_tokenizer)
+
+
+def test_load_passes_allow_untested(tmp_path, smollm_tokenizer):
+    model = tiny_family_model("olmo", seed=0)
+    model.resize_token_embeddings(len(smollm_tokenizer))
+    model.save_pretrained(tmp_path)
+    smollm_tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(UnsupportedModelError, match="allow_untested"):
+        hogwild_ref.load(str(tmp_path))
+    loaded, tok = hogwild_ref.load(str(tmp_path), allow_untested=True)
+    assert proof_of(loaded) is not None and not proof_of(loaded).tested
+
+
+def test_vocabulary_smaller_than_the_tokenizer_is_a_clear_error(smollm_tokenizer):
+    with pytest.raises(UnsupportedModelError, match="vocabulary has only 256"):
+        hogwild_ref.generate(tiny_model("llama"), smollm_tokenizer, "x", max_ticks=2)
+
+
+def test_not_a_model_directory(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(UnsupportedModelError, match="not a model directory"):
+        hogwild_ref.load(str(tmp_path))
+
+
+# ---------------------------------------------------------------------- every RoPE family transformers ships
+#: expected outcomes of some families (the reason is part of the expectation)
+EXPECTED = {
+    "llama": "runs", "qwen2": "runs", "qwen3": "runs", "mistral": "runs", "phi3": "runs", "cohere": "runs",
+    "glm": "runs", "gpt_neox": "runs", "gemma2": "softcapping", "gpt_oss": "sinks", "gptj": "inv_freq",
+    "deepseek_v2": "head_dim", "diffllama": "compatibility proof failed", "doge": "own attention mask",
+}
+
+
+@pytest.mark.slow
+def test_survey_of_every_rope_family():
+    """Every RoPE causal-LM family either runs (proof passed, engine == model within tolerance) or is
+    refused with an UnsupportedModelError naming the reason; nothing else escapes."""
+    rows = {r["family"]: r for r in compat.survey()}
+    assert len(rows) >= 60
+    runs = [f for f, r in rows.items() if r["outcome"] == "runs"]
+    assert len(runs) >= 30
+    for family, expected in EXPECTED.items():
+        row = rows[family]
+        if expected == "runs":
+            assert row["outcome"] == "runs", row
+        else:
+            assert row["outcome"] == "refused" and expected in row["detail"], row

@@ -1,0 +1,260 @@
+"""Bad input is refused before any model runs (Spec §11.7), Ctrl-C leaves the partial result, and the
+CLI reports one line per problem with exit status 2 (issue 9).
+
+The CLI cases run in-process with model loading forbidden (``no_loading``): every one of them must be
+refused before a model loads.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+
+import hogwild_ref
+import hogwild_ref.models
+from hogwild_ref.checks import ContextLengthWarning, SettingsError, check_settings
+from hogwild_ref.cli import main
+from hogwild_ref.engine import Engine, GenerationInterrupted, TokenEvent
+from hogwild_ref.models import tiny_model
+from hogwild_ref.scheduler import SchedulerConfig
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the CLI loaded a model for invalid arguments")
+
+    monkeypatch.setattr(hogwild_ref.models, "load", refuse)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("inputs")
+    (d / "bad.toml").write_text('system = "unterminated\n')
+    (d / "unknown.toml").write_text('sytem = "x"\n')
+    (d / "nonstr.json").write_text('{"system": 3}')
+    (d / "list.json").write_text("[1]")
+    (d / "noproblem.toml").write_text('problem = "no placeholder"\n')
+    (d / "finisher.toml").write_text('finisher = "the answer is"\n')
+    (d / "notes.txt").write_text("hi")
+    (d / "empty.gguf").write_bytes(b"")
+    (d / "notamodel").mkdir()
+    (d / "notamodel" / "readme.md").write_text("hi")
+    return d
+
+
+# (arguments after "generate", a word the one-line error must contain)
+CLI_CASES = [
+    (["--workers", "0"], "--workers"), (["--workers", "-2"], "--workers"), (["--workers", "2.5"], "--workers"),
+    (["--max-ticks", "0"], "--max-ticks"), (["--max-ticks", "-5"], "--max-ticks"), (["--max-ticks", "2.5"], "--max-ticks"),
+    (["--max-steps", "0"], "--max-ticks"), (["--top-k", "0"], "--top-k"), (["--top-k", "2.5"], "--top-k"),
+    (["--top-p", "1.5"], "--top-p"), (["--top-p", "0"], "--top-p"), (["--top-p", "nan"], "--top-p"),
+    (["--min-p", "1"], "--min-p"), (["--min-p", "-0.1"], "--min-p"), (["--temperature", "-1"], "--temperature"),
+    (["--temperature", "nan"], "--temperature"), (["--temperature", "inf"], "--temperature"),
+    (["--seed", "-1"], "--seed"), (["--seed", "x"], "--seed"), (["--threads", "0"], "--threads"),
+    (["--threads", "-3"], "--threads"), (["--snapshots", "0"], "--snapshots"), (["--snapshots", "300"], "budget"),
+    (["--max-ticks", "10", "--snapshots", "5", "11"], "tick 11"), (["--finisher-tokens", "0"], "--finisher-tokens"),
+    (["--collab-every", "-1"], "--collab-every"), (["--layout", "diagonal"], "--layout"), (["--backend", "fast2"], "--backend"),
+    (["--dtype", "float8"], "--dtype"), (["--device", "foo"], "--device"), (["--device", "cuda"], "CUDA"),
+    ([""], "empty"), (["   "], "empty"), (["--model", "/nonexistent/dir"], "does not exist"),
+    (["--model", "./no-such-dir"], "does not exist"), (["--model", "{d}/notamodel"], "not a model directory"),
+    (["--model", "{d}/notes.txt"], "not a model"), (["--model", "/tmp/nonexistent.gguf"], "does not exist"),
+    (["--prompts-file", "/nonexistent.toml"], "does not exist"), (["--prompts-file", "{d}/bad.toml"], "not valid TOML"),
+    (["--prompts-file", "{d}/unknown.toml"], "sytem"), (["--prompts-file", "{d}/nonstr.json"], "must be strings"),
+    (["--prompts-file", "{d}/list.json"], "table"), (["--prompts-file", "{d}/noproblem.toml"], "{problem}"),
+    (["--prompts-file", "{d}/finisher.toml"], "boxed"), (["--prompts-file", "{d}/notes.txt"], ".toml or .json"),
+    (["--prompts", "compactest"], "--prompts"), (["--bogus-flag"], "--bogus-flag"), (["--workers"], "--workers"),
+]
+
+
+@pytest.mark.parametrize("args,word", CLI_CASES, ids=[" ".join(a) or "empty" for a, _ in CLI_CASES])
+def test_cli_bad_input_is_one_line_exit_2_before_loading(capsys, no_loading, files, args, word):
+    args = [a.replace("{d}", str(files)) for a in args]
+    with pytest.raises(SystemExit) if _argparse_level(args) else _nothing() as exc:
+        rc = main(["generate", *args, "--json"])
+    if exc is not None and hasattr(exc, "value"):
+        rc = exc.value.code
+    out, err = capsys.readouterr()
+    assert rc == 2
+    assert out == ""
+    lines = [line for line in err.splitlines() if not line.startswith("warning:")]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error:") and word in lines[0], err
+    assert "Traceback" not in err
+
+
+def _argparse_level(args):
+    return any(a in ("2.5", "x", "diagonal", "fast2", "float8", "compactest", "--bogus-flag") for a in args) or args == ["--workers"]
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_cli_counts_at_least_40_bad_inputs():
+    assert len(CLI_CASES) + len(LIBRARY_CASES) >= 40
+
+
+def test_cli_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"hogwild-ref {hogwild_ref.__version__}"
+
+
+def test_cli_reports_a_failed_assertion_as_a_bug(capsys, monkeypatch):
+    import hogwild_ref.cli as cli
+
+    def broken(args):
+        raise AssertionError("invariant")
+
+    monkeypatch.setattr(cli, "cmd_generate", broken)
+    rc = main(["generate", "x"])
+    err = capsys.readouterr().err
+    assert rc == 70
+    assert "this is a bug" in err and not err.startswith("error:")
+
+
+# ---------------------------------------------------------------------- library
+LIBRARY_CASES = [
+    (dict(max_ticks=2.5), "max_ticks"), (dict(max_ticks=0), "max_ticks"), (dict(max_ticks=True), "max_ticks"),
+    (dict(top_k=2.5), "top_k"), (dict(top_k=0), "top_k"), (dict(top_p=0.0), "top_p"), (dict(min_p=1.0), "min_p"),
+    (dict(temperature=float("nan")), "temperature"), (dict(temperature="hot"), "temperature"),
+    (dict(workers=0), "workers"), (dict(workers=True), "workers"), (dict(workers=1.0), "workers"),
+    (dict(snapshots=[5], max_ticks=4), "beyond the budget"), (dict(snapshots=[0]), "snapshots"),
+    (dict(snapshots=5), "snapshots"), (dict(finisher_tokens=0), "finisher_tokens"), (dict(seed=1.5), "seed"),
+    (dict(collab_every=0), "collab_every"), (dict(layout="diagonal"), "layout"), (dict(backend="nope"), "backend"),
+    (dict(problem=""), "empty"), (dict(problem=" \n\t"), "empty"), (dict(problem=None), "string"),
+    (dict(problem=123), "string"),
+]
+
+
+@pytest.mark.parametrize("kwargs,word", LIBRARY_CASES, ids=[str(k) for k, _ in LIBRARY_CASES])
+def test_library_bad_input_is_refused_before_the_model_runs(kwargs, word):
+    class Untouchable:  # any use of the model fails the test
+        def __getattr__(self, name):
+            raise AssertionError(f"the model was used ({name}) for invalid settings")
+
+    kwargs = dict(kwargs)
+    problem = kwargs.pop("problem", "What is 1 + 1?")
+    with pytest.raises(SettingsError, match=word):
+        hogwild_ref.generate(Untouchable(), None, problem, **kwargs)
+
+
+def test_settings_errors_are_value_errors_naming_the_fix():
+    with pytest.raises(ValueError, match=r"None for no budget"):
+        check_settings(max_ticks=0)
+
+
+def test_max_steps_is_a_deprecated_alias(smollm_tokenizer):
+    model = tiny_model("llama", vocab_size=len(smollm_tokenizer))
+    with pytest.warns(DeprecationWarning, match="max_ticks"):
+        result = hogwild_ref.generate(model, smollm_tokenizer, "Add 1 and 2.", max_steps=2, finisher=False)
+    assert result.ticks == 2 and result.settings["max_ticks"] == 2
+
+
+def test_context_beyond_max_position_embeddings_is_warned_up_front(smollm_tokenizer):
+    model = tiny_model("llama", vocab_size=len(smollm_tokenizer), max_position_embeddings=64)
+    engine = Engine(model, smollm_tokenizer, workers=2,
+                    scheduler=SchedulerConfig(max_ticks=40, eos_token_ids=frozenset()), finisher=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = next(engine.stream("Add 1 and 2."))  # the warning comes before the first tick's event
+    assert isinstance(first, TokenEvent) and first.tick == 1
+    assert any(issubclass(w.category, ContextLengthWarning) and "64" in str(w.message) for w in caught)
+
+
+# ---------------------------------------------------------------------- interruption
+def _interrupt_after(n):
+    count = [0]
+
+    def on_event(event):
+        if isinstance(event, TokenEvent):
+            count[0] += 1
+            if count[0] == n:
+                raise KeyboardInterrupt
+
+    return on_event
+
+
+@pytest.mark.parametrize("where", ["on_event", "model"])
+def test_ctrl_c_leaves_the_partial_result(smollm_tokenizer, monkeypatch, where):
+    tok = smollm_tokenizer
+    model = tiny_model("llama", seed=2, vocab_size=len(tok))
+    sched = SchedulerConfig(max_ticks=40, boundary=lambda t: len(t) >= 12, collab_every=None, eos_token_ids=frozenset())
+    full = Engine(model, tok, workers=2, scheduler=sched, finisher=False).run("Count.")
+    engine = Engine(model, tok, workers=2, scheduler=sched, finisher=False)
+    on_event = None
+    if where == "on_event":
+        on_event = _interrupt_after(2 * 9 + 1)  # during tick 10: ticks 1..9 are complete
+    else:
+        real, calls = engine.forward_rows, [0]
+
+        def forward_rows(cache, rows, feeds, logits=True):
+            if logits:
+                calls[0] += 1
+                if calls[0] == 10:
+                    raise KeyboardInterrupt
+            return real(cache, rows, feeds, logits)
+
+        monkeypatch.setattr(engine, "forward_rows", forward_rows)
+    with pytest.raises(GenerationInterrupted) as exc:
+        engine.run("Count.", on_event)
+    partial = exc.value.result
+    assert partial is engine.result and partial.reason == "interrupted"
+    assert isinstance(exc.value, KeyboardInterrupt)
+    assert partial.ticks == 9
+    for p, f in zip(partial.workers, full.workers):
+        assert p.tokens == f.tokens[:9]  # what each worker sampled up to the last completed tick
+        assert f.text.startswith(p.text) and p.text
+    assert full.history_text.startswith(partial.history_text)
+
+
+def test_cli_ctrl_c_prints_partial_json_and_exits_130(capsys, monkeypatch, smollm):
+    model, tok = smollm
+    monkeypatch.setattr(hogwild_ref.models, "load", lambda *a, **k: smollm)
+    import hogwild_ref.engine as engine_mod
+
+    real = engine_mod.Engine.forward_rows
+    calls = [0]
+
+    def forward_rows(self, cache, rows, feeds, logits=True):
+        if logits:
+            calls[0] += 1
+            if calls[0] == 4:
+                raise KeyboardInterrupt
+        return real(self, cache, rows, feeds, logits)
+
+    monkeypatch.setattr(engine_mod.Engine, "forward_rows", forward_rows)
+    rc = main(["generate", "What is 2 + 3?", "--json", "--max-ticks", "20", "--device", "cpu", "--workers", "2"])
+    out, err = capsys.readouterr()
+    assert rc == 130
+    d = json.loads(out)
+    assert d["reason"] == "interrupted" and d["ticks"] == 3
+    assert all(len(w["tokens"]) == 3 for w in d["workers"])
+    assert "Traceback" not in err and "interrupted" in err
+
+
+def test_cli_json_carries_settings_and_snapshots(capsys, monkeypatch, smollm, tmp_path):
+    monkeypatch.setattr(hogwild_ref.models, "load", lambda *a, **k: smollm)
+    (tmp_path / "p.toml").write_text('step_prefix = "[{name} {k}] "\n')
+    rc = main(["generate", "What is 2 + 3?", "--json", "--max-ticks", "6", "--snapshots", "2", "5", "--seed", "3",
+               "--temperature", "0.7", "--top-k", "5", "--finisher-tokens", "3", "--prompts-file", str(tmp_path / "p.toml"),
+               "--device", "cpu", "--workers", "3", "--layout", "interleaved"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    d = json.loads(out)
+    s = d["settings"]
+    assert s["workers"] == 3 and s["layout"] == "interleaved" and s["backend"] == "rotate_queries"
+    assert s["max_ticks"] == 6 and s["seed"] == 3 and s["finisher_tokens"] == 3
+    assert s["sampling"] == {"temperature": 0.7, "top_k": 5, "top_p": None, "min_p": None}
+    assert s["prompts"]["step_prefix"] == "[{name} {k}] " and s["snapshot_ticks"] == [2, 5]
+    assert [snap["tick"] for snap in d["snapshots"]] == [2, 5]
+    assert d["prefill_seconds"] >= 0
+    assert all(w["text"].startswith(f"[{w['name']} 1] ") for w in d["workers"])
