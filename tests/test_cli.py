@@ -33,7 +33,7 @@ RESULT_SCHEMA = {
     "properties": {
         "model": {"type": "string", "minLength": 1},
         "layout": {"enum": ["contiguous", "interleaved", "combined"]},
-        "backend": {"enum": ["rotate_queries", "rotate_keys", "oracle"]},
+        "backend": {"enum": ["fast", "rotate_queries", "rotate_keys", "oracle"]},
         "ticks": {"type": "integer", "minimum": 0},
         "seconds": {"type": "number", "minimum": 0},
         "history_text": {"type": "string"},
