@@ -99,7 +99,7 @@ def _check_result(d: dict, *, workers: int, layout: str, tokenizer, eos: int | N
     jsonschema.Draft202012Validator.check_schema(RESULT_SCHEMA)
     jsonschema.Draft202012Validator(RESULT_SCHEMA).validate(d)
     assert d["layout"] == layout
-    assert d["backend"] == "rotate_queries"  # the CLI default
+    assert d["backend"] == "fast"  # the CLI default
     assert [w["name"] for w in d["workers"]] == NAMES[:workers]
 
     # --no-finisher: the run ends at the budget, or earlier with a stated reason

@@ -84,12 +84,13 @@ def _plain_logits(model, ids: list[int]) -> torch.Tensor:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", ["contiguous", "interleaved"])
-def test_single_worker_equals_plain_decoding(layout, smollm):
+@pytest.mark.parametrize("layout,backend", [("contiguous", "rotate_queries"), ("interleaved", "rotate_queries"),
+                                            ("contiguous", "fast"), ("interleaved", "fast")])
+def test_single_worker_equals_plain_decoding(layout, backend, smollm):
     """W = 1: the view is one growing sequence, so Hogwild must be plain greedy decoding (Spec §3)."""
     model, tok = smollm
     boundary = (lambda text: len(text) >= 40) if layout == "interleaved" else chunk_boundary
-    result, flushes = _run(model, tok, workers=1, layout=layout, backend="rotate_queries", ticks=72, boundary=boundary)
+    result, flushes = _run(model, tok, workers=1, layout=layout, backend=backend, ticks=72, boundary=boundary)
     if layout == "interleaved":
         assert flushes >= 2
     worker = result.workers[0]
@@ -110,7 +111,7 @@ def test_single_worker_equals_plain_decoding(layout, smollm):
 def test_single_worker_contiguous_equals_hf_generate(smollm):
     """W = 1 contiguous: after the forced step prefix, 64 tokens equal transformers' greedy generate."""
     model, tok = smollm
-    result, _ = _run(model, tok, workers=1, layout="contiguous", backend="rotate_queries", ticks=65)
+    result, _ = _run(model, tok, workers=1, layout="contiguous", backend="fast", ticks=65)
     worker = result.workers[0]
     first_generated = worker.generated_positions[0]
     prefix_ids = worker.view_tokens[:first_generated]

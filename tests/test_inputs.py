@@ -251,7 +251,7 @@ def test_cli_json_carries_settings_and_snapshots(capsys, monkeypatch, smollm, tm
     assert rc == 0, err
     d = json.loads(out)
     s = d["settings"]
-    assert s["workers"] == 3 and s["layout"] == "interleaved" and s["backend"] == "rotate_queries"
+    assert s["workers"] == 3 and s["layout"] == "interleaved" and s["backend"] == "fast"
     assert s["max_ticks"] == 6 and s["seed"] == 3 and s["finisher_tokens"] == 3
     assert s["sampling"] == {"temperature": 0.7, "top_k": 5, "top_p": None, "min_p": None}
     assert s["prompts"]["step_prefix"] == "[{name} {k}] " and s["snapshot_ticks"] == [2, 5]

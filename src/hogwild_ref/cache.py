@@ -129,7 +129,7 @@ class HogwildCache(Cache):
             inputs = buffers.layer_inputs(tick.window, store.common, self._tail(store), store.block)  # type: ignore[arg-type]
             inputs = (*inputs, store.scatter_index(buffers.slots))
             if self.compiled:
-                torch._dynamo.mark_dynamic(inputs[2], 1)  # the mask's width carries the common window
+                torch._dynamo.mark_dynamic(inputs[1], 1)  # the mask's width carries the common window
             self._layer_inputs[device] = inputs
         self.decode = tick
         return self._buffers[self.stores[0].device].positions
@@ -154,9 +154,9 @@ class HogwildCache(Cache):
         """
         store = self.stores[layer_idx]
         if self.decode is not None:
-            buf = self._buffers[store.device]
-            local = self.rope.apply(key_states[:, :, 0], Rotation(buf.write_cos[:, None], buf.write_sin[:, None]))
-            store.scatter(self._layer_inputs[store.device][-1], local.transpose(0, 1), value_states[:, :, 0].transpose(0, 1))
+            inputs = self._layer_inputs[store.device]
+            local = self.rope.apply(key_states[:, :, 0], inputs[3])
+            store.scatter(inputs[4], local.transpose(0, 1), value_states[:, :, 0].transpose(0, 1))
             return key_states, value_states
         plan = self.plan
         if plan is None:
@@ -187,11 +187,11 @@ class HogwildCache(Cache):
         return self._tail_index[store.device]
 
     def _attend_decode(self, store: SegmentStore, query: Tensor, scaling: float) -> Tensor:
-        query_cos, query_sin, mask, active, _ = self._layer_inputs[store.device]
+        query_rotation, mask, active = self._layer_inputs[store.device][:3]
         k_tail, v_tail = store.k_tail, store.v_tail
         window = mask.shape[1] - k_tail.shape[1] * k_tail.shape[2]  # symbolic under torch.compile
         kc, vc = store.k_common[:, :window], store.v_common[:, :window]
-        return decode_attention(query, kc, vc, k_tail, v_tail, query_cos, query_sin, mask, active, self.rope, scaling)
+        return decode_attention(query, kc, vc, k_tail, v_tail, query_rotation, mask, active, self.rope, scaling)
 
     def get_seq_length(self, layer_idx: int | None = 0, *args: Any, **kwargs: Any) -> int:
         """Longest view length (informational: the engine always passes explicit position ids).

@@ -182,11 +182,12 @@ class DecodeBuffers:
     def layer_inputs(self, window: int, common: int, tail: Tensor, block: int) -> tuple[Tensor, ...]:
         """The tick's inputs of :func:`decode_attention` shared by every layer on this device.
 
-        ``(query_cos, query_sin, mask, active)``: the rotation by ``-o_r(s)`` of every row's query
-        for every tail segment ``s`` (``tail``: their table indices), the keys each row sees (common
+        ``(query_rotation, mask, active, write_rotation)``: the rotation by ``-o_r(s)`` of every row's
+        query for every tail segment ``s`` (``tail``: their table indices; cos/sin ``(R, St, 1, 1, h)``), the keys each row sees (common
         window, then ``block`` slots per tail segment), and which rows feed a token. A row without a
         new token is given the common window's first slot so that its softmax stays finite (its
-        output is zeroed by ``active``).
+        output is zeroed by ``active``), and the rotation of each row's new key by ``-o_r(write)``.
+        The :class:`Rotation` objects are built here, outside any compiled code.
         """
         active = self.visible.any(dim=1)
         common_mask = (torch.arange(window, device=self.device) < self.lengths[common])[None, :] & active[:, None]
@@ -194,7 +195,9 @@ class DecodeBuffers:
         local = torch.arange(block, device=self.device)
         tail_mask = self.visible[:, tail, None] & (local[None, None, :] < self.lengths[tail][None, :, None])
         mask = torch.cat([common_mask, tail_mask.flatten(1)], dim=1)
-        return self.cos[:, tail], -self.sin[:, tail], mask, active.to(self.cos.dtype)
+        query = Rotation(self.cos[:, tail, None, None], -self.sin[:, tail, None, None])
+        write = Rotation(self.write_cos[:, None], self.write_sin[:, None])  # keys (R, Hkv, D) to local positions
+        return query, mask, active.to(self.cos.dtype), write
 
 
 def decode_attention(
@@ -203,8 +206,7 @@ def decode_attention(
     v_common: Float[Tensor, "Hkv Lw D"],
     k_tail: Float[Tensor, "Hkv St C D"],
     v_tail: Float[Tensor, "Hkv St C D"],
-    query_cos: Float[Tensor, "R St h"],
-    query_sin: Float[Tensor, "R St h"],
+    query_rotation: Rotation,
     mask: Bool[Tensor, "R L"],
     active: Float[Tensor, "R"],
     rope: RopeSpec,
@@ -215,8 +217,8 @@ def decode_attention(
     ``q`` is rotated at the rows' view positions (as the model does). The common window's keys are
     at their view positions already (the common segment sits at offset 0 in every view) and are read
     once for all rows. The tail's keys stay at segment-local positions; for tail segment ``s`` row
-    ``r``'s query is re-rotated by ``(query_cos, query_sin)[r, s]`` (the rotation by ``-o_r(s)``,
-    Spec §9.2), so that its dot product with key ``t`` sees the relative position ``p - o_r(s) - t``.
+    ``r``'s query is re-rotated by ``query_rotation`` (cos/sin ``(R, St, 1, 1, h)``: the rotation by
+    ``-o_r(s)``, Spec §9.2), so that its dot product with key ``t`` sees the relative position ``p - o_r(s) - t``.
     ``mask`` (``L = Lw + St·C``) says which keys each row sees, common window first, then the tail
     blocks in order; one softmax covers both parts. Rows with ``active == 0`` (no new token) return
     zeros. Scores and the softmax are computed in float32 (float64 for float64 inputs).
@@ -231,7 +233,7 @@ def decode_attention(
     qk = qg.permute(1, 0, 2, 3).reshape(hkv, R * g, D)
     sc = torch.matmul(qk, k_common.to(acc).transpose(1, 2))  # (Hkv, R*g, Lw)
     # tail: each row's query re-rotated once per tail segment, one batched matmul over (head, segment)
-    qr = rope.apply(qg[:, None], Rotation(query_cos[:, :, None, None], query_sin[:, :, None, None]))  # (R, St, Hkv, g, D)
+    qr = rope.apply(qg[:, None], query_rotation)  # (R, St, Hkv, g, D)
     qr = qr.permute(2, 1, 0, 3, 4).reshape(hkv, st_n, R * g, D)
     st = torch.matmul(qr, k_tail.to(acc).transpose(2, 3))  # (Hkv, St, R*g, C)
     st = st.permute(0, 2, 1, 3).reshape(hkv, R * g, st_n * block)
