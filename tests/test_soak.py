@@ -2,7 +2,8 @@
 
 W = 4 workers, combined layout, >= 2,000 ticks and hundreds of flushes on a tiny random-weight model
 with a byte-level tokenizer (so every tick's logits are cheap to keep). Every fast backend of
-:data:`hogwild_ref.cache.CACHE_BACKENDS` (the fast backend and every attention backend; a new one joins automatically) is run against the engine oracle:
+:data:`hogwild_ref.cache.CACHE_BACKENDS` (the fast backend and every attention backend; a new one joins
+automatically) is run against the engine oracle:
 
 * every tick's logits within tolerance and greedy tokens identical (reported at checkpoints);
 * the cache's tensors stay within a small multiple of the K/V it must hold, and the process's memory
