@@ -27,7 +27,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from .attention import BACKENDS
 from .compat import check_attention_kwargs
-from .fast import WINDOW_QUANTUM, DecodeBuffers, DecodeTick, common_segment, decode_attention, plan_decode, prefix_attention
+from .fast import WINDOW_QUANTUM, DecodeBuffers, LayerInputs, DecodeTick, common_segment, decode_attention, plan_decode, prefix_attention
 from .masks import TickPlan
 from .rope import RopeSpec, Rotation
 from .segments import SegmentTable, flush_into
@@ -87,7 +87,7 @@ class HogwildCache(Cache):
         self._write_rot: Rotation | None = None
         self._buffers: dict[torch.device, DecodeBuffers] = {}
         self._tail_index: dict[torch.device, Tensor] = {}
-        self._layer_inputs: dict[torch.device, tuple[Tensor, ...]] = {}
+        self._layer_inputs: dict[torch.device, LayerInputs] = {}
         self.compiled = compile  # the engine compiles the decode step; the window must then stay symbolic
 
     # ------------------------------------------------------------------ tick protocol
@@ -127,9 +127,9 @@ class HogwildCache(Cache):
             buffers.load(tick)
             store = next(st for st in self.stores if st.device == device)
             inputs = buffers.layer_inputs(tick.window, store.common, self._tail(store), store.block)  # type: ignore[arg-type]
-            inputs = (*inputs, store.scatter_index(buffers.slots))
+            inputs = inputs._replace(scatter_index=store.scatter_index(buffers.slots))
             if self.compiled:
-                torch._dynamo.mark_dynamic(inputs[1], 1)  # the mask's width carries the common window
+                torch._dynamo.mark_dynamic(inputs.mask, 1)  # the mask's width carries the common window
             self._layer_inputs[device] = inputs
         self.decode = tick
         return self._buffers[self.stores[0].device].positions
@@ -155,8 +155,9 @@ class HogwildCache(Cache):
         store = self.stores[layer_idx]
         if self.decode is not None:
             inputs = self._layer_inputs[store.device]
-            local = self.rope.apply(key_states[:, :, 0], inputs[3])
-            store.scatter(inputs[4], local.transpose(0, 1), value_states[:, :, 0].transpose(0, 1))
+            assert inputs.scatter_index is not None
+            local = self.rope.apply(key_states[:, :, 0], inputs.write_rotation)
+            store.scatter(inputs.scatter_index, local.transpose(0, 1), value_states[:, :, 0].transpose(0, 1))
             return key_states, value_states
         plan = self.plan
         if plan is None:
@@ -187,11 +188,12 @@ class HogwildCache(Cache):
         return self._tail_index[store.device]
 
     def _attend_decode(self, store: SegmentStore, query: Tensor, scaling: float) -> Tensor:
-        query_rotation, mask, active = self._layer_inputs[store.device][:3]
+        inputs = self._layer_inputs[store.device]
         k_tail, v_tail = store.k_tail, store.v_tail
-        window = mask.shape[1] - k_tail.shape[1] * k_tail.shape[2]  # symbolic under torch.compile
+        window = inputs.mask.shape[1] - k_tail.shape[1] * k_tail.shape[2]  # symbolic under torch.compile
         kc, vc = store.k_common[:, :window], store.v_common[:, :window]
-        return decode_attention(query, kc, vc, k_tail, v_tail, query_rotation, mask, active, self.rope, scaling)
+        return decode_attention(query, kc, vc, k_tail, v_tail, inputs.query_rotation, inputs.mask, inputs.active,
+                                self.rope, scaling)
 
     def get_seq_length(self, layer_idx: int | None = 0, *args: Any, **kwargs: Any) -> int:
         """Longest view length (informational: the engine always passes explicit position ids).

@@ -24,7 +24,7 @@ history does not recompile) and the tail's block capacity (static until the stor
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +35,7 @@ from .rope import RopeSpec, Rotation
 from .segments import SegmentTable, TableError, view_offsets
 from .store import SegmentStore
 
-__all__ = ["WINDOW_QUANTUM", "DecodeBuffers", "DecodeTick", "common_segment", "decode_attention", "plan_decode",
+__all__ = ["WINDOW_QUANTUM", "DecodeBuffers", "DecodeTick", "LayerInputs", "common_segment", "decode_attention", "plan_decode",
            "prefix_attention"]
 
 #: the common window is the common segment's length rounded up to a multiple of this
@@ -134,6 +134,16 @@ def _work(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+class LayerInputs(NamedTuple):
+    """A one-token tick's inputs shared by every layer on one device (Spec §9.6)."""
+
+    query_rotation: Rotation  # by -o_r(s): cos/sin (R, S_tail, 1, 1, h)
+    mask: Tensor  # (R, Lw + S_tail·C): the keys each row sees, common window first
+    active: Tensor  # (R,): 1 for rows that feed a token
+    write_rotation: Rotation  # by -o_r(write): cos/sin (R, 1, h)
+    scatter_index: Tensor | None = None  # rows of the store's flat tail buffer the new K/V go to
+
+
 class DecodeBuffers:
     """Device copies of a :class:`DecodeTick`'s tensors, written in place every tick (Spec §9.6).
 
@@ -179,7 +189,7 @@ class DecodeBuffers:
         self.write_cos.copy_(self.cos[rows, write])
         self.write_sin.copy_(-self.sin[rows, write])
 
-    def layer_inputs(self, window: int, common: int, tail: Tensor, block: int) -> tuple[Tensor, ...]:
+    def layer_inputs(self, window: int, common: int, tail: Tensor, block: int) -> LayerInputs:
         """The tick's inputs of :func:`decode_attention` shared by every layer on this device.
 
         ``(query_rotation, mask, active, write_rotation)``: the rotation by ``-o_r(s)`` of every row's
@@ -197,7 +207,7 @@ class DecodeBuffers:
         mask = torch.cat([common_mask, tail_mask.flatten(1)], dim=1)
         query = Rotation(self.cos[:, tail, None, None], -self.sin[:, tail, None, None])
         write = Rotation(self.write_cos[:, None], self.write_sin[:, None])  # keys (R, Hkv, D) to local positions
-        return query, mask, active.to(self.cos.dtype), write
+        return LayerInputs(query, mask, active.to(self.cos.dtype), write)
 
 
 def decode_attention(
