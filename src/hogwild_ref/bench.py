@@ -281,7 +281,7 @@ def bench_ticks(model: Any, *, workers: Sequence[int] = (1, 2, 4, 8), contexts: 
             engine = Engine(model, None, workers=w, layout=layout, backend=backend, finisher=False, compile=compile,
                             scheduler=SchedulerConfig(max_ticks=budget, eos_token_ids=frozenset()),
                             prefill_chunk=2048)
-            table = _bench_table(layout, w)
+            table = make_layout(layout, w)
             gen = torch.Generator(device="cpu").manual_seed(2)
             first = table.segments[0].id
             static = {first: torch.randint(0, model.config.vocab_size, (ctx,), generator=gen).tolist()}
@@ -312,9 +312,3 @@ def bench_ticks(model: Any, *, workers: Sequence[int] = (1, 2, 4, 8), contexts: 
                 device=machine(), threads=torch.get_num_threads(), kv_bytes_per_tick=kv_bytes,
             ))
     return out
-
-
-def _bench_table(layout: str, workers: int) -> Any:
-    from .segments import make_layout
-
-    return make_layout(layout, workers)

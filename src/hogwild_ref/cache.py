@@ -27,7 +27,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from .attention import BACKENDS
 from .compat import check_attention_kwargs
-from .fast import WINDOW_QUANTUM, DecodeBuffers, LayerInputs, DecodeTick, common_segment, decode_attention, plan_decode, prefix_attention
+from .fast import DecodeBuffers, DecodeTick, LayerInputs, common_segment, common_window, decode_attention, plan_decode, prefix_attention
 from .masks import TickPlan
 from .rope import RopeSpec, Rotation
 from .segments import SegmentTable, flush_into
@@ -217,7 +217,7 @@ class HogwildCache(Cache):
             if store.common is None:
                 return 0
             L = self.table.length(self.table.segments[store.common].id)
-            window = min(store.capacities[store.common], max(WINDOW_QUANTUM, -(-L // WINDOW_QUANTUM) * WINDOW_QUANTUM))
+            window = common_window(L, store.capacities[store.common])
             slots = window + len(store.tail_segments) * store.block
             total += 2 * slots * store.kv_heads * store.head_dim * store.k_common.element_size()
         return total

@@ -35,11 +35,17 @@ from .rope import RopeSpec, Rotation
 from .segments import SegmentTable, TableError, view_offsets
 from .store import SegmentStore
 
-__all__ = ["WINDOW_QUANTUM", "DecodeBuffers", "DecodeTick", "LayerInputs", "common_segment", "decode_attention", "plan_decode",
+__all__ = ["WINDOW_QUANTUM", "DecodeBuffers", "DecodeTick", "LayerInputs", "common_segment", "common_window", "decode_attention", "plan_decode",
            "prefix_attention"]
 
 #: the common window is the common segment's length rounded up to a multiple of this
 WINDOW_QUANTUM = 64
+
+
+def common_window(length: int, capacity: int) -> int:
+    """Keys of the common segment a one-token tick reads (Spec §9.6): its length rounded up to
+    :data:`WINDOW_QUANTUM`, within its capacity."""
+    return min(capacity, max(WINDOW_QUANTUM, -(-length // WINDOW_QUANTUM) * WINDOW_QUANTUM))
 
 
 def common_segment(table: SegmentTable) -> str | None:
@@ -57,7 +63,6 @@ class DecodeTick:
 
     Attributes:
         table: the table after this tick's writes.
-        counts: new tokens per row (0 or 1).
         positions: ``(R, 1)`` view position of each row's new token (0 for rows that feed nothing).
         slots: ``(R,)`` tail slot each row writes (:meth:`SegmentStore.slot`); ``-1`` for a row that
             feeds nothing (it writes the store's trash slot, which no tick reads).
@@ -69,7 +74,6 @@ class DecodeTick:
     """
 
     table: SegmentTable
-    counts: tuple[int, ...]
     positions: Int[Tensor, "R 1"]
     slots: Int[Tensor, "R"]
     rotation: Rotation
@@ -112,20 +116,17 @@ def plan_decode(table: SegmentTable, counts: Sequence[int], rope: RopeSpec, stor
             positions.append(0)
             slots.append(-1)
     lengths = [s.length for s in after.segments]
-    cap = store.capacities[common]
-    window = min(cap, max(WINDOW_QUANTUM, -(-lengths[common] // WINDOW_QUANTUM) * WINDOW_QUANTUM))
     if rope.max_position is not None:
         rope.check_positions(max(positions))
     return DecodeTick(
         table=after,
-        counts=tuple(counts),
         positions=torch.tensor(positions, dtype=torch.long)[:, None],
         slots=torch.tensor(slots, dtype=torch.long),
         rotation=rope.rotation(torch.tensor(offsets, dtype=torch.long), dtype=_work(store.dtype)),
         write=tuple(write),
         visible=torch.tensor(visible, dtype=torch.bool),
         lengths=torch.tensor(lengths, dtype=torch.long),
-        window=window,
+        window=common_window(lengths[common], store.capacities[common]),
     )
 
 
@@ -193,8 +194,9 @@ class DecodeBuffers:
         """The tick's inputs of :func:`decode_attention` shared by every layer on this device.
 
         ``(query_rotation, mask, active, write_rotation)``: the rotation by ``-o_r(s)`` of every row's
-        query for every tail segment ``s`` (``tail``: their table indices; cos/sin ``(R, St, 1, 1, h)``), the keys each row sees (common
-        window, then ``block`` slots per tail segment), and which rows feed a token. A row without a
+        query for every tail segment ``s`` (``tail``: their table indices; cos/sin
+        ``(R, St, 1, 1, h)``), the keys each row sees (common window, then ``block`` slots per tail
+        segment), and which rows feed a token. A row without a
         new token is given the common window's first slot so that its softmax stays finite (its
         output is zeroed by ``active``), and the rotation of each row's new key by ``-o_r(write)``.
         The :class:`Rotation` objects are built here, outside any compiled code.
