@@ -30,7 +30,7 @@ from .models import check_vocabulary, sliding_window
 from .packed import PackedLinear, packing_available
 from .sampling import SamplingConfig, sample_rows
 from .scheduler import Scheduler, SchedulerConfig, Snapshot, extract_boxed
-from .segments import LAYOUTS, Row, SegmentTable, make_layout
+from .segments import Row, SegmentTable, make_layout
 
 __all__ = [
     "DoneEvent",
@@ -693,9 +693,7 @@ def _explicit_table(table: SegmentTable | None, static_texts: dict[str, str] | N
     if table is None:
         if static_texts:
             raise ValueError("static_texts needs an explicit table (for the presets the prompts module renders them)")
-        if layout not in LAYOUTS:
-            raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-        return None, layout
+        return None, layout  # a preset name, checked by check_settings
     if not isinstance(table, SegmentTable):
         raise TypeError(f"table must be a SegmentTable (SegmentTable.from_dict for the JSON form); got {type(table).__name__}")
     if table.workers != workers:
