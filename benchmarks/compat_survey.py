@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 
-from hogwild_ref.compat import survey
+from hogwild_ref.survey import survey
 
 
 def main(argv: list[str]) -> int:

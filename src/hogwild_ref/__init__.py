@@ -4,7 +4,7 @@ Several copies ("workers") of one LLM generate in parallel over one shared, conc
 KV cache made of segments; RoPE lets every worker read every segment at its own positions.
 
 The pure modules (:mod:`hogwild_ref.segments`, :mod:`hogwild_ref.scheduler`,
-:mod:`hogwild_ref.prompts`) import no torch; the torch-facing names below load lazily.
+:mod:`hogwild_ref.prompts`, :mod:`hogwild_ref.settings`, :mod:`hogwild_ref.events`) import no torch; the torch-facing names below load lazily.
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Engine", "HogwildResult", "generate", "load", "load_default", "__version__"]
+__all__ = ["Engine", "HogwildResult", "Settings", "generate", "load", "load_default", "__version__"]
 
 _LAZY = {
     "Engine": "hogwild_ref.engine",
-    "HogwildResult": "hogwild_ref.engine",
+    "HogwildResult": "hogwild_ref.events",
+    "Settings": "hogwild_ref.settings",
     "generate": "hogwild_ref.engine",
     "load": "hogwild_ref.models",
     "load_default": "hogwild_ref.models",

@@ -1,7 +1,7 @@
 """Attention backends over segment-local K/V (Spec §9).
 
 All backends compute, for every batch row ``r`` and query slot ``i`` of a tick, softmax attention
-over the keys that the :class:`~hogwild_ref.masks.TickPlan` makes visible, in one softmax over all
+over the keys that the :class:`~hogwild_ref.plan.TickPlan` makes visible, in one softmax over all
 segments of the row's view. Shapes:
 
 * ``q``: ``(R, Hq, n, D)`` — the tick's queries, rotated at their view positions (as the model does);
@@ -29,7 +29,7 @@ from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor
 
-from .masks import TickPlan
+from .plan import TickPlan
 from .rope import RopeSpec, Rotation
 
 __all__ = ["BACKENDS", "Backend", "lse_merge", "oracle", "partial_attention", "rotate_keys", "rotate_queries", "TOLERANCES"]

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import BACKENDS
-from .masks import plan_tick
+from .plan import plan_tick
 from .rope import RopeSpec
 from .segments import make_layout
 
@@ -224,10 +224,10 @@ def _baseline_step(model: Any, ctx: int, steps: int, warmup: int, compiled: bool
     attention, or (``compiled``) a StaticCache with the forward under ``torch.compile``."""
     from transformers import DynamicCache, StaticCache
 
-    from .engine import _cache_keyword
+    from .hf import cache_keyword
 
     device = next(model.parameters()).device
-    kw = _cache_keyword(model)
+    kw = cache_keyword(model)
     gen = torch.Generator(device="cpu").manual_seed(1)
     prompt = torch.randint(0, model.config.vocab_size, (1, ctx), generator=gen).to(device)
     total = ctx + warmup + steps + 1
@@ -262,7 +262,8 @@ def bench_ticks(model: Any, *, workers: Sequence[int] = (1, 2, 4, 8), contexts: 
     context (``ctx + STEP_TOKENS``): HF's DynamicCache step with the model's default attention, and
     on CUDA also a compiled static-cache step.
     """
-    from .engine import Engine, use_hogwild_attention
+    from .engine import Engine, Prepared
+    from .hf import use_hogwild_attention
     from .scheduler import SchedulerConfig
     from .segments import Row
 
@@ -279,8 +280,7 @@ def bench_ticks(model: Any, *, workers: Sequence[int] = (1, 2, 4, 8), contexts: 
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             engine = Engine(model, None, workers=w, layout=layout, backend=backend, finisher=False, compile=compile,
-                            scheduler=SchedulerConfig(max_ticks=budget, eos_token_ids=frozenset()),
-                            prefill_chunk=2048)
+                            scheduler=SchedulerConfig(max_ticks=budget, eos_token_ids=frozenset()))
             table = make_layout(layout, w)
             gen = torch.Generator(device="cpu").manual_seed(2)
             first = table.segments[0].id
@@ -288,23 +288,24 @@ def bench_ticks(model: Any, *, workers: Sequence[int] = (1, 2, 4, 8), contexts: 
             for seg in table.segments[1:]:
                 if seg.writer is None:
                     static[seg.id] = torch.randint(0, model.config.vocab_size, (4,), generator=gen).tolist()
-            cache = engine.make_cache(table, static)
+            forward = engine.forward
+            storage = forward.storage(table, engine.capacities(Prepared(table, first, static)))
             with use_hogwild_attention(model), torch.inference_mode():
-                engine.prefill(cache, first, static)
+                forward.prefill(storage, first, static, 2048)
                 steps_ids = [torch.randint(0, model.config.vocab_size, (STEP_TOKENS,), generator=gen).tolist()
                              for _ in range(w)]
-                logits = engine.forward_rows(cache, cache.table.rows([STEP_TOKENS] * w), steps_ids)
+                logits = forward(storage, storage.table.rows([STEP_TOKENS] * w), steps_ids)
                 assert logits is not None
                 state = {"ids": logits.argmax(-1).tolist()}
 
                 def tick() -> None:
                     feeds = [[t] for t in state["ids"]]
-                    lg = engine.forward_rows(cache, [Row(v, 1) for v in cache.table.views], feeds)
+                    lg = forward(storage, [Row(v, 1) for v in storage.table.views], feeds)
                     assert lg is not None
                     state["ids"] = lg.argmax(-1).tolist()
 
                 s = _time_steps(tick, steps, warmup, device)
-                kv_bytes = cache.decode_read_bytes() if backend == "fast" else 0
+                kv_bytes = storage.decode_read_bytes() if backend == "fast" else 0
             out.append(TickTiming(
                 backend=backend, layout=layout, workers=w, ctx=ctx, s_per_tick=s, baseline_s_per_step=base,
                 ratio=s / base, compiled_baseline_s_per_step=cbase,

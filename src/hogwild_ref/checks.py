@@ -25,7 +25,7 @@ __all__ = [
     "warn_context",
 ]
 
-LAYOUTS = ("contiguous", "interleaved", "combined")
+from .segments import LAYOUTS
 
 
 class SettingsError(ValueError):

@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Any, NoReturn, Sequence
 
+from .settings import BACKENDS, DTYPES, LAYOUTS
+
 DEFAULT_PROBLEM = (
     "A shop sells pencils at 3 dollars each and notebooks at 5 dollars each. "
     "Sam buys 4 pencils and 2 notebooks. How much does Sam pay in total?"
@@ -24,7 +26,7 @@ def _add_generate(sub: Any) -> None:
     p = sub.add_parser("generate", help="Hogwild generation with W workers over one shared cache")
     p.add_argument("problem", nargs="?", default=DEFAULT_PROBLEM, help="the problem (default: a small arithmetic problem)")
     p.add_argument("--workers", "-w", type=int, default=2, help="number of workers W >= 1 (default 2)")
-    p.add_argument("--layout", choices=["contiguous", "interleaved", "combined"], default="combined")
+    p.add_argument("--layout", choices=LAYOUTS, default="combined")
     p.add_argument("--max-ticks", type=int, default=256,
                    help="budget in ticks (batched forward passes), the paper's budget (default 256)")
     p.add_argument("--max-steps", type=int, default=None, help="deprecated name of --max-ticks")
@@ -34,14 +36,14 @@ def _add_generate(sub: Any) -> None:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--min-p", type=float, default=None)
-    p.add_argument("--backend", choices=["fast", "rotate_queries", "rotate_keys", "oracle"], default="fast",
+    p.add_argument("--backend", choices=BACKENDS, default="fast",
                    help="attention method (Spec §9): fast (default), rotate_queries, rotate_keys, or the slow oracle")
     p.add_argument("--collab-every", type=int, default=1024, help="tokens between collaboration prompts (0 disables)")
     p.add_argument("--no-finisher", action="store_true", help="do not force an answer when the budget ends")
     p.add_argument("--finisher-tokens", type=int, default=24, help="most tokens the finisher decodes (default 24)")
     p.add_argument("--snapshots", type=int, nargs="+", default=[], metavar="TICK",
                    help="record the state at these tick counts (within the budget)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.add_argument("--dtype", choices=DTYPES, default="float32")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--allow-untested", action="store_true",
                    help="run a family outside the tested ones once the compatibility proof on the model passes")
@@ -84,17 +86,21 @@ def _check_device(device: str | None) -> None:
 
 def _generate_settings(args: argparse.Namespace) -> dict[str, Any]:
     """Check every generate flag before anything loads (Spec §11.7); return generate()'s keywords."""
-    from .checks import check_int, check_settings
+    from .checks import check_int, check_problem
     from .prompts import PRESETS, load_templates
+    from .settings import Settings
 
     if args.max_steps is not None:
         args.max_ticks = args.max_steps
     if args.collab_every is not None and args.collab_every < 0:
         raise ValueError(f"--collab-every must be >= 0 (0 disables the collaboration prompt); got {args.collab_every}")
-    check_settings(problem=args.problem, workers=args.workers, layout=args.layout, backend=args.backend,
-                   max_ticks=args.max_ticks, snapshots=args.snapshots, finisher_tokens=args.finisher_tokens,
-                   collab_every=args.collab_every or None, seed=args.seed, temperature=args.temperature,
-                   top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, cli=True)
+    check_problem(args.problem)
+    settings = Settings.from_flags(
+        workers=args.workers, layout=args.layout, backend=args.backend, max_ticks=args.max_ticks, seed=args.seed,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+        snapshots=tuple(args.snapshots), collab_every=args.collab_every or None, finisher=not args.no_finisher,
+        finisher_tokens=args.finisher_tokens,
+    )
     if args.threads is not None:
         check_int("threads", args.threads, 1, cli=True)
     _check_device(args.device)
@@ -108,19 +114,7 @@ def _generate_settings(args: argparse.Namespace) -> dict[str, Any]:
     if args.prompts_file is not None:
         templates = load_templates(args.prompts_file, templates)
     return dict(
-        workers=args.workers,
-        layout=args.layout,
-        max_ticks=args.max_ticks,
-        backend=args.backend,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        min_p=args.min_p,
-        seed=args.seed,
-        snapshots=tuple(args.snapshots),
-        collab_every=args.collab_every or None,
-        finisher=not args.no_finisher,
-        finisher_tokens=args.finisher_tokens,
+        settings=settings,
         allow_untested=args.allow_untested,
         model_name=args.model or "SmolLM2-135M-Instruct (embedded GGUF)",
         templates=templates,
@@ -342,14 +336,14 @@ def _add_bench(sub: Any) -> None:
                    help="W values (ticks: 1 2 4 8; engine: 1 2 4; attention uses the largest)")
     p.add_argument("--ticks", type=int, default=32, help="engine: ticks per run")
     p.add_argument("--steps", type=int, default=10, help="ticks: timed ticks per case (after 3 warm-up ticks)")
-    p.add_argument("--layout", choices=["contiguous", "interleaved", "combined"], default="combined", help="ticks: layout")
-    p.add_argument("--backend", choices=["fast", "rotate_queries", "rotate_keys"], default="fast", help="ticks: backend")
+    p.add_argument("--layout", choices=LAYOUTS, default="combined", help="ticks: layout")
+    p.add_argument("--backend", choices=[b for b in BACKENDS if b != "oracle"], default="fast", help="ticks: backend")
     p.add_argument("--compile", choices=["auto", "yes", "no"], default="auto",
                    help="ticks: compile the fast path (auto: on CUDA only)")
     p.add_argument("--model", default=None,
                    help="ticks: a random-weight shape (smollm2-135m, qwen2.5-7b, qwq-32b), 'embedded', or a "
                         "name/path (default smollm2-135m); engine: a model (default: the embedded SmolLM2)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+    p.add_argument("--dtype", choices=DTYPES, default=None,
                    help="default: float32 on CPU, bfloat16 on CUDA (engine: float32)")
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -453,7 +447,7 @@ def _add_eval(sub: Any) -> None:
     p.add_argument("--budgets", type=int, nargs="+", default=[256, 512, 1024], help="budgets in ticks (forward passes)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--limit", type=int, default=None, help="first N problems of the dataset")
-    p.add_argument("--layout", choices=["contiguous", "interleaved", "combined"], default="combined")
+    p.add_argument("--layout", choices=LAYOUTS, default="combined")
     p.add_argument("--model", default=None, help="HF id, local directory or .gguf path (default: embedded SmolLM2-135M-Instruct)")
     p.add_argument("--out", default=None, help="output directory (default: eval-out/<dataset>); rerun to resume")
     p.add_argument("--batch", type=int, default=4, help="problems per forward pass (1: one at a time; default 4)")
@@ -464,9 +458,9 @@ def _add_eval(sub: Any) -> None:
     p.add_argument("--collab-every", type=int, default=1024, help="tokens between collaboration prompts (0 disables)")
     p.add_argument("--finisher-tokens", type=int, default=24, help="most tokens the finisher decodes at each budget")
     p.add_argument("--prompts", choices=["default", "compact"], default="default")
-    p.add_argument("--backend", choices=["fast", "rotate_queries", "rotate_keys", "oracle"], default="fast")
+    p.add_argument("--backend", choices=BACKENDS, default="fast")
     p.add_argument("--retry-errors", action="store_true", help="rerun units whose rows recorded an error")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.add_argument("--dtype", choices=DTYPES, default="float32")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--allow-untested", action="store_true", help="try a model family outside the tested ones")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")

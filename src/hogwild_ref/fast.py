@@ -3,7 +3,7 @@
 Split FlashInfer-style into what the host decides once per tick and what the compiled code reads:
 
 * :func:`plan_decode` (host, once per tick) turns the segment table and the rows' new-token counts
-  (0 or 1 each) into a :class:`DecodeTick`: Python ints for control flow and a few small tensors —
+  (0 or 1 each) into a :class:`DecodePlan`: Python ints for control flow and a few small tensors —
   per (row, segment) rotations by ``+o_r(s)``, visibility, post-write lengths, each row's tail slot.
   :class:`DecodeBuffers` keeps device copies of them that are written in place every tick (static
   addresses, as CUDA graphs need).
@@ -35,7 +35,7 @@ from .rope import RopeSpec, Rotation
 from .segments import SegmentTable, TableError, view_offsets
 from .store import SegmentStore
 
-__all__ = ["WINDOW_QUANTUM", "DecodeBuffers", "DecodeTick", "LayerInputs", "common_segment", "common_window", "decode_attention", "plan_decode",
+__all__ = ["WINDOW_QUANTUM", "DecodeBuffers", "DecodePlan", "LayerInputs", "common_window", "decode_attention", "plan_decode",
            "prefix_attention"]
 
 #: the common window is the common segment's length rounded up to a multiple of this
@@ -48,17 +48,8 @@ def common_window(length: int, capacity: int) -> int:
     return min(capacity, max(WINDOW_QUANTUM, -(-length // WINDOW_QUANTUM) * WINDOW_QUANTUM))
 
 
-def common_segment(table: SegmentTable) -> str | None:
-    """The segment that opens every view, if one does (Spec §9.6): the history, or a shared prompt."""
-    first = {view[0] for view in table.views}
-    if len(first) != 1:
-        return None
-    sid = first.pop()
-    return sid if table[sid].writer is None else None
-
-
 @dataclass(frozen=True)
-class DecodeTick:
+class DecodePlan:
     """The host's decisions for one tick in which every row feeds at most one token (Spec §9.6).
 
     Attributes:
@@ -83,7 +74,7 @@ class DecodeTick:
     window: int
 
 
-def plan_decode(table: SegmentTable, counts: Sequence[int], rope: RopeSpec, store: SegmentStore) -> DecodeTick:
+def plan_decode(table: SegmentTable, counts: Sequence[int], rope: RopeSpec, store: SegmentStore) -> DecodePlan:
     """Plan a one-token tick over ``table`` (lengths before the tick) for ``store`` (Spec §9.6).
 
     The store must already have room for the writes (:meth:`SegmentStore.reserve`).
@@ -118,7 +109,7 @@ def plan_decode(table: SegmentTable, counts: Sequence[int], rope: RopeSpec, stor
     lengths = [s.length for s in after.segments]
     if rope.max_position is not None:
         rope.check_positions(max(positions))
-    return DecodeTick(
+    return DecodePlan(
         table=after,
         positions=torch.tensor(positions, dtype=torch.long)[:, None],
         slots=torch.tensor(slots, dtype=torch.long),
@@ -146,7 +137,7 @@ class LayerInputs(NamedTuple):
 
 
 class DecodeBuffers:
-    """Device copies of a :class:`DecodeTick`'s tensors, written in place every tick (Spec §9.6).
+    """Device copies of a :class:`DecodePlan`'s tensors, written in place every tick (Spec §9.6).
 
     The compiled code reads these same tensors every tick (static addresses); :meth:`load` copies a
     new tick into them (from pinned host memory, non-blocking, on accelerators).
@@ -171,7 +162,7 @@ class DecodeBuffers:
         self.write_cos = torch.zeros(rows, half_rotary, dtype=work, device=device)
         self.write_sin = torch.zeros_like(self.write_cos)
 
-    def load(self, tick: DecodeTick) -> None:
+    def load(self, tick: DecodePlan) -> None:
         """Copy ``tick`` into the buffers (in place) and derive each row's write rotation ``-o_r(write)``."""
         pairs = (
             (self._host_positions, self.positions, tick.positions),

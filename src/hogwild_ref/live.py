@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from .engine import DoneEvent, Event, FlushEvent, HogwildResult, StepEvent, TokenEvent
+from .events import DoneEvent, Event, FlushEvent, HogwildResult, StepEvent, TokenEvent
 from .prompts import default_names
 
 TAIL = 600  # characters of each worker's current step shown live

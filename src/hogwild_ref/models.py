@@ -34,7 +34,6 @@ __all__ = [
 #: model_type values tested end to end against the engine oracle.
 SUPPORTED_FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "phi3")
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_NAME = "SmolLM2-135M-Instruct (embedded GGUF)"
 
 
 class UnsupportedModelError(ValueError):
@@ -58,16 +57,13 @@ def default_model_path() -> tuple[Path, str]:
 def load_default(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> tuple[Any, Any]:
     """Load the embedded SmolLM2-135M-Instruct (GGUF, dequantised by transformers) and its tokenizer.
 
-    The model is proven compatible (:func:`hogwild_ref.compat.ensure_compatible`) before it is returned.
+    It is proven compatible where it first runs (:func:`hogwild_ref.proof.ensure_compatible`, Spec §11.6).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .compat import ensure_compatible
 
     directory, name = default_model_path()
     tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
     model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=dtype).to(device).eval()  # type: ignore[arg-type]
-    ensure_compatible(model)
     return model, tokenizer
 
 
@@ -82,22 +78,19 @@ def load(
 
     A path to a ``.gguf`` file is loaded with ``gguf_file=``; anything else goes to
     ``AutoModelForCausalLM.from_pretrained`` (a local directory or a hub id). The config is checked
-    before the weights load (:func:`check_supported`), and the loaded model is proven compatible
-    (:func:`hogwild_ref.compat.ensure_compatible`, Spec §11.6); ``allow_untested`` lets that proof
-    stand in for the tested-family list.
+    before the weights load (:func:`check_supported`; ``allow_untested`` admits families outside the
+    tested list). Loading does not prove: the engine proves the model once before its first run
+    (:func:`hogwild_ref.proof.ensure_compatible`, Spec §11.6).
     """
     if name_or_path in (None, "default", "smollm2"):
         return load_default(dtype, device)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from .compat import ensure_compatible
 
     source, kwargs = resolve_source(name_or_path)
     if "gguf_file" not in kwargs:
         check_supported(AutoConfig.from_pretrained(source), allow_untested=allow_untested)
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs).to(device).eval()  # type: ignore[arg-type]
-    ensure_compatible(model, allow_untested=allow_untested)
     check_vocabulary(model, tokenizer)
     return model, tokenizer
 
@@ -150,7 +143,7 @@ def check_supported(config: Any, *, allow_untested: bool = False) -> RopeSpec:
     Refuses, naming the real reason first: models without rotary embeddings, rope types that are
     not shift-invariant (dynamic NTK, ...), rotary modules that do not expose their frequencies; then
     families not tested here (unless ``allow_untested``). The RoPE pairing, attention features and
-    the numerics are proven on the model itself (:func:`hogwild_ref.compat.ensure_compatible`,
+    the numerics are proven on the model itself (:func:`hogwild_ref.proof.ensure_compatible`,
     Spec §11.6); sliding windows are checked per tick against the context length.
     """
     model_type = getattr(config, "model_type", None)

@@ -86,7 +86,7 @@ class RopeSpec:
         """Build the spec from a transformers config (Spec §8.1, §8.4).
 
         The config does not say which channels pair up; ``convention`` is rotate-half unless given.
-        The engine derives it from the model's own rotary code (:func:`hogwild_ref.compat.probe_rope`,
+        The engine derives it from the model's own rotary code (:func:`hogwild_ref.features.probe_rope`,
         Spec §11.6) and never relies on this default.
 
         Uses the architecture's own rotary-embedding module (``<Arch>RotaryEmbedding(config)``), so

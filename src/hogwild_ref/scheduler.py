@@ -471,12 +471,8 @@ class Scheduler:
         """Whether worker ``w`` sampled an EOS token (Spec §6.4)."""
         return self._check_worker(w).stopped
 
-    def history_ids(self) -> list[int]:
-        """Tokens of all flushed steps, in flush order (the shared history, Spec §6.2)."""
-        return list(self._history_ids)
-
     def history_text(self) -> str:
-        """Decoded :meth:`history_ids`."""
+        """The decoded text of every flushed step, in flush order."""
         return self._decode(list(self._history_ids))
 
     def answer(self) -> str | None:

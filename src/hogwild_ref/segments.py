@@ -16,6 +16,8 @@ __all__ = [
     "SegmentTable",
     "TableError",
     "Row",
+    "common_segment",
+    "prompt_segment",
     "combined",
     "contiguous",
     "interleaved",
@@ -322,9 +324,24 @@ def make_layout(name: str, workers: int, prompt_length: int = 0, **static_length
     raise TableError(f"unknown layout {name!r}; choose one of {', '.join(LAYOUTS)} or give explicit views")
 
 
-def static_segments(table: SegmentTable) -> list[str]:
-    """Ids of the static segments (writer None), in table order (Spec §2.1)."""
-    return [s.id for s in table.segments if s.writer is None]
+def prompt_segment(tab: SegmentTable) -> str:
+    """The prompt segment ``P`` of Spec §4.4: the history, else the static segment opening every view."""
+    if tab.history is not None:
+        return tab.history
+    first = tab.views[0][0]
+    if tab[first].writer is not None or any(v[0] != first for v in tab.views):
+        raise TableError("the table has no history and no static segment that opens every view; "
+                         "Spec §4.4 defines no prefill for it")
+    return first
+
+
+def common_segment(table: SegmentTable) -> str | None:
+    """The segment that opens every view, if one does (Spec §9.6): the history, or a shared prompt."""
+    first = {view[0] for view in table.views}
+    if len(first) != 1:
+        return None
+    sid = first.pop()
+    return sid if table[sid].writer is None else None
 
 
 def flush_into(table: SegmentTable, w: int, history: str) -> SegmentTable:

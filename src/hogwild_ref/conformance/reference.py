@@ -4,16 +4,17 @@
 
 * ``rope``: :class:`~hogwild_ref.rope.RopeSpec` built from the config (``rotate`` / ``rerotate``);
 * ``attention``: the segment table (:mod:`~hogwild_ref.segments`), the tick plan
-  (:func:`~hogwild_ref.masks.plan_tick`) and a one-layer :class:`~hogwild_ref.cache.HogwildCache`
-  (``update`` writes the new keys at local positions, ``attend`` runs the rotate-queries backend);
-* ``model``: a transformers model over a :class:`~hogwild_ref.cache.HogwildCache`, driven tick by
-  tick by :class:`~hogwild_ref.engine.Engine`'s forward pass (prefill as Spec §4.4, flushes with
-  ``HogwildCache.flush``).
+  (:func:`~hogwild_ref.plan.plan_tick`) and a one-layer :class:`~hogwild_ref.storage.Storage` driven by a
+  :class:`~hogwild_ref.ticks.GeneralTick` (``write`` stores the new keys at local positions, ``attend``
+  runs the rotate-queries backend);
+* ``model``: a transformers model driven tick by tick by the forward step
+  (:class:`~hogwild_ref.forward.Forward`: prefill as Spec §4.4, flushes with ``Storage.flush``).
 
 With ``backend="oracle"`` the ``model`` level runs the engine oracle (Spec §11.4) instead; the vector
 generator uses that, in float64, to produce the expected logits.
 
-The ``make_*`` / ``tick_*`` methods are the adapter's only decisions. They exist so that tests can
+The ``make_*`` / ``tick_*`` methods are the adapter's only decisions (``make_plan`` is the planner of
+every general tick, at both levels). They exist so that tests can
 derive *mutant* adapters (subclasses that get one thing wrong) and check that the vectors catch them.
 """
 
@@ -25,10 +26,12 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from ..cache import HogwildCache, make_cache
-from ..masks import plan_tick
+from ..forward import Forward
+from ..plan import TickPlan, plan_tick
 from ..rope import RopeSpec
-from ..segments import SegmentTable, make_layout
+from ..segments import Row, SegmentTable, make_layout, prompt_segment
+from ..storage import Storage
+from ..ticks import GeneralTick
 
 __all__ = ["ReferenceAdapter", "config_from_dict", "reference", "rope_spec"]
 
@@ -76,9 +79,9 @@ class ReferenceAdapter:
             raise ValueError(f"the table has {built.workers} workers, the vector says {workers}")
         return built.with_lengths(dict(lengths)) if lengths else built
 
-    def make_cache(self, config: Any, table: SegmentTable, rope: RopeSpec, backend: str, dtype: torch.dtype) -> HogwildCache:
-        """The segment cache (Spec §11.1): :class:`HogwildCache`, or the oracle's cache."""
-        return make_cache(config, table, rope, backend, dtype, "cpu")
+    def make_plan(self, table: SegmentTable, rows: Sequence[Row], rope: RopeSpec, device: Any) -> TickPlan:
+        """The plan of a general tick (Spec §3.6): positions, offsets, write offsets, the key mask."""
+        return plan_tick(table, rows, rope, device)
 
     def tick_counts(self, new_tokens: Sequence[int]) -> list[int]:
         """The new-token count each row writes in an ``attention`` tick (Spec §3.1)."""
@@ -117,28 +120,26 @@ class ReferenceAdapter:
         spec = self.make_rope(rope)
         tab = self.make_table(layout, workers, lengths, table)
         counts = self.tick_counts(new_tokens)
-        plan = plan_tick(tab, tab.rows(counts), spec)
-        n = plan.n
-        if q.shape[2] < n:
-            raise ValueError(f"q has {q.shape[2]} query slots; the tick needs {n}")
-        q, k, v = q[:, :, :n], k[:, :, :n], v[:, :, :n]
         hq, hkv, head_dim = q.shape[1], k.shape[1], q.shape[-1]
         layer = types.SimpleNamespace(
             num_hidden_layers=1, num_attention_heads=hq, num_key_value_heads=hkv, head_dim=head_dim,
             hidden_size=hq * head_dim,
         )
-        cache = self.make_cache(layer, tab, spec, "rotate_queries", q.dtype)
-        store = cache.stores[0]
+        storage = Storage(layer, tab, spec, q.dtype, "cpu")
+        store = storage.stores[0]
         for j, seg in enumerate(tab.segments):
             if seg.length:
                 store.write(j, 0, keys[seg.id][:, : seg.length], values[seg.id][:, : seg.length])
+        tick = GeneralTick(storage, tab.rows(counts), spec, "rotate_queries", "cpu", self.make_plan)
+        n = tick.plan.n
+        if q.shape[2] < n:
+            raise ValueError(f"q has {q.shape[2]} query slots; the tick needs {n}")
+        q, k, v = q[:, :, :n], k[:, :, :n], v[:, :, :n]
         # the model's RoPE at the view positions (Spec §8.2), then write-before-read (Spec §3.2)
-        pos = plan.positions[:, None, :]
-        cache.begin_tick(plan)
-        cache.update(spec.rotate(k, pos), v, 0)
-        out = cache.attend(0, spec.rotate(q, pos), scaling)
-        cache.end_tick()
-        after = cache.table
+        pos = tick.positions[:, None, :]
+        tick.write(0, store, spec.rotate(k, pos), v)
+        out = tick.attend(0, store, spec.rotate(q, pos), scaling)
+        after = storage.table = tick.table
         writes = {after.write_segment(w) for w in range(after.workers)}
         return {
             "out": out,
@@ -148,57 +149,28 @@ class ReferenceAdapter:
 
     # ------------------------------------------------------------------ level: model (Spec §4.4, §5, §11)
     def _setup(self, config: dict[str, Any], weights: dict[str, Tensor], rope: dict[str, Any], layout: str | None,
-               workers: int, table: dict[str, Any] | None) -> tuple[Any, HogwildCache, str]:
-        """The model, an :class:`Engine` over an explicit table, an empty cache and the prompt segment."""
+               workers: int, table: dict[str, Any] | None) -> tuple[Forward, Storage, str]:
+        """The model's forward step (with the vector's RoPE), an empty storage and the prompt segment."""
         from transformers import AutoModelForCausalLM
-
-        from ..engine import Engine
-        from .vectors import prompt_segment
 
         cfg = config_from_dict(config)
         with torch.random.fork_rng(devices=[]):  # from_config initialises (and we overwrite) weights
             model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
         model.load_state_dict({name: t.to(torch.float32) for name, t in weights.items()}, strict=True)
         model = model.to(self.dtype).eval()
-        spec = self.make_rope(rope)
         tab = self.make_table(layout, workers, {}, table)
-        engine = Engine(model, None, workers=workers, table=tab, backend=self.backend)
-        engine.rope = spec
-        cache = self.make_cache(model.config, tab, spec, self.backend, self.dtype)
-        return engine, cache, prompt_segment(tab)
+        forward = Forward(model, self.make_rope(rope), self.backend, compile=False, pack_weights=False,
+                          planner=self.make_plan)
+        return forward, forward.storage(tab), prompt_segment(tab)
 
     def prefill_kv(self, *, config: dict[str, Any], weights: dict[str, Tensor], rope: dict[str, Any],
                    layout: str | None, workers: int, table: dict[str, Any] | None,
                    static: dict[str, list[int]]) -> dict[str, tuple[Tensor, Tensor]]:
         """The static segments' K/V after the Spec §4.4 prefill: ``{id: (keys, values)}``, each
         ``(layers, Hkv, len, D)``, keys in the stored form of Spec §2.1 (used by the vector generator)."""
-        engine, cache, first = self._setup(config, weights, rope, layout, workers, table)
-        engine.prefill(cache, first, static)
-        out = {}
-        for sid in static:
-            j, L = cache.table.index(sid), cache.table.length(sid)
-            ks = torch.stack([st.keys[j][:, :L] for st in cache.stores])
-            vs = torch.stack([st.values[j][:, :L] for st in cache.stores])
-            if cache.position_zero:  # the oracle stores A k (position 0): move to local positions 0..L-1
-                ks = cache.rope.rerotate(ks, torch.arange(L))
-            out[sid] = (ks.clone(), vs.clone())
-        return out
-
-    def load_static(self, cache: HogwildCache, keys: Mapping[str, Tensor], values: Mapping[str, Tensor]) -> None:
-        """Store given static K/V (stored form, ``(layers, Hkv, len, D)``) instead of prefilling (Spec §12.2)."""
-        lengths = {}
-        with torch.inference_mode():
-            for sid, ks in keys.items():
-                j, L = cache.table.index(sid), ks.shape[2]
-                if cache.table[sid].writer is not None:
-                    raise ValueError(f"static K/V given for {sid!r}, which is a worker's write segment")
-                ks = ks.to(cache.stores[0].keys[j].dtype)
-                if cache.position_zero:
-                    ks = cache.rope.rerotate(ks, -torch.arange(L))
-                for layer, store in enumerate(cache.stores):
-                    store.write(j, 0, ks[layer], values[sid][layer].to(ks.dtype))
-                lengths[sid] = L
-        cache.table = cache.table.with_lengths(lengths)
+        forward, storage, first = self._setup(config, weights, rope, layout, workers, table)
+        forward.prefill(storage, first, static)
+        return {sid: storage.segment_kv(sid) for sid in static}
 
     def model(
         self,
@@ -215,24 +187,24 @@ class ReferenceAdapter:
         ticks: list[dict[str, Any]],
     ) -> Tensor:
         """Prefill (or load the given static K/V), then the trace's ticks and flushes, through
-        :class:`~hogwild_ref.engine.Engine` over the vector's table."""
-        engine, cache, first = self._setup(config, weights, rope, layout, workers, table)
+        the forward step over the vector's table."""
+        forward, storage, first = self._setup(config, weights, rope, layout, workers, table)
         if static_keys is not None:
             if static_values is None or set(static_values) != set(static_keys):
                 raise ValueError("static_keys and static_values must name the same segments")
-            self.load_static(cache, static_keys, static_values)
+            storage.load(static_keys, static_values)
         else:
             if first not in static:
                 raise ValueError(f"the trace gives no tokens for the prompt segment {first!r}")
-            engine.prefill(cache, first, static)
+            forward.prefill(storage, first, static)
         logits: list[Tensor] = []
         for tick in ticks:
             feeds = self.tick_feeds(tick["feeds"])
-            out = engine.forward_rows(cache, cache.table.rows([len(f) for f in feeds]), feeds)
+            out = forward(storage, storage.table.rows([len(f) for f in feeds]), feeds)
             assert out is not None
             logits.append(out.detach().float().cpu())
             for w in tick.get("flush", []):
-                cache.flush(int(w))
+                storage.flush(int(w))
         return torch.stack(logits)
 
 

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ..attention import TOLERANCES, oracle
-from ..masks import plan_tick
+from ..plan import plan_tick
 from ..rope import RopeSpec
 from ..segments import SegmentTable, make_layout
 from .protocol import LEVELS

@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..batch import BatchItem, BatchRunner, ItemResult
-from ..engine import Engine, eos_token_ids
+from ..engine import Engine
 from ..prompts import PRESETS
-from ..sampling import SamplingConfig
-from ..scheduler import SchedulerConfig
+from ..settings import Settings
 from .answers import answers_match, extract_answer, majority_vote
 from .datasets import Problem, load_dataset
 from .results import ResultsLog, row_key
@@ -133,12 +132,23 @@ def plan_units(problems: Sequence[Problem], cfg: EvalConfig) -> list[Unit]:
 
 
 def _engine(model: Any, tokenizer: Any, cfg: EvalConfig, workers: int, temperature: float) -> Engine:
-    templates = PRESETS[cfg.prompts]()
-    sched = SchedulerConfig.from_templates(templates, eos_token_ids=eos_token_ids(model, tokenizer),
-                                           collab_every=cfg.collab_every)
-    return Engine(model, tokenizer, workers=workers, layout=cfg.layout, backend=cfg.backend, templates=templates,
-                  scheduler=sched, sampling=SamplingConfig(temperature, None, cfg.top_p if temperature > 0 else None),
-                  finisher_tokens=cfg.finisher_tokens, allow_untested=cfg.allow_untested, model_name=cfg.model)
+    settings = Settings(workers=workers, layout=cfg.layout, backend=cfg.backend, max_ticks=None, temperature=temperature,
+                        top_p=cfg.top_p if temperature > 0 else None, collab_every=cfg.collab_every,
+                        finisher_tokens=cfg.finisher_tokens)
+    return Engine(model, tokenizer, settings, templates=PRESETS[cfg.prompts](), allow_untested=cfg.allow_untested,
+                  model_name=cfg.model)
+
+
+def backend_notice(cfg: EvalConfig) -> str | None:
+    """Which backend batched ticks use, when it is not the requested one (Spec §9.6, §13.3), else None.
+
+    Problems batched in one forward share a union table, which has no segment that opens every view,
+    so their ticks take the general ``rotate_queries`` path; ``--batch 1`` runs the fast path.
+    """
+    if cfg.backend != "fast" or cfg.batch < 2:
+        return None
+    return (f"batch {cfg.batch}: batched problems run on rotate_queries (the fast path needs one segment that opens "
+            "every view; a union of problems has none); --batch 1 runs each problem on the fast path")
 
 
 def _items(unit: Unit) -> list[BatchItem]:
@@ -245,6 +255,9 @@ def run_eval(
     t0 = time.perf_counter()
     out = Path(out_dir)
     problems = load_dataset(cfg.dataset, cfg.limit)
+    notice = backend_notice(cfg)
+    if notice is not None and console is not None:
+        console.print(f"note: {notice}")
     _check_identity(out / "config.json", cfg)
     log = ResultsLog(out / "results.jsonl")
     budgets = sorted(set(cfg.budgets))
@@ -282,7 +295,8 @@ def run_eval(
         png, svg = plot_accuracy(cells, out / "accuracy", title=title)
         files["png"], files["svg"] = png, svg
     return EvalReport(rows=rows, cells=cells, files=files, ran_units=len(todo), skipped_units=len(units) - len(todo),
-                      seconds=time.perf_counter() - t0, problems=len(problems))
+                      seconds=time.perf_counter() - t0, problems=len(problems),
+                      extra={"backend_notice": notice} if notice else {})
 
 
 def _run_chunk(runner: BatchRunner, chunk: list[Unit], budgets: list[int], bar: _Progress,

@@ -1,0 +1,155 @@
+"""What a run reports: streaming events and results (Spec §6, §13).
+
+Pure data: no torch at run time (a result's recorded logits are tensors, typed only). The run loop
+(:mod:`hogwild_ref.run`) emits the events; :class:`~hogwild_ref.engine.Engine` builds the results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .scheduler import Snapshot
+from .segments import SegmentTable
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+__all__ = [
+    "DoneEvent",
+    "Event",
+    "FlushEvent",
+    "GenerationInterrupted",
+    "HogwildResult",
+    "SnapshotEvent",
+    "StepEvent",
+    "TokenEvent",
+    "WorkerResult",
+]
+
+
+# ---------------------------------------------------------------------- events
+@dataclass(frozen=True)
+class TokenEvent:
+    """Worker ``worker`` sampled ``token`` at tick ``tick`` (``text`` is its decoded piece)."""
+
+    tick: int
+    worker: int
+    token: int
+    text: str
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """Worker ``worker`` finished step ``index`` (``text`` excludes the closing token)."""
+
+    tick: int
+    worker: int
+    index: int
+    text: str
+
+
+@dataclass(frozen=True)
+class FlushEvent:
+    """A finished step of ``worker`` moved into the history, which now has ``history_length`` tokens."""
+
+    tick: int
+    worker: int
+    history_length: int
+
+
+@dataclass(frozen=True)
+class SnapshotEvent:
+    """The state at a requested budget (Spec §6.5)."""
+
+    tick: int
+    snapshot: Snapshot
+
+
+@dataclass(frozen=True)
+class DoneEvent:
+    """Generation ended (``reason``: "boxed", "eos", "budget" or "finisher"; a result built after
+    Ctrl-C has reason "interrupted")."""
+
+    tick: int
+    reason: str | None
+    answer: str | None
+
+
+Event = TokenEvent | StepEvent | FlushEvent | SnapshotEvent | DoneEvent
+
+
+# ---------------------------------------------------------------------- results
+@dataclass
+class WorkerResult:
+    """One worker's output.
+
+    ``tokens``: every id the worker sampled (worker 0: the finisher's too); ``view_tokens``: its final linearised view (what its
+    last query attended to); ``generated_positions``: indices into ``view_tokens`` of tokens the
+    model sampled (the rest were forced: prompt, headers, step prefixes, other workers' tokens are
+    counted as generated too — they were sampled by their writer).
+    """
+
+    name: str
+    text: str
+    tokens: list[int]
+    view_tokens: list[int]
+    generated_positions: list[int]
+
+
+@dataclass
+class HogwildResult:
+    """Everything a run produced."""
+
+    model: str
+    layout: str
+    backend: str
+    workers: list[WorkerResult]
+    history_text: str
+    answer: str | None
+    reason: str | None
+    ticks: int
+    seconds: float
+    prefill_seconds: float
+    snapshots: list[Snapshot] = field(default_factory=list)
+    table: SegmentTable | None = None
+    logits: list[Tensor] | None = None  # per tick (W, V) float32, when record_logits
+    settings: dict[str, Any] = field(default_factory=dict)  # the run's settings (workers, budget, sampling, ...)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The ``--json`` object of the CLI."""
+        return {
+            "model": self.model,
+            "layout": self.layout,
+            "backend": self.backend,
+            "ticks": self.ticks,
+            "seconds": round(self.seconds, 4),
+            "prefill_seconds": round(self.prefill_seconds, 4),
+            "history_text": self.history_text,
+            "answer": self.answer,
+            "reason": self.reason,
+            "settings": self.settings,
+            "snapshots": [asdict(s) for s in self.snapshots],
+            "workers": [
+                {
+                    "name": w.name,
+                    "text": w.text,
+                    "tokens": w.tokens,
+                    "view_tokens": w.view_tokens,
+                    "generated_positions": w.generated_positions,
+                }
+                for w in self.workers
+            ],
+        }
+
+
+class GenerationInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`generate`: a ``KeyboardInterrupt`` that carries the partial result.
+
+    ``result`` holds what each worker wrote up to the last completed tick and the shared history,
+    with ``reason == "interrupted"`` (also left in :attr:`Engine.result`).
+    """
+
+    def __init__(self, result: HogwildResult | None):
+        super().__init__("generation interrupted")
+        self.result = result

@@ -1,0 +1,179 @@
+"""One forward step: rows + feeds in, each row's last-slot logits out, the storage written (Spec §3).
+
+:class:`Forward` is the one place that runs the model over a Hogwild cache. The engine, the batch
+runner, the compatibility proof, the conformance reference and the bench all call it. Per call it
+
+1. picks the tick kind (:mod:`hogwild_ref.ticks`) and plans it on the host,
+2. runs the model once with the tick in its cache: every layer writes its new K/V, then attends,
+3. adopts the tick's post-write table in the storage and returns the logits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from .hf import HogwildCache, cache_keyword, layer_devices, use_hogwild_attention
+from .models import sliding_window
+from .packed import PackedLinear, packing_available
+from .plan import plan_tick
+from .rope import RopeSpec
+from .segments import Row, SegmentTable
+from .storage import Storage
+from .ticks import DecodeTick, GeneralTick, OracleTick, Planner, PrefillTick, Tick
+
+__all__ = ["Forward"]
+
+
+class Forward:
+    """The forward step of one model with one backend (Spec §3, §9, §11).
+
+    Args:
+        model: a transformers causal LM (proven compatible by the caller, Spec §11.6).
+        rope: the model's RoPE (:func:`hogwild_ref.proof.ensure_compatible` returns it).
+        backend: ``"fast"``, ``"rotate_queries"``, ``"rotate_keys"`` or ``"oracle"`` (Spec §9).
+        compile: run one-token ticks through ``torch.compile(model.forward, fullgraph=True)`` (a string
+            is the compile mode); None: the fast backend on CUDA, with CUDA graphs (Spec §9.6).
+        pack_weights: run one-token ticks' float32 CPU linear layers on MKL-packed copies of the
+            weights (:class:`~hogwild_ref.packed.PackedLinear`); None: with the fast backend on the CPU,
+            float32, ticks of at least 4 rows (at 2 rows MKL's plain product is faster, measured).
+        planner: the general tick's planner (:func:`~hogwild_ref.plan.plan_tick`; the conformance suite's
+            mutants replace it).
+    """
+
+    def __init__(self, model: Any, rope: RopeSpec, backend: str = "fast", *, compile: bool | str | None = None,
+                 pack_weights: bool | None = None, planner: Planner = plan_tick):
+        self.model, self.rope, self.backend = model, rope, backend
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self.window = sliding_window(model.config)
+        self.planner = planner
+        self._cache_kw = cache_keyword(model)
+        if compile is None:
+            compile = backend == "fast" and self.device.type == "cuda"
+        self.compile = compile
+        #: rows a one-token tick needs before its linear layers run packed (explicit True: any)
+        self._pack_rows = 1
+        if pack_weights is None:
+            pack_weights = (backend == "fast" and self.device.type == "cpu" and self.dtype == torch.float32
+                            and packing_available())
+            self._pack_rows = 4
+        self.pack_weights = pack_weights
+        self._packed: PackedLinear | None = None
+        self._compiled_step: Callable[..., Any] | None = None
+        self._caches: weakref.WeakKeyDictionary[Storage, HogwildCache] = weakref.WeakKeyDictionary()
+        #: how many forwards each tick kind served (``general``, ``prefill``, ``decode``, ``oracle``)
+        self.kinds: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ storage
+    def storage(self, table: SegmentTable, capacities: Mapping[str, int] | None = None) -> Storage:
+        """Empty storage for ``table`` on the model's layer devices, in the model's dtype."""
+        return Storage(self.model.config, table, self.rope, self.dtype, layer_devices(self.model), capacities,
+                       position_zero=self.backend == "oracle")
+
+    # ------------------------------------------------------------------ one forward
+    def tick(self, storage: Storage, rows: Sequence[Row]) -> Tick:
+        """Plan the tick that ``rows`` make over ``storage`` (host side, Spec §3.6, §9.6)."""
+        if self.backend == "oracle":
+            return OracleTick(storage, rows, self.rope, self.device, self.planner)
+        if self.backend == "fast" and DecodeTick.applies(storage, rows):
+            return DecodeTick(storage, [row.new_tokens for row in rows], self.rope, bool(self.compile))
+        if self.backend == "fast" and PrefillTick.applies(storage, rows):
+            return PrefillTick(storage, rows, self.rope, "rotate_queries", self.device, self.planner)
+        general = "rotate_queries" if self.backend == "fast" else self.backend
+        return GeneralTick(storage, rows, self.rope, general, self.device, self.planner)
+
+    def __call__(self, storage: Storage, rows: Sequence[Row], feeds: Sequence[Sequence[int]],
+                 logits: bool = True) -> Float[Tensor, "R V"] | None:
+        """One batched forward over ``rows`` feeding ``feeds`` (Spec §3): plan, write, attend.
+
+        Returns the last real slot's logits per row ``(R, V)`` (float32, on the model's device; a row
+        without tokens gets its slot-0 logits, to be ignored), or None when ``logits`` is False.
+        """
+        if self.model.training:
+            raise RuntimeError("the model is in training mode (dropout would apply); call model.eval() first")
+        tick = self.tick(storage, rows)
+        self._check_window(tick.max_position + 1)
+        self.kinds[tick.kind] = self.kinds.get(tick.kind, 0) + 1
+        cache = self._caches.get(storage)
+        if cache is None:
+            cache = self._caches[storage] = HogwildCache(storage)
+        cache.tick = tick
+        kwargs = {self._cache_kw: cache, "use_cache": True, "hogwild_cache": cache}
+        decode = isinstance(tick, DecodeTick)
+        if decode:
+            ids = torch.tensor([f[0] if f else 0 for f in feeds], dtype=torch.long)[:, None]
+            kwargs["logits_to_keep"] = 1
+        else:
+            n = tick.positions.shape[1]
+            ids = torch.zeros(len(rows), n, dtype=torch.long)
+            for r, f in enumerate(feeds):
+                if f:
+                    ids[r, : len(f)] = torch.tensor(f, dtype=torch.long)
+            if not logits:
+                kwargs["logits_to_keep"] = 1
+        packed = self._packed_linear(len(rows)) if decode else None
+        step = self._decode_step if decode else self.model
+        try:
+            with use_hogwild_attention(self.model), torch.inference_mode(), packed or contextlib.nullcontext():
+                out = step(input_ids=ids.to(self.device, non_blocking=True), position_ids=tick.positions, **kwargs)
+        finally:
+            cache.tick = None
+        storage.table = tick.table
+        if not logits:
+            return None
+        if decode:
+            return out.logits[:, -1].float()
+        last = torch.tensor([max(len(f), 1) - 1 for f in feeds], device=out.logits.device)
+        return out.logits[torch.arange(len(rows), device=out.logits.device), last].float()
+
+    def prefill(self, storage: Storage, first: str, static: Mapping[str, list[int]], chunk: int = 512) -> None:
+        """Prefill the static segments (Spec §4.4): ``first`` (the prompt/history) alone, then every
+        other static segment ``s`` of ``static`` in one batch of rows ``[first, s]``, at most ``chunk``
+        tokens per row per forward (appending chunk by chunk equals one long row: each chunk attends
+        causally to what is already stored)."""
+        self._prefill(storage, [(first,)], [static[first]], chunk)
+        others = [sid for sid in static if sid != first and static[sid]]
+        if others:
+            self._prefill(storage, [(first, sid) for sid in others], [static[sid] for sid in others], chunk)
+
+    def _prefill(self, storage: Storage, views: list[tuple[str, ...]], feeds: list[list[int]], chunk: int) -> None:
+        for start in range(0, max(len(f) for f in feeds), chunk):
+            part = [f[start : start + chunk] for f in feeds]
+            self(storage, [Row(v, len(c)) for v, c in zip(views, part)], part, logits=False)
+
+    # ------------------------------------------------------------------ helpers
+    def _packed_linear(self, rows: int) -> PackedLinear | None:
+        """MKL-packed linear weights for ``rows``-row ticks on the CPU (Spec §9.6), when enabled."""
+        if not self.pack_weights or self.compile or rows < self._pack_rows:
+            return None
+        if self._packed is None or self._packed.rows != rows:
+            self._packed = PackedLinear(self.model, rows)
+        return self._packed
+
+    @property
+    def _decode_step(self) -> Callable[..., Any]:
+        """The model's forward for one-token ticks: compiled once when ``compile`` is set (Spec §9.6)."""
+        if not self.compile:
+            return self.model
+        if self._compiled_step is None:
+            on_cuda = self.device.type == "cuda"
+            mode = self.compile if isinstance(self.compile, str) else ("reduce-overhead" if on_cuda else None)
+            # CPU: freezing lets inductor pre-pack the weights, so the W-row linear layers cost about
+            # one row's (MKL's small-M GEMM otherwise grows with W)
+            options: dict[str, Any] | None = None if on_cuda or mode is not None else {"freezing": True}
+            self._compiled_step = torch.compile(self.model.forward, fullgraph=True, mode=mode, options=options)
+        return self._compiled_step
+
+    def _check_window(self, longest: int) -> None:
+        if self.window is not None and longest > self.window:
+            raise ValueError(
+                f"the context reached {longest} tokens, beyond the model's sliding window of {self.window}; "
+                "hogwild_ref implements full attention only: use a smaller budget or a model without "
+                "sliding-window attention"
+            )

@@ -1,0 +1,145 @@
+"""The transformers glue: a thin ``Cache`` subclass and the registered attention and mask functions (Spec §11.1).
+
+Integration uses transformers' public surfaces only:
+
+* :class:`HogwildCache` subclasses ``transformers.Cache``. It holds the run's
+  :class:`~hogwild_ref.storage.Storage` and the tick of the forward in progress; its ``update()``
+  hands each layer's new K/V to that tick (which stores them, every row before any attention runs,
+  Spec §3.2). It plans nothing and has no modes;
+* an attention function registered with ``AttentionInterface`` under ``"hogwild"`` hands each
+  layer's queries to the same tick, which attends over the layer's store (Spec §9);
+* a mask function registered with ``AttentionMaskInterface`` returns None: the tick is the mask.
+
+The attention function does not re-check the model's attention keywords: the compatibility probe
+(:func:`hogwild_ref.features.probe_rope`, Spec §11.6) checks them once per model, before its first run.
+Importing this module registers the two functions; it has no other side effect.
+"""
+
+from __future__ import annotations
+
+import inspect
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor
+from transformers import AttentionInterface, AttentionMaskInterface
+from transformers.cache_utils import Cache, DynamicLayer
+
+from .storage import Storage
+from .ticks import Tick
+
+__all__ = ["ATTN_IMPLEMENTATION", "HogwildCache", "cache_keyword", "eos_token_ids", "layer_devices", "use_hogwild_attention"]
+
+ATTN_IMPLEMENTATION = "hogwild"
+
+
+class HogwildCache(Cache):
+    """The model's view of a :class:`~hogwild_ref.storage.Storage` during one forward (Spec §11.1).
+
+    The forward step (:mod:`hogwild_ref.forward`) keeps one cache per storage, sets :attr:`tick` before
+    each call of the model, and passes the cache both as the model's cache keyword and as
+    ``hogwild_cache`` (which transformers forwards to the attention function).
+    """
+
+    def __init__(self, storage: Storage):
+        # the layers only answer metadata questions (is_sliding, ...); the K/V live in the Storage
+        super().__init__(layers=[DynamicLayer() for _ in storage.stores])
+        self.storage = storage
+        self.tick: Tick | None = None
+
+    def _tick(self) -> Tick:
+        if self.tick is None:
+            raise RuntimeError("HogwildCache used outside a tick; run the model through hogwild_ref.forward.Forward")
+        return self.tick
+
+    def update(self, key_states: Tensor, value_states: Tensor, layer_idx: int, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        """Hand the layer's new K/V ``(R, Hkv, n, D)`` to the tick (Spec §3.2); returns them unchanged
+        (the attention function reads the store)."""
+        self._tick().write(layer_idx, self.storage.stores[layer_idx], key_states, value_states)
+        return key_states, value_states
+
+    def attend(self, layer_idx: int, query: Tensor, scaling: float) -> Tensor:
+        """The tick's attention for this layer (Spec §9)."""
+        return self._tick().attend(layer_idx, self.storage.stores[layer_idx], query, scaling)
+
+    def get_seq_length(self, layer_idx: int | None = 0, *args: Any, **kwargs: Any) -> int:
+        """Informational (the forward step always passes explicit position ids): the longest view, or 0 in
+        a one-token tick, where a Python int changing every tick would recompile a compiled step."""
+        return self.tick.seq_length if self.tick is not None else 0
+
+    def get_mask_sizes(self, *args: Any, **kwargs: Any) -> tuple[int, int]:
+        return self.get_seq_length(), 0
+
+
+def hogwild_attention(module: Any, query: Tensor, key: Tensor, value: Tensor, attention_mask: Any,
+                      scaling: float | None = None, dropout: float = 0.0, **kwargs: Any) -> tuple[Tensor, None]:
+    """Attention function registered as ``"hogwild"`` (Spec §11.1). Returns ``(R, n, Hq, D)`` as
+    transformers' attention functions do."""
+    cache: HogwildCache | None = kwargs.get("hogwild_cache")
+    if cache is None:
+        raise RuntimeError(
+            "the 'hogwild' attention implementation needs the hogwild_cache keyword; "
+            "run the model through hogwild_ref.forward.Forward"
+        )
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    out = cache.attend(module.layer_idx, query, scaling)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _no_mask(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+AttentionInterface.register(ATTN_IMPLEMENTATION, hogwild_attention)
+AttentionMaskInterface.register(ATTN_IMPLEMENTATION, _no_mask)
+
+
+# ---------------------------------------------------------------------- model plumbing
+@contextmanager
+def use_hogwild_attention(model: Any) -> Iterator[None]:
+    """Switch ``model`` to the ``"hogwild"`` attention implementation for the duration (Spec §11.1)."""
+    previous = getattr(model.config, "_attn_implementation", None)
+    if previous == ATTN_IMPLEMENTATION:  # already switched for the whole run
+        yield
+        return
+    model.set_attn_implementation(ATTN_IMPLEMENTATION)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            model.set_attn_implementation(previous)
+
+
+def cache_keyword(model: Any) -> str:
+    """transformers 5.24 renamed ``past_key_values`` to ``cache``; support both (Spec §11.1)."""
+    params = inspect.signature(type(model).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def layer_devices(model: Any) -> list[torch.device]:
+    """The device of every decoder layer (a model spread with ``device_map`` keeps K/V beside its layer)."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    default = next(model.parameters()).device
+    if layers is None or len(layers) != model.config.num_hidden_layers:
+        return [default] * model.config.num_hidden_layers
+    return [next(layer.parameters(), torch.empty(0, device=default)).device for layer in layers]
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    """Tokens that end a worker (Spec §6.4): the tokenizer's EOS and the model's ``generation_config`` EOS ids.
+
+    Chat models often end a turn with a token other than the tokenizer's EOS (Phi-3's ``<|end|>``,
+    Llama 3's ``<|eot_id|>``); their generation config lists it.
+    """
+    ids: set[int] = set()
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if isinstance(eos, int):
+        ids.add(eos)
+    gen = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(gen, int):
+        ids.add(gen)
+    elif isinstance(gen, (list, tuple)):
+        ids.update(int(x) for x in gen)
+    return frozenset(ids)

@@ -1,0 +1,98 @@
+"""One run's settings, validated once (Spec §11.7): the object that ``Engine``, ``generate``, the
+batch runner, the eval runner and the CLI's ``generate`` / ``eval`` / ``bench`` share.
+
+Pure: no torch. The CLI takes its choices from :data:`LAYOUTS`, :data:`BACKENDS` and :data:`DTYPES`,
+so a new backend or layout appears in every command at once.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from .checks import SettingsError, check_int, check_settings
+from .segments import LAYOUTS
+
+__all__ = ["BACKENDS", "DTYPES", "LAYOUTS", "Settings"]
+
+#: attention backends (Spec §9): ``fast`` (Spec §9.6: one-token ticks through the decode path, every other
+#: forward through rotate_queries), the general ``rotate_queries`` and ``rotate_keys``, and the slow engine ``oracle``
+BACKENDS = ("fast", "rotate_queries", "rotate_keys", "oracle")
+#: model dtypes the CLI offers
+DTYPES = ("float32", "bfloat16", "float16")
+
+_CLI: contextvars.ContextVar[bool] = contextvars.ContextVar("hogwild_settings_cli", default=False)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a Hogwild run does, checked once when built (Spec §11.7).
+
+    Attributes:
+        workers: number of workers ``W >= 1``.
+        layout: a preset of Spec §4 (:data:`LAYOUTS`); ignored when the engine gets an explicit table.
+        backend: one of :data:`BACKENDS` (Spec §9).
+        max_ticks: the budget in ticks (batched forward passes, Spec §6.5); None: no budget.
+        seed: worker ``w`` samples with a generator on the model's device seeded ``seed + w``.
+        temperature, top_k, top_p, min_p: sampling (``temperature == 0`` is greedy).
+        snapshots: tick counts at which to record the state (within the budget, Spec §6.5).
+        collab_every: tokens between collaboration prompts (None: off, Spec §6.4).
+        finisher: force an answer when the budget ends without one (Spec §6.6), with at most
+            ``finisher_tokens`` greedy tokens.
+        prefill_chunk: most tokens per row in one prefill forward (bounds prefill memory, Spec §4.4).
+    """
+
+    workers: int = 2
+    layout: str = "combined"
+    backend: str = "fast"
+    max_ticks: int | None = 256
+    seed: int = 0
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    snapshots: tuple[int, ...] = ()
+    collab_every: int | None = 1024
+    finisher: bool = True
+    finisher_tokens: int = 24
+    prefill_chunk: int = 512
+
+    def __post_init__(self) -> None:
+        self.check(cli=_CLI.get())
+
+    @classmethod
+    def from_flags(cls, **values: Any) -> Settings:
+        """Settings from command-line flags: the same checks, with errors naming the flags (``--max-ticks``)."""
+        token = _CLI.set(True)
+        try:
+            return cls(**values)
+        finally:
+            _CLI.reset(token)
+
+    def check(self, *, cli: bool = False, problem: Any = "x") -> None:
+        """Every setting at once, in the order a user reads them; ``cli`` names the flags (``--max-ticks``)."""
+        if isinstance(self.snapshots, list):
+            object.__setattr__(self, "snapshots", tuple(self.snapshots))
+        check_settings(problem=problem, workers=self.workers, layout=self.layout, backend=self.backend,
+                       backends=BACKENDS, max_ticks=self.max_ticks, snapshots=self.snapshots,
+                       finisher_tokens=self.finisher_tokens, collab_every=self.collab_every, seed=self.seed,
+                       temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p, cli=cli)
+        if not isinstance(self.finisher, bool):
+            raise SettingsError(f"finisher must be True or False; got {self.finisher!r}")
+        check_int("prefill_chunk", self.prefill_chunk, 1, cli=cli)
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The field names (the keywords :meth:`with_` and ``generate`` take)."""
+        return tuple(f.name for f in fields(cls))
+
+    def with_(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` (checked again)."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (the ``settings`` of a result's JSON)."""
+        data = asdict(self)
+        data["snapshots"] = list(self.snapshots)
+        return data

@@ -1,0 +1,148 @@
+"""A run's K/V: the segment table and one :class:`~hogwild_ref.store.SegmentStore` per layer (Spec §2.1, §5.1).
+
+No transformers here: :class:`~hogwild_ref.hf.HogwildCache` wraps a :class:`Storage` for the model,
+and every tick object (:mod:`hogwild_ref.ticks`) writes and reads the stores of the layer it is
+given. The table is the storage's own record of every segment's length; a tick hands back the
+post-write table, a flush the post-flush one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+
+from .fast import common_window
+from .rope import RopeSpec
+from .segments import SegmentTable, common_segment, flush_into
+from .store import DEFAULT_CAPACITY, SegmentStore
+
+__all__ = ["Storage"]
+
+
+class Storage:
+    """K/V storage of every layer for one segment table (Spec §2.1).
+
+    Args:
+        config: the model's config (layers, heads, head dim).
+        table: the segment table (its segment order is the storage order).
+        rope: the model's RoPE (flushes re-rotate with it, Spec §5.1).
+        dtype: storage dtype (the model's).
+        devices: one device per layer (a model spread over devices keeps K/V beside each layer), or one for all.
+        capacities: slots to reserve per segment id; segments not named get
+            :data:`~hogwild_ref.store.DEFAULT_CAPACITY`; every segment grows when it fills (Spec §9.6).
+        position_zero: the engine oracle's storage (Spec §11.4): keys are stored at position 0, as the
+            model computes them with ``position_ids = 0``; views are assembled from scratch.
+    """
+
+    def __init__(self, config: Any, table: SegmentTable, rope: RopeSpec, dtype: torch.dtype = torch.float32,
+                 devices: Any = "cpu", capacities: Mapping[str, int] | None = None, *, position_zero: bool = False):
+        layers = config.num_hidden_layers
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        kv = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        per_layer = list(devices) if isinstance(devices, (list, tuple)) else [devices] * layers
+        caps = [(capacities or {}).get(s.id, DEFAULT_CAPACITY) for s in table.segments]
+        common = common_segment(table)
+        #: table index of the segment that opens every view (the fast path's common window), or None
+        self.common = table.index(common) if common is not None else None
+        self.stores = [SegmentStore(caps, kv, head_dim, dtype, per_layer[i], self.common) for i in range(layers)]
+        self.table = table
+        self.rope = rope
+        self.position_zero = position_zero
+        self.dtype = dtype
+        #: the fast path's per-device tick buffers, written in place every tick (:class:`hogwild_ref.fast.DecodeBuffers`)
+        self.decode_buffers: dict[torch.device, Any] = {}
+
+    @property
+    def devices(self) -> list[torch.device]:
+        """The distinct devices of the layers, in layer order."""
+        return list(dict.fromkeys(store.device for store in self.stores))
+
+    def reserve(self, sid: str, size: int) -> None:
+        """Room for ``size`` tokens in segment ``sid`` in every layer (grows geometrically, Spec §9.6)."""
+        j = self.table.index(sid)
+        for store in self.stores:
+            store.reserve(j, size)
+
+    # ------------------------------------------------------------------ flush (Spec §5.1)
+    def flush(self, w: int, history: str | None = None) -> None:
+        """Move worker ``w``'s finished step into history: re-rotate by the history length, append (Spec §5.1).
+
+        ``history``: the segment to flush into, when it is not the table's history segment (a
+        union of several problems' tables, Spec §13.3).
+        """
+        table = self.table
+        if history is None and table.history is None:
+            raise ValueError(f"layout {table.layout!r} has no history segment to flush into")
+        hist = history if history is not None else table.history
+        assert hist is not None
+        after = table.flush(w) if history is None else flush_into(table, w, hist)  # validates first
+        own_id = table.write_segment(w)
+        h, own = table.index(hist), table.index(own_id)
+        L_h, L = table.length(hist), table.length(own_id)
+        with torch.inference_mode():  # the buffers are written under inference mode during ticks
+            for store in self.stores:
+                k, v = store.keys[own][:, :L], store.values[own][:, :L]
+                if not self.position_zero:
+                    k = self.rope.rerotate(k, L_h)
+                store.write(h, L_h, k, v)
+        self.table = after
+
+    def copy_from(self, src: Storage, prefix: str) -> None:
+        """Copy every non-empty segment ``s`` of ``src`` into segment ``prefix + s`` (Spec §13.3).
+
+        The stored K/V are segment-local (Spec §2.1), so a copy needs no rotation; this storage's
+        lengths are set to ``src``'s.
+        """
+        lengths = {}
+        with torch.inference_mode():
+            for seg in src.table.segments:
+                if not seg.length:
+                    continue
+                j, k = src.table.index(seg.id), self.table.index(prefix + seg.id)
+                for s_store, d_store in zip(src.stores, self.stores, strict=True):
+                    d_store.write(k, 0, s_store.keys[j][:, : seg.length], s_store.values[j][:, : seg.length])
+                lengths[prefix + seg.id] = seg.length
+        self.table = self.table.with_lengths(lengths)
+
+    def load(self, keys: Mapping[str, Any], values: Mapping[str, Any]) -> None:
+        """Store given static K/V ``(layers, Hkv, len, D)`` in the stored form of Spec §2.1 (local positions)."""
+        lengths = {}
+        with torch.inference_mode():
+            for sid, ks in keys.items():
+                j, L = self.table.index(sid), ks.shape[2]
+                if self.table[sid].writer is not None:
+                    raise ValueError(f"static K/V given for {sid!r}, which is a worker's write segment")
+                ks = ks.to(self.dtype)
+                if self.position_zero:  # the oracle stores position-0 keys
+                    ks = self.rope.rerotate(ks, -torch.arange(L))
+                for layer, store in enumerate(self.stores):
+                    store.write(j, 0, ks[layer], values[sid][layer].to(ks.dtype))
+                lengths[sid] = L
+        self.table = self.table.with_lengths(lengths)
+
+    def segment_kv(self, sid: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Segment ``sid``'s K/V of every layer ``(layers, Hkv, len, D)``, keys at local positions (Spec §2.1)."""
+        j, L = self.table.index(sid), self.table.length(sid)
+        ks = torch.stack([st.keys[j][:, :L] for st in self.stores])
+        vs = torch.stack([st.values[j][:, :L] for st in self.stores])
+        if self.position_zero:  # the oracle stores position-0 keys: move to local positions 0..L-1
+            ks = self.rope.rerotate(ks, torch.arange(L))
+        return ks.clone(), vs.clone()
+
+    # ------------------------------------------------------------------ accounting
+    def nbytes(self) -> int:
+        """Bytes held by all layers' K/V buffers."""
+        return sum(store.nbytes() for store in self.stores)
+
+    def decode_read_bytes(self) -> int:
+        """K/V bytes one one-token tick reads on the fast path (Spec §9.6): every layer's common window
+        (once for all rows) and its tail blocks; 0 without a common segment."""
+        total = 0
+        for store in self.stores:
+            if store.common is None:
+                return 0
+            L = self.table.length(self.table.segments[store.common].id)
+            slots = common_window(L, store.capacities[store.common]) + len(store.tail_segments) * store.block
+            total += 2 * slots * store.kv_heads * store.head_dim * store.k_common.element_size()
+        return total

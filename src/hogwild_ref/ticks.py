@@ -1,0 +1,192 @@
+"""One tick of every kind, as an object: plan on the host, then ``write`` and ``attend`` per layer (Spec §3, §9).
+
+A tick object is built once per forward (its plan: Python ints and a few small tensors) and then
+called by every layer, on that layer's :class:`~hogwild_ref.store.SegmentStore`, in the order
+write-before-read (Spec §3.2): transformers calls :meth:`Tick.write` from the cache's ``update`` as
+each layer computes its new K/V, then :meth:`Tick.attend` from the registered attention function.
+
+================  ========================================================================  ==========
+kind              when                                                                      spec
+================  ========================================================================  ==========
+:class:`GeneralTick`   any rows, any new-token counts: the dense plan (:func:`~hogwild_ref.plan.plan_tick`)
+                       and a general backend (``rotate_queries`` or ``rotate_keys``)          §3.6, §9.2–§9.3
+:class:`PrefillTick`   the prefill of the segment that opens every view (fast backend): causal SDPA  §9.6
+:class:`DecodeTick`    every worker row feeds at most one token (fast backend): host plan copied
+                       into in-place device buffers, the common window read once for all rows      §9.6
+:class:`OracleTick`    the engine oracle: position-0 keys, views assembled from scratch         §11.4
+================  ========================================================================  ==========
+
+Every tick exposes ``table`` (the post-write table), ``positions`` (the rows' view positions, the
+model's ``position_ids``) and ``max_position``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from .attention import BACKENDS
+from .fast import DecodeBuffers, LayerInputs, decode_attention, plan_decode, prefix_attention
+from .plan import TickPlan, plan_tick
+from .rope import RopeSpec
+from .segments import Row, SegmentTable
+from .storage import Storage
+from .store import SegmentStore
+
+__all__ = ["DecodeTick", "GeneralTick", "OracleTick", "Planner", "PrefillTick", "Tick"]
+
+#: builds a general tick's plan: ``(table, rows, rope, device) -> TickPlan`` (:func:`~hogwild_ref.plan.plan_tick`)
+Planner = Callable[[SegmentTable, Sequence[Row], RopeSpec, Any], TickPlan]
+
+
+class Tick:
+    """What every tick offers the model's layers (Spec §3.1)."""
+
+    kind = "tick"
+    table: SegmentTable
+    positions: Tensor
+    max_position: int
+    #: what the cache reports as its sequence length (0 keeps a compiled decode step from recompiling)
+    seq_length: int = 0
+
+    def write(self, layer: int, store: SegmentStore, k: Float[Tensor, "R Hkv n D"], v: Float[Tensor, "R Hkv n D"]) -> None:
+        """Store the tick's new K/V of every row with new tokens in ``store`` (Spec §3.2, §3.4)."""
+        raise NotImplementedError
+
+    def attend(self, layer: int, store: SegmentStore, q: Float[Tensor, "R Hq n D"], scaling: float) -> Float[Tensor, "R Hq n D"]:
+        """This layer's attention over ``store`` (Spec §9)."""
+        raise NotImplementedError
+
+
+class GeneralTick(Tick):
+    """Any rows and counts: the plan of Spec §3.6 and a general backend (Spec §9.2, §9.3).
+
+    The model feeds the rows' view positions, so its new keys arrive rotated there; :meth:`write`
+    rotates them by ``-o_r(write)`` to segment-local positions (Spec §2.1). Padding slots and
+    zero-token rows are never written (Spec §3.4).
+    """
+
+    kind = "general"
+
+    def __init__(self, storage: Storage, rows: Sequence[Row], rope: RopeSpec, backend: str, device: Any,
+                 planner: Planner = plan_tick):
+        self.plan = planner(storage.table, rows, rope, device)
+        self.rope = rope
+        self.backend = BACKENDS[backend]
+        self.table = self.plan.table
+        self.positions = self.plan.positions
+        self.max_position = self.plan.max_position
+        self.seq_length = max(self.table.view_length(w) for w in range(self.table.workers))
+        self._write_rot = rope.rotation(-self.plan.write_offset[:, None, None], self.plan.write_offset.device)
+
+    def _local(self, k: Tensor) -> Tensor:
+        return self.rope.apply(k, self._write_rot)
+
+    def write(self, layer: int, store: SegmentStore, k: Float[Tensor, "R Hkv n D"], v: Float[Tensor, "R Hkv n D"]) -> None:
+        local = self._local(k)
+        plan = self.plan
+        for r, n in enumerate(plan.counts):
+            if n:
+                store.write(plan.write_indices[r], plan.write_starts[r], local[r, :, :n], v[r, :, :n])
+
+    def attend(self, layer: int, store: SegmentStore, q: Float[Tensor, "R Hq n D"], scaling: float) -> Float[Tensor, "R Hq n D"]:
+        return self.backend(q, store.keys, store.values, self.plan, self.rope, scaling)
+
+
+class PrefillTick(GeneralTick):
+    """A prefill chunk of the segment that opens every view (Spec §9.6): one causal sequence at offset 0,
+    through PyTorch's fused attention (no dense score matrix)."""
+
+    kind = "prefill"
+
+    @staticmethod
+    def applies(storage: Storage, rows: Sequence[Row]) -> bool:
+        """One row whose view is the common segment alone (it writes the common segment)."""
+        if storage.common is None or len(rows) != 1:
+            return False
+        common = storage.table.segments[storage.common].id
+        return rows[0].view == (common,)
+
+    def attend(self, layer: int, store: SegmentStore, q: Float[Tensor, "R Hq n D"], scaling: float) -> Float[Tensor, "R Hq n D"]:
+        j = self.plan.write_indices[0]
+        return prefix_attention(q, store.keys[j], store.values[j], self.plan.write_starts[0], scaling)
+
+
+class OracleTick(GeneralTick):
+    """The engine oracle's tick (Spec §11.4): the model runs at ``position_ids = 0``, keys are stored as
+    they come (position 0), and every view is assembled and rotated from scratch (Spec §9.1)."""
+
+    kind = "oracle"
+
+    def __init__(self, storage: Storage, rows: Sequence[Row], rope: RopeSpec, device: Any,
+                 planner: Planner = plan_tick):
+        super().__init__(storage, rows, rope, "oracle", device, planner)
+        self.positions = torch.zeros_like(self.plan.positions)
+
+    def _local(self, k: Tensor) -> Tensor:
+        return k
+
+
+class DecodeTick(Tick):
+    """Every worker row feeds 0 or 1 token (Spec §9.6): the host plan (:func:`~hogwild_ref.fast.plan_decode`)
+    is copied into the storage's per-device buffers in place (static addresses for compiled steps),
+    new keys are scattered into the tail, and :func:`~hogwild_ref.fast.decode_attention` reads the
+    common window once for all rows.
+
+    ``compiled``: the model's forward runs under ``torch.compile``: the mask's width (which carries the
+    common window) is marked dynamic, so that a growing history does not recompile.
+    """
+
+    kind = "decode"
+
+    @staticmethod
+    def applies(storage: Storage, rows: Sequence[Row]) -> bool:
+        """The worker rows of the table, each feeding at most one token, and a segment opening every view."""
+        table = storage.table
+        return (storage.common is not None and len(rows) == table.workers
+                and all(row.new_tokens in (0, 1) and row.view == view for row, view in zip(rows, table.views)))
+
+    def __init__(self, storage: Storage, counts: Sequence[int], rope: RopeSpec, compiled: bool = False):
+        table = storage.table
+        for w, c in enumerate(counts):
+            if c:
+                sid = table.write_segment(w)
+                storage.reserve(sid, table.length(sid) + c)
+        first = storage.stores[0]
+        plan = plan_decode(table, counts, rope, first)
+        self.rope = rope
+        self.table = plan.table
+        self.max_position = int(plan.positions.max())
+        self._inputs: dict[torch.device, LayerInputs] = {}
+        for device in storage.devices:
+            store = next(st for st in storage.stores if st.device == device)
+            if device not in storage.decode_buffers:
+                buffers = DecodeBuffers(table.workers, len(table.segments), rope.rotary_dim // 2, device, store.dtype)
+                tail = torch.tensor(store.tail_segments, dtype=torch.long, device=device)
+                storage.decode_buffers[device] = (buffers, tail)
+            buffers, tail = storage.decode_buffers[device]
+            buffers.load(plan)
+            assert store.common is not None
+            inputs = buffers.layer_inputs(plan.window, store.common, tail, store.block)
+            inputs = inputs._replace(scatter_index=store.scatter_index(buffers.slots))
+            if compiled:
+                torch._dynamo.mark_dynamic(inputs.mask, 1)
+            self._inputs[device] = inputs
+        self.positions = storage.decode_buffers[first.device][0].positions
+
+    def write(self, layer: int, store: SegmentStore, k: Float[Tensor, "R Hkv n D"], v: Float[Tensor, "R Hkv n D"]) -> None:
+        inputs = self._inputs[store.device]
+        assert inputs.scatter_index is not None
+        local = self.rope.apply(k[:, :, 0], inputs.write_rotation)
+        store.scatter(inputs.scatter_index, local.transpose(0, 1), v[:, :, 0].transpose(0, 1))
+
+    def attend(self, layer: int, store: SegmentStore, q: Float[Tensor, "R Hq n D"], scaling: float) -> Float[Tensor, "R Hq n D"]:
+        inputs = self._inputs[store.device]
+        k_tail, v_tail = store.k_tail, store.v_tail
+        window = inputs.mask.shape[1] - k_tail.shape[1] * k_tail.shape[2]  # symbolic under torch.compile
+        kc, vc = store.k_common[:, :window], store.v_common[:, :window]
+        return decode_attention(q, kc, vc, k_tail, v_tail, inputs.query_rotation, inputs.mask, inputs.active,
+                                self.rope, scaling)
