@@ -20,6 +20,7 @@ __all__ = [
     "contiguous",
     "interleaved",
     "make_layout",
+    "prompt_segment",
 ]
 
 SCHEMA_VERSION = 1
@@ -325,6 +326,17 @@ def make_layout(name: str, workers: int, prompt_length: int = 0, **static_length
 def static_segments(table: SegmentTable) -> list[str]:
     """Ids of the static segments (writer None), in table order (Spec §2.1)."""
     return [s.id for s in table.segments if s.writer is None]
+
+
+def prompt_segment(tab: SegmentTable) -> str:
+    """The prompt segment ``P`` of Spec §4.4: the history, else the static segment opening every view."""
+    if tab.history is not None:
+        return tab.history
+    first = tab.views[0][0]
+    if tab[first].writer is not None or any(v[0] != first for v in tab.views):
+        raise ValueError("the table has no history and no static segment that opens every view; "
+                         "Spec §4.4 defines no prefill for it")
+    return first
 
 
 def flush_into(table: SegmentTable, w: int, history: str) -> SegmentTable:

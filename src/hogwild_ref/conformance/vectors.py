@@ -33,7 +33,7 @@ from torch import Tensor
 from ..attention import TOLERANCES, oracle
 from ..masks import plan_tick
 from ..rope import RopeSpec
-from ..segments import SegmentTable, make_layout
+from ..segments import SegmentTable, make_layout, prompt_segment
 from .protocol import LEVELS
 
 __all__ = [
@@ -662,17 +662,6 @@ def _model_trace(tab: SegmentTable, vocab: int, seed: int) -> tuple[dict[str, li
         flush = [w for w in flushes if w < tab.workers] if tab.history is not None else []
         ticks.append({"feeds": feeds, "flush": flush})
     return static, ticks
-
-
-def prompt_segment(tab: SegmentTable) -> str:
-    """The prompt segment ``P`` of Spec §4.4: the history, else the static segment opening every view."""
-    if tab.history is not None:
-        return tab.history
-    first = tab.views[0][0]
-    if tab[first].writer is not None or any(v[0] != first for v in tab.views):
-        raise ValueError("the table has no history and no static segment that opens every view; "
-                         "Spec §4.4 defines no prefill for it")
-    return first
 
 
 def _model_vector(case: _ModelCase, seed: int) -> Vector:
