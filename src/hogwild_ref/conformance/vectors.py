@@ -220,7 +220,9 @@ def phi3_config(rope_parameters: dict[str, Any] | None = None, partial: float = 
 def stablelm_yarn_partial_config() -> Any:
     import transformers
 
-    return transformers.StableLmConfig(
+    # partial_rotary_factor is no field of transformers 5's StableLmConfig dataclass, but its __post_init__
+    # takes it (as **kwargs) into rope_parameters; the typed signature does not show that
+    return transformers.StableLmConfig(  # type: ignore[call-arg]
         hidden_size=48, num_attention_heads=4, num_key_value_heads=2, partial_rotary_factor=0.5,
         max_position_embeddings=8192,
         rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,

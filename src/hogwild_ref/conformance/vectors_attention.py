@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..attention import TOLERANCES, oracle
 from ..masks import plan_tick
-from ..rope import RopeSpec
+from ..rope import Convention, RopeSpec
 from ..segments import SegmentTable, make_layout
 from .vectors import (
     SPEC_VERSION,
@@ -59,7 +59,7 @@ class _AttentionCase:
     workers: int = 0
     lengths: Mapping[str, int] | None = None
     table: Mapping[str, Any] | None = None
-    convention: str = "half"
+    convention: Convention = "half"
     dtype: torch.dtype = torch.float32
     scaling: float | None = None
     extra: tuple[str, ...] = ()
@@ -185,7 +185,7 @@ def _attention_features(spec: RopeSpec, tab: SegmentTable, new_tokens: Sequence[
 
 def _attention_vector(case: _AttentionCase, seed: int) -> Vector:
     config = ATTENTION_CONFIGS[case.config]()
-    spec = RopeSpec.from_config(config, convention=case.convention)  # type: ignore[arg-type]
+    spec = RopeSpec.from_config(config, convention=case.convention)
     hq, hkv, D = int(config.num_attention_heads), int(config.num_key_value_heads), spec.head_dim
     if case.table is not None:
         tab = SegmentTable.from_dict(case.table)

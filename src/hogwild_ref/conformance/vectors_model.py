@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import torch
+from torch import Tensor
 
 from ..rope import RopeSpec
 from ..segments import SegmentTable, make_layout, prompt_segment
@@ -124,9 +125,8 @@ def _model_vector(case: _ModelCase, seed: int) -> Vector:
     rope = rope_data(spec)
     # the engine oracle (Spec §11.4), run in float64
     engine_oracle = ReferenceAdapter(backend="oracle", dtype=torch.float64)
-    common = dict(config=config, weights=weights, rope=rope, layout=case.layout, workers=case.workers,
-                  table=table_dict, static=static, ticks=ticks)
-    static_keys = static_values = None
+    static_keys: dict[str, Tensor] | None = None
+    static_values: dict[str, Tensor] | None = None
     if case.given_kv:
         # the static segments' K/V as the Spec §4.4 prefill computes them (float64 oracle), in the stored form of
         # Spec §2.1, rounded to float32; the expected logits are computed from exactly these rounded K/V
@@ -134,7 +134,9 @@ def _model_vector(case: _ModelCase, seed: int) -> Vector:
                                       workers=case.workers, table=table_dict, static=static)
         static_keys = {sid: k.float() for sid, (k, _) in kv.items()}
         static_values = {sid: v.float() for sid, (_, v) in kv.items()}
-    logits = engine_oracle.model(**common, static_keys=static_keys, static_values=static_values)
+    logits = engine_oracle.model(config=config, weights=weights, rope=rope, layout=case.layout, workers=case.workers,
+                                 table=table_dict, static=static, static_keys=static_keys, static_values=static_values,
+                                 ticks=ticks)
     T, W = logits.shape[:2]
     fed = torch.tensor([[len(f) > 0 for f in t["feeds"]] for t in ticks])
     top2 = logits.topk(2, dim=-1).values

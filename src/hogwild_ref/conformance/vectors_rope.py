@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..rope import RopeSpec
+from ..rope import Convention, RopeSpec
 from .vectors import (
     SPEC_VERSION,
     Vector,
@@ -24,7 +24,7 @@ from .vectors import (
     stablelm_yarn_partial_config,
 )
 
-__all__ = ["ROPE_CONFIGS", "ROPE_TOLERANCE", "ROPE_TOLERANCE_PER_POSITION", "rope_vectors"]
+__all__ = ["CONVENTIONS", "ROPE_CONFIGS", "ROPE_TOLERANCE", "ROPE_TOLERANCE_PER_POSITION", "rope_vectors"]
 
 #: tolerance on the relative error of Spec §10.1 (Spec §8.5, §10.4), per row
 #: ``ROPE_TOLERANCE + ROPE_TOLERANCE_PER_POSITION * (|p| + 1)``
@@ -36,6 +36,9 @@ MEASURE_ROPE = (
     "tolerance + tolerance_per_position * (|p_i| + 1) with p_i = positions[i] (rotated) or deltas[i] (rerotated) "
     "(Spec §10.4)"
 )
+
+#: the pairing conventions every rope configuration is generated in (Spec §8.2)
+CONVENTIONS: tuple[Convention, ...] = ("half", "interleaved")
 
 #: RoPE configurations of the ``rope`` level: every supported rope type, partial rotary, A != 1
 ROPE_CONFIGS: dict[str, Callable[[], Any]] = {
@@ -56,9 +59,9 @@ ROPE_CONFIGS: dict[str, Callable[[], Any]] = {
 }
 
 
-def _rope_vector(case: str, convention: str, seed: int) -> Vector:
+def _rope_vector(case: str, convention: Convention, seed: int) -> Vector:
     config = ROPE_CONFIGS[case]()
-    spec = RopeSpec.from_config(config, convention=convention)  # type: ignore[arg-type]
+    spec = RopeSpec.from_config(config, convention=convention)
     limit = spec.max_position or int(config.max_position_embeddings)
     g = torch.Generator().manual_seed(seed)
     fixed_pos = [0, 1, 2, 3, 5, 8, 13, 100, 1000, limit // 2, limit - 2, limit - 1]
@@ -113,6 +116,6 @@ def rope_vectors() -> list[Vector]:
     """The ``rope`` vectors: every configuration of :data:`ROPE_CONFIGS` in both pairing conventions (Spec §12.2)."""
     out = []
     for i, case in enumerate(ROPE_CONFIGS):
-        for j, convention in enumerate(("half", "interleaved")):
+        for j, convention in enumerate(CONVENTIONS):
             out.append(_rope_vector(case, convention, seed=1000 + 10 * i + j))
     return out
