@@ -24,6 +24,7 @@ from hogwild_ref.segments import (
     contiguous,
     interleaved,
     make_layout,
+    prompt_segment,
 )
 from strategies import any_tables, preset_tables, segment_tables, tick_counts
 
@@ -181,6 +182,18 @@ def test_history_validation():
     with pytest.raises(TableError, match=r"history segment 'a' must be static"):
         SegmentTable(segs, (("a",), ("a", "b")), history="a")
 
+
+
+def test_prompt_segment():
+    """Spec §4.4: the history, else the static segment that opens every view, else no prefill."""
+    for layout, first in (("contiguous", "prompt"), ("interleaved", "common"), ("combined", "common")):
+        assert prompt_segment(make_layout(layout, 2)) == first  # contiguous has no history: its static opener
+    segs = (_seg("s"), _seg("x"), _seg("a", 0, 0), _seg("b", 0, 1))
+    assert prompt_segment(SegmentTable(segs, (("s", "a"), ("s", "x", "b")))) == "s"
+    with pytest.raises(ValueError, match=r"Spec §4.4 defines no prefill"):
+        prompt_segment(SegmentTable(segs, (("s", "a"), ("x", "s", "b"))))  # no segment opens every view
+    with pytest.raises(ValueError, match=r"Spec §4.4 defines no prefill"):
+        prompt_segment(SegmentTable(segs, (("a",), ("s", "b"))))  # a write segment opens view 0
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("bad", [0, -2])

@@ -4,7 +4,8 @@
 * :mod:`.reference` — :class:`ReferenceAdapter`, hogwild_ref itself as an adapter; the zero-argument
   factory :func:`reference` is what ``hogwild-ref conform --adapter hogwild_ref.conformance:reference``
   imports;
-* :mod:`.vectors` — the vector format and :func:`generate_vectors` (deterministic);
+* :mod:`.vectors` — the vector format and :func:`generate_vectors` (deterministic), which runs one
+  generator per level: :mod:`.vectors_rope`, :mod:`.vectors_attention`, :mod:`.vectors_model`;
 * :mod:`.runner` — :func:`run` (returns a :class:`Report`);
 * :mod:`.external` — adapters in another process (:class:`~.external.CommandAdapter`, the line
   protocol of Spec §12.7) and offline (:func:`~.external.export_vectors`,
