@@ -7,8 +7,8 @@ explains the floors; ``tests/test_architecture.py`` enforces them with the funct
 * :func:`import_graph` reads every ``import`` / ``from`` statement of every module under a package root
   with :mod:`ast` (module level and inside functions; relative imports resolved; statements under
   ``if TYPE_CHECKING:`` ignored). It imports nothing from the package, so it works on a broken tree;
-* :func:`cycles`, :func:`upward_imports`, :func:`unplaced`, :func:`impure_imports` and
-  :func:`long_files` are the checks, each a pure function of a graph (or a root) and the floor map;
+* :func:`cycles`, :func:`upward_imports`, :func:`unplaced`, :func:`unresolved`, :func:`impure_imports`
+  and :func:`long_files` are the checks, each a pure function of a graph (or a root) and the floor map;
 * :func:`render_svg` draws one horizontal band per floor (floor 5 on top), one box per module and one
   thin arrow per import between modules. Upward imports are red; modules in the tree but not in the
   map sit in a red "unplaced" band; modules of the map not (yet) in the tree are dashed.
@@ -112,12 +112,14 @@ class ImportGraph(NamedTuple):
         files: module -> source file, for every module of the package.
         edges: module -> {imported module of the package: line of the first such import}.
         external: module -> {imported top-level name outside the package: line of the first import}.
+        missing: module -> {module of the package it imports that has no file: line of the first import}.
     """
 
     package: str
     files: dict[str, Path]
     edges: dict[str, dict[str, int]]
     external: dict[str, dict[str, int]]
+    missing: dict[str, dict[str, int]]
 
 
 def _module_name(root: Path, path: Path) -> str:
@@ -151,21 +153,13 @@ def import_graph(root: Path = PACKAGE_ROOT) -> ImportGraph:
 
     An import names the most specific module of the package it reaches: ``from .x import y`` is an edge
     to ``x.y`` when ``x/y.py`` exists, else to ``x``; ``from . import __version__`` is an edge to the
-    package's ``__init__``. Dynamic imports (``importlib.import_module``) are not seen.
+    package's ``__init__``. An import of a module of the package that has no file goes to ``missing``.
+    Dynamic imports (``importlib.import_module``) are not seen.
     """
     root = Path(root)
     package = root.name
     files = {_module_name(root, p): p for p in sorted(root.rglob("*.py")) if "__pycache__" not in p.parts}
-    graph = ImportGraph(package, files, {m: {} for m in files}, {m: {} for m in files})
-
-    def inside(dotted: str) -> str | None:
-        """The module of the package that ``dotted`` (relative to the package) names, or None."""
-        parts = dotted.split(".") if dotted else []
-        while parts:
-            if ".".join(parts) in files:
-                return ".".join(parts)
-            parts.pop()
-        return "__init__" if "__init__" in files else None
+    graph = ImportGraph(package, files, {m: {} for m in files}, {m: {} for m in files}, {m: {} for m in files})
 
     for module, path in files.items():
         is_package = path.name == "__init__.py"
@@ -177,7 +171,7 @@ def import_graph(root: Path = PACKAGE_ROOT) -> ImportGraph:
             if isinstance(node, ast.Import):
                 for alias in node.names:
                     head, _, rest = alias.name.partition(".")
-                    targets.append((rest, "") if head == package else (None, head))
+                    targets.append((rest or "__init__", "") if head == package else (None, head))
             else:
                 if node.level:
                     up = node.level - 1
@@ -195,11 +189,15 @@ def import_graph(root: Path = PACKAGE_ROOT) -> ImportGraph:
                 if stem is not None:
                     for alias in node.names:
                         sub = f"{stem}.{alias.name}" if stem else alias.name
-                        targets.append((sub if sub in files else stem, ""))
+                        targets.append((sub if sub in files else stem or "__init__", ""))
             for dotted, name in targets:
-                found = graph.external[module] if dotted is None else graph.edges[module]
-                target = name if dotted is None else inside(dotted)
-                if target is not None and target != module:
+                if dotted is None:
+                    found, target = graph.external[module], name
+                elif dotted in files:
+                    found, target = graph.edges[module], dotted
+                else:  # a module of the package that does not exist (renamed or removed)
+                    found, target = graph.missing[module], dotted
+                if target != module:
                     found[target] = min(found.get(target, node.lineno), node.lineno)
     return graph
 
@@ -311,6 +309,11 @@ def impure_imports(graph: ImportGraph, pure: Iterable[str] = PURE, heavy: Iterab
         found += [f"{m} imports {name}, line {line}" for name, line in sorted(graph.external[m].items()) if name in heavy]
         found += [f"{m} imports {b} (not pure), line {line}" for b, line in sorted(graph.edges[m].items()) if b not in pure]
     return found
+
+
+def unresolved(graph: ImportGraph) -> list[str]:
+    """Every import of a module of the package that has no file, as ``"a imports b (no such module), line n"``."""
+    return [f"{a} imports {b} (no such module), line {line}" for a in sorted(graph.missing) for b, line in sorted(graph.missing[a].items())]
 
 
 def long_files(root: Path = PACKAGE_ROOT, limit: int = MAX_LINES) -> list[str]:

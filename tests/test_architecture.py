@@ -4,7 +4,8 @@ The graph and the checks are those of ``docs/gen_architecture.py`` (the same cod
 
 * no import cycle among the modules of ``src/hogwild_ref``;
 * no module imports a module on a higher floor;
-* every module of the tree is placed on a floor (a new module must be added to ``FLOORS``);
+* every module of the tree is placed on a floor (a new module must be added to ``FLOORS``), and every
+  import of a module of the package names one that exists;
 * the pure floor-1 modules import no torch, transformers, jaxtyping or einops (nor a module of the
   package that is not pure);
 * no source file is longer than ``MAX_LINES`` lines.
@@ -150,6 +151,13 @@ def test_placement_check_on_a_synthetic_package(tmp_path: Path) -> None:
     assert gen.upward_imports(bad, SYN_FLOORS) == []  # an unplaced module is the placement check's
 
 
+def test_unresolved_import_check_on_a_synthetic_package(tmp_path: Path) -> None:
+    assert gen.unresolved(gen.import_graph(make_package(tmp_path / "clean"))) == []
+    bad = gen.import_graph(make_package(tmp_path / "bad", top=SYN_FILES["top.py"] + "from .gone import x\nimport pkg.sub.gone\n"))
+    assert gen.unresolved(bad) == ["top imports gone (no such module), line 4", "top imports sub.gone (no such module), line 5"]
+    assert "__init__" in bad.edges["top"] and "gone" not in bad.edges["top"]  # not mistaken for the package
+
+
 def test_purity_check_on_a_synthetic_package(tmp_path: Path) -> None:
     assert gen.impure_imports(gen.import_graph(make_package(tmp_path / "clean")), SYN_PURE) == []
     bad = gen.import_graph(make_package(tmp_path / "bad", low=SYN_FILES["low.py"] + "\n\ndef f():\n    import einops.layers\n"))
@@ -196,6 +204,11 @@ def test_no_module_imports_a_higher_floor(graph: Any) -> None:
 def test_every_module_is_on_a_floor(graph: Any) -> None:
     found = gen.unplaced(graph)
     assert not found, f"modules not in FLOORS (docs/gen_architecture.py); place them on a floor: {found}"
+
+
+def test_every_import_resolves(graph: Any) -> None:
+    found = gen.unresolved(graph)
+    assert not found, "imports of modules that do not exist:\n" + "\n".join(found)
 
 
 def test_pure_modules_import_no_torch(graph: Any) -> None:
