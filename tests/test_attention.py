@@ -2,7 +2,7 @@
 
 Inputs are built from pre-RoPE q/k as the model would produce them: the backends get queries rotated at
 their view positions and keys stored at segment-local positions; the oracle gets the position-0 forms
-and rotates everything at view positions itself (DESIGN.md §3.2, attention oracle). The oracle is always
+and rotates everything at view positions itself (Spec §9.1, the oracle). The oracle is always
 evaluated in float64 on the same numbers (pre-RoPE vectors rounded to the tested dtype, then upcast),
 so the float32 error is the backend's own error.
 

@@ -1,4 +1,4 @@
-"""The ``hogwild-ref generate`` command line (Spec §11; DESIGN §6).
+"""The ``hogwild-ref generate`` command line (Spec §11).
 
 The CLI runs in-process (``hogwild_ref.cli.main``) with the session's embedded SmolLM2: the
 loader is replaced by a spy that records what the CLI asked for and returns the already-loaded
@@ -21,7 +21,7 @@ from hogwild_ref.cli import main
 
 PROBLEM = "What is 2 + 3? Give the answer in \\boxed{}."
 MAX_STEPS = 12
-#: worker names, Spec §7 / DESIGN §1: "the prompts tell them they are Alice, Bob, ..."
+#: worker names, Spec §7.2: Alice, Bob, Carol, Dave, ...
 NAMES = ["Alice", "Bob", "Carol", "Dave"]
 SENTINEL = "QQSENTINELQQ"
 
@@ -139,7 +139,7 @@ def _check_result(d: dict, *, workers: int, layout: str, tokenizer, eos: int | N
         assert not Counter(gen) - all_fed
         assert not Counter(fed[k]) - Counter(gen)
         if layout in ("combined", "contiguous"):
-            # every worker's output is in every view (DESIGN §2: history + all current steps / all outputs)
+            # every worker's output is in every view (Spec §4.3: history + all current steps; §4.1: all outputs)
             assert Counter(gen) == all_fed
         if layout == "contiguous":
             # [prompt, out_j for j != w ascending, out_w]

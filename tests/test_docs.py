@@ -70,12 +70,14 @@ def test_mkdocs_build_strict_renders_spec_and_diagrams(site: Path) -> None:
         assert svg.is_file(), f"missing generated diagram {name}"
         text = svg.read_text(encoding="utf-8")
         assert text.lstrip().startswith("<svg") and text.rstrip().endswith("</svg>")
+    floors = site / "assets" / "architecture" / "floors.svg"  # docs/gen_architecture.py, the floor diagram
+    assert floors.is_file() and floors.read_text(encoding="utf-8").rstrip().endswith("</svg>")
     # the spec pages come from spec/ through the docs/spec symlink
     for md in sorted(SPEC.glob("*.md")):
         page = "spec/index.html" if md.stem == "index" else f"spec/{md.stem}/index.html"
         assert (site / page).is_file(), f"spec page {md.name} was not rendered"
     assert (site / "spec" / "schema" / "segment_table.schema.json").is_file()
-    for page in ("quickstart", "testing-your-implementation", "models", "benchmarks", "api"):
+    for page in ("quickstart", "testing-your-implementation", "models", "benchmarks", "architecture", "api"):
         assert (site / page / "index.html").is_file()
     api = (site / "api" / "index.html").read_text(encoding="utf-8")
     assert "hogwild_ref.segments" in api and "SegmentTable" in api

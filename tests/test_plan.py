@@ -1,6 +1,6 @@
 """The per-tick plan: positions, locations and the dense mask against an independent restatement.
 
-Restatement (DESIGN.md §3.1, write-before-read): every row's new tokens are appended to its write
+Restatement (Spec §3.2 write-before-read, §3.3 visibility): every row's new tokens are appended to its write
 segment *before* anybody reads. Row r's linearised view is the concatenation of its segments at the
 post-write lengths; a key is visible to a query iff the key is in the view and its view position is
 <= the query's view position. Query i of row r is token ``old_len(write) + i`` of its write segment.

@@ -1,7 +1,7 @@
 """RoPE: the central shift property, group law, scaling, refusals, and independent checks.
 
 Oracles:
-* the *RoPE oracle* of DESIGN.md §3.2: keep pre-RoPE keys, "recompute from scratch" = rotate them at
+* the *RoPE oracle* of Spec §9.1: keep pre-RoPE keys, "recompute from scratch" = rotate them at
   their view positions;
 * transformers' own rotary-embedding modules and ``apply_rotary_pos_emb`` of each architecture;
 * a from-scratch complex-number formula of both pairing conventions.

@@ -542,7 +542,7 @@ def test_type_errors():
 
 
 def test_module_is_pure_python():
-    """scheduler and prompts must not import torch or transformers (DESIGN §4)."""
+    """scheduler and prompts must not import torch or transformers (docs/architecture.md: pure floor 1)."""
     src = Path(__file__).resolve().parents[1] / "src" / "hogwild_ref"
     for name in ("scheduler.py", "prompts.py"):
         tree = ast.parse((src / name).read_text())

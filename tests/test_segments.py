@@ -1,6 +1,6 @@
 """Segment table: layouts, offsets, validation, JSON, and a stateful model of appends and flushes.
 
-Oracles are restatements of DESIGN.md §2 written from scratch here (view orders of the three layouts,
+Oracles are restatements of Spec §2.2 and §4.1–§4.3 written from scratch here (view orders of the three layouts,
 offsets as prefix sums, a token-list model of every segment), never the library's own helpers.
 """
 
@@ -33,7 +33,7 @@ WORKERS = range(1, 9)
 
 # ---------------------------------------------------------------------- from-scratch restatements
 def expected_views(layout: str, W: int) -> list[list[str]]:
-    """DESIGN.md §2 "Layouts", restated for every worker."""
+    """Spec §4.1–§4.3 (the layouts' views), restated for every worker."""
     views = []
     for w in range(W):
         others = [j for j in range(W) if j != w]  # ascending

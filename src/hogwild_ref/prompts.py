@@ -263,7 +263,7 @@ def segment_texts(templates: PromptTemplates, workers: int) -> dict[str, str]:
     Returns ``{"others_header": ..., "own_header": ..., "sep_0": ..., ...,
     "sep_{workers-1}": ...}``. Every ``sep_j`` (the pivot shown after worker ``j``'s
     unfinished step in the other workers' views) has the same text, but each is its own
-    segment, since a view holds each segment once (DESIGN §2).
+    segment, since a view holds each segment once (Spec §2.3).
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
