@@ -220,3 +220,21 @@ def test_pure_modules_import_no_torch(graph: Any) -> None:
 def test_no_source_file_is_too_long() -> None:
     found = gen.long_files(gen.PACKAGE_ROOT)
     assert not found, f"source files over {gen.MAX_LINES} lines:\n" + "\n".join(found)
+
+
+def test_every_module_with_shape_annotations_is_type_checked_at_run_time() -> None:
+    """jaxtyping shapes are checked (beartype) in the test run for every module that has them: the
+    pytest ``--jaxtyping-packages`` option in pyproject.toml names each one."""
+    import re
+    import tomllib
+
+    addopts = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["pytest"]["ini_options"]["addopts"]
+    listed = set(re.search(r"--jaxtyping-packages=(\S+)", addopts).group(1).split(","))  # type: ignore[union-attr]
+    annotated = {
+        "hogwild_ref." + ".".join(path.relative_to(gen.PACKAGE_ROOT).with_suffix("").parts)
+        for path in gen.PACKAGE_ROOT.rglob("*.py")
+        if re.search(r"\b(Float|Int|Bool|Shaped)\[Tensor,", path.read_text(encoding="utf-8"))
+    }
+    assert annotated, "no shape annotations found: the scan is broken"
+    missing = sorted(annotated - listed)
+    assert not missing, f"modules with jaxtyping shapes not checked at run time (add them to --jaxtyping-packages): {missing}"

@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hogwild_ref.attention import TOLERANCES, oracle, rotate_keys, rotate_queries
-from hogwild_ref.masks import plan_tick
+from hogwild_ref.plan import plan_tick
 from hogwild_ref.rope import RopeSpec
 from hogwild_ref.segments import LAYOUTS, Row, combined, contiguous, interleaved
 from strategies import any_tables, preset_tables, tick_counts

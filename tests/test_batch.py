@@ -145,17 +145,52 @@ def test_a_problem_that_fails_is_recorded_and_the_others_go_on(smollm_tokenizer,
     model = tiny_model("llama", seed=7, vocab_size=len(smollm_tokenizer))
     runner = BatchRunner(_engine(model, smollm_tokenizer, workers=2, layout="combined", ticks=8, finisher=False), [8],
                          finisher=False)
-    from hogwild_ref import batch as batch_mod
+    from hogwild_ref.run import ProblemRun
 
-    real = batch_mod.BatchRunner._observe
+    real = ProblemRun.commit
 
-    def flaky(self, cache, p, logits, finish_now):
-        if p.index == 1 and p.sched.tick == 3:
+    def flaky(self, storage, sampled, logits):
+        if self.base == 2 and self.ticks == 3:  # problem 1 (workers 2, 3 of the union), its 4th tick
             raise RuntimeError("boom")
-        return real(self, cache, p, logits, finish_now)
+        return real(self, storage, sampled, logits)
 
-    monkeypatch.setattr(batch_mod.BatchRunner, "_observe", flaky)
+    monkeypatch.setattr(ProblemRun, "commit", flaky)
     results = runner.run([BatchItem(p) for p in PROBLEMS])
     assert results[1].error == "RuntimeError: boom"
     assert results[0].error is None and results[2].error is None
     assert results[0].ticks == results[2].ticks == 8
+
+
+# ---------------------------------------------------------------------- sampling: one code path, one device
+def test_sampled_batched_problems_equal_one_at_a_time_with_generators_on_the_engine_device(smollm_tokenizer, monkeypatch):
+    """Temperature 0.6, fixed seeds: every problem of a batch samples exactly the tokens of its own
+    Engine.run, and every sampling generator, batched or not, is created on the engine's device.
+
+    The device check cannot rely on the generators' own ``.device`` on a CPU machine (torch reports
+    ``cpu`` for any CPU index), so the engine is given the device ``cpu:0`` and every generator's
+    creation is recorded: a runner that made its generators on another device (say a literal "cpu")
+    fails here."""
+    import hogwild_ref.run as run_mod
+
+    made: list[torch.device] = []
+    real_generator = run_mod.Generator
+    monkeypatch.setattr(run_mod, "Generator", lambda device: made.append(torch.device(device)) or real_generator(device=device))
+    model = tiny_model("qwen2", seed=11, vocab_size=len(smollm_tokenizer))
+    sched = SchedulerConfig(max_ticks=12, boundary=chunk_boundary, collab_every=5, eos_token_ids=frozenset(), stop_on_boxed=False)
+
+    def engine(seed=0):
+        eng = Engine(model, smollm_tokenizer, workers=2, layout="combined", backend="rotate_queries", scheduler=sched,
+                     seed=seed, finisher=False, temperature=0.6, top_p=0.95)
+        eng.forward.device = torch.device("cpu", 0)
+        return eng
+
+    items = [BatchItem(p, seed=100 + 7 * i) for i, p in enumerate(PROBLEMS)]
+    batched = BatchRunner(engine(), [12], finisher=False).run(items)
+    alone = [engine(it.seed).run(it.problem) for it in items]
+    assert made and all(d == torch.device("cpu", 0) for d in made), made
+    greedy = Engine(model, smollm_tokenizer, workers=2, layout="combined", backend="rotate_queries", scheduler=sched,
+                    finisher=False).run(PROBLEMS[0])
+    assert [w.tokens for w in greedy.workers] != [w.tokens for w in alone[0].workers], "temperature 0.6 sampled nothing"
+    for it, got, ref in zip(items, batched, alone):
+        assert got.error is None
+        assert got.tokens == [w.tokens for w in ref.workers], f"sampled tokens differ for {it.problem!r}"

@@ -16,18 +16,14 @@ import pytest
 import torch
 
 import hogwild_ref
-from hogwild_ref import compat
+from hogwild_ref import proof as proof_mod
 from hogwild_ref.attention import BACKENDS
-from hogwild_ref.compat import (
-    AttentionFeatureError,
-    CompatibilityError,
-    check_attention_kwargs,
-    ensure_compatible,
-    probe_rope,
-    proof_of,
-    tiny_family_model,
-)
 from hogwild_ref.engine import Engine
+from hogwild_ref.features import AttentionFeatureError, CompatibilityError, check_attention_kwargs, probe_rope
+from hogwild_ref.forward import Forward
+from hogwild_ref.proof import ensure_compatible, proof_of
+from hogwild_ref.segments import Row, make_layout
+from hogwild_ref.survey import survey, tiny_family_model
 from hogwild_ref.models import UnsupportedModelError, check_supported, tiny_model
 from hogwild_ref.scheduler import SchedulerConfig
 
@@ -99,9 +95,9 @@ def test_wrong_pairing_is_measured_by_the_numeric_proof():
     """The numeric proof alone catches a wrong pairing (here forced) on a model with peaky attention."""
     model = _family_model("cohere", sharpen=6.0)
     rope = ensure_compatible(model, allow_untested=True)
-    assert compat.prove(model, rope, "oracle") < 1e-4
+    assert proof_mod.prove(model, rope, "oracle") < 1e-4
     wrong = replace(rope, convention="half")
-    assert compat.prove(model, wrong, "oracle") > 1e-2
+    assert proof_mod.prove(model, wrong, "oracle") > 1e-2
 
 
 # ---------------------------------------------------------------------- attention features
@@ -132,15 +128,15 @@ def test_implemented_attention_keywords_pass():
 
 
 def test_sliding_window_is_refused_once_the_context_passes_it():
-    class Plan:
-        max_position = 99
-
-    class Cache:
-        plan = Plan()
-
-    check_attention_kwargs(_Module(), {"sliding_window": 100, "hogwild_cache": Cache()})
-    with pytest.raises(AttentionFeatureError, match="sliding window of 64"):
-        check_attention_kwargs(_Module(), {"sliding_window": 64, "hogwild_cache": Cache()})
+    """Full attention equals sliding-window attention while every view fits the window; the forward
+    step refuses the first tick whose context passes it (the keyword itself is accepted)."""
+    check_attention_kwargs(_Module(), {"sliding_window": 64})
+    model = tiny_model("mistral", seed=1, sliding_window=32)
+    forward = Forward(model, ensure_compatible(model), "rotate_queries")
+    storage = forward.storage(make_layout("contiguous", 1))
+    forward(storage, [Row(("prompt",), 32)], [[3] * 32])  # positions 0..31: inside the window
+    with pytest.raises(ValueError, match="sliding window of 32"):
+        forward(storage, [Row(("prompt", "out_0"), 1)], [[3]])
 
 
 def test_a_mask_built_by_the_model_is_refused():
@@ -176,8 +172,8 @@ def test_a_model_in_training_mode_is_refused():
 def test_proof_runs_once_per_model_and_backend(monkeypatch):
     model = tiny_model("qwen2", seed=3)
     calls = []
-    real = compat.prove
-    monkeypatch.setattr(compat, "prove", lambda m, r, b, **k: calls.append(b) or real(m, r, b, **k))
+    real = proof_mod.prove
+    monkeypatch.setattr(proof_mod, "prove", lambda m, r, b, **k: calls.append(b) or real(m, r, b, **k))
     ensure_compatible(model)
     ensure_compatible(model)
     assert calls == ["oracle", "rotate_queries"]
@@ -217,6 +213,8 @@ def test_load_passes_allow_untested(tmp_path, smollm_tokenizer):
     with pytest.raises(UnsupportedModelError, match="allow_untested"):
         hogwild_ref.load(str(tmp_path))
     loaded, tok = hogwild_ref.load(str(tmp_path), allow_untested=True)
+    assert proof_of(loaded) is None  # loading loads; the proof runs once, before the first run
+    Engine(loaded, tok)  # the choice made at load time is honoured without repeating the flag
     assert proof_of(loaded) is not None and not proof_of(loaded).tested
 
 
@@ -244,7 +242,7 @@ EXPECTED = {
 def test_survey_of_every_rope_family():
     """Every RoPE causal-LM family either runs (proof passed, engine == model within tolerance) or is
     refused with an UnsupportedModelError naming the reason; nothing else escapes."""
-    rows = {r["family"]: r for r in compat.survey()}
+    rows = {r["family"]: r for r in survey()}
     assert len(rows) >= 60
     runs = [f for f, r in rows.items() if r["outcome"] == "runs"]
     assert len(runs) >= 30

@@ -26,7 +26,6 @@ from typing import Any, Callable
 import pytest
 import torch
 
-from hogwild_ref.cache import HogwildCache
 from hogwild_ref.cli import main
 from hogwild_ref.conformance import LEVELS, ReferenceAdapter, Report, generate_vectors, load_vector, reference, run
 from hogwild_ref.conformance.protocol import AttentionAdapter, ModelAdapter, RopeAdapter
@@ -62,34 +61,26 @@ class DoubleScaling(ReferenceAdapter):
         return DoubleScaledRope(**{f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)})
 
 
-class _OffByOneCache(HogwildCache):
-    def begin_tick(self, plan):
-        super().begin_tick(dataclasses.replace(plan, write_offset=plan.write_offset + 1))
-
-
 class OffByOne(ReferenceAdapter):
     """(b) new keys are moved to local positions with o_r(write) + 1 instead of o_r(write)."""
 
-    def make_cache(self, config, table, rope, backend, dtype):
-        return _OffByOneCache(config, table, rope, backend, dtype)
-
-
-class _NonCausalCache(HogwildCache):
-    def begin_tick(self, plan):
-        mask = plan.key_mask.clone()
-        lengths = plan.lengths.tolist()
-        starts = [sum(lengths[:j]) for j in range(len(lengths))]
-        for r, (n, j) in enumerate(zip(plan.new_tokens.tolist(), plan.write_index.tolist())):
-            if n:
-                mask[r, :, starts[j] : starts[j] + lengths[j]] = True
-        super().begin_tick(dataclasses.replace(plan, key_mask=mask))
+    def make_plan(self, table, rows, rope, device):
+        plan = super().make_plan(table, rows, rope, device)
+        return dataclasses.replace(plan, write_offset=plan.write_offset + 1)
 
 
 class NonCausalOwn(ReferenceAdapter):
     """(c) every query sees its whole write segment, including the row's later new tokens."""
 
-    def make_cache(self, config, table, rope, backend, dtype):
-        return _NonCausalCache(config, table, rope, backend, dtype)
+    def make_plan(self, table, rows, rope, device):
+        plan = super().make_plan(table, rows, rope, device)
+        mask = plan.key_mask.clone()
+        lengths = list(plan.sizes)
+        starts = [sum(lengths[:j]) for j in range(len(lengths))]
+        for r, (n, j) in enumerate(zip(plan.counts, plan.write_indices)):
+            if n:
+                mask[r, :, starts[j] : starts[j] + lengths[j]] = True
+        return dataclasses.replace(plan, key_mask=mask)
 
 
 class WritesPadding(ReferenceAdapter):

@@ -118,17 +118,18 @@ class PrefillWithoutPrompt(ReferenceAdapter):
     (view ``[s]``, positions from 0), not in the prompt's context."""
 
     def _setup(self, *args, **kwargs):
-        engine, cache, first = super()._setup(*args, **kwargs)
+        forward, storage, first = super()._setup(*args, **kwargs)
+        spec_prefill = forward.prefill
 
-        def prefill(cache, first, static):
-            engine._prefill(cache, [(first,)], [static[first]])
+        def prefill(storage, first, static, chunk=512):
+            spec_prefill(storage, first, {first: static[first]}, chunk)
             others = [sid for sid in static if sid != first and static[sid]]
             if others:
-                engine.forward_rows(cache, [Row((sid,), len(static[sid])) for sid in others],
-                                    [static[sid] for sid in others], logits=False)
+                forward(storage, [Row((sid,), len(static[sid])) for sid in others], [static[sid] for sid in others],
+                        logits=False)
 
-        engine.prefill = prefill
-        return engine, cache, first
+        forward.prefill = prefill
+        return forward, storage, first
 
 
 def _other_static_in_views(m: dict[str, Any]) -> bool:

@@ -142,14 +142,16 @@ def test_static_prefill_rows_equal_plain_decoding_of_prompt_plus_segment(smollm)
     last logits must equal a plain transformers forward over the sequence P + s."""
     model, tok = smollm
     engine = Engine(model, tok, workers=2, layout="combined", finisher=False)
-    table, first, static = engine._table_and_static("What is 6 * 7?")
-    from hogwild_ref.cache import make_cache
+    prep = engine.prepare("What is 6 * 7?")
+    first, static = prep.first, prep.static
+    from hogwild_ref.forward import Forward
     from hogwild_ref.segments import Row
 
-    cache = make_cache(model.config, table, engine.rope, "rotate_queries", engine.dtype, engine.device)
-    engine.forward_rows(cache, [Row((first,), len(static[first]))], [static[first]], logits=False)
+    forward = Forward(model, engine.rope, "rotate_queries")
+    storage = forward.storage(prep.table)
+    forward(storage, [Row((first,), len(static[first]))], [static[first]], logits=False)
     others = [sid for sid in static if sid != first]
-    got = engine.forward_rows(cache, [Row((first, sid), len(static[sid])) for sid in others], [static[sid] for sid in others])
+    got = forward(storage, [Row((first, sid), len(static[sid])) for sid in others], [static[sid] for sid in others])
     for r, sid in enumerate(others):
         plain = _plain_logits(model, static[first] + static[sid])[-1]
         assert _rel_err(got[r], plain) <= LOGIT_RTOL, sid

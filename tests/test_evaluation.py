@@ -236,7 +236,7 @@ def test_a_crashing_problem_is_recorded_and_the_others_finish(tiny, tmp_path, mo
     model, tok = tiny
     from hogwild_ref.engine import Engine
 
-    real = Engine._table_and_static
+    real = Engine.prepare
     victim = load_dataset("builtin:arith-2", 3)[1]
 
     def flaky(self, problem):
@@ -244,7 +244,7 @@ def test_a_crashing_problem_is_recorded_and_the_others_finish(tiny, tmp_path, mo
             raise RuntimeError("boom")
         return real(self, problem)
 
-    monkeypatch.setattr(Engine, "_table_and_static", flaky)
+    monkeypatch.setattr(Engine, "prepare", flaky)
     report = run_eval(model, tok, _cfg(), tmp_path, progress=False, plot=False)
     bad = [r for r in report.rows if r["problem_id"] == victim.id]
     good = [r for r in report.rows if r["problem_id"] != victim.id]
@@ -252,7 +252,7 @@ def test_a_crashing_problem_is_recorded_and_the_others_finish(tiny, tmp_path, mo
     assert len(good) == 12 and all(r["error"] is None for r in good)
     assert sum(c.errors for c in report.cells) == 6
     # a resume keeps recorded errors; --retry-errors reruns exactly those units
-    monkeypatch.setattr(Engine, "_table_and_static", real)
+    monkeypatch.setattr(Engine, "prepare", real)
     assert run_eval(model, tok, _cfg(), tmp_path, progress=False, plot=False).ran_units == 0
     retried = run_eval(model, tok, _cfg(retry_errors=True), tmp_path, progress=False, plot=False)
     assert retried.ran_units == 3 and all(r["error"] is None for r in retried.rows)

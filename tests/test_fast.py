@@ -1,7 +1,7 @@
 """The fast backend (Spec §9.6) against independent oracles.
 
 * One layer: the arena store, the host plan and :func:`hogwild_ref.fast.decode_attention`, driven
-  through :class:`HogwildCache` exactly as the model drives it (write, then attend), against the
+  through a :class:`~hogwild_ref.ticks.DecodeTick` exactly as the model drives it (write, then attend), against the
   dense float64 attention oracle (Spec §9.1) for hypothesis-drawn tables of the layouts the fast
   path covers (W = 1..8, zero-token rows included), within Spec §10.
 * Whole engine: greedy runs with ``backend="fast"`` are token-identical to the engine oracle
@@ -23,12 +23,13 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from hogwild_ref.attention import TOLERANCES, oracle
-from hogwild_ref.cache import HogwildCache
 from hogwild_ref.engine import Engine, FlushEvent
-from hogwild_ref.fast import common_segment
-from hogwild_ref.masks import plan_tick
 from hogwild_ref.models import tiny_model
+from hogwild_ref.plan import plan_tick
 from hogwild_ref.scheduler import SchedulerConfig
+from hogwild_ref.segments import common_segment
+from hogwild_ref.storage import Storage
+from hogwild_ref.ticks import DecodeTick
 from strategies import any_tables, preset_tables
 from test_attention import ROPES
 
@@ -60,8 +61,8 @@ def check_fast_layer(table, counts, rope_name, hkv, group, dtype, seed, slack):
     ref = oracle(rope.rotate(q_pre, 0), [rope.rotate(k, 0) for k in k_pre], vals, plan, rope, scaling)
 
     caps = {s.id: plan.table.length(s.id) + slack for s in table.segments}
-    cache = HogwildCache(_layer_config(hq, hkv, D), table, rope, "fast", dtype, DEVICE, caps)
-    store = cache.stores[0]
+    storage = Storage(_layer_config(hq, hkv, D), table, rope, dtype, DEVICE, caps)
+    store = storage.stores[0]
     for buf in (store.k_common, store.k_tail):  # unused capacity holds large finite garbage:
         buf.fill_(1e4)  # reading it past a mask shows
     for buf in (store.v_common, store.v_tail):
@@ -70,8 +71,9 @@ def check_fast_layer(table, counts, rope_name, hkv, group, dtype, seed, slack):
         if seg.length:
             local = rope.rotate(k_pre[j][:, : seg.length].to(dtype), torch.arange(seg.length))
             store.write(j, 0, local.to(DEVICE), vals[j][:, : seg.length].to(dtype).to(DEVICE))
-    assert cache.can_decode(counts)
-    positions = cache.begin_decode(counts)
+    assert DecodeTick.applies(storage, table.rows(counts))
+    tick = DecodeTick(storage, counts, rope)
+    positions = tick.positions
     assert positions.tolist() == plan.positions[:, :1].tolist() or not all(counts)
     k_new = torch.stack([
         rope.rotate(k_pre[plan.write_indices[r]][:, plan.write_starts[r] : plan.write_starts[r] + 1].to(dtype),
@@ -86,11 +88,10 @@ def check_fast_layer(table, counts, rope_name, hkv, group, dtype, seed, slack):
     ])
     q = rope.rotate(q_pre.to(dtype), plan.positions[:, None, :1])
     with torch.inference_mode():
-        cache.update(k_new.to(DEVICE), v_new.to(DEVICE), 0)
-        out = cache.attend(0, q.to(DEVICE), scaling).cpu()
-    cache.end_tick()
+        tick.write(0, store, k_new.to(DEVICE), v_new.to(DEVICE))
+        out = tick.attend(0, store, q.to(DEVICE), scaling).cpu()
     assert out.shape == q.shape and out.dtype == dtype
-    assert cache.table == plan.table
+    assert tick.table == plan.table
     active = torch.tensor(counts, dtype=torch.bool)
     assert (out[~active] == 0).all(), "a row without a new token must see nothing (Spec §3.4)"
     if not active.any():

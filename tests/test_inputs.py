@@ -194,16 +194,18 @@ def test_ctrl_c_leaves_the_partial_result(smollm_tokenizer, monkeypatch, where):
     if where == "on_event":
         on_event = _interrupt_after(2 * 9 + 1)  # during tick 10: ticks 1..9 are complete
     else:
-        real, calls = engine.forward_rows, [0]
+        from hogwild_ref.forward import Forward
 
-        def forward_rows(cache, rows, feeds, logits=True):
+        real, calls = Forward.__call__, [0]
+
+        def forward(self, storage, rows, feeds, logits=True):
             if logits:
                 calls[0] += 1
                 if calls[0] == 10:
                     raise KeyboardInterrupt
-            return real(cache, rows, feeds, logits)
+            return real(self, storage, rows, feeds, logits)
 
-        monkeypatch.setattr(engine, "forward_rows", forward_rows)
+        monkeypatch.setattr(Forward, "__call__", forward)
     with pytest.raises(GenerationInterrupted) as exc:
         engine.run("Count.", on_event)
     partial = exc.value.result
@@ -219,19 +221,22 @@ def test_ctrl_c_leaves_the_partial_result(smollm_tokenizer, monkeypatch, where):
 def test_cli_ctrl_c_prints_partial_json_and_exits_130(capsys, monkeypatch, smollm):
     model, tok = smollm
     monkeypatch.setattr(hogwild_ref.models, "load", lambda *a, **k: smollm)
-    import hogwild_ref.engine as engine_mod
 
-    real = engine_mod.Engine.forward_rows
+    from hogwild_ref.forward import Forward
+    from hogwild_ref.proof import ensure_compatible
+
+    ensure_compatible(model, backend="fast")  # proven once, before the counted forwards of the run
+    real = Forward.__call__
     calls = [0]
 
-    def forward_rows(self, cache, rows, feeds, logits=True):
+    def forward(self, storage, rows, feeds, logits=True):
         if logits:
             calls[0] += 1
             if calls[0] == 4:
                 raise KeyboardInterrupt
-        return real(self, cache, rows, feeds, logits)
+        return real(self, storage, rows, feeds, logits)
 
-    monkeypatch.setattr(engine_mod.Engine, "forward_rows", forward_rows)
+    monkeypatch.setattr(Forward, "__call__", forward)
     rc = main(["generate", "What is 2 + 3?", "--json", "--max-ticks", "20", "--device", "cpu", "--workers", "2"])
     out, err = capsys.readouterr()
     assert rc == 130

@@ -15,7 +15,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hogwild_ref.masks import dense_mask, plan_tick
+from hogwild_ref.plan import dense_mask, plan_tick
 from hogwild_ref.rope import RopeError, RopeSpec
 from hogwild_ref.segments import Row, TableError, combined, contiguous, interleaved
 from strategies import any_tables, tick_counts
@@ -165,7 +165,7 @@ def test_two_rows_writing_one_segment_raise():
 def test_two_writing_rows_after_an_idle_row_raise():
     """Spec §3.1 rule 3: two rows that both feed tokens must not share a write segment.
 
-    SRC BUG (masks.py, the ``writes`` check in plan_tick): each row is compared only with the FIRST row
+    SRC BUG (plan.py, the ``writes`` check in plan_tick): each row is compared only with the FIRST row
     that names the segment; when that first row feeds 0 tokens, two later feeding rows pass unchecked and
     their new tokens get overlapping positions.
     """

@@ -2,7 +2,7 @@
 
 W = 4 workers, combined layout, >= 2,000 ticks and hundreds of flushes on a tiny random-weight model
 with a byte-level tokenizer (so every tick's logits are cheap to keep). Every fast backend of
-:data:`hogwild_ref.cache.CACHE_BACKENDS` (the fast backend and every attention backend; a new one joins
+:data:`hogwild_ref.settings.BACKENDS` (the fast backend and every attention backend; a new one joins
 automatically) is run against the engine oracle:
 
 * every tick's logits within tolerance and greedy tokens identical (reported at checkpoints);
@@ -19,8 +19,7 @@ import os
 import pytest
 import torch
 
-import hogwild_ref.engine as engine_mod
-from hogwild_ref.cache import CACHE_BACKENDS as BACKENDS
+from hogwild_ref.settings import BACKENDS
 from hogwild_ref.engine import Engine, FlushEvent
 from hogwild_ref.models import tiny_model
 from hogwild_ref.sampling import SamplingConfig
@@ -73,9 +72,9 @@ def _soak(model, tok, backend, monkeypatch, *, ticks=TICKS, sampling=None, seed=
                             collab_every=None, eos_token_ids=frozenset())
     engine = Engine(model, tok, workers=W, layout="combined", backend=backend, scheduler=sched, sampling=sampling,
                     seed=seed, record_logits=sampling is None, finisher=False)
-    caches = []
-    real_make_cache = engine_mod.make_cache
-    monkeypatch.setattr(engine_mod, "make_cache", lambda *a, **k: caches.append(real_make_cache(*a, **k)) or caches[-1])
+    caches = []  # the run's storage (all of its K/V)
+    real_storage = engine.forward.storage
+    monkeypatch.setattr(engine.forward, "storage", lambda *a, **k: caches.append(real_storage(*a, **k)) or caches[-1])
     worst_position = [0]
 
     def check_positions(module, args, kwargs):
@@ -84,7 +83,7 @@ def _soak(model, tok, backend, monkeypatch, *, ticks=TICKS, sampling=None, seed=
             return
         for r in range(W):  # a worker's new tokens end its view, after the others' new tokens of this tick
             top = int(pos[r].max())
-            assert top <= cache.table.view_length(r) + W * ids.shape[1] - 1, (r, top)
+            assert top <= cache.storage.table.view_length(r) + W * ids.shape[1] - 1, (r, top)
             worst_position[0] = max(worst_position[0], top)
 
     hook = model.register_forward_pre_hook(check_positions, with_kwargs=True) if watch else None

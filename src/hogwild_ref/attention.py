@@ -22,7 +22,7 @@ Backends:
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from einops import rearrange
@@ -64,8 +64,8 @@ def _masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
 
 def rotate_queries(
     q: Float[Tensor, "R Hq n D"],
-    keys: Sequence[Float[Tensor, "Hkv L D"]],
-    values: Sequence[Float[Tensor, "Hkv L D"]],
+    keys: Sequence[Float[Tensor, "Hkv _L D"]],
+    values: Sequence[Float[Tensor, "Hkv _L D"]],
     plan: TickPlan,
     rope: RopeSpec,
     scaling: float,
@@ -91,19 +91,18 @@ def rotate_queries(
         for j, (k, L) in enumerate(zip(keys, lengths, strict=True))
     ]
     p = _masked_softmax(torch.cat(scores, dim=-1) * scaling, plan.key_mask[:, None, None])
-    out = None
-    start = 0
-    for v, L in zip(values, lengths, strict=True):
-        part = torch.einsum("rkgnt,ktd->rkgnd", p[..., start : start + L], v[:, :L].to(acc))
-        out = part if out is None else out + part
-        start += L
+    starts = [sum(lengths[:j]) for j in range(len(lengths))]
+    out = sum(
+        (torch.einsum("rkgnt,ktd->rkgnd", p[..., s0 : s0 + L], v[:, :L].to(acc)) for s0, v, L in zip(starts, values, lengths, strict=True)),
+        start=torch.zeros(p.shape[:-1] + (q.shape[-1],), dtype=acc, device=q.device),
+    )
     return rearrange(out, "r k g n d -> r (k g) n d").to(q.dtype)
 
 
 def rotate_keys(
     q: Float[Tensor, "R Hq n D"],
-    keys: Sequence[Float[Tensor, "Hkv L D"]],
-    values: Sequence[Float[Tensor, "Hkv L D"]],
+    keys: Sequence[Float[Tensor, "Hkv _L D"]],
+    values: Sequence[Float[Tensor, "Hkv _L D"]],
     plan: TickPlan,
     rope: RopeSpec,
     scaling: float,
@@ -139,8 +138,8 @@ def rotate_keys(
 
 def oracle(
     q0: Float[Tensor, "R Hq n D"],
-    keys0: Sequence[Float[Tensor, "Hkv L D"]],
-    values: Sequence[Float[Tensor, "Hkv L D"]],
+    keys0: Sequence[Float[Tensor, "Hkv _L D"]],
+    values: Sequence[Float[Tensor, "Hkv _L D"]],
     plan: TickPlan,
     rope: RopeSpec,
     scaling: float,

@@ -258,8 +258,10 @@ class Engine:
             run.transcript.append(sid, ids)
         timing["prefill"] = time.perf_counter() - t0
         while run.active:
-            for _, events in loop.tick([run]):
-                yield from events
+            for _, sampled, logits in loop.sample([run]):
+                yield from run.token_events(sampled)
+                # the tick is complete: commit it (a Ctrl-C before this line reports the previous tick)
+                yield from loop.commit(run, sampled, logits)
         answer, reason = run.answer(), run.reason
         if answer is None and reason == "budget" and s.finisher:
             finisher = loop.finish([run], s.finisher_tokens, commit=True)

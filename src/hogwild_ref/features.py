@@ -16,8 +16,9 @@ call does not check them again. The numeric proof on top of it is :mod:`hogwild_
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor

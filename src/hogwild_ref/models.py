@@ -34,6 +34,9 @@ __all__ = [
 #: model_type values tested end to end against the engine oracle.
 SUPPORTED_FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "phi3")
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: attribute :func:`load` sets on a model loaded with ``allow_untested=True``: the compatibility proof
+#: (:func:`hogwild_ref.proof.ensure_compatible`) then admits its family without the flag being given again
+ALLOW_UNTESTED = "hogwild_allow_untested"
 
 
 class UnsupportedModelError(ValueError):
@@ -79,8 +82,8 @@ def load(
     A path to a ``.gguf`` file is loaded with ``gguf_file=``; anything else goes to
     ``AutoModelForCausalLM.from_pretrained`` (a local directory or a hub id). The config is checked
     before the weights load (:func:`check_supported`; ``allow_untested`` admits families outside the
-    tested list). Loading does not prove: the engine proves the model once before its first run
-    (:func:`hogwild_ref.proof.ensure_compatible`, Spec §11.6).
+    tested list, and the choice is recorded on the model for the proof). Loading does not prove: the
+    engine proves the model once before its first run (:func:`hogwild_ref.proof.ensure_compatible`, Spec §11.6).
     """
     if name_or_path in (None, "default", "smollm2"):
         return load_default(dtype, device)
@@ -92,6 +95,8 @@ def load(
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs).to(device).eval()  # type: ignore[arg-type]
     check_vocabulary(model, tokenizer)
+    if allow_untested:
+        setattr(model, ALLOW_UNTESTED, True)
     return model, tokenizer
 
 

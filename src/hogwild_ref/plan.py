@@ -11,8 +11,8 @@ Segments outside the view get ``loc = -1`` (nothing visible); rows without new t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from jaxtyping import Bool, Int

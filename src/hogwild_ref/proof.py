@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .features import PROOF_TOLERANCES, CompatibilityError, RopeProbe, model_type, relative_error, probe_rope
 from .forward import Forward
-from .models import SUPPORTED_FAMILIES, UnsupportedModelError, check_supported
+from .models import ALLOW_UNTESTED, SUPPORTED_FAMILIES, UnsupportedModelError, check_supported
 from .rope import RopeSpec
 from .segments import Row, make_layout
 
@@ -145,7 +145,7 @@ def ensure_compatible(model: Any, *, allow_untested: bool = False, backend: str 
     probe = probe_rope(model, spec)
     rope = replace(spec, convention=probe.convention)  # type: ignore[arg-type]
     tested = mt in SUPPORTED_FAMILIES
-    allowed = allow_untested or any(not p.tested for p in proofs.values())
+    allowed = allow_untested or getattr(model, ALLOW_UNTESTED, False) or any(not p.tested for p in proofs.values())
     if not tested and not allowed:
         raise UnsupportedModelError(
             f"model type {mt!r} is not among the tested families ({', '.join(SUPPORTED_FAMILIES)}). Pass "

@@ -16,10 +16,11 @@ end of an engine run) or from a snapshot that is then restored (the batch runner
 
 from __future__ import annotations
 
-from typing import Callable, Generator, Iterable, Sequence
+from collections import abc
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
-from torch import Tensor
+from torch import Generator, Tensor
 
 from .events import Event, FlushEvent, SnapshotEvent, StepEvent, TokenEvent
 from .forward import Forward
@@ -84,7 +85,7 @@ class ProblemRun:
         self.views = [tuple(v) for v in views]
         self.history, self.base = history, base
         self.decode, self.extract = decode, extract
-        self.generators = [torch.Generator(device=device).manual_seed(seed + w) for w in range(self.workers)]
+        self.generators = [Generator(device=device).manual_seed(seed + w) for w in range(self.workers)]
         self.feeds: list[list[int]] = scheduler.initial_feeds()
         self.pending: list[int | None] = [None] * self.workers
         self.transcript = Transcript(segment_ids, self.workers)
@@ -113,10 +114,15 @@ class ProblemRun:
         self.active = False
         return True
 
+    def token_events(self, sampled: list[int | None]) -> list[Event]:
+        """The coming tick's sampled tokens as events (before :meth:`commit`: a Ctrl-C while they are
+        handled reports the previous tick)."""
+        return [TokenEvent(self.ticks + 1, w, tok, self.decode([tok])) for w, tok in enumerate(sampled) if tok is not None]
+
     def commit(self, storage: Storage, sampled: list[int | None], logits: Tensor) -> list[Event]:
-        """The tick is complete: record it, let the scheduler decide, flush in its order (Spec §5.2, §6.2)."""
-        events: list[Event] = [TokenEvent(self.ticks + 1, w, tok, self.decode([tok]))
-                               for w, tok in enumerate(sampled) if tok is not None]
+        """The tick is complete: record it, let the scheduler decide, flush in its order (Spec §5.2, §6.2).
+        Returns the step, flush and snapshot events."""
+        events: list[Event] = []
         self.ticks += 1
         if self.logits is not None:
             self.logits.append(logits.detach().float().cpu())
@@ -172,9 +178,10 @@ class RunLoop:
         self.forward, self.storage, self.sampling = forward, storage, sampling
         self.isolate_errors = isolate_errors
 
-    def tick(self, runs: Sequence[ProblemRun]) -> list[tuple[ProblemRun, list[Event]]]:
-        """One tick of every active run (those whose :meth:`ProblemRun.check_end` lets them go on):
-        one forward, one sampling call for all rows, then each run's commit."""
+    def sample(self, runs: Sequence[ProblemRun]) -> list[tuple[ProblemRun, list[int | None], Tensor]]:
+        """The forward and sampling half of a tick for every active run (those whose
+        :meth:`ProblemRun.check_end` lets them go on): one forward of all their rows, one sampling call
+        on the device for all rows. Returns ``(run, sampled, logits)`` per run, not yet committed."""
         live = [r for r in runs if r.active and not r.check_end()]
         if not live:
             return []
@@ -184,23 +191,30 @@ class RunLoop:
         assert logits is not None
         gens = [g for r in live for g in r.generators]
         sampled = sample_rows(logits, [bool(f) for f in feeds], self.sampling, gens)
-        out: list[tuple[ProblemRun, list[Event]]] = []
-        start = 0
+        out, start = [], 0
         for r in live:
-            part, logits_r = sampled[start : start + r.workers], logits[start : start + r.workers]
+            out.append((r, sampled[start : start + r.workers], logits[start : start + r.workers]))
             start += r.workers
-            if not self.isolate_errors:
-                out.append((r, r.commit(self.storage, part, logits_r)))
-                continue
-            try:
-                out.append((r, r.commit(self.storage, part, logits_r)))
-            except Exception as exc:  # noqa: BLE001 - recorded in the run
-                r.error = f"{type(exc).__name__}: {exc}"
-                r.active = False
         return out
 
+    def commit(self, run: ProblemRun, sampled: list[int | None], logits: Tensor) -> list[Event]:
+        """The schedule and flush half of a tick for one run (:meth:`ProblemRun.commit`); with
+        ``isolate_errors``, an exception ends that run with its ``error`` set and no events."""
+        if not self.isolate_errors:
+            return run.commit(self.storage, sampled, logits)
+        try:
+            return run.commit(self.storage, sampled, logits)
+        except Exception as exc:  # noqa: BLE001 - recorded in the run
+            run.error = f"{type(exc).__name__}: {exc}"
+            run.active = False
+            return []
+
+    def tick(self, runs: Sequence[ProblemRun]) -> list[tuple[ProblemRun, list[Event]]]:
+        """One whole tick of every active run: :meth:`sample`, then :meth:`commit` of each run."""
+        return [(r, r.token_events(sampled) + self.commit(r, sampled, logits)) for r, sampled, logits in self.sample(runs)]
+
     def finish(self, runs: Sequence[ProblemRun], tokens: int, *, commit: bool
-               ) -> Generator[tuple[ProblemRun, TokenEvent], None, dict[int, tuple[str | None, list[int]]]]:
+               ) -> abc.Generator[tuple[ProblemRun, TokenEvent], None, dict[int, tuple[str | None, list[int]]]]:
         """The s1-style finisher (Spec §6.6) for worker 0 of every run in ``runs``, batched, greedy.
 
         Worker 0 is fed its last token and the finisher text, then decodes until the answer closes,

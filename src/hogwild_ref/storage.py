@@ -8,7 +8,8 @@ post-write table, a flush the post-flush one.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 

@@ -15,7 +15,8 @@ Spec §9.6). ``keys[j]`` / ``values[j]`` are views of segment ``j`` (table order
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
@@ -116,13 +117,13 @@ class SegmentStore:
         self.keys[j][:, start : start + n] = k
         self.values[j][:, start : start + n] = v
 
-    def scatter_index(self, slots: Int[Tensor, "R"]) -> Int[Tensor, "Hkv*R"]:
+    def scatter_index(self, slots: Int[Tensor, "R"]) -> Int[Tensor, "HkvR"]:
         """Rows of the flat tail buffer that :meth:`scatter` writes for tail ``slots`` (:meth:`slot`;
         ``-1``: the trash slot), head-major."""
         heads = torch.arange(self.kv_heads, device=slots.device)[:, None] * (len(self.tail_segments) * self.block)
         return torch.where(slots[None, :] < 0, self.trash, heads + slots[None, :]).flatten()
 
-    def scatter(self, index: Int[Tensor, "Hkv*R"], k: Float[Tensor, "Hkv R D"], v: Float[Tensor, "Hkv R D"]) -> None:
+    def scatter(self, index: Int[Tensor, "HkvR"], k: Float[Tensor, "Hkv R D"], v: Float[Tensor, "Hkv R D"]) -> None:
         """Store one token per row (:meth:`scatter_index`): the fast path's write (Spec §9.6)."""
         self._k_flat.index_copy_(0, index, k.reshape(-1, self.head_dim))
         self._v_flat.index_copy_(0, index, v.reshape(-1, self.head_dim))

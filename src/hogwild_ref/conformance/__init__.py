@@ -4,7 +4,7 @@
 * :mod:`.reference` — :class:`ReferenceAdapter`, hogwild_ref itself as an adapter; the zero-argument
   factory :func:`reference` is what ``hogwild-ref conform --adapter hogwild_ref.conformance:reference``
   imports;
-* :mod:`.vectors` — the vector format and :func:`generate_vectors` (deterministic), which runs one
+* :mod:`.vectors` — the vector format; :mod:`.generate` — :func:`generate_vectors` (deterministic), which runs one
   generator per level: :mod:`.vectors_rope`, :mod:`.vectors_attention`, :mod:`.vectors_model`;
 * :mod:`.runner` — :func:`run` (returns a :class:`Report`);
 * :mod:`.external` — adapters in another process (:class:`~.external.CommandAdapter`, the line
@@ -17,7 +17,8 @@ from __future__ import annotations
 from .protocol import LEVELS, Adapter, AttentionAdapter, ModelAdapter, RopeAdapter
 from .reference import ReferenceAdapter, reference
 from .runner import Report, VectorResult, default_vectors_dir, load_adapter, run
-from .vectors import generate_vectors, load_vector
+from .generate import generate_vectors
+from .vectors import load_vector
 
 __all__ = [
     "LEVELS",

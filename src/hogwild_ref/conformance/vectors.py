@@ -27,13 +27,12 @@ import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import Tensor
 
 from ..rope import RopeSpec
-from .protocol import LEVELS
 
 __all__ = [
     "FORMAT",
@@ -43,7 +42,6 @@ __all__ = [
     "official_combined_table",
     "private_scratch_table",
     "rope_data",
-    "generate_vectors",
     "dumps_json",
     "load_vector",
     "vector_names",
@@ -257,40 +255,3 @@ def private_scratch_table(workers: int = 2, lengths: Mapping[str, int] | None = 
     views = [["common", *(f"cur_{j}" for j in range(workers) if j != w), f"scratch_{w}", f"cur_{w}"]
              for w in range(workers)]
     return {"version": 1, "layout": None, "history": "common", "segments": segments, "views": views}
-
-
-# ---------------------------------------------------------------------- generation
-def level_builders() -> dict[str, Callable[[], list[Vector]]]:
-    """The vector builder of each level (imported here: the level modules import this one)."""
-    from .vectors_attention import attention_vectors
-    from .vectors_model import model_vectors
-    from .vectors_rope import rope_vectors
-
-    return {"rope": rope_vectors, "attention": attention_vectors, "model": model_vectors}
-
-
-def generate_vectors(out_dir: Path | str, levels: Sequence[str] | None = None) -> list[Path]:
-    """(Re)generate the conformance vectors into ``out_dir/<level>/`` and return the files written.
-
-    Existing ``*.json`` / ``*.safetensors`` files of the regenerated levels are removed first, so the
-    directory holds exactly the current vector set. Deterministic: the same library versions give
-    the same bytes.
-    """
-    out = Path(out_dir)
-    levels = list(levels) if levels else list(LEVELS)
-    builders = level_builders()
-    for level in levels:
-        if level not in builders:
-            raise ValueError(f"unknown level {level!r}; choose from {', '.join(LEVELS)}")
-    written: list[Path] = []
-    with deterministic():
-        for level in levels:
-            vectors = builders[level]()
-            directory = out / level
-            if directory.is_dir():
-                for old in sorted(directory.iterdir()):
-                    if old.suffix in (".json", ".safetensors") and old.is_file():
-                        old.unlink()
-            for vector in vectors:
-                written.extend(write_vector(directory, vector))
-    return written
