@@ -16,31 +16,17 @@ planted fault: exactly that fault reported), so a failure on the tree is the tre
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import textwrap
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from docs_scripts import load_docs_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gen_architecture", ROOT / "docs" / "gen_architecture.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    previous, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # keep docs/ free of __pycache__
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.dont_write_bytecode = previous
-    return module
-
-
-gen = _load_generator()
+gen = load_docs_script("gen_architecture")
 
 
 # ---------------------------------------------------------------------- a synthetic package

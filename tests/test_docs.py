@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
 import re
@@ -85,14 +84,9 @@ def test_mkdocs_build_strict_renders_spec_and_diagrams(site: Path) -> None:
 
 def test_generated_diagrams_follow_the_views() -> None:
     """The diagram generator draws one box per segment of every view (no drift from the code)."""
-    spec = importlib.util.spec_from_file_location("gen_layouts", ROOT / "docs" / "gen_layouts.py")
-    assert spec is not None and spec.loader is not None
-    gen_layouts = importlib.util.module_from_spec(spec)
-    previous, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # keep docs/ free of __pycache__
-    try:
-        spec.loader.exec_module(gen_layouts)
-    finally:
-        sys.dont_write_bytecode = previous
+    from docs_scripts import load_docs_script
+
+    gen_layouts = load_docs_script("gen_layouts")
     for layout in LAYOUTS:
         for w in (1, 2, 3, 4):
             table = gen_layouts.example_table(layout, w)

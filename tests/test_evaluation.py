@@ -286,8 +286,11 @@ def test_cli_eval_on_the_embedded_model(tmp_path, capsys, monkeypatch, smollm):
     rc = main(["eval", "--dataset", "builtin:arith", "--workers", "1", "2", "--budgets", "4", "8", "--limit", "1",
                "--prompts", "compact", "--out", str(tmp_path), "--no-progress", "--finisher-tokens", "4"])
     assert rc == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "| Hogwild, 2 workers | 8 | 1 |" in out and "self-consistency, 2 samples" in out
+    # the default --batch 4 with the default fast backend: the fallback of batched ticks is said, not silent
+    assert "batch 4: batched problems run on rotate_queries" in captured.err
     rows = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 6
     for name in ("summary.md", "summary.json", "accuracy.png", "accuracy.svg", "config.json"):
@@ -295,3 +298,11 @@ def test_cli_eval_on_the_embedded_model(tmp_path, capsys, monkeypatch, smollm):
     monkeypatch.setattr(hogwild_ref.models, "load", lambda *a, **k: pytest.fail("loaded a model for bad arguments"))
     assert main(["eval", "--budgets", "0", "--out", str(tmp_path / "x")]) == 2
     assert "budgets must be tick counts >= 1" in capsys.readouterr().err
+
+
+def test_backend_notice_names_the_batched_fallback():
+    from hogwild_ref.evaluation.runner import backend_notice
+
+    assert "rotate_queries" in backend_notice(EvalConfig(backend="fast", batch=2))
+    assert backend_notice(EvalConfig(backend="fast", batch=1)) is None  # one problem: the fast path itself
+    assert backend_notice(EvalConfig(backend="rotate_keys", batch=4)) is None  # what was asked for

@@ -74,7 +74,8 @@ class Engine:
         allow_untested: run a model family outside the tested ones once the compatibility proof on
             the model passes (Spec §11.3, §11.6); every model is proven before its first run.
         model_name: the name reported in the result (default: the config's name or path).
-        compile, pack_weights: the forward step's options (:class:`~hogwild_ref.forward.Forward`).
+        compile: compile the one-token ticks (:class:`~hogwild_ref.forward.Forward`; None: on CUDA).
+        pack_weights: packed CPU linear weights for one-token ticks (:class:`~hogwild_ref.forward.Forward`).
         table: explicit segments and views (Spec §4.5) instead of the ``layout`` preset; its lengths
             must be 0. The rendered prompt goes into its prompt segment (Spec §4.4); every other
             static segment's text comes from ``static_texts``.
