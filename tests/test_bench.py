@@ -1,0 +1,41 @@
+"""``bench ticks`` reports the memory-bandwidth floor next to its ratios (issue: tick cost near the floor).
+
+The floor is arithmetic on measured inputs; the oracle here recomputes each input independently: the
+weight bytes from the model's parameters (``parameters()`` yields a tied embedding once), the HF
+step's K/V bytes from the config, and the fast path's K/V bytes from the storage's own accounting.
+No time is asserted.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hogwild_ref.bench import STEP_TOKENS, bench_ticks, read_bandwidth, weight_bytes
+from hogwild_ref.models import tiny_model
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def test_bench_ticks_reports_the_floor_of_the_tick_and_of_the_hf_step():
+    model = tiny_model("llama", seed=0, vocab_size=256, tie_word_embeddings=True)
+    independent = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert weight_bytes(model) == independent
+    rows = bench_ticks(model, workers=(1, 3), contexts=(128,), steps=2, warmup=1)
+    cfg = model.config
+    hf_kv = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * (128 + STEP_TOKENS) * 4
+    assert [r.workers for r in rows] == [1, 3]
+    for r in rows:
+        assert r.weight_bytes == independent and r.bandwidth > 0 and r.kv_bytes_per_tick > 0
+        assert r.floor_s == pytest.approx((independent + r.kv_bytes_per_tick) / r.bandwidth)
+        assert r.ratio_floor == pytest.approx(r.s_per_tick / r.floor_s)
+        assert r.baseline_floor_s == pytest.approx((independent + hf_kv) / r.bandwidth)
+        assert r.baseline_ratio_floor == pytest.approx(r.baseline_s_per_step / r.baseline_floor_s)
+    # three workers read at least the one worker's common window, and more tail
+    assert rows[1].kv_bytes_per_tick > rows[0].kv_bytes_per_tick
+
+
+def test_read_bandwidth_is_a_rate_of_the_bytes_read():
+    small = read_bandwidth("cpu", nbytes=1 << 22, repeat=2)
+    assert 1e6 < small < 1e13  # bytes per second: a plausible memory read rate, not a time
+    assert torch.get_num_threads() == 1
