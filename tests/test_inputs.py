@@ -263,3 +263,40 @@ def test_cli_json_carries_settings_and_snapshots(capsys, monkeypatch, smollm, tm
     assert [snap["tick"] for snap in d["snapshots"]] == [2, 5]
     assert d["prefill_seconds"] >= 0
     assert all(w["text"].startswith(f"[{w['name']} 1] ") for w in d["workers"])
+
+
+def test_one_settings_object_checked_when_built_names_flags_only_on_the_cli():
+    from hogwild_ref import Settings
+    from hogwild_ref.checks import SettingsError
+    from hogwild_ref.settings import BACKENDS, LAYOUTS
+
+    with pytest.raises(SettingsError, match=r"^workers must be >= 1; got 0"):
+        Settings(workers=0)
+    with pytest.raises(SettingsError, match=r"^--workers must be >= 1; got 0"):
+        Settings.from_flags(workers=0)
+    with pytest.raises(SettingsError, match="snapshot at tick 9 is beyond the budget of 8 ticks"):
+        Settings(max_ticks=8, snapshots=(9,))
+    s = Settings(workers=3, snapshots=[2])  # a list is kept as a tuple
+    assert s.snapshots == (2,) and s.with_(seed=4).seed == 4 and s.seed == 0
+    with pytest.raises(SettingsError, match="unknown backend"):
+        s.with_(backend="flash")
+    assert set(BACKENDS) == {"fast", "rotate_queries", "rotate_keys", "oracle"} and "combined" in LAYOUTS
+    # the CLI's choices are the settings' choices, in every subcommand that takes them
+    from hogwild_ref.cli import main
+
+    for command in (["generate"], ["eval"], ["bench", "ticks"]):
+        with pytest.raises(SystemExit):
+            main([*command, "--layout", "spiral"])
+
+
+def test_engine_keywords_override_a_settings_object_and_unknown_ones_are_refused(smollm_tokenizer):
+    from hogwild_ref import Settings
+
+    model = tiny_model("llama", seed=2, vocab_size=len(smollm_tokenizer))
+    base = Settings(workers=3, max_ticks=5, seed=9, finisher=False)
+    engine = Engine(model, smollm_tokenizer, base, workers=2)
+    assert engine.workers == 2 and engine.settings.seed == 9 and engine.settings.max_ticks == 5
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        Engine(model, smollm_tokenizer, base, wokers=2)
+    result = hogwild_ref.generate(model, smollm_tokenizer, "Add 1 and 2.", settings=base)
+    assert result.ticks <= 5 and len(result.workers) == 3 and result.settings["seed"] == 9 and result.settings["max_ticks"] == 5
