@@ -203,7 +203,7 @@ def lse_merge(
     w = torch.exp(lse - top)  # exp(-inf) = 0 for empty parts
     total = w.sum(dim=0)
     w = w / total.clamp_min(torch.finfo(w.dtype).tiny)
-    return sum(wi[..., None] * oi for wi, oi in zip(w, outputs))  # type: ignore[return-value]
+    return sum(wi[..., None] * oi for wi, oi in zip(w, outputs))
 
 
 #: Backends by name; ``oracle`` takes position-0 inputs, the others model-rotated ones.
