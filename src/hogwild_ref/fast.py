@@ -36,7 +36,8 @@ from .rope import RopeSpec, Rotation
 from .segments import SegmentTable, TableError, view_offsets
 from .store import SegmentStore
 
-__all__ = ["WINDOW_QUANTUM", "DecodeBuffers", "DecodePlan", "LayerInputs", "common_window", "decode_attention", "plan_decode",
+__all__ = ["SPLIT_DTYPES", "WINDOW_QUANTUM", "DecodeBuffers", "DecodePlan", "LayerInputs", "common_window", "decode_attention",
+           "decode_attention_split", "plan_decode",
            "prefix_attention"]
 
 #: the common window is the common segment's length rounded up to a multiple of this
@@ -246,6 +247,59 @@ def decode_attention(
     out = torch.matmul(p[..., :window], v_common.to(acc))  # (Hkv, R*g, D)
     pt = p[..., window:].reshape(hkv, R * g, st_n, block).permute(0, 2, 1, 3)
     out = out + torch.matmul(pt, v_tail.to(acc)).sum(dim=1)
+    out = out.view(hkv, R, g, D).permute(1, 0, 2, 3) * active[:, None, None, None]
+    return out.reshape(R, Hq, 1, D).to(q.dtype)
+
+
+#: dtypes PyTorch's CPU flash kernel takes (:func:`decode_attention_split`)
+SPLIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def decode_attention_split(
+    q: Float[Tensor, "R Hq 1 D"],
+    k_common: Float[Tensor, "Hkv L D"],
+    v_common: Float[Tensor, "Hkv L D"],
+    k_tail: Float[Tensor, "Hkv St C D"],
+    v_tail: Float[Tensor, "Hkv St C D"],
+    query_rotation: Rotation,
+    tail_mask: Bool[Tensor, "R T"],
+    active: Float[Tensor, "R"],
+    rope: RopeSpec,
+    scaling: float,
+) -> Float[Tensor, "R Hq 1 D"]:
+    """:func:`decode_attention` with the common part split off (Spec §9.5, §9.6): eager CPU ticks.
+
+    ``k_common`` / ``v_common`` hold exactly the common segment's ``L`` stored keys (no window padding):
+    every row that feeds a token sees all of them, so the common part is one fused, non-causal
+    attention of the ``R·g`` queries of each KV head over ``L`` keys (PyTorch's CPU flash kernel, which
+    never materialises a score row and returns the natural-log log-sum-exp). The tail is scored as in
+    :func:`decode_attention` under ``tail_mask`` (``T = St·C``), and the two parts are merged by their
+    log-sum-exps (:func:`~hogwild_ref.attention.lse_merge`'s rule, §9.5). Rows with ``active == 0``
+    return zeros.
+    """
+    R, Hq, _, D = q.shape
+    hkv = k_common.shape[0]
+    if k_common.shape[1] == 0:
+        raise ValueError("decode_attention_split needs a non-empty common segment; use decode_attention")
+    st_n, block = k_tail.shape[1], k_tail.shape[2]
+    g = Hq // hkv
+    acc = torch.promote_types(q.dtype, torch.float32)
+    qg = q.view(R, hkv, g, D)
+    # common part: queries of all rows as one sequence per KV head, fused kernel with LSE
+    qc = qg.permute(1, 0, 2, 3).reshape(1, hkv, R * g, D)
+    out_c, lse_c = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        qc, k_common[None], v_common[None], 0.0, False, attn_mask=None, scale=scaling)
+    out_c, lse_c = out_c[0].to(acc), lse_c[0].to(acc)  # (Hkv, R*g, D), (Hkv, R*g)
+    # tail: each row's query re-rotated once per tail segment (Spec §9.2), masked softmax with its LSE
+    qr = rope.apply(qg.to(acc)[:, None], query_rotation).permute(2, 1, 0, 3, 4).reshape(hkv, st_n, R * g, D)
+    st = torch.matmul(qr, k_tail.to(acc).transpose(2, 3)).permute(0, 2, 1, 3).reshape(hkv, R, g, st_n * block)
+    st = (st * scaling).masked_fill(~tail_mask[None, :, None, :], float("-inf")).view(hkv, R * g, -1)
+    lse_t = torch.logsumexp(st, dim=-1)  # -inf where a row sees no tail key
+    top = torch.maximum(lse_c, lse_t)  # lse_c is finite: the common part is never empty
+    w_c, w_t = torch.exp(lse_c - top), torch.exp(lse_t - top)
+    p_t = torch.exp(st - top[..., None])  # the tail's weights on the merged scale (0 where masked)
+    pt = p_t.view(hkv, R * g, st_n, block).permute(0, 2, 1, 3)
+    out = (w_c[..., None] * out_c + torch.matmul(pt, v_tail.to(acc)).sum(dim=1)) / (w_c + w_t)[..., None]
     out = out.view(hkv, R, g, D).permute(1, 0, 2, 3) * active[:, None, None, None]
     return out.reshape(R, Hq, 1, D).to(q.dtype)
 

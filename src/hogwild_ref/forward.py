@@ -45,10 +45,14 @@ class Forward:
             float32, ticks of at least 4 rows (at 2 rows MKL's plain product is faster, measured).
         planner: the general tick's planner (:func:`~hogwild_ref.plan.plan_tick`; the conformance suite's
             mutants replace it).
+        split: eager one-token ticks on the CPU attend to the common segment through PyTorch's fused
+            kernel and merge the tail by log-sum-exp (:func:`~hogwild_ref.fast.decode_attention_split`,
+            Spec §9.5); None: off, since the score-row path measured faster at 1k and level at 4k
+            (docs/fast-path.md, "Split common part").
     """
 
     def __init__(self, model: Any, rope: RopeSpec, backend: str = "fast", *, compile: bool | str | None = None,
-                 pack_weights: bool | None = None, planner: Planner = plan_tick):
+                 pack_weights: bool | None = None, planner: Planner = plan_tick, split: bool | None = None):
         self.model, self.rope, self.backend = model, rope, backend
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
@@ -65,6 +69,7 @@ class Forward:
                             and packing_available())
             self._pack_rows = 4
         self.pack_weights = pack_weights
+        self.split = bool(split)
         self._packed: PackedLinear | None = None
         self._compiled_step: Callable[..., Any] | None = None
         self._caches: weakref.WeakKeyDictionary[Storage, HogwildCache] = weakref.WeakKeyDictionary()
@@ -83,7 +88,7 @@ class Forward:
         if self.backend == "oracle":
             return OracleTick(storage, rows, self.rope, self.device, self.planner)
         if self.backend == "fast" and DecodeTick.applies(storage, rows):
-            return DecodeTick(storage, [row.new_tokens for row in rows], self.rope, bool(self.compile))
+            return DecodeTick(storage, [row.new_tokens for row in rows], self.rope, bool(self.compile), self.split)
         if self.backend == "fast" and PrefillTick.applies(storage, rows):
             return PrefillTick(storage, rows, self.rope, "rotate_queries", self.device, self.planner)
         general = "rotate_queries" if self.backend == "fast" else self.backend

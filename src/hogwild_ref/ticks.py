@@ -30,7 +30,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .attention import BACKENDS
-from .fast import DecodeBuffers, LayerInputs, decode_attention, plan_decode, prefix_attention
+from .fast import SPLIT_DTYPES, DecodeBuffers, LayerInputs, decode_attention, decode_attention_split, plan_decode, prefix_attention
 from .plan import TickPlan, plan_tick
 from .rope import RopeSpec
 from .segments import Row, SegmentTable
@@ -139,6 +139,9 @@ class DecodeTick(Tick):
 
     ``compiled``: the model's forward runs under ``torch.compile``: the mask's width (which carries the
     common window) is marked dynamic, so that a growing history does not recompile.
+    ``split``: attend with :func:`~hogwild_ref.fast.decode_attention_split` (the common part through
+    PyTorch's fused CPU kernel, merged with the tail by log-sum-exp, Spec §9.5) on CPU layers whose
+    dtype it takes, when the common segment is not empty (the forward step's ``split`` option).
     """
 
     kind = "decode"
@@ -150,7 +153,8 @@ class DecodeTick(Tick):
         return (storage.common is not None and len(rows) == table.workers
                 and all(row.new_tokens in (0, 1) and row.view == view for row, view in zip(rows, table.views)))
 
-    def __init__(self, storage: Storage, counts: Sequence[int], rope: RopeSpec, compiled: bool = False):
+    def __init__(self, storage: Storage, counts: Sequence[int], rope: RopeSpec, compiled: bool = False,
+                 split: bool = False):
         table = storage.table
         for w, c in enumerate(counts):
             if c:
@@ -161,6 +165,8 @@ class DecodeTick(Tick):
         self.rope = rope
         self.table = plan.table
         self.max_position = int(plan.positions.max())
+        self.split = split and not compiled
+        self._common_length = plan.table.length(plan.table.segments[first.common].id) if first.common is not None else 0
         self._inputs: dict[torch.device, LayerInputs] = {}
         for device in storage.devices:
             store = next(st for st in storage.stores if st.device == device)
@@ -188,6 +194,10 @@ class DecodeTick(Tick):
         inputs = self._inputs[store.device]
         k_tail, v_tail = store.k_tail, store.v_tail
         window = inputs.mask.shape[1] - k_tail.shape[1] * k_tail.shape[2]  # symbolic under torch.compile
+        L = self._common_length
+        if self.split and L > 0 and store.device.type == "cpu" and store.dtype in SPLIT_DTYPES:  # the kernel needs keys
+            return decode_attention_split(q, store.k_common[:, :L], store.v_common[:, :L], k_tail, v_tail,
+                                          inputs.query_rotation, inputs.mask[:, window:], inputs.active, self.rope, scaling)
         kc, vc = store.k_common[:, :window], store.v_common[:, :window]
         return decode_attention(q, kc, vc, k_tail, v_tail, inputs.query_rotation, inputs.mask, inputs.active,
                                 self.rope, scaling)
