@@ -205,6 +205,26 @@ class DecodeBuffers:
         return LayerInputs(query, mask, active.to(self.cos.dtype), write)
 
 
+def _tail_scores(qg: Tensor, k_tail: Tensor, query_rotation: Rotation, rope: RopeSpec) -> Tensor:
+    """Unscaled scores ``(Hkv, R·g, St·C)`` of the queries ``qg`` ``(R, Hkv, g, D)`` (accumulation dtype)
+    against every tail block: each row's query re-rotated once per tail segment by ``-o_r(s)``
+    (Spec §9.2), one batched matmul over (head, segment)."""
+    R, hkv, g, D = qg.shape
+    st_n, block = k_tail.shape[1], k_tail.shape[2]
+    qr = rope.apply(qg[:, None], query_rotation)  # (R, St, Hkv, g, D)
+    qr = qr.permute(2, 1, 0, 3, 4).reshape(hkv, st_n, R * g, D)
+    st = torch.matmul(qr, k_tail.to(qg.dtype).transpose(2, 3))  # (Hkv, St, R*g, C)
+    return st.permute(0, 2, 1, 3).reshape(hkv, R * g, st_n * block)
+
+
+def _tail_values(p: Tensor, v_tail: Tensor) -> Tensor:
+    """``(Hkv, R·g, D)``: the tail's weights ``p`` ``(Hkv, R·g, St·C)`` applied to its values."""
+    hkv, rg, _ = p.shape
+    st_n, block = v_tail.shape[1], v_tail.shape[2]
+    pt = p.reshape(hkv, rg, st_n, block).permute(0, 2, 1, 3)
+    return torch.matmul(pt, v_tail.to(p.dtype)).sum(dim=1)
+
+
 def decode_attention(
     q: Float[Tensor, "R Hq 1 D"],
     k_common: Float[Tensor, "Hkv Lw D"],
@@ -230,23 +250,17 @@ def decode_attention(
     """
     R, Hq, _, D = q.shape
     hkv, window = k_common.shape[0], k_common.shape[1]
-    st_n, block = k_tail.shape[1], k_tail.shape[2]
     g = Hq // hkv
     acc = torch.promote_types(q.dtype, torch.float32)
     qg = q.to(acc).view(R, hkv, g, D)
     # common part: one batched matmul per KV head over all rows' queries, no rotation
     qk = qg.permute(1, 0, 2, 3).reshape(hkv, R * g, D)
     sc = torch.matmul(qk, k_common.to(acc).transpose(1, 2))  # (Hkv, R*g, Lw)
-    # tail: each row's query re-rotated once per tail segment, one batched matmul over (head, segment)
-    qr = rope.apply(qg[:, None], query_rotation)  # (R, St, Hkv, g, D)
-    qr = qr.permute(2, 1, 0, 3, 4).reshape(hkv, st_n, R * g, D)
-    st = torch.matmul(qr, k_tail.to(acc).transpose(2, 3))  # (Hkv, St, R*g, C)
-    st = st.permute(0, 2, 1, 3).reshape(hkv, R * g, st_n * block)
+    st = _tail_scores(qg, k_tail, query_rotation, rope)  # (Hkv, R*g, St*C)
     scores = (torch.cat([sc, st], dim=-1) * scaling).view(hkv, R, g, -1)
     p = torch.softmax(scores.masked_fill(~mask[None, :, None, :], float("-inf")), dim=-1).view(hkv, R * g, -1)
     out = torch.matmul(p[..., :window], v_common.to(acc))  # (Hkv, R*g, D)
-    pt = p[..., window:].reshape(hkv, R * g, st_n, block).permute(0, 2, 1, 3)
-    out = out + torch.matmul(pt, v_tail.to(acc)).sum(dim=1)
+    out = out + _tail_values(p[..., window:], v_tail)
     out = out.view(hkv, R, g, D).permute(1, 0, 2, 3) * active[:, None, None, None]
     return out.reshape(R, Hq, 1, D).to(q.dtype)
 
@@ -281,7 +295,6 @@ def decode_attention_split(
     hkv = k_common.shape[0]
     if k_common.shape[1] == 0:
         raise ValueError("decode_attention_split needs a non-empty common segment; use decode_attention")
-    st_n, block = k_tail.shape[1], k_tail.shape[2]
     g = Hq // hkv
     acc = torch.promote_types(q.dtype, torch.float32)
     qg = q.view(R, hkv, g, D)
@@ -290,16 +303,14 @@ def decode_attention_split(
     out_c, lse_c = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
         qc, k_common[None], v_common[None], 0.0, False, attn_mask=None, scale=scaling)
     out_c, lse_c = out_c[0].to(acc), lse_c[0].to(acc)  # (Hkv, R*g, D), (Hkv, R*g)
-    # tail: each row's query re-rotated once per tail segment (Spec §9.2), masked softmax with its LSE
-    qr = rope.apply(qg.to(acc)[:, None], query_rotation).permute(2, 1, 0, 3, 4).reshape(hkv, st_n, R * g, D)
-    st = torch.matmul(qr, k_tail.to(acc).transpose(2, 3)).permute(0, 2, 1, 3).reshape(hkv, R, g, st_n * block)
-    st = (st * scaling).masked_fill(~tail_mask[None, :, None, :], float("-inf")).view(hkv, R * g, -1)
+    # tail: masked scores with their LSE
+    st = (_tail_scores(qg.to(acc), k_tail, query_rotation, rope) * scaling).view(hkv, R, g, -1)
+    st = st.masked_fill(~tail_mask[None, :, None, :], float("-inf")).view(hkv, R * g, -1)
     lse_t = torch.logsumexp(st, dim=-1)  # -inf where a row sees no tail key
     top = torch.maximum(lse_c, lse_t)  # lse_c is finite: the common part is never empty
     w_c, w_t = torch.exp(lse_c - top), torch.exp(lse_t - top)
     p_t = torch.exp(st - top[..., None])  # the tail's weights on the merged scale (0 where masked)
-    pt = p_t.view(hkv, R * g, st_n, block).permute(0, 2, 1, 3)
-    out = (w_c[..., None] * out_c + torch.matmul(pt, v_tail.to(acc)).sum(dim=1)) / (w_c + w_t)[..., None]
+    out = (w_c[..., None] * out_c + _tail_values(p_t, v_tail)) / (w_c + w_t)[..., None]
     out = out.view(hkv, R, g, D).permute(1, 0, 2, 3) * active[:, None, None, None]
     return out.reshape(R, Hq, 1, D).to(q.dtype)
 
