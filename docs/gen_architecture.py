@@ -72,6 +72,7 @@ FLOORS: dict[str, int] = {
     "bench": 5,
     "live": 5,
     "cli": 5,
+    "cli.": 5,
     "__main__": 5,
     "__init__": 5,
     "conformance": 5,

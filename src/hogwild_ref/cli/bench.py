@@ -1,0 +1,128 @@
+"""``hogwild-ref bench``: ticks against the plain decode step, one layer's attention, end-to-end ticks/s."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from ..settings import BACKENDS, DTYPES, LAYOUTS
+from .common import _load
+
+def _add_bench(sub: Any) -> None:
+    p = sub.add_parser("bench", help="benchmarks: Hogwild ticks vs a plain decode step, one layer's attention, end-to-end ticks/s")
+    p.add_argument("what", nargs="?", choices=["ticks", "attention", "engine", "all"], default="all",
+                   help="ticks: s/tick vs HF's single-sequence decode step at the same context (the fast "
+                        "path's benchmark); attention: one layer per backend; engine: end-to-end ticks/s; "
+                        "all: attention and engine (default)")
+    p.add_argument("--what", dest="what_flag", choices=["attention", "engine", "all"], default=None,
+                   help=argparse.SUPPRESS)
+    p.add_argument("--contexts", "--ctx", type=int, nargs="+", default=None,
+                   help="context lengths (ticks: 1024 4096; attention: 1024 4096)")
+    p.add_argument("--workers", type=int, nargs="+", default=None,
+                   help="W values (ticks: 1 2 4 8; engine: 1 2 4; attention uses the largest)")
+    p.add_argument("--ticks", type=int, default=32, help="engine: ticks per run")
+    p.add_argument("--steps", type=int, default=10, help="ticks: timed ticks per case (after 3 warm-up ticks)")
+    p.add_argument("--layout", choices=LAYOUTS, default="combined", help="ticks: layout")
+    p.add_argument("--backend", choices=[b for b in BACKENDS if b != "oracle"], default="fast", help="ticks: backend")
+    p.add_argument("--compile", choices=["auto", "yes", "no"], default="auto",
+                   help="ticks: compile the fast path (auto: on CUDA only)")
+    p.add_argument("--model", default=None,
+                   help="ticks: a random-weight shape (smollm2-135m, qwen2.5-7b, qwq-32b), 'embedded', or a "
+                        "name/path (default smollm2-135m); engine: a model (default: the embedded SmolLM2)")
+    p.add_argument("--dtype", choices=DTYPES, default=None,
+                   help="default: float32 on CPU, bfloat16 on CUDA (engine: float32)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--json", action="store_true", help="print JSON lines")
+
+
+def cmd_bench_ticks(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..bench import MODEL_SHAPES, bench_ticks, machine, random_model
+
+    err = Console(stderr=True)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
+    name = args.model or "smollm2-135m"
+    with err.status(f"building {name} ..."):
+        if name in MODEL_SHAPES:
+            model = random_model(name, dtype, device)
+        else:
+            args.dtype = str(dtype).removeprefix("torch.")
+            args.model = None if name == "embedded" else name
+            model, _ = _load(args)
+    compile_: bool | str | None = {"auto": None, "yes": True, "no": False}[args.compile]
+    if compile_ and device.startswith("cuda"):
+        compile_ = "reduce-overhead"
+    results = bench_ticks(model, workers=args.workers or [1, 2, 4, 8], contexts=args.contexts or [1024, 4096],
+                          layout=args.layout, backend=args.backend, steps=args.steps, compile=compile_,
+                          progress=lambda msg: err.log(msg))
+    if args.json:
+        for r in results:
+            print(json.dumps(dataclasses.asdict(r)), flush=True)
+        return 0
+    table = Table(title=f"bench ticks: {name}, {args.layout}, {args.backend} — {machine()}")
+    for col in ("ctx", "W", "s/tick", "HF step", "ratio", "compiled HF step", "ratio (compiled)", "floor", "tick/floor",
+                "HF/floor", "peak mem"):
+        table.add_column(col, justify="right")
+    for r in results:
+        table.add_row(str(r.ctx), str(r.workers), f"{r.s_per_tick * 1e3:.1f} ms", f"{r.baseline_s_per_step * 1e3:.1f} ms",
+                      f"{r.ratio:.2f}x", "-" if r.compiled_baseline_s_per_step is None else f"{r.compiled_baseline_s_per_step * 1e3:.1f} ms",
+                      "-" if r.ratio_compiled is None else f"{r.ratio_compiled:.2f}x", f"{r.floor_s * 1e3:.1f} ms",
+                      f"{r.ratio_floor:.2f}x", f"{r.baseline_ratio_floor:.2f}x", f"{r.peak_mem_bytes / 2**20:.0f} MiB")
+    Console().print(table)
+    if results:
+        Console().print(f"floor = (weights {results[0].weight_bytes / 2**20:.0f} MiB + K/V read per tick) / read bandwidth "
+                        f"{results[0].bandwidth / 1e9:.1f} GB/s, measured in this run")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..bench import as_rows, bench_attention, bench_engine, machine
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    what = args.what_flag or args.what
+    if what == "ticks":
+        return cmd_bench_ticks(args)
+    console = Console()
+    rows: list[dict[str, Any]] = []
+    workers = args.workers or [1, 2, 4]
+    if what in ("attention", "all"):
+        with console.status("attention ..."):
+            dtype = getattr(torch, args.dtype) if args.dtype else None
+            rows += [{"bench": "attention"} | r for r in as_rows(
+                bench_attention(args.contexts or [1024, 4096], max(workers), dtype=dtype, device=args.device))]
+    if what in ("engine", "all"):
+        args.dtype = args.dtype or "float32"
+        with console.status("loading model ..."):
+            model, tokenizer = _load(args)
+        with console.status("engine ..."):
+            rows += [{"bench": "engine"} | r for r in as_rows(bench_engine(model, tokenizer, workers, args.ticks))]
+    if args.json:
+        print(json.dumps({"machine": machine(), "results": rows}))
+        return 0
+    console.print(f"machine: {machine()}")
+    for kind in ("attention", "engine"):
+        sel = [r for r in rows if r["bench"] == kind]
+        if not sel:
+            continue
+        table = Table(title=kind)
+        for key in sel[0]:
+            if key != "bench":
+                table.add_column(key)
+        for r in sel:
+            table.add_row(*(f"{v:.3g}" if isinstance(v, float) else str(v) for k, v in r.items() if k != "bench"))
+        console.print(table)
+    return 0
+

@@ -1,0 +1,74 @@
+"""``hogwild-ref eval``: accuracy against the forward-pass budget (Spec §13)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..settings import BACKENDS, DTYPES, LAYOUTS
+from .common import _load
+
+def _add_eval(sub: Any) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="accuracy against the forward-pass budget (Hogwild, 1-worker and self-consistency baselines)",
+        description="Evaluate on a dataset: one Hogwild run per (problem, workers, seed), answers at every budget "
+                    "by the finisher (Spec §13). Writes results.jsonl (resumable), summary.md/json and accuracy.png/svg.",
+    )
+    p.add_argument("--dataset", default="builtin:arith", help="FILE.jsonl / FILE.json, or builtin:arith (default) / builtin:arith-K")
+    p.add_argument("--workers", "-w", type=int, nargs="+", default=[1, 2, 4], help="worker counts (1, the baseline, is always added)")
+    p.add_argument("--budgets", type=int, nargs="+", default=[256, 512, 1024], help="budgets in ticks (forward passes)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--limit", type=int, default=None, help="first N problems of the dataset")
+    p.add_argument("--layout", choices=LAYOUTS, default="combined")
+    p.add_argument("--model", default=None, help="HF id, local directory or .gguf path (default: embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--out", default=None, help="output directory (default: eval-out/<dataset>); rerun to resume")
+    p.add_argument("--batch", type=int, default=4, help="problems per forward pass (1: one at a time; default 4)")
+    p.add_argument("--no-self-consistency", action="store_true", help="skip the self-consistency baseline")
+    p.add_argument("--sc-temperature", type=float, default=0.6, help="sampling temperature of self-consistency samples")
+    p.add_argument("--temperature", type=float, default=0.0, help="Hogwild sampling temperature (0, the default, is greedy)")
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--collab-every", type=int, default=1024, help="tokens between collaboration prompts (0 disables)")
+    p.add_argument("--finisher-tokens", type=int, default=24, help="most tokens the finisher decodes at each budget")
+    p.add_argument("--prompts", choices=["default", "compact"], default="default")
+    p.add_argument("--backend", choices=BACKENDS, default="fast")
+    p.add_argument("--retry-errors", action="store_true", help="rerun units whose rows recorded an error")
+    p.add_argument("--dtype", choices=DTYPES, default="float32")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--allow-untested", action="store_true", help="try a model family outside the tested ones")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import re
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from ..evaluation import EvalConfig, run_eval
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    model_name = args.model or "SmolLM2-135M-Instruct (embedded GGUF)"
+    cfg = EvalConfig(
+        dataset=args.dataset, workers=tuple(args.workers), budgets=tuple(args.budgets), seeds=tuple(args.seeds),
+        limit=args.limit, layout=args.layout, backend=args.backend, prompts=args.prompts, temperature=args.temperature,
+        top_p=args.top_p, self_consistency=not args.no_self_consistency, sc_temperature=args.sc_temperature,
+        collab_every=args.collab_every or None, finisher_tokens=args.finisher_tokens, batch=args.batch,
+        retry_errors=args.retry_errors, model=f"{model_name} [{args.dtype}]", allow_untested=args.allow_untested,
+    )
+    out = Path(args.out) if args.out else Path("eval-out") / re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(args.dataset).stem)
+    console = Console(stderr=True)
+    with console.status("loading model ..."):
+        model, tokenizer = _load(args)
+    report = run_eval(model, tokenizer, cfg, out, progress=not args.no_progress, console=console)
+    console.print(f"{report.problems} problems x {len(cfg.seeds)} seeds: {report.ran_units} units run, "
+                  f"{report.skipped_units} already in {report.files['results']}")
+    print(report.files["summary_md"].read_text(encoding="utf-8"))  # plain Markdown: any terminal width, copy-pasteable
+    for name, path in report.files.items():
+        console.print(f"{name}: {path}")
+    return 0
+

@@ -1,0 +1,155 @@
+"""``hogwild-ref generate``: one Hogwild run with the live view (or ``--json``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ..settings import BACKENDS, DTYPES, LAYOUTS
+from .common import _check_device, _load
+
+DEFAULT_PROBLEM = (
+    "A shop sells pencils at 3 dollars each and notebooks at 5 dollars each. "
+    "Sam buys 4 pencils and 2 notebooks. How much does Sam pay in total?"
+)
+
+
+def _add_generate(sub: Any) -> None:
+    p = sub.add_parser("generate", help="Hogwild generation with W workers over one shared cache")
+    p.add_argument("problem", nargs="?", default=DEFAULT_PROBLEM, help="the problem (default: a small arithmetic problem)")
+    p.add_argument("--workers", "-w", type=int, default=2, help="number of workers W >= 1 (default 2)")
+    p.add_argument("--layout", choices=LAYOUTS, default="combined")
+    p.add_argument("--max-ticks", type=int, default=256,
+                   help="budget in ticks (batched forward passes), the paper's budget (default 256)")
+    p.add_argument("--max-steps", type=int, default=None, help="deprecated name of --max-ticks")
+    p.add_argument("--model", default=None, help="HF id, local directory or .gguf path (default: embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--min-p", type=float, default=None)
+    p.add_argument("--backend", choices=BACKENDS, default="fast",
+                   help="attention method (Spec §9): fast (default), rotate_queries, rotate_keys, or the slow oracle")
+    p.add_argument("--collab-every", type=int, default=1024, help="tokens between collaboration prompts (0 disables)")
+    p.add_argument("--no-finisher", action="store_true", help="do not force an answer when the budget ends")
+    p.add_argument("--finisher-tokens", type=int, default=24, help="most tokens the finisher decodes (default 24)")
+    p.add_argument("--snapshots", type=int, nargs="+", default=[], metavar="TICK",
+                   help="record the state at these tick counts (within the budget)")
+    p.add_argument("--dtype", choices=DTYPES, default="float32")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--allow-untested", action="store_true",
+                   help="run a family outside the tested ones once the compatibility proof on the model passes")
+    p.add_argument("--prompts", choices=["default", "compact"], default="default",
+                   help="prompt templates: default, or compact (short, for ~100M-parameter models)")
+    p.add_argument("--prompts-file", default=None, metavar="PATH",
+                   help="TOML or JSON file of prompt templates (fields of PromptTemplates) overriding --prompts")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the live view")
+
+
+
+def _generate_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Check every generate flag before anything loads (Spec §11.7); return generate()'s keywords."""
+    from ..checks import check_int, check_problem
+    from ..prompts import PRESETS, load_templates
+    from ..settings import Settings
+
+    if args.max_steps is not None:
+        args.max_ticks = args.max_steps
+    if args.collab_every is not None and args.collab_every < 0:
+        raise ValueError(f"--collab-every must be >= 0 (0 disables the collaboration prompt); got {args.collab_every}")
+    check_problem(args.problem)
+    settings = Settings.from_flags(
+        workers=args.workers, layout=args.layout, backend=args.backend, max_ticks=args.max_ticks, seed=args.seed,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+        snapshots=tuple(args.snapshots), collab_every=args.collab_every or None, finisher=not args.no_finisher,
+        finisher_tokens=args.finisher_tokens,
+    )
+    if args.threads is not None:
+        check_int("threads", args.threads, 1, cli=True)
+    _check_device(args.device)
+    if args.model not in (None, "default", "smollm2"):
+        from ..models import resolve_source
+
+        resolve_source(args.model)
+    if args.max_steps is not None:
+        print("warning: --max-steps is deprecated, use --max-ticks (the budget counts ticks)", file=sys.stderr)
+    templates = PRESETS[args.prompts]()
+    if args.prompts_file is not None:
+        templates = load_templates(args.prompts_file, templates)
+    return dict(
+        settings=settings,
+        allow_untested=args.allow_untested,
+        model_name=args.model or "SmolLM2-135M-Instruct (embedded GGUF)",
+        templates=templates,
+    )
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import warnings
+
+    from rich.console import Console
+
+    from ..checks import ContextLengthWarning
+    from ..engine import GenerationInterrupted, generate
+    from ..live import LiveView
+
+    kwargs = _generate_settings(args)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    console = Console(stderr=args.json)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # keep stderr to our own lines (errors, warnings)
+    hf_logging.disable_progress_bar()
+    with console.status("loading model ..."):
+        model, tokenizer = _load(args)
+    view = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", ContextLengthWarning)
+            warnings.showwarning = _show_warning
+            if args.json:
+                result = generate(model, tokenizer, args.problem, **kwargs)
+            else:
+                view = LiveView(console, args.workers, args.max_ticks, args.problem)
+                with view:
+                    result = generate(model, tokenizer, args.problem, on_event=view.on_event, **kwargs)
+    except GenerationInterrupted as exc:
+        if exc.result is None:
+            print("interrupted before generation started", file=sys.stderr)
+            return 130
+        if args.json:
+            print(json.dumps(exc.result.to_json_dict()))
+        else:
+            _print_partial(console, exc.result)
+        print("interrupted: the partial result is above (reason: interrupted)", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(result.to_json_dict()))
+        return 0
+    assert view is not None
+    view.summary(result)
+    return 0
+
+
+def _show_warning(message: Any, *args: Any, **kwargs: Any) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _print_partial(console: Any, result: Any) -> None:
+    """Ctrl-C in the live view: the history and what every worker wrote, then the summary."""
+    from rich.panel import Panel
+    from rich.text import Text
+
+    from ..live import LiveView
+
+    console.print(Panel(Text(result.history_text or "(no finished steps)"), title="shared history (interrupted)"))
+    for w in result.workers:
+        console.print(Panel(Text(w.text or "(nothing yet)"), title=f"{w.name} (interrupted)"))
+    LiveView(console, len(result.workers), max(result.ticks, 1), "").summary(result)
+
