@@ -74,6 +74,9 @@ def test_flush_into_moves_the_step_into_the_given_history():
     ("qwen2", "contiguous", 2, "rotate_queries"),
     ("phi3", "combined", 2, "rotate_queries"),
     ("qwen3", "combined", 3, "rotate_keys"),
+    ("qwen2", "combined", 2, "fast"),
+    ("qwen3", "interleaved", 3, "fast"),
+    ("llama", "contiguous", 2, "fast"),
 ])
 def test_batched_problems_equal_one_at_a_time(family, layout, workers, backend, smollm_tokenizer):
     model = tiny_model(family, seed=3, vocab_size=len(smollm_tokenizer))
@@ -81,7 +84,19 @@ def test_batched_problems_equal_one_at_a_time(family, layout, workers, backend, 
     items = [BatchItem(p, seed=10 * i) for i, p in enumerate(PROBLEMS)]
     runner = BatchRunner(_engine(model, smollm_tokenizer, workers=workers, layout=layout, ticks=ticks, finisher=False,
                                  backend=backend), [ticks], finisher=False, record_logits=True)
+    forward, union_kinds = runner.engine.forward, []
+    plan_tick_of = forward.tick
+
+    def recording(storage, rows):  # the kind of every tick over the union (prefills run per problem)
+        tick = plan_tick_of(storage, rows)
+        if storage.table.workers > workers:
+            union_kinds.append(tick.kind)
+        return tick
+
+    forward.tick = recording
     batched = runner.run(items)
+    if backend == "fast":  # block-diagonal ticks over the union (Spec §9.6, §13.3), never the general path
+        assert union_kinds.count("decode") > 0 and set(union_kinds) <= {"decode", "grouped"}, union_kinds
     worst = 0.0
     for it, got in zip(items, batched):
         ref = _engine(model, smollm_tokenizer, workers=workers, layout=layout, ticks=ticks, finisher=False,
@@ -94,18 +109,20 @@ def test_batched_problems_equal_one_at_a_time(family, layout, workers, backend, 
     assert worst <= LOGIT_RTOL, f"{layout}: logit error {worst:.2e}"
 
 
-def test_batched_problems_with_stopped_workers_equal_one_at_a_time(smollm_tokenizer):
+@pytest.mark.parametrize("backend", ["rotate_queries", "fast"])
+def test_batched_problems_with_stopped_workers_equal_one_at_a_time(backend, smollm_tokenizer):
     """Problems that end at different ticks (EOS) and zero-token rows inside a batch."""
     model = tiny_model("llama", seed=5, vocab_size=len(smollm_tokenizer))
     ticks = 16
     probe = _engine(model, smollm_tokenizer, workers=2, layout="combined", ticks=ticks, finisher=False).run(PROBLEMS[0])
     eos = frozenset([probe.workers[1].tokens[4]])  # worker 1 of problem 0 stops at tick 5
     items = [BatchItem(p) for p in PROBLEMS]
-    runner = BatchRunner(_engine(model, smollm_tokenizer, workers=2, layout="combined", ticks=ticks, finisher=True, eos=eos),
-                         [4, 9, ticks], record_logits=True)
+    runner = BatchRunner(_engine(model, smollm_tokenizer, workers=2, layout="combined", ticks=ticks, finisher=True, eos=eos,
+                                 backend=backend), [4, 9, ticks], record_logits=True)
     batched = runner.run(items)
     for it, got in zip(items, batched):
-        ref = _engine(model, smollm_tokenizer, workers=2, layout="combined", ticks=ticks, finisher=False, eos=eos).run(it.problem)
+        ref = _engine(model, smollm_tokenizer, workers=2, layout="combined", ticks=ticks, finisher=False, eos=eos,
+                      backend=backend).run(it.problem)
         assert got.tokens == [w.tokens for w in ref.workers]
         assert got.ticks == ref.ticks and got.reason in (ref.reason, "finisher")
         for a, b in zip(got.logits, ref.logits):
@@ -114,25 +131,26 @@ def test_batched_problems_with_stopped_workers_equal_one_at_a_time(smollm_tokeni
 
 
 # ---------------------------------------------------------------------- snapshots + finisher
-@pytest.mark.parametrize("layout", ["combined", "contiguous"])
-def test_finisher_at_snapshots_leaves_the_run_unchanged_and_equals_a_run_with_that_budget(layout, smollm_tokenizer):
+@pytest.mark.parametrize("layout,backend", [("combined", "rotate_queries"), ("contiguous", "rotate_queries"),
+                                            ("combined", "fast")])
+def test_finisher_at_snapshots_leaves_the_run_unchanged_and_equals_a_run_with_that_budget(layout, backend, smollm_tokenizer):
     model = tiny_model("llama", seed=7, vocab_size=len(smollm_tokenizer))
     budgets = [5, 9, 13]
     items = [BatchItem(PROBLEMS[0], seed=1), BatchItem(PROBLEMS[1], seed=2)]
-    runner = BatchRunner(_engine(model, smollm_tokenizer, workers=2, layout=layout, ticks=99, finisher=True),
-                         budgets, finisher=True, record_logits=True)
+    runner = BatchRunner(_engine(model, smollm_tokenizer, workers=2, layout=layout, ticks=99, finisher=True,
+                                 backend=backend), budgets, finisher=True, record_logits=True)
     results = runner.run(items)
     for it, got in zip(items, results):
         # the main run, snapshots and finishers notwithstanding, is the run without them
         plain = _engine(model, smollm_tokenizer, workers=2, layout=layout, ticks=budgets[-1], finisher=False,
-                        seed=it.seed).run(it.problem)
+                        seed=it.seed, backend=backend).run(it.problem)
         assert got.tokens == [w.tokens for w in plain.workers]
         for a, b in zip(got.logits, plain.logits):
             assert _rel_err(a, b) <= LOGIT_RTOL
         assert [a.budget for a in got.budgets] == budgets
         for snap in got.budgets:
             ref = _engine(model, smollm_tokenizer, workers=2, layout=layout, ticks=snap.budget, finisher=True,
-                          seed=it.seed).run(it.problem)
+                          seed=it.seed, backend=backend).run(it.problem)
             generated = len(ref.workers[0].tokens) - len(snap.finisher_tokens)
             assert snap.ticks == snap.budget and snap.tokens[0] == generated == snap.budget
             assert len(snap.finisher_tokens) > 0, "the finisher did not run"

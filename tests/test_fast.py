@@ -151,6 +151,49 @@ def test_fast_layer_matches_oracle_explicit_tables(data, table, rope, heads, dty
     check_fast_layer(table, counts, rope, *heads, dtype, seed, 3)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.data(),
+    table=preset_tables(min_workers=1, max_workers=4, max_length=9),
+    problems=st.integers(2, 4),
+    rope=st.sampled_from(list(ROPES)),
+    heads=HEADS,
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_fast_layer_matches_oracle_on_union_tables(data, table, problems, rope, heads, seed):
+    """P problems side by side (Spec §13.3): each reads only its own common window and tail blocks
+    (block-diagonal, Spec §9.6), and the whole union still equals the dense oracle over the union."""
+    from hogwild_ref.batch import union_tables
+    from hogwild_ref.segments import decode_groups
+
+    assume(common_segment(table) is not None)
+    tables = [table] + [table.with_lengths({s.id: data.draw(st.integers(0, 9), label="length") for s in table.segments})
+                        for _ in range(problems - 1)]
+    union, _ = union_tables(tables)
+    groups = decode_groups(union)
+    assert groups is not None and len(groups.commons) == problems and groups.workers == table.workers
+    counts = data.draw(st.lists(st.integers(0, 1), min_size=union.workers, max_size=union.workers), label="counts")
+    check_fast_layer(union, counts, rope, *heads, torch.float64, seed, 3)
+
+
+def test_decode_groups_refuse_tables_whose_groups_are_not_block_diagonal():
+    from hogwild_ref.batch import union_tables
+    from hogwild_ref.segments import Segment, SegmentTable, decode_groups, make_layout
+
+    a, b = make_layout("combined", 2), make_layout("combined", 3)
+    assert decode_groups(union_tables([a, b])[0]) is None  # groups of unequal size
+    assert decode_groups(union_tables([a, make_layout("interleaved", 2)])[0]) is None  # unequal tails
+    shared = SegmentTable((Segment("c0"), Segment("c1"), Segment("x"), Segment("w0", 0, 0), Segment("w1", 0, 1)),
+                          (("c0", "x", "w0"), ("c1", "x", "w1")))
+    assert decode_groups(shared) is None  # "x" is read by both groups: not block-diagonal
+    interleaved = SegmentTable((Segment("c0"), Segment("c1"), Segment("w0", 0, 0), Segment("w1", 0, 1),
+                                Segment("w2", 0, 2), Segment("w3", 0, 3)),
+                               (("c0", "w0"), ("c1", "w1"), ("c0", "w2"), ("c1", "w3")))
+    assert decode_groups(interleaved) is None  # a group's workers are not consecutive
+    groups = decode_groups(union_tables([a, a])[0])
+    assert groups is not None and groups.commons == (0, 7) and groups.per_group == 6
+
+
 def test_fast_layer_w8_combined_deterministic():
     from hogwild_ref.segments import combined
 

@@ -176,6 +176,10 @@ class TickTiming:
     ratio_floor: float = 0.0  # s_per_tick / floor_s
     baseline_floor_s: float = 0.0  # the HF step's floor: weights + its K/V at the same context, / bandwidth
     baseline_ratio_floor: float = 0.0  # baseline_s_per_step / baseline_floor_s
+    problems: int = 1  # P independent problems in one batch (Spec §13.3): each tick runs P x W rows
+    tokens_per_s: float = 0.0  # P * W / s_per_tick
+    independent_s_per_tick: float | None = None  # P x the one-problem s/tick (same ctx, W, run): P runs one by one
+    ratio_independent: float | None = None  # s_per_tick / independent_s_per_tick (< 1: batching pays)
 
 
 def weight_bytes(model: Any) -> int:
@@ -291,20 +295,18 @@ def _baseline_step(model: Any, ctx: int, steps: int, warmup: int, compiled: bool
 
 def bench_ticks(model: Any, *, workers: Sequence[int] = (1, 2, 4, 8), contexts: Sequence[int] = (1024, 4096),
                 layout: str = "combined", backend: str = "fast", steps: int = 10, warmup: int = 3,
-                compile: bool | str | None = None,
+                compile: bool | str | None = None, problems: Sequence[int] = (1,),
                 progress: Callable[[str], None] | None = None) -> list[TickTiming]:
-    """Seconds per Hogwild tick for every (ctx, W), next to HF's single-sequence decode step.
+    """Seconds per Hogwild tick for every (ctx, W, P), next to HF's single-sequence decode step.
 
     Method (issue 7): the common context holds ``ctx`` random tokens, every worker's current step
     holds :data:`STEP_TOKENS` tokens; then ticks of one token per worker (greedy, sampled on the
     device) are timed after ``warmup`` ticks. The baseline runs in the same process at the same
     context (``ctx + STEP_TOKENS``): HF's DynamicCache step with the model's default attention, and
-    on CUDA also a compiled static-cache step.
+    on CUDA also a compiled static-cache step. With ``P > 1`` in ``problems``, ``P`` such problems
+    (each its own random context) run side by side in one union table (Spec §13.3), and the tick is
+    compared with ``P`` one-problem ticks (the ``P = 1`` case, measured in the same run).
     """
-    from .engine import Engine, Prepared
-    from .hf import use_hogwild_attention
-    from .scheduler import SchedulerConfig
-    from .segments import Row
 
     device = next(model.parameters()).device
     say = progress or (lambda msg: None)
@@ -317,44 +319,78 @@ def bench_ticks(model: Any, *, workers: Sequence[int] = (1, 2, 4, 8), contexts: 
         base = _baseline_step(model, ctx + STEP_TOKENS, steps, warmup, compiled=False)
         cbase = _baseline_step(model, ctx + STEP_TOKENS, steps, warmup, compiled=True) if device.type == "cuda" else None
         for w in workers:
-            say(f"{backend} {layout} W={w} ctx={ctx}")
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            engine = Engine(model, None, workers=w, layout=layout, backend=backend, finisher=False, compile=compile,
-                            scheduler=SchedulerConfig(max_ticks=budget, eos_token_ids=frozenset()))
-            table = make_layout(layout, w)
-            gen = torch.Generator(device="cpu").manual_seed(2)
-            first = table.segments[0].id
+            single: float | None = None
+            for P in sorted(set(problems) | {1}):
+                say(f"{backend} {layout} W={w} ctx={ctx}" + (f" P={P}" if P > 1 else ""))
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                s, kv_bytes = _time_problems(model, layout, backend, compile, w, ctx, P, steps, warmup, budget)
+                single = s if P == 1 else single
+                if P not in problems:
+                    continue
+                floor = (weights + kv_bytes) / bandwidth
+                base_floor = (weights + _hf_kv_bytes(model, ctx + STEP_TOKENS)) / bandwidth
+                indep = None if P == 1 or single is None else P * single
+                out.append(TickTiming(
+                    backend=backend, layout=layout, workers=w, ctx=ctx, s_per_tick=s, baseline_s_per_step=base,
+                    ratio=s / base, compiled_baseline_s_per_step=cbase,
+                    ratio_compiled=(s / cbase) if cbase else None, peak_mem_bytes=_peak_mem(device),
+                    device=machine(), threads=torch.get_num_threads(), kv_bytes_per_tick=kv_bytes,
+                    weight_bytes=weights, bandwidth=bandwidth, floor_s=floor, ratio_floor=s / floor,
+                    baseline_floor_s=base_floor, baseline_ratio_floor=base / base_floor, problems=P,
+                    tokens_per_s=P * w / s, independent_s_per_tick=indep,
+                    ratio_independent=None if indep is None else s / indep,
+                ))
+    return out
+
+
+def _time_problems(model: Any, layout: str, backend: str, compile: bool | str | None, w: int, ctx: int, P: int,
+                   steps: int, warmup: int, budget: int) -> tuple[float, int]:
+    """Seconds per tick of ``P`` problems of ``w`` workers at context ``ctx`` in one batch (one union
+    table for ``P > 1``, Spec §13.3), and the K/V bytes the fast path reads per tick."""
+    from .batch import union_tables
+    from .engine import Engine, Prepared
+    from .hf import use_hogwild_attention
+    from .scheduler import SchedulerConfig
+    from .segments import Row
+
+    device = next(model.parameters()).device
+    engine = Engine(model, None, workers=w, layout=layout, backend=backend, finisher=False, compile=compile,
+                    scheduler=SchedulerConfig(max_ticks=budget, eos_token_ids=frozenset()))
+    forward = engine.forward
+    table = make_layout(layout, w)
+    gen = torch.Generator(device="cpu").manual_seed(2)
+    first = table.segments[0].id
+    union = union_tables([table] * P)[0] if P > 1 else table
+    storage = None
+    with use_hogwild_attention(model), torch.inference_mode():
+        for b in range(P):
             static = {first: torch.randint(0, model.config.vocab_size, (ctx,), generator=gen).tolist()}
             for seg in table.segments[1:]:
                 if seg.writer is None:
                     static[seg.id] = torch.randint(0, model.config.vocab_size, (4,), generator=gen).tolist()
-            forward = engine.forward
-            storage = forward.storage(table, engine.capacities(Prepared(table, first, static)))
-            with use_hogwild_attention(model), torch.inference_mode():
-                forward.prefill(storage, first, static, 2048)
-                steps_ids = [torch.randint(0, model.config.vocab_size, (STEP_TOKENS,), generator=gen).tolist()
-                             for _ in range(w)]
-                logits = forward(storage, storage.table.rows([STEP_TOKENS] * w), steps_ids)
-                assert logits is not None
-                state = {"ids": logits.argmax(-1).tolist()}
+            caps = engine.capacities(Prepared(table, first, static))
+            own = forward.storage(table, caps)
+            forward.prefill(own, first, static, 2048)
+            if P == 1:
+                storage = own
+                break
+            if storage is None:
+                storage = forward.storage(union, {f"p{i}/{k}": v for i in range(P) for k, v in caps.items()})
+            storage.copy_from(own, f"p{b}/")
+        assert storage is not None
+        steps_ids = [torch.randint(0, model.config.vocab_size, (STEP_TOKENS,), generator=gen).tolist()
+                     for _ in range(w * P)]
+        logits = forward(storage, storage.table.rows([STEP_TOKENS] * (w * P)), steps_ids)
+        assert logits is not None
+        state = {"ids": logits.argmax(-1).tolist()}
 
-                def tick() -> None:
-                    feeds = [[t] for t in state["ids"]]
-                    lg = forward(storage, [Row(v, 1) for v in storage.table.views], feeds)
-                    assert lg is not None
-                    state["ids"] = lg.argmax(-1).tolist()
+        def tick() -> None:
+            feeds = [[t] for t in state["ids"]]
+            lg = forward(storage, [Row(v, 1) for v in storage.table.views], feeds)
+            assert lg is not None
+            state["ids"] = lg.argmax(-1).tolist()
 
-                s = _time_steps(tick, steps, warmup, device)
-                kv_bytes = storage.decode_read_bytes() if backend == "fast" else 0
-            floor = (weights + kv_bytes) / bandwidth
-            base_floor = (weights + _hf_kv_bytes(model, ctx + STEP_TOKENS)) / bandwidth
-            out.append(TickTiming(
-                backend=backend, layout=layout, workers=w, ctx=ctx, s_per_tick=s, baseline_s_per_step=base,
-                ratio=s / base, compiled_baseline_s_per_step=cbase,
-                ratio_compiled=(s / cbase) if cbase else None, peak_mem_bytes=_peak_mem(device),
-                device=machine(), threads=torch.get_num_threads(), kv_bytes_per_tick=kv_bytes,
-                weight_bytes=weights, bandwidth=bandwidth, floor_s=floor, ratio_floor=s / floor,
-                baseline_floor_s=base_floor, baseline_ratio_floor=base / base_floor,
-            ))
-    return out
+        s = _time_steps(tick, steps, warmup, device)
+        kv_bytes = storage.decode_read_bytes() if backend == "fast" else 0
+    return s, kv_bytes

@@ -63,7 +63,7 @@ class DecodePlan:
         write: table index of each row's write segment (Python ints).
         visible: ``(R, S)`` whether segment ``s`` is in row ``r``'s view and the row feeds a token.
         lengths: ``(S,)`` segment lengths after the writes.
-        window: the common window (the common segment's length rounded up, within its capacity).
+        window: the common window (the longest common segment's length rounded up, within their capacity).
     """
 
     table: SegmentTable
@@ -85,9 +85,8 @@ def plan_decode(table: SegmentTable, counts: Sequence[int], rope: RopeSpec, stor
         raise TableError(f"counts has {len(counts)} entries; expected one per worker ({table.workers})")
     if any(c not in (0, 1) for c in counts):
         raise TableError(f"the fast decode path feeds 0 or 1 token per row; got {list(counts)}")
-    common = store.common
-    if common is None:
-        raise TableError("the fast decode path needs a segment that opens every view (Spec §9.6)")
+    if not store.commons:
+        raise TableError("the fast decode path needs a segment that opens every view, or every group's (Spec §9.6)")
     after = table.append(counts)
     R, S = table.workers, len(table.segments)
     offsets = [[0] * S for _ in range(R)]
@@ -119,7 +118,7 @@ def plan_decode(table: SegmentTable, counts: Sequence[int], rope: RopeSpec, stor
         write=tuple(write),
         visible=torch.tensor(visible, dtype=torch.bool),
         lengths=torch.tensor(lengths, dtype=torch.long),
-        window=common_window(lengths[common], store.capacities[common]),
+        window=common_window(max(lengths[j] for j in store.commons), store.capacities[store.commons[0]]),
     )
 
 
@@ -131,8 +130,8 @@ def _work(dtype: torch.dtype) -> torch.dtype:
 class LayerInputs(NamedTuple):
     """A one-token tick's inputs shared by every layer on one device (Spec §9.6)."""
 
-    query_rotation: Rotation  # by -o_r(s): cos/sin (R, S_tail, 1, 1, h)
-    mask: Tensor  # (R, Lw + S_tail·C): the keys each row sees, common window first
+    query_rotation: Rotation  # by -o_r(s) for the row's group's tail segments: cos/sin (R, St, 1, 1, h)
+    mask: Tensor  # (R, Lw + St·C): the keys each row sees, its group's common window first
     active: Tensor  # (R,): 1 for rows that feed a token
     write_rotation: Rotation  # by -o_r(write): cos/sin (R, 1, h)
     scatter_index: Tensor | None = None  # rows of the store's flat tail buffer the new K/V go to
@@ -183,54 +182,61 @@ class DecodeBuffers:
         self.write_cos.copy_(self.cos[rows, write])
         self.write_sin.copy_(-self.sin[rows, write])
 
-    def layer_inputs(self, window: int, common: int, tail: Tensor, block: int) -> LayerInputs:
+    def layer_inputs(self, window: int, commons: Int[Tensor, "R"], tails: Int[Tensor, "R St"], block: int) -> LayerInputs:
         """The tick's inputs of :func:`decode_attention` shared by every layer on this device.
 
-        ``(query_rotation, mask, active, write_rotation)``: the rotation by ``-o_r(s)`` of every row's
-        query for every tail segment ``s`` (``tail``: their table indices; cos/sin
-        ``(R, St, 1, 1, h)``), the keys each row sees (common window, then ``block`` slots per tail
-        segment), and which rows feed a token. A row without a
-        new token is given the common window's first slot so that its softmax stays finite (its
+        ``commons``: the table index of each row's common segment (its group's); ``tails``: the table
+        indices of each row's group's tail segments, in block order. Returns ``(query_rotation, mask,
+        active, write_rotation)``: the rotation by ``-o_r(s)`` of every row's query for each of its
+        tail segments ``s`` (cos/sin ``(R, St, 1, 1, h)``), the keys each row sees (its common window,
+        then ``block`` slots per tail segment of its group), and which rows feed a token. A row without
+        a new token is given the common window's first slot so that its softmax stays finite (its
         output is zeroed by ``active``), and the rotation of each row's new key by ``-o_r(write)``.
         The :class:`Rotation` objects are built here, outside any compiled code.
         """
         active = self.visible.any(dim=1)
-        common_mask = (torch.arange(window, device=self.device) < self.lengths[common])[None, :] & active[:, None]
+        common_len = self.lengths[commons]
+        common_mask = (torch.arange(window, device=self.device)[None, :] < common_len[:, None]) & active[:, None]
         common_mask[:, 0] |= ~active
         local = torch.arange(block, device=self.device)
-        tail_mask = self.visible[:, tail, None] & (local[None, None, :] < self.lengths[tail][None, :, None])
+        rows = torch.arange(tails.shape[0], device=self.device)[:, None]
+        tail_mask = self.visible[rows, tails][..., None] & (local[None, None, :] < self.lengths[tails][..., None])
         mask = torch.cat([common_mask, tail_mask.flatten(1)], dim=1)
-        query = Rotation(self.cos[:, tail, None, None], -self.sin[:, tail, None, None])
+        query = Rotation(self.cos[rows, tails][:, :, None, None], -self.sin[rows, tails][:, :, None, None])
         write = Rotation(self.write_cos[:, None], self.write_sin[:, None])  # keys (R, Hkv, D) to local positions
         return LayerInputs(query, mask, active.to(self.cos.dtype), write)
 
 
 def _tail_scores(qg: Tensor, k_tail: Tensor, query_rotation: Rotation, rope: RopeSpec) -> Tensor:
-    """Unscaled scores ``(Hkv, R·g, St·C)`` of the queries ``qg`` ``(R, Hkv, g, D)`` (accumulation dtype)
-    against every tail block: each row's query re-rotated once per tail segment by ``-o_r(s)``
-    (Spec §9.2), one batched matmul over (head, segment)."""
-    R, hkv, g, D = qg.shape
-    st_n, block = k_tail.shape[1], k_tail.shape[2]
-    qr = rope.apply(qg[:, None], query_rotation)  # (R, St, Hkv, g, D)
-    qr = qr.permute(2, 1, 0, 3, 4).reshape(hkv, st_n, R * g, D)
-    st = torch.matmul(qr, k_tail.to(qg.dtype).transpose(2, 3))  # (Hkv, St, R*g, C)
-    return st.permute(0, 2, 1, 3).reshape(hkv, R * g, st_n * block)
+    """Unscaled scores ``(P, Hkv, W·g, St·C)`` of the queries ``qg`` ``(P, W, Hkv, g, D)`` (accumulation
+    dtype; ``P`` groups of ``W`` rows) against their group's tail blocks (``k_tail`` ``(Hkv, P·St, C, D)``,
+    group by group): each row's query re-rotated once per tail segment by ``-o_r(s)`` (Spec §9.2), one
+    batched matmul over (group, head, segment)."""
+    P, W, hkv, g, D = qg.shape
+    st_n, block = k_tail.shape[1] // P, k_tail.shape[2]
+    qr = rope.apply(qg.reshape(P * W, 1, hkv, g, D), query_rotation)  # (R, St, Hkv, g, D)
+    qr = qr.view(P, W, st_n, hkv, g, D).permute(0, 3, 2, 1, 4, 5).reshape(P, hkv, st_n, W * g, D)
+    kt = k_tail.view(hkv, P, st_n, block, D).transpose(0, 1)  # (P, Hkv, St, C, D)
+    st = torch.matmul(qr, kt.to(qg.dtype).transpose(-1, -2))  # (P, Hkv, St, W*g, C)
+    return st.transpose(2, 3).reshape(P, hkv, W * g, st_n * block)
 
 
 def _tail_values(p: Tensor, v_tail: Tensor) -> Tensor:
-    """``(Hkv, R·g, D)``: the tail's weights ``p`` ``(Hkv, R·g, St·C)`` applied to its values."""
-    hkv, rg, _ = p.shape
-    st_n, block = v_tail.shape[1], v_tail.shape[2]
-    pt = p.reshape(hkv, rg, st_n, block).permute(0, 2, 1, 3)
-    return torch.matmul(pt, v_tail.to(p.dtype)).sum(dim=1)
+    """``(P, Hkv, W·g, D)``: the tail's weights ``p`` ``(P, Hkv, W·g, St·C)`` applied to the values of
+    each group's tail blocks (``v_tail`` ``(Hkv, P·St, C, D)``)."""
+    P, hkv, rg, _ = p.shape
+    st_n, block = v_tail.shape[1] // P, v_tail.shape[2]
+    pt = p.reshape(P, hkv, rg, st_n, block).transpose(2, 3)  # (P, Hkv, St, W*g, C)
+    vt = v_tail.view(hkv, P, st_n, block, v_tail.shape[3]).transpose(0, 1)
+    return torch.matmul(pt, vt.to(p.dtype)).sum(dim=2)
 
 
 def decode_attention(
     q: Float[Tensor, "R Hq 1 D"],
-    k_common: Float[Tensor, "Hkv Lw D"],
-    v_common: Float[Tensor, "Hkv Lw D"],
-    k_tail: Float[Tensor, "Hkv St C D"],
-    v_tail: Float[Tensor, "Hkv St C D"],
+    k_common: Float[Tensor, "P Hkv Lw D"],
+    v_common: Float[Tensor, "P Hkv Lw D"],
+    k_tail: Float[Tensor, "Hkv T C D"],
+    v_tail: Float[Tensor, "Hkv T C D"],
     query_rotation: Rotation,
     mask: Bool[Tensor, "R L"],
     active: Float[Tensor, "R"],
@@ -239,30 +245,37 @@ def decode_attention(
 ) -> Float[Tensor, "R Hq 1 D"]:
     """One layer's attention for a one-token tick (Spec §9.6).
 
+    The rows come in ``P`` groups of ``W = R / P`` consecutive rows (one group for one problem; a
+    group per problem in a batch, Spec §13.3); group ``b`` reads only its own common window
+    ``k_common[b]`` and its own ``T / P`` tail blocks (``k_tail``'s blocks group by group), so the
+    work is block-diagonal: linear in ``P``.
+
     ``q`` is rotated at the rows' view positions (as the model does). The common window's keys are
-    at their view positions already (the common segment sits at offset 0 in every view) and are read
-    once for all rows. The tail's keys stay at segment-local positions; for tail segment ``s`` row
-    ``r``'s query is re-rotated by ``query_rotation`` (cos/sin ``(R, St, 1, 1, h)``: the rotation by
-    ``-o_r(s)``, Spec §9.2), so that its dot product with key ``t`` sees the relative position ``p - o_r(s) - t``.
-    ``mask`` (``L = Lw + St·C``) says which keys each row sees, common window first, then the tail
-    blocks in order; one softmax covers both parts. Rows with ``active == 0`` (no new token) return
-    zeros. Scores and the softmax are computed in float32 (float64 for float64 inputs).
+    at their view positions already (a common segment sits at offset 0 in every view of its group)
+    and are read once for all rows of the group. The tail's keys stay at segment-local positions; for
+    tail segment ``s`` row ``r``'s query is re-rotated by ``query_rotation`` (cos/sin
+    ``(R, T/P, 1, 1, h)``: the rotation by ``-o_r(s)``, Spec §9.2), so that its dot product with key
+    ``t`` sees the relative position ``p - o_r(s) - t``. ``mask`` (``L = Lw + (T/P)·C``) says which
+    keys each row sees, its common window first, then its group's tail blocks in order; one softmax
+    covers both parts. Rows with ``active == 0`` (no new token) return zeros. Scores and the softmax
+    are computed in float32 (float64 for float64 inputs).
     """
     R, Hq, _, D = q.shape
-    hkv, window = k_common.shape[0], k_common.shape[1]
-    g = Hq // hkv
+    P, hkv, window = k_common.shape[0], k_common.shape[1], k_common.shape[2]
+    W, g = R // P, Hq // hkv
     acc = torch.promote_types(q.dtype, torch.float32)
-    qg = q.to(acc).view(R, hkv, g, D)
-    # common part: one batched matmul per KV head over all rows' queries, no rotation
-    qk = qg.permute(1, 0, 2, 3).reshape(hkv, R * g, D)
-    sc = torch.matmul(qk, k_common.to(acc).transpose(1, 2))  # (Hkv, R*g, Lw)
-    st = _tail_scores(qg, k_tail, query_rotation, rope)  # (Hkv, R*g, St*C)
-    scores = (torch.cat([sc, st], dim=-1) * scaling).view(hkv, R, g, -1)
-    p = torch.softmax(scores.masked_fill(~mask[None, :, None, :], float("-inf")), dim=-1).view(hkv, R * g, -1)
-    out = torch.matmul(p[..., :window], v_common.to(acc))  # (Hkv, R*g, D)
+    qg = q.to(acc).view(P, W, hkv, g, D)
+    # common part: one batched matmul per (group, KV head) over the group's rows' queries, no rotation
+    qk = qg.permute(0, 2, 1, 3, 4).reshape(P, hkv, W * g, D)
+    sc = torch.matmul(qk, k_common.to(acc).transpose(-1, -2))  # (P, Hkv, W*g, Lw)
+    st = _tail_scores(qg, k_tail, query_rotation, rope)  # (P, Hkv, W*g, St*C)
+    scores = (torch.cat([sc, st], dim=-1) * scaling).view(P, hkv, W, g, -1)
+    keep = mask.view(P, 1, W, 1, -1)
+    p = torch.softmax(scores.masked_fill(~keep, float("-inf")), dim=-1).view(P, hkv, W * g, -1)
+    out = torch.matmul(p[..., :window], v_common.to(acc))  # (P, Hkv, W*g, D)
     out = out + _tail_values(p[..., window:], v_tail)
-    out = out.view(hkv, R, g, D).permute(1, 0, 2, 3) * active[:, None, None, None]
-    return out.reshape(R, Hq, 1, D).to(q.dtype)
+    out = out.view(P, hkv, W, g, D).permute(0, 2, 1, 3, 4).reshape(R, Hq, 1, D) * active[:, None, None, None]
+    return out.to(q.dtype)
 
 
 #: dtypes PyTorch's CPU flash kernel takes (:func:`decode_attention_split`)
@@ -289,7 +302,7 @@ def decode_attention_split(
     never materialises a score row and returns the natural-log log-sum-exp). The tail is scored as in
     :func:`decode_attention` under ``tail_mask`` (``T = St·C``), and the two parts are merged by their
     log-sum-exps (:func:`~hogwild_ref.attention.lse_merge`'s rule, §9.5). Rows with ``active == 0``
-    return zeros.
+    return zeros. One group only (one common segment opening every view).
     """
     R, Hq, _, D = q.shape
     hkv = k_common.shape[0]
@@ -304,13 +317,13 @@ def decode_attention_split(
         qc, k_common[None], v_common[None], 0.0, False, attn_mask=None, scale=scaling)
     out_c, lse_c = out_c[0].to(acc), lse_c[0].to(acc)  # (Hkv, R*g, D), (Hkv, R*g)
     # tail: masked scores with their LSE
-    st = (_tail_scores(qg.to(acc), k_tail, query_rotation, rope) * scaling).view(hkv, R, g, -1)
+    st = (_tail_scores(qg.to(acc)[None], k_tail, query_rotation, rope)[0] * scaling).view(hkv, R, g, -1)
     st = st.masked_fill(~tail_mask[None, :, None, :], float("-inf")).view(hkv, R * g, -1)
     lse_t = torch.logsumexp(st, dim=-1)  # -inf where a row sees no tail key
     top = torch.maximum(lse_c, lse_t)  # lse_c is finite: the common part is never empty
     w_c, w_t = torch.exp(lse_c - top), torch.exp(lse_t - top)
     p_t = torch.exp(st - top[..., None])  # the tail's weights on the merged scale (0 where masked)
-    out = (w_c[..., None] * out_c + _tail_values(p_t, v_tail)) / (w_c + w_t)[..., None]
+    out = (w_c[..., None] * out_c + _tail_values(p_t[None], v_tail)[0]) / (w_c + w_t)[..., None]
     out = out.view(hkv, R, g, D).permute(1, 0, 2, 3) * active[:, None, None, None]
     return out.reshape(R, Hq, 1, D).to(q.dtype)
 

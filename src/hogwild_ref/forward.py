@@ -26,7 +26,7 @@ from .plan import plan_tick
 from .rope import RopeSpec
 from .segments import Row, SegmentTable
 from .storage import Storage
-from .ticks import DecodeTick, GeneralTick, OracleTick, Planner, PrefillTick, Tick
+from .ticks import DecodeTick, GeneralTick, GroupedTick, OracleTick, Planner, PrefillTick, Tick
 
 __all__ = ["Forward"]
 
@@ -87,10 +87,16 @@ class Forward:
         """Plan the tick that ``rows`` make over ``storage`` (host side, Spec §3.6, §9.6)."""
         if self.backend == "oracle":
             return OracleTick(storage, rows, self.rope, self.device, self.planner)
-        if self.backend == "fast" and DecodeTick.applies(storage, rows):
-            return DecodeTick(storage, [row.new_tokens for row in rows], self.rope, bool(self.compile), self.split)
+        workers = DecodeTick.workers(storage, rows) if self.backend == "fast" else None
+        if workers is not None:  # every worker runs a row; those without one feed nothing (Spec §9.6)
+            counts = [0] * storage.table.workers
+            for w, row in zip(workers, rows):
+                counts[w] = row.new_tokens
+            return DecodeTick(storage, counts, self.rope, bool(self.compile), self.split, workers)
         if self.backend == "fast" and PrefillTick.applies(storage, rows):
             return PrefillTick(storage, rows, self.rope, "rotate_queries", self.device, self.planner)
+        if self.backend == "fast" and GroupedTick.applies(storage, rows):
+            return GroupedTick(storage, rows, self.rope, "rotate_queries", self.device, self.planner)
         general = "rotate_queries" if self.backend == "fast" else self.backend
         return GeneralTick(storage, rows, self.rope, general, self.device, self.planner)
 
@@ -113,7 +119,11 @@ class Forward:
         kwargs = {self._cache_kw: cache, "use_cache": True, "hogwild_cache": cache}
         decode = isinstance(tick, DecodeTick)
         if decode:
-            ids = torch.tensor([f[0] if f else 0 for f in feeds], dtype=torch.long)[:, None]
+            assert isinstance(tick, DecodeTick)
+            fed = [0] * storage.table.workers
+            for w, f in zip(tick.workers_of_rows, feeds):
+                fed[w] = f[0] if f else 0
+            ids = torch.tensor(fed, dtype=torch.long)[:, None]
             kwargs["logits_to_keep"] = 1
         else:
             n = tick.positions.shape[1]
@@ -123,7 +133,7 @@ class Forward:
                     ids[r, : len(f)] = torch.tensor(f, dtype=torch.long)
             if not logits:
                 kwargs["logits_to_keep"] = 1
-        packed = self._packed_linear(len(rows)) if decode else None
+        packed = self._packed_linear(ids.shape[0]) if decode else None
         step = self._decode_step if decode else self.model
         try:
             with use_hogwild_attention(self.model), torch.inference_mode(), packed or contextlib.nullcontext():
@@ -134,7 +144,11 @@ class Forward:
         if not logits:
             return None
         if decode:
-            return out.logits[:, -1].float()
+            assert isinstance(tick, DecodeTick)
+            last = out.logits[:, -1].float()
+            if tick.workers_of_rows == list(range(storage.table.workers)):
+                return last
+            return last[torch.tensor(tick.workers_of_rows, device=last.device)]
         last = torch.tensor([max(len(f), 1) - 1 for f in feeds], device=out.logits.device)
         return out.logits[torch.arange(len(rows), device=out.logits.device), last].float()
 

@@ -17,6 +17,8 @@ __all__ = [
     "TableError",
     "Row",
     "common_segment",
+    "DecodeGroups",
+    "decode_groups",
     "prompt_segment",
     "combined",
     "contiguous",
@@ -342,6 +344,69 @@ def common_segment(table: SegmentTable) -> str | None:
         return None
     sid = first.pop()
     return sid if table[sid].writer is None else None
+
+
+@dataclass(frozen=True)
+class DecodeGroups:
+    """How the fast backend reads a table (Spec §9.6, "Several problems"): the workers in groups of
+    consecutive workers, each group's views opened by a common segment of its own.
+
+    Attributes:
+        commons: table index of each group's common segment, in group order.
+        tails: table indices of every other segment, in block order: group by group, each group's
+            segments in table order (:attr:`per_group` of them).
+        workers: workers per group.
+    """
+
+    commons: tuple[int, ...]
+    tails: tuple[int, ...]
+    workers: int
+
+    @property
+    def per_group(self) -> int:
+        """Tail segments per group."""
+        return len(self.tails) // len(self.commons)
+
+
+def decode_groups(table: SegmentTable) -> DecodeGroups | None:
+    """The groups of the fast path (Spec §9.6), or None where it does not apply.
+
+    One group when a static segment opens every view (:func:`common_segment`; every other segment is
+    the tail, in table order). Otherwise, as in a union of several problems' tables (Spec §13.3):
+    the workers fall into ``P >= 2`` runs of ``W / P`` consecutive workers whose views share a static
+    first segment, every segment lies in the views of at most one group (one that no view reads joins
+    the group of the segment before it in table order), and every group has as many tail segments.
+    Then each group reads only its own common segment and tail: the attention is block-diagonal over
+    the groups.
+    """
+    common = common_segment(table)
+    if common is not None:
+        j = table.index(common)
+        return DecodeGroups((j,), tuple(i for i in range(len(table.segments)) if i != j), table.workers)
+    firsts = [view[0] for view in table.views]
+    openings = list(dict.fromkeys(firsts))
+    P, W = len(openings), table.workers
+    if P < 2 or W % P:
+        return None
+    n = W // P
+    if firsts != [o for o in openings for _ in range(n)]:
+        return None
+    owner: dict[str, int] = {}
+    for b, opening in enumerate(openings):
+        if table[opening].writer is not None:
+            return None
+        for view in table.views[b * n : (b + 1) * n]:
+            for sid in view:
+                if owner.setdefault(sid, b) != b:
+                    return None
+    group = 0
+    for seg in table.segments:  # a segment no view reads (never read) joins the group of the one before it
+        group = owner.setdefault(seg.id, group)
+    commons = tuple(table.index(o) for o in openings)
+    tails = [[j for j, seg in enumerate(table.segments) if owner[seg.id] == b and j != commons[b]] for b in range(P)]
+    if len({len(t) for t in tails}) != 1:
+        return None
+    return DecodeGroups(commons, tuple(j for t in tails for j in t), n)
 
 
 def flush_into(table: SegmentTable, w: int, history: str) -> SegmentTable:

@@ -15,7 +15,7 @@ import torch
 
 from .fast import common_window
 from .rope import RopeSpec
-from .segments import SegmentTable, common_segment, flush_into
+from .segments import DecodeGroups, SegmentTable, decode_groups, flush_into
 from .store import DEFAULT_CAPACITY, SegmentStore
 
 __all__ = ["Storage"]
@@ -43,10 +43,12 @@ class Storage:
         kv = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         per_layer = list(devices) if isinstance(devices, (list, tuple)) else [devices] * layers
         caps = [(capacities or {}).get(s.id, DEFAULT_CAPACITY) for s in table.segments]
-        common = common_segment(table)
-        #: table index of the segment that opens every view (the fast path's common window), or None
-        self.common = table.index(common) if common is not None else None
-        self.stores = [SegmentStore(caps, kv, head_dim, dtype, per_layer[i], self.common) for i in range(layers)]
+        #: the fast path's groups of workers, each with its own common segment (Spec §9.6), or None
+        self.groups: DecodeGroups | None = decode_groups(table)
+        commons, tails = (self.groups.commons, self.groups.tails) if self.groups is not None else (None, None)
+        #: table index of the segment that opens every view (one group), or None
+        self.common = commons[0] if commons is not None and len(commons) == 1 else None
+        self.stores = [SegmentStore(caps, kv, head_dim, dtype, per_layer[i], commons, tails) for i in range(layers)]
         self.table = table
         self.rope = rope
         self.position_zero = position_zero
@@ -137,13 +139,14 @@ class Storage:
         return sum(store.nbytes() for store in self.stores)
 
     def decode_read_bytes(self) -> int:
-        """K/V bytes one one-token tick reads on the fast path (Spec §9.6): every layer's common window
-        (once for all rows) and its tail blocks; 0 without a common segment."""
+        """K/V bytes one one-token tick reads on the fast path (Spec §9.6): every layer's common windows
+        (once for all rows of their group) and its tail blocks; 0 without the fast path's groups."""
         total = 0
         for store in self.stores:
-            if store.common is None:
+            if not store.commons:
                 return 0
-            L = self.table.length(self.table.segments[store.common].id)
-            slots = common_window(L, store.capacities[store.common]) + len(store.tail_segments) * store.block
+            L = max(self.table.segments[j].length for j in store.commons)
+            window = common_window(L, store.capacities[store.commons[0]])
+            slots = len(store.commons) * window + len(store.tail_segments) * store.block
             total += 2 * slots * store.kv_heads * store.head_dim * store.k_common.element_size()
         return total

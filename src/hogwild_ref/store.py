@@ -2,11 +2,13 @@
 
 A plain class that knows nothing of transformers. Per layer, on that layer's device:
 
-* the *common* segment (the static segment that opens every view: the prompt/history) has one
-  buffer ``(Hkv, cap, D)`` for keys and one for values, so the fast backend reads it as one window;
+* the *common* segments (each group's static segment that opens its views: the prompt/history; one
+  group for one problem, ``P`` for a batch of problems, Spec §9.6) share one buffer
+  ``(P, Hkv, cap, D)`` for keys and one for values, so the fast backend reads each group's window
+  with one batched matmul;
 * every other segment (the *tail*: headers, separators, every worker's current step) has a block of
-  one common capacity ``C`` in a ``(Hkv, S_tail, C, D)`` tensor, so the tail is read by one batched
-  matmul over (head, segment) without a copy.
+  one common capacity ``C`` in a ``(Hkv, S_tail, C, D)`` tensor, blocks group by group, so the tail is
+  read by one batched matmul over (head, group, segment) without a copy.
 
 Keys are stored rotated at segment-local positions (Spec §2.1). Capacities start at what a run first
 needs; a write past a segment's capacity re-allocates only the part that filled (the common buffers, or
@@ -17,16 +19,29 @@ the tail) with that capacity at least doubled (Spec §9.6), so memory follows th
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-__all__ = ["DEFAULT_CAPACITY", "SegmentStore"]
+__all__ = ["DEFAULT_CAPACITY", "SegmentKV", "SegmentStore"]
 
 #: capacity of a segment whose size the caller did not plan
 DEFAULT_CAPACITY = 64
+
+
+@runtime_checkable
+class SegmentKV(Protocol):
+    """What the general backends read and write (Spec §9.2, §9.3): every segment's K/V by table index."""
+
+    @property
+    def keys(self) -> Sequence[Tensor]: ...
+
+    @property
+    def values(self) -> Sequence[Tensor]: ...
+
+    def write(self, j: int, start: int, k: Tensor, v: Tensor) -> None: ...
 
 
 class SegmentStore:
@@ -38,20 +53,25 @@ class SegmentStore:
         head_dim: head dimension.
         dtype: storage dtype (the model's).
         device: the layer's device.
-        common: table index of the segment that opens every view, or None: then every segment has a
-            buffer of its own capacity and the fast path does not apply.
+        common: table index of the segment that opens every view, or each group's common segment
+            (:class:`~hogwild_ref.segments.DecodeGroups`), or None: then every segment has a buffer of
+            its own capacity and the fast path does not apply.
+        tails: the tail's segments in block order (default: every other segment, in table order).
     """
 
     def __init__(self, capacities: Sequence[int], kv_heads: int, head_dim: int, dtype: torch.dtype, device: Any,
-                 common: int | None = 0):
+                 common: int | Sequence[int] | None = 0, tails: Sequence[int] | None = None):
         self.kv_heads, self.head_dim, self.dtype, self.device = kv_heads, head_dim, dtype, torch.device(device)
-        self.common = common
+        #: table index of each group's common segment (empty: no fast path)
+        self.commons: tuple[int, ...] = () if common is None else (common,) if isinstance(common, int) else tuple(common)
+        self._group_of = {j: b for b, j in enumerate(self.commons)}
         #: table indices of the tail's segments, in block order
-        self.tail_segments = [j for j in range(len(capacities)) if j != common]
+        self.tail_segments = list(tails) if tails is not None else [j for j in range(len(capacities))
+                                                                    if j not in self._group_of]
         self._block_of = {j: b for b, j in enumerate(self.tail_segments)}
         self.generation = 0  # bumped by every re-allocation
         caps = [max(1, int(c)) for c in capacities]
-        if common is None:  # no fast path: one buffer per segment at its own capacity
+        if not self.commons:  # no fast path: one buffer per segment at its own capacity
             self.block = 0
             self.capacities = caps
             self.keys = [self._zeros(kv_heads, c, head_dim) for c in caps]
@@ -62,22 +82,27 @@ class SegmentStore:
         self.v_common: Tensor
         self.k_tail: Tensor
         self.v_tail: Tensor
-        self._allocate_common(caps[common], keep=0)
+        self._allocate_common(max(caps[j] for j in self.commons), keep=0)
         self._allocate_tail(max([caps[j] for j in self.tail_segments], default=1), keep=0)
         self._index_segments()
 
     # ------------------------------------------------------------------ layout
+    @property
+    def common(self) -> int | None:
+        """Table index of the segment that opens every view (one group), else None."""
+        return self.commons[0] if len(self.commons) == 1 else None
+
     def _allocate_common(self, cap: int, keep: int) -> None:
-        """(Re-)allocate the common segment's buffers with ``cap`` slots, keeping the first ``keep``."""
-        assert self.common is not None
-        H, D = self.kv_heads, self.head_dim
+        """(Re-)allocate the common segments' buffers with ``cap`` slots each, keeping the first ``keep``."""
+        H, D, P = self.kv_heads, self.head_dim, len(self.commons)
         # one spare row: a window of the whole capacity is never the whole buffer, so its strides
         # relate to its length in one way only (a compiled step does not recompile on it)
-        k, v = self._zeros(H, cap + 1, D)[:, :cap], self._zeros(H, cap + 1, D)[:, :cap]
+        k, v = self._zeros(P, H, cap + 1, D)[:, :, :cap], self._zeros(P, H, cap + 1, D)[:, :, :cap]
         if keep:
-            k[:, :keep], v[:, :keep] = self.k_common[:, :keep], self.v_common[:, :keep]
+            k[:, :, :keep], v[:, :, :keep] = self.k_common[:, :, :keep], self.v_common[:, :, :keep]
         self.k_common, self.v_common = k, v
-        self.capacities[self.common] = cap
+        for j in self.commons:
+            self.capacities[j] = cap
 
     def _allocate_tail(self, block: int, keep: int) -> None:
         """(Re-)allocate the tail with blocks of ``block`` slots, keeping the first ``keep`` of each block."""
@@ -104,7 +129,7 @@ class SegmentStore:
             return torch.zeros(*shape, dtype=self.dtype, device=self.device)
 
     def _segment(self, common: Tensor, tail: Tensor, j: int) -> Tensor:
-        return common if j == self.common else tail[:, self._block_of[j]]
+        return common[self._group_of[j]] if j in self._group_of else tail[:, self._block_of[j]]
 
     def slot(self, j: int, t: int) -> int:
         """Index of local position ``t`` of tail segment ``j`` in the flattened tail ``(Hkv, S_tail·C, D)``."""
@@ -114,19 +139,19 @@ class SegmentStore:
         """Make room for ``size`` tokens in segment ``j``; True when buffers were re-allocated.
 
         Growth is geometric (the capacity at least doubles, Spec §9.6) and touches only what filled:
-        the common segment's buffers, the tail (every block grows to the new block size), or, without
+        the common segments' buffers (every group's: they share one capacity), the tail (every block grows to the new block size), or, without
         a common segment, segment ``j``'s own buffers. What was stored is copied over.
         """
         if size <= self.capacities[j]:
             return False
         new = max(size, 2 * self.capacities[j])
         with torch.inference_mode():  # the copies run inside or outside a tick alike
-            if self.common is None:
+            if not self.commons:
                 k, v = self._zeros(self.kv_heads, new, self.head_dim), self._zeros(self.kv_heads, new, self.head_dim)
                 old = self.capacities[j]
                 k[:, :old], v[:, :old] = self.keys[j], self.values[j]
                 self.keys[j], self.values[j], self.capacities[j] = k, v, new
-            elif j == self.common:
+            elif j in self._group_of:
                 self._allocate_common(new, keep=self.capacities[j])
                 self._index_segments()
             else:
@@ -156,6 +181,6 @@ class SegmentStore:
 
     def nbytes(self) -> int:
         """Bytes held by the buffers (keys and values)."""
-        if self.common is None:
+        if not self.commons:
             return sum(t.untyped_storage().nbytes() for t in (*self.keys, *self.values))
         return sum(t.untyped_storage().nbytes() for t in (self.k_common, self.v_common, self._k_flat, self._v_flat))

@@ -11,6 +11,8 @@ kind              when                                                          
 :class:`GeneralTick`   any rows, any new-token counts: the dense plan (:func:`~hogwild_ref.plan.plan_tick`)
                        and a general backend (``rotate_queries`` or ``rotate_keys``)          §3.6, §9.2–§9.3
 :class:`PrefillTick`   the prefill of the segment that opens every view (fast backend): causal SDPA  §9.6
+:class:`GroupedTick`   any rows over a union of problems (fast backend): one general tick per group
+                       over its own segments (block-diagonal)                                §9.6, §13.3
 :class:`DecodeTick`    every worker row feeds at most one token (fast backend): host plan copied
                        into in-place device buffers, the common window read once for all rows      §9.6
 :class:`OracleTick`    the engine oracle: position-0 keys, views assembled from scratch         §11.4
@@ -33,11 +35,11 @@ from .attention import BACKENDS
 from .fast import SPLIT_DTYPES, DecodeBuffers, LayerInputs, decode_attention, decode_attention_split, plan_decode, prefix_attention
 from .plan import TickPlan, plan_tick
 from .rope import RopeSpec
-from .segments import Row, SegmentTable
+from .segments import Row, Segment, SegmentTable
 from .storage import Storage
-from .store import SegmentStore
+from .store import SegmentKV, SegmentStore
 
-__all__ = ["DecodeTick", "GeneralTick", "OracleTick", "Planner", "PrefillTick", "Tick"]
+__all__ = ["DecodeTick", "GeneralTick", "GroupedTick", "OracleTick", "Planner", "PrefillTick", "Tick"]
 
 #: builds a general tick's plan: ``(table, rows, rope, device) -> TickPlan`` (:func:`~hogwild_ref.plan.plan_tick`)
 Planner = Callable[[SegmentTable, Sequence[Row], RopeSpec, Any], TickPlan]
@@ -72,9 +74,9 @@ class GeneralTick(Tick):
 
     kind = "general"
 
-    def __init__(self, storage: Storage, rows: Sequence[Row], rope: RopeSpec, backend: str, device: Any,
+    def __init__(self, storage: Storage | SegmentTable, rows: Sequence[Row], rope: RopeSpec, backend: str, device: Any,
                  planner: Planner = plan_tick):
-        self.plan = planner(storage.table, rows, rope, device)
+        self.plan = planner(storage if isinstance(storage, SegmentTable) else storage.table, rows, rope, device)
         self.rope = rope
         self.backend = BACKENDS[backend]
         self.table = self.plan.table
@@ -86,14 +88,14 @@ class GeneralTick(Tick):
     def _local(self, k: Tensor) -> Tensor:
         return self.rope.apply(k, self._write_rot)
 
-    def write(self, layer: int, store: SegmentStore, k: Float[Tensor, "R Hkv n D"], v: Float[Tensor, "R Hkv n D"]) -> None:
+    def write(self, layer: int, store: SegmentKV, k: Float[Tensor, "R Hkv n D"], v: Float[Tensor, "R Hkv n D"]) -> None:
         local = self._local(k)
         plan = self.plan
         for r, n in enumerate(plan.counts):
             if n:
                 store.write(plan.write_indices[r], plan.write_starts[r], local[r, :, :n], v[r, :, :n])
 
-    def attend(self, layer: int, store: SegmentStore, q: Float[Tensor, "R Hq n D"], scaling: float) -> Float[Tensor, "R Hq n D"]:
+    def attend(self, layer: int, store: SegmentKV, q: Float[Tensor, "R Hq n D"], scaling: float) -> Float[Tensor, "R Hq n D"]:
         return self.backend(q, store.keys, store.values, self.plan, self.rope, scaling)
 
 
@@ -111,9 +113,93 @@ class PrefillTick(GeneralTick):
         common = storage.table.segments[storage.common].id
         return rows[0].view == (common,)
 
-    def attend(self, layer: int, store: SegmentStore, q: Float[Tensor, "R Hq n D"], scaling: float) -> Float[Tensor, "R Hq n D"]:
+    def attend(self, layer: int, store: SegmentKV, q: Float[Tensor, "R Hq n D"], scaling: float) -> Float[Tensor, "R Hq n D"]:
         j = self.plan.write_indices[0]
         return prefix_attention(q, store.keys[j], store.values[j], self.plan.write_starts[0], scaling)
+
+
+def _renumbered(seg: Segment, base: int) -> Segment:
+    """``seg`` in its group's own table: its writer counted from the group's first worker ``base``."""
+    return seg if seg.writer is None else Segment(seg.id, seg.length, seg.writer - base)
+
+
+class _GroupStore:
+    """The segments ``js`` (table indices, in the group's order) of a layer's store, as a group's own store."""
+
+    def __init__(self, store: SegmentStore, js: Sequence[int]):
+        self.store, self.js = store, js
+
+    @property
+    def keys(self) -> list[Tensor]:
+        return [self.store.keys[j] for j in self.js]
+
+    @property
+    def values(self) -> list[Tensor]:
+        return [self.store.values[j] for j in self.js]
+
+    def write(self, j: int, start: int, k: Tensor, v: Tensor) -> None:
+        self.store.write(self.js[j], start, k, v)
+
+
+class GroupedTick(Tick):
+    """Any rows over a table of several independent groups (a union of problems, Spec §13.3; the groups
+    of Spec §9.6): each group's rows are planned and attended as a :class:`GeneralTick` over that
+    group's own segments only, so the work is block-diagonal (linear in the number of groups, where one
+    general tick over the union scores every row against every problem's keys).
+
+    The rows of a group are padded to the tick's largest new-token count; padding slots are neither
+    written nor attended (their outputs are zeros).
+    """
+
+    kind = "grouped"
+
+    @staticmethod
+    def applies(storage: Storage, rows: Sequence[Row]) -> bool:
+        """Several groups, and every row's view opened by one group's common segment."""
+        groups = storage.groups
+        if groups is None or len(groups.commons) < 2:
+            return False
+        opening = {storage.table.segments[c].id for c in groups.commons}
+        return all(row.view[0] in opening for row in rows)
+
+    def __init__(self, storage: Storage, rows: Sequence[Row], rope: RopeSpec, backend: str, device: Any,
+                 planner: Planner = plan_tick):
+        table, groups = storage.table, storage.groups
+        assert groups is not None
+        n = groups.workers
+        group_of = {table.segments[c].id: b for b, c in enumerate(groups.commons)}
+        members = [sorted((c, *groups.tails[b * groups.per_group : (b + 1) * groups.per_group]))
+                   for b, c in enumerate(groups.commons)]
+        by_group: dict[int, list[int]] = {}
+        for r, row in enumerate(rows):
+            by_group.setdefault(group_of[row.view[0]], []).append(r)
+        self.parts: list[tuple[Tensor, GeneralTick, list[int]]] = []
+        lengths: dict[str, int] = {}
+        for b, idx in sorted(by_group.items()):
+            js = members[b]
+            sub = SegmentTable(tuple(_renumbered(table.segments[j], b * n) for j in js), table.views[b * n : (b + 1) * n])
+            tick = GeneralTick(sub, [rows[r] for r in idx], rope, backend, device, planner)
+            self.parts.append((torch.tensor(idx, device=device), tick, js))
+            lengths.update({seg.id: seg.length for seg in tick.table.segments})
+        self.table = table.with_lengths(lengths)
+        width = max(tick.positions.shape[1] for _, tick, _ in self.parts)
+        self.positions = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+        for idx_t, tick, _ in self.parts:
+            self.positions[idx_t, : tick.positions.shape[1]] = tick.positions
+        self.max_position = max(tick.max_position for _, tick, _ in self.parts)
+        self.seq_length = max(tick.seq_length for _, tick, _ in self.parts)
+
+    def write(self, layer: int, store: SegmentStore, k: Float[Tensor, "R Hkv n D"], v: Float[Tensor, "R Hkv n D"]) -> None:
+        for idx_t, tick, js in self.parts:
+            m = tick.positions.shape[1]
+            tick.write(layer, _GroupStore(store, js), k[idx_t, :, :m], v[idx_t, :, :m])
+
+    def attend(self, layer: int, store: SegmentStore, q: Float[Tensor, "R Hq n D"], scaling: float) -> Float[Tensor, "R Hq n D"]:
+        out = torch.zeros_like(q)
+        for idx_t, tick, js in self.parts:
+            m = tick.positions.shape[1]
+            out[idx_t, :, :m] = tick.attend(layer, _GroupStore(store, js), q[idx_t, :, :m], scaling)
+        return out
 
 
 class OracleTick(GeneralTick):
@@ -147,15 +233,28 @@ class DecodeTick(Tick):
     kind = "decode"
 
     @staticmethod
-    def applies(storage: Storage, rows: Sequence[Row]) -> bool:
-        """The worker rows of the table, each feeding at most one token, and a segment opening every view."""
+    def workers(storage: Storage, rows: Sequence[Row]) -> list[int] | None:
+        """The worker of each row, when the fast path applies (Spec §9.6), else None: the table has the
+        fast path's groups (a common segment opening every view, or each group's views), every row is
+        a distinct worker's view and feeds at most one token. Workers without a row feed nothing
+        (zero-token rows, Spec §3.4): problems of a batch that ended, the finisher's worker-0 rows."""
         table = storage.table
-        return (storage.common is not None and len(rows) == table.workers
-                and all(row.new_tokens in (0, 1) and row.view == view for row, view in zip(rows, table.views)))
+        if storage.groups is None or any(row.new_tokens not in (0, 1) for row in rows):
+            return None
+        worker = {view: w for w, view in enumerate(table.views)}
+        ws = [worker.get(row.view, -1) for row in rows]
+        return ws if -1 not in ws and len(set(ws)) == len(ws) else None
+
+    @staticmethod
+    def applies(storage: Storage, rows: Sequence[Row]) -> bool:
+        """:meth:`workers` finds the fast path's rows."""
+        return DecodeTick.workers(storage, rows) is not None
 
     def __init__(self, storage: Storage, counts: Sequence[int], rope: RopeSpec, compiled: bool = False,
-                 split: bool = False):
+                 split: bool = False, workers: Sequence[int] | None = None):
         table = storage.table
+        #: the worker of each of the caller's rows (:meth:`workers`); the tick itself runs every worker's row
+        self.workers_of_rows = list(workers) if workers is not None else list(range(table.workers))
         for w, c in enumerate(counts):
             if c:
                 sid = table.write_segment(w)
@@ -172,12 +271,15 @@ class DecodeTick(Tick):
             store = next(st for st in storage.stores if st.device == device)
             if device not in storage.decode_buffers:
                 buffers = DecodeBuffers(table.workers, len(table.segments), rope.rotary_dim // 2, device, store.dtype)
-                tail = torch.tensor(store.tail_segments, dtype=torch.long, device=device)
-                storage.decode_buffers[device] = (buffers, tail)
-            buffers, tail = storage.decode_buffers[device]
+                # each row's group: its common segment and its tail segments (block order), Spec §9.6
+                P = len(store.commons)
+                group = torch.arange(table.workers) // (table.workers // P)
+                commons = torch.tensor(store.commons, dtype=torch.long)[group].to(device)
+                tails = torch.tensor(store.tail_segments, dtype=torch.long).view(P, -1)[group].to(device)
+                storage.decode_buffers[device] = (buffers, commons, tails)
+            buffers, commons, tails = storage.decode_buffers[device]
             buffers.load(plan)
-            assert store.common is not None
-            inputs = buffers.layer_inputs(plan.window, store.common, tail, store.block)
+            inputs = buffers.layer_inputs(plan.window, commons, tails, store.block)
             inputs = inputs._replace(scatter_index=store.scatter_index(buffers.slots))
             if compiled:
                 torch._dynamo.mark_dynamic(inputs.mask, 1)
@@ -193,11 +295,12 @@ class DecodeTick(Tick):
     def attend(self, layer: int, store: SegmentStore, q: Float[Tensor, "R Hq n D"], scaling: float) -> Float[Tensor, "R Hq n D"]:
         inputs = self._inputs[store.device]
         k_tail, v_tail = store.k_tail, store.v_tail
-        window = inputs.mask.shape[1] - k_tail.shape[1] * k_tail.shape[2]  # symbolic under torch.compile
+        P = store.k_common.shape[0]
+        window = inputs.mask.shape[1] - (k_tail.shape[1] // P) * k_tail.shape[2]  # symbolic under torch.compile
         L = self._common_length
-        if self.split and L > 0 and store.device.type == "cpu" and store.dtype in SPLIT_DTYPES:  # the kernel needs keys
-            return decode_attention_split(q, store.k_common[:, :L], store.v_common[:, :L], k_tail, v_tail,
+        if self.split and P == 1 and L > 0 and store.device.type == "cpu" and store.dtype in SPLIT_DTYPES:
+            return decode_attention_split(q, store.k_common[0, :, :L], store.v_common[0, :, :L], k_tail, v_tail,
                                           inputs.query_rotation, inputs.mask[:, window:], inputs.active, self.rope, scaling)
-        kc, vc = store.k_common[:, :window], store.v_common[:, :window]
+        kc, vc = store.k_common[:, :, :window], store.v_common[:, :, :window]
         return decode_attention(q, kc, vc, k_tail, v_tail, inputs.query_rotation, inputs.mask, inputs.active,
                                 self.rope, scaling)

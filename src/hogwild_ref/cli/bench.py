@@ -22,6 +22,8 @@ def _add_bench(sub: Any) -> None:
     p.add_argument("--workers", type=int, nargs="+", default=None,
                    help="W values (ticks: 1 2 4 8; engine: 1 2 4; attention uses the largest)")
     p.add_argument("--ticks", type=int, default=32, help="engine: ticks per run")
+    p.add_argument("--problems", type=int, nargs="+", default=[1], metavar="P",
+                   help="ticks: problems per batch (P > 1: P problems side by side, compared with P one-problem runs)")
     p.add_argument("--steps", type=int, default=10, help="ticks: timed ticks per case (after 3 warm-up ticks)")
     p.add_argument("--layout", choices=LAYOUTS, default="combined", help="ticks: layout")
     p.add_argument("--backend", choices=[b for b in BACKENDS if b != "oracle"], default="fast", help="ticks: backend")
@@ -62,17 +64,23 @@ def cmd_bench_ticks(args: argparse.Namespace) -> int:
         compile_ = "reduce-overhead"
     results = bench_ticks(model, workers=args.workers or [1, 2, 4, 8], contexts=args.contexts or [1024, 4096],
                           layout=args.layout, backend=args.backend, steps=args.steps, compile=compile_,
+                          problems=args.problems,
                           progress=lambda msg: err.log(msg))
     if args.json:
         for r in results:
             print(json.dumps(dataclasses.asdict(r)), flush=True)
         return 0
     table = Table(title=f"bench ticks: {name}, {args.layout}, {args.backend} — {machine()}")
-    for col in ("ctx", "W", "s/tick", "HF step", "ratio", "compiled HF step", "ratio (compiled)", "floor", "tick/floor",
-                "HF/floor", "peak mem"):
+    batched = any(r.problems > 1 for r in results)
+    columns = ("ctx", "W") + (("P", "tokens/s", "P runs alone", "batch/alone") if batched else ())
+    for col in columns + ("s/tick", "HF step", "ratio", "compiled HF step", "ratio (compiled)", "floor", "tick/floor",
+                          "HF/floor", "peak mem"):
         table.add_column(col, justify="right")
     for r in results:
-        table.add_row(str(r.ctx), str(r.workers), f"{r.s_per_tick * 1e3:.1f} ms", f"{r.baseline_s_per_step * 1e3:.1f} ms",
+        extra = (str(r.problems), f"{r.tokens_per_s:.1f}",
+                 "-" if r.independent_s_per_tick is None else f"{r.independent_s_per_tick * 1e3:.1f} ms",
+                 "-" if r.ratio_independent is None else f"{r.ratio_independent:.2f}x") if batched else ()
+        table.add_row(str(r.ctx), str(r.workers), *extra, f"{r.s_per_tick * 1e3:.1f} ms", f"{r.baseline_s_per_step * 1e3:.1f} ms",
                       f"{r.ratio:.2f}x", "-" if r.compiled_baseline_s_per_step is None else f"{r.compiled_baseline_s_per_step * 1e3:.1f} ms",
                       "-" if r.ratio_compiled is None else f"{r.ratio_compiled:.2f}x", f"{r.floor_s * 1e3:.1f} ms",
                       f"{r.ratio_floor:.2f}x", f"{r.baseline_ratio_floor:.2f}x", f"{r.peak_mem_bytes / 2**20:.0f} MiB")
