@@ -121,7 +121,8 @@ def problem_from_record(record: Mapping[str, Any], default_id: str, fields: Mapp
     ``fields`` names the columns of ``id``/``problem``/``answer`` explicitly."""
     where = where or f"record {default_id}"
     if not isinstance(record, Mapping):
-        raise ValueError(f"{where} is a {type(record).__name__}, not a JSON object")
+        json_type = {str: "a string", list: "an array", bool: "a boolean", int: "a number", float: "a number"}
+        raise ValueError(f"{where} is {json_type.get(type(record), 'null')}, not a JSON object")
     fields = fields or {}
     has = ", ".join(map(str, record)) or "none"
     for key, col in fields.items():
