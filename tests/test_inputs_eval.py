@@ -240,3 +240,16 @@ def test_a_gold_answer_given_as_a_list(tmp_path):
     from hogwild_ref.evaluation.answers import answers_match
 
     assert answers_match("2, 1", b.answer) and not answers_match("1", b.answer)  # both solutions, in any order
+
+
+def test_the_lock_is_reentrant_and_per_rank_under_torchrun(tmp_path, monkeypatch):
+    import fcntl
+
+    from hogwild_ref.evaluation.results import OutDirLock
+
+    with OutDirLock(tmp_path), OutDirLock(tmp_path):  # the checks, then the run, in one process
+        with open(tmp_path / ".lock") as f, pytest.raises(BlockingIOError):  # held against any other open file
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert OutDirLock(tmp_path).name == ".lock.rank1"  # ranks of one evaluation share the directory

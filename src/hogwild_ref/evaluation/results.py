@@ -8,7 +8,9 @@ of the wrong type (``"correct": "false"``), another format version — is refuse
 number, since summarising such rows would report wrong accuracies.
 
 :class:`OutDirLock` holds an OS lock (``fcntl.flock``) on ``.lock`` in the output directory, so
-two evaluations never append to one ``results.jsonl`` at once.
+two evaluations never append to one ``results.jsonl`` at once. Under ``torchrun`` (``WORLD_SIZE``
+above 1) each rank locks its own ``.lock.rank{RANK}``, so the ranks of one evaluation share the
+directory while a second evaluation's rank ``r`` is refused by the first one's.
 """
 
 from __future__ import annotations
@@ -142,10 +144,14 @@ class OutDirLock:
     stale lock behind.
     """
 
-    _held: dict[Path, list[Any]] = {}  # resolved directory -> [open lock file, depth]
+    _held: dict[Path, list[Any]] = {}  # resolved lock file -> [its open file, depth]
 
-    def __init__(self, directory: str | Path):
+    def __init__(self, directory: str | Path, name: str | None = None):
         self.directory = Path(directory)
+        if name is None:
+            ranks = os.environ.get("WORLD_SIZE", "1")
+            name = f".lock.rank{os.environ.get('RANK', '0')}" if ranks.isdigit() and int(ranks) > 1 else ".lock"
+        self.name = name
 
     def acquire(self) -> None:
         import fcntl
@@ -153,11 +159,11 @@ class OutDirLock:
         if self.directory.exists() and not self.directory.is_dir():
             raise ValueError(f"--out {self.directory} is a file; give a directory (it is created if missing)")
         self.directory.mkdir(parents=True, exist_ok=True)
-        key = self.directory.resolve()
+        key = self.directory.resolve() / self.name
         if key in self._held:
             self._held[key][1] += 1
             return
-        f = open(key / ".lock", "a+", encoding="utf-8")
+        f = open(key, "a+", encoding="utf-8")
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -173,7 +179,7 @@ class OutDirLock:
         self._held[key] = [f, 1]
 
     def release(self) -> None:
-        key = self.directory.resolve()
+        key = self.directory.resolve() / self.name
         entry = self._held.get(key)
         if entry is None:
             return
