@@ -15,11 +15,17 @@ def _add_eval(sub: Any) -> None:
         description="Evaluate on a dataset: one Hogwild run per (problem, workers, seed), answers at every budget "
                     "by the finisher (Spec §13). Writes results.jsonl (resumable), summary.md/json and accuracy.png/svg.",
     )
-    p.add_argument("--dataset", default="builtin:arith", help="FILE.jsonl / FILE.json, or builtin:arith (default) / builtin:arith-K")
+    p.add_argument("--dataset", default="builtin:arith",
+                   help="FILE.jsonl / .json / .parquet, a datasets save_to_disk folder, or builtin:arith (default) / builtin:arith-K")
     p.add_argument("--workers", "-w", type=int, nargs="+", default=[1, 2, 4], help="worker counts (1, the baseline, is always added)")
     p.add_argument("--budgets", type=int, nargs="+", default=[256, 512, 1024], help="budgets in ticks (forward passes)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--limit", type=int, default=None, help="first N problems of the dataset")
+    p.add_argument("--field", action="append", default=[], metavar="KEY=COLUMN",
+                   help="the column holding the problem, answer or id, for other schemas (e.g. --field problem=question)")
+    p.add_argument("--split", default=None, help="the split of a save_to_disk DatasetDict folder (e.g. test)")
+    p.add_argument("--answer-kind", choices=["auto", "math", "integer"], default="auto",
+                   help="how answers are compared: math (math-verify), integer; auto: GSM8k and AIME files integer")
     p.add_argument("--layout", choices=LAYOUTS, default="combined")
     p.add_argument("--model", default=None, help="HF id, local directory or .gguf path (default: embedded SmolLM2-135M-Instruct)")
     p.add_argument("--out", default=None, help="output directory (default: eval-out/<dataset>); rerun to resume")
@@ -47,6 +53,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from ..evaluation import EvalConfig, run_eval
+    from ..evaluation.datasets import parse_fields
+    from ..evaluation.results import OutDirLock
+    from ..evaluation.runner import check_inputs
 
     if args.threads:
         import torch
@@ -59,12 +68,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
         top_p=args.top_p, self_consistency=not args.no_self_consistency, sc_temperature=args.sc_temperature,
         collab_every=args.collab_every or None, finisher_tokens=args.finisher_tokens, batch=args.batch,
         retry_errors=args.retry_errors, model=f"{model_name} [{args.dtype}]", allow_untested=args.allow_untested,
+        fields=tuple(parse_fields(args.field).items()), split=args.split, answer_kind=args.answer_kind,
     )
     out = Path(args.out) if args.out else Path("eval-out") / re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(args.dataset).stem)
     console = Console(stderr=True)
-    with console.status("loading model ..."):
-        model, tokenizer = _load(args)
-    report = run_eval(model, tokenizer, cfg, out, progress=not args.no_progress, console=console)
+    # everything about the inputs before the model loads: the dataset (before --out is created), then --out
+    # and a results file to resume, under the directory's lock, held to the end
+    problems = check_inputs(cfg, None)
+    with OutDirLock(out):
+        check_inputs(cfg, out, problems)
+        with console.status("loading model ..."):
+            model, tokenizer = _load(args)
+        report = run_eval(model, tokenizer, cfg, out, progress=not args.no_progress, console=console, problems=problems)
     console.print(f"{report.problems} problems x {len(cfg.seeds)} seeds: {report.ran_units} units run, "
                   f"{report.skipped_units} already in {report.files['results']}")
     print(report.files["summary_md"].read_text(encoding="utf-8"))  # plain Markdown: any terminal width, copy-pasteable

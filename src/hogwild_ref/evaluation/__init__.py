@@ -1,9 +1,9 @@
 """Evaluation harness: accuracy against the forward-pass budget (Spec §13).
 
-* :mod:`~hogwild_ref.evaluation.datasets` — JSONL/JSON files (GSM8k, MATH, LIMO, AIME field names)
-  and the built-in ``builtin:arith`` set;
-* :mod:`~hogwild_ref.evaluation.answers` — the last parseable ``\\boxed{}``, normalisation, numeric
-  comparison, majority vote;
+* :mod:`~hogwild_ref.evaluation.datasets` — JSONL/JSON, parquet and ``save_to_disk`` folders (GSM8k,
+  MATH, LIMO, AIME field names, or ``--field``), checked before any model loads, and ``builtin:arith``;
+* :mod:`~hogwild_ref.evaluation.answers` — the last parseable ``\\boxed{}``; correctness by HF's
+  ``math-verify`` (integers for AIME and GSM8k); majority vote;
 * :mod:`~hogwild_ref.evaluation.runner` — :func:`run_eval`: Hogwild runs snapshotted at every budget
   with the finisher, the 1-worker and self-consistency baselines, batched across problems
   (:mod:`hogwild_ref.batch`), resumable JSONL results;
@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from .answers import answers_match, extract_answer, majority_vote, normalise
+from .answers import Verdict, answers_match, check_answer, extract_answer, majority_vote, normalise
 from .datasets import Problem, load_dataset
 from .runner import EvalConfig, EvalReport, run_eval
 from .summary import Cell, format_markdown, summarise, wilson_interval
@@ -23,7 +23,9 @@ __all__ = [
     "EvalConfig",
     "EvalReport",
     "Problem",
+    "Verdict",
     "answers_match",
+    "check_answer",
     "extract_answer",
     "format_markdown",
     "load_dataset",

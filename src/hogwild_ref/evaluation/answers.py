@@ -1,34 +1,53 @@
-"""Answer extraction, normalisation and comparison for evaluation (Spec §13.1).
+"""Answer extraction, and correctness decided by HF's ``math-verify`` (Spec §13.1).
 
-Pure Python. The predicted answer is the content of the last *parseable* ``\\boxed{...}`` of a
-text: the last complete box whose content is not empty after normalisation. Two answers match when
-they split (at top-level commas and semicolons) into the same number of parts and every part
-matches: numerically when both parse as numbers (relative tolerance :data:`REL_TOL`, absolute
-:data:`ABS_TOL`), else as normalised strings.
+No torch (floor 1): ``math-verify`` and the sympy it runs on are imported when the first answer is
+checked. The predicted answer is the content of the last *parseable* ``\\boxed{...}`` of a text: the
+last complete box whose content is not empty after :func:`normalise`.
+
+:func:`check_answer` decides whether a predicted answer is correct, by the problem's *kind*:
+
+* ``"math"`` (MATH, MATH-500, LIMO, OlympiadBench, files by default): equal strings (whitespace and
+  ``$`` aside) are correct at once, so identical tuples or intervals are never scored wrong; else
+  both answers are parsed by ``math_verify.parse`` (each wrapped in ``\\boxed{}``) and compared by
+  ``math_verify.verify``, with the gold answer first;
+* ``"integer"`` (AIME, GSM8k's ``#### n``): both must be integers after :func:`normalise` (``033``,
+  ``1,000`` and ``18.0`` are integers) and are compared as integers;
+* ``"integers"`` (``builtin:arith``): an ordered, comma-separated list of integers, compared item by
+  item.
+
+``math-verify``'s own time limits use ``SIGALRM``, which works only in the main thread, so they are
+off (``parsing_timeout=None``, ``timeout_seconds=None``); instead each check runs in a daemon thread
+that is given :data:`CHECK_TIMEOUT` seconds. A check that runs past it is abandoned (the thread
+ends on its own; it cannot be interrupted) and the answer counts as incorrect, with the reason
+``"timeout"``: never an exception.
 """
 
 from __future__ import annotations
 
-import math
+import logging
 import re
-from fractions import Fraction
-from typing import Sequence
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Sequence
 
 from ..scheduler import _boxed_spans
 
-__all__ = ["ABS_TOL", "REL_TOL", "answers_match", "extract_answer", "majority_vote", "normalise", "parse_number", "split_parts"]
+__all__ = ["CHECK_TIMEOUT", "CHECKER", "KINDS", "Verdict", "answers_match", "check_answer", "checker_version",
+           "extract_answer", "majority_vote", "normalise", "require_checker"]
 
-#: Numeric comparison: ``|a - b| <= max(REL_TOL * max(|a|, |b|), ABS_TOL)`` (``math.isclose``).
-REL_TOL = 1e-6
-ABS_TOL = 1e-9
+#: The checker's package name; every result row records it with its version (:func:`checker_version`).
+CHECKER = "math-verify"
+#: Seconds one check may take before it is abandoned and counted as incorrect.
+CHECK_TIMEOUT = 5.0
+#: Answer kinds (see the module doc).
+KINDS = ("math", "integer", "integers")
 
 _TEXT_WRAPPERS = re.compile(r"\\(?:text|textbf|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
 _SPACING = re.compile(r"\\[,;:! ]|\\quad|\\qquad|~")
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _ASSIGN = re.compile(r"^[a-zA-Z]\w*\s*=\s*(?!=)")
-_FRAC = re.compile(r"^(-?)\\[dt]?frac\s*\{([^{}]+)\}\s*\{([^{}]+)\}$")
-_SIMPLE_FRAC = re.compile(r"^(-?\d+)/(\d+)$")
-_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$")
+_INTEGER = re.compile(r"([-+]?\d+)(?:\.0*)?")
 
 
 def extract_answer(text: str | None) -> str | None:
@@ -45,7 +64,8 @@ def extract_answer(text: str | None) -> str | None:
 def normalise(answer: str) -> str:
     """A canonical string form (Spec §13.1): LaTeX wrappers and spacing, ``$``, a leading
     ``x =``, degree and percent signs, thousands separators, a trailing period and all whitespace
-    removed; ``\\dfrac``/``\\tfrac`` written ``\\frac``; lower case."""
+    removed; ``\\dfrac``/``\\tfrac`` written ``\\frac``; lower case. Used to find a non-empty box and
+    to read integers; correctness of ``"math"`` answers is math-verify's."""
     s = answer.strip()
     for _ in range(3):
         s = _TEXT_WRAPPERS.sub(r"\1", s)
@@ -59,68 +79,122 @@ def normalise(answer: str) -> str:
     return re.sub(r"\s+", "", s).lower()
 
 
-def parse_number(part: str) -> Fraction | float | None:
-    """The value of a normalised answer part: an integer, a decimal, ``a/b`` or ``\\frac{a}{b}``; else None."""
-    s = part
-    m = _FRAC.match(s)
-    if m:
-        num, den = parse_number(m.group(2)), parse_number(m.group(3))
-        if num is None or den is None or den == 0:
-            return None
-        value = Fraction(num) / Fraction(den) if isinstance(num, Fraction) and isinstance(den, Fraction) else float(num) / float(den)
-        return -value if m.group(1) else value
-    m = _SIMPLE_FRAC.match(s)
-    if m:
-        den = int(m.group(2))
-        return Fraction(int(m.group(1)), den) if den else None
-    if _NUMBER.match(s):
-        if re.fullmatch(r"[-+]?\d+", s):
-            return Fraction(int(s))
+@dataclass(frozen=True)
+class Verdict:
+    """Whether an answer is correct, and how that was decided.
+
+    ``how`` is ``"string"`` (equal strings), ``"math-verify"``, ``"integer"``, ``"integers"``,
+    ``"no answer"``, ``"not an integer"`` or ``"timeout"``.
+    """
+
+    correct: bool
+    how: str
+
+
+def require_checker() -> str:
+    """``"math-verify==VERSION"``; a ValueError naming the pip command when it is not installed."""
+    try:
+        return f"{CHECKER}=={checker_version()}"
+    except ImportError:
+        raise ValueError("checking answers needs math-verify: pip install 'hogwild_ref[eval]' "
+                         "(or pip install math-verify)") from None
+
+
+@lru_cache(maxsize=1)
+def checker_version() -> str:
+    """The installed ``math-verify`` version (ImportError when it is not installed)."""
+    import importlib.metadata
+
+    import math_verify  # noqa: F401 - installed and importable, not only its metadata
+
+    return importlib.metadata.version(CHECKER)
+
+
+@lru_cache(maxsize=1)
+def _math_verify() -> Any:
+    import math_verify
+
+    # its notice that our own time bound must replace the (disabled) SIGALRM one: we do (CHECK_TIMEOUT)
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    return math_verify
+
+
+@lru_cache(maxsize=8192)
+def _parse(text: str) -> tuple[Any, ...]:
+    mv = _math_verify()
+    return tuple(mv.parse("\\boxed{" + text + "}", parsing_timeout=None))
+
+
+def _plain(s: str) -> str:
+    return re.sub(r"\s+", "", s).strip("$")
+
+
+def _as_int(s: str) -> int | None:
+    m = _INTEGER.fullmatch(normalise(s))
+    return int(m.group(1)) if m else None
+
+
+def _decide(predicted: str, gold: str, kind: str) -> Verdict:
+    if kind == "integer":
+        p, g = _as_int(predicted), _as_int(gold)
+        if p is None or g is None:
+            return Verdict(False, "not an integer")
+        return Verdict(p == g, "integer")
+    if kind == "integers":
+        ps, gs = [_as_int(x) for x in predicted.split(",")], [_as_int(x) for x in gold.split(",")]
+        if None in ps or None in gs:
+            return Verdict(False, "not an integer")
+        return Verdict(ps == gs, "integers")
+    if _plain(predicted) == _plain(gold):
+        return Verdict(True, "string")
+    gold_parsed, pred_parsed = _parse(gold), _parse(predicted)
+    if not gold_parsed or not pred_parsed:
+        return Verdict(False, "math-verify")
+    ok = _math_verify().verify(list(gold_parsed), list(pred_parsed), timeout_seconds=None)
+    return Verdict(bool(ok), "math-verify")
+
+
+def check_answer(predicted: str | None, gold: str | None, kind: str = "math", *,
+                 timeout: float = CHECK_TIMEOUT) -> Verdict:
+    """Whether ``predicted`` answers a problem whose gold answer is ``gold`` (Spec §13.1).
+
+    Decided by ``kind`` (see the module doc) within ``timeout`` seconds; a check that takes longer
+    is incorrect with ``how="timeout"``. No answer (None or empty) is never correct.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown answer kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if predicted is None or gold is None or not normalise(predicted) or not normalise(gold):
+        return Verdict(False, "no answer")
+    if kind != "math":
+        return _decide(predicted, gold, kind)
+    if _plain(predicted) == _plain(gold):  # cheap, and never subject to the parser's limits
+        return Verdict(True, "string")
+    _math_verify()  # import in this thread: an import is not a check, and must not count against the bound
+    box: list[Verdict | BaseException] = []
+
+    def work() -> None:
         try:
-            return Fraction(s) if "e" not in s else float(s)
-        except (ValueError, ZeroDivisionError):
-            return None
-    return None
+            box.append(_decide(predicted, gold, kind))
+        except BaseException as exc:  # noqa: BLE001 - reported below as this answer's verdict
+            box.append(exc)
+
+    t = threading.Thread(target=work, name="answer-check", daemon=True)
+    t.start()
+    t.join(timeout)
+    if not box:
+        return Verdict(False, "timeout")
+    result = box[0]
+    if isinstance(result, BaseException):
+        return Verdict(False, f"checker error: {type(result).__name__}")
+    return result
 
 
-def split_parts(normalised: str) -> list[str]:
-    """Split a normalised answer at commas and semicolons outside brackets (a list of answers)."""
-    parts: list[str] = []
-    cur: list[str] = []
-    depth = 0
-    for c in normalised:
-        if c in "([{":
-            depth += 1
-        elif c in ")]}":
-            depth -= 1
-        if c in ",;" and depth == 0:
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(c)
-    parts.append("".join(cur))
-    return parts
+def answers_match(predicted: str | None, gold: str | None, kind: str = "math") -> bool:
+    """Whether ``predicted`` is correct for ``gold`` (:func:`check_answer`'s verdict)."""
+    return check_answer(predicted, gold, kind).correct
 
 
-def _part_match(a: str, b: str) -> bool:
-    x, y = parse_number(a), parse_number(b)
-    if x is not None and y is not None:
-        return math.isclose(float(x), float(y), rel_tol=REL_TOL, abs_tol=ABS_TOL)
-    return a == b
-
-
-def answers_match(predicted: str | None, gold: str | None) -> bool:
-    """Whether ``predicted`` equals ``gold`` (Spec §13.1); None never matches."""
-    if predicted is None or gold is None:
-        return False
-    p, g = normalise(predicted), normalise(gold)
-    if not p or not g:
-        return False
-    pp, gp = split_parts(p), split_parts(g)
-    return len(pp) == len(gp) and all(_part_match(a, b) for a, b in zip(pp, gp))
-
-
-def majority_vote(answers: Sequence[str | None]) -> str | None:
+def majority_vote(answers: Sequence[str | None], kind: str = "math") -> str | None:
     """Self-consistency (Spec §13.4): the most frequent answer, answers that match counting as one.
 
     ``None`` answers do not vote; a tie goes to the answer whose group appeared first. Returns the
@@ -131,7 +205,7 @@ def majority_vote(answers: Sequence[str | None]) -> str | None:
         if a is None or not normalise(a):
             continue
         for g in groups:
-            if answers_match(a, g[0]):
+            if answers_match(a, g[0], kind):
                 g.append(a)
                 break
         else:

@@ -1,16 +1,35 @@
-"""Evaluation datasets: JSONL files in common layouts, and built-in generated sets (Spec §13.1).
+"""Evaluation datasets: files as users keep them offline, and built-in generated sets (Spec §13.1).
 
-A dataset is a list of :class:`Problem` (``id``, ``problem``, ``answer``). Files are JSON Lines (one
-object per line) or a JSON array. Field names (first found wins):
+A dataset is a list of :class:`Problem` (``id``, ``problem``, ``answer``, answer ``kind``). Sources:
 
-* id: ``id``, ``ID``, ``unique_id``, ``problem_id``, ``idx`` — else ``"{file stem}-{line}"``;
+* JSON Lines (one object per line) or a JSON array, UTF-8 (a leading byte-order mark is accepted);
+* a parquet file (``.parquet``; pyarrow, the ``eval`` extra), as the Hugging Face Hub serves datasets;
+* a folder written by ``datasets``' ``save_to_disk`` (a ``Dataset``, or a ``DatasetDict`` whose split
+  ``split`` is taken; ``datasets``, the ``eval`` extra);
+* ``builtin:arith`` / ``builtin:arith-K`` (below).
+
+Field names (first found wins), unless ``fields`` names the column (``{"problem": "COL"}``):
+
+* id: ``id``, ``ID``, ``unique_id``, ``problem_id``, ``idx`` — else ``"{file stem}-{record}"``;
 * problem: ``problem``, ``question``, ``Problem``, ``Question``;
 * answer: ``answer``, ``Answer``, ``final_answer``, ``expected_answer`` — else the last
   ``\\boxed{}`` of ``solution``/``Solution`` (MATH).
 
 GSM8k's ``answer`` is a worked solution ending in ``#### 72``: the text after the last ``####`` is
-the answer (thousands separators removed). MATH, LIMO (``question``/``solution``/``answer``) and AIME
-files (``problem``/``answer`` or ``Problem``/``Answer``, ids ``id``/``ID``) work as they are.
+the answer (thousands separators removed), and an integer. MATH-500 (``problem``/``answer``), LIMO
+(``question``/``solution``/``answer``) and AIME files (``problem``/``answer``/``id`` or
+``Problem``/``Answer``/``ID``) work as they are. A gold answer given as a list (OlympiadBench's
+``final_answer``) is one answer in several parts, written ``a, b``: a one-item list is that item.
+
+Answer kinds (how :func:`~hogwild_ref.evaluation.answers.check_answer` compares): ``kind="auto"``
+makes GSM8k answers ``"integer"``, answers of a file whose path names AIME ``"integer"`` when they are
+integers, built-in sets ``"integers"`` and everything else ``"math"``; ``"math"`` or ``"integer"``
+set it for every problem.
+
+Everything is checked here, before any model loads: malformed JSON (with its line), bytes that
+are not UTF-8, CSV files, folders that are not ``save_to_disk`` folders, unknown columns (listing
+the ones there are), empty datasets and splits, empty problems, duplicate ids, gold answers that are
+not text, numbers or lists of them, and problems over :data:`MAX_PROBLEM_BYTES`.
 
 Built-in sets are generated deterministically in code, so the pipeline runs without downloads:
 ``builtin:arith`` — bundles of 5 independent one-step arithmetic word problems answered together
@@ -25,28 +44,52 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from ..scheduler import extract_boxed
 
-__all__ = ["Problem", "arith_bundle", "builtin_arith", "load_dataset", "problem_from_record"]
+__all__ = ["MAX_PROBLEM_BYTES", "Problem", "arith_bundle", "builtin_arith", "load_dataset", "parse_fields",
+           "problem_from_record"]
 
 ID_FIELDS = ("id", "ID", "unique_id", "problem_id", "idx")
 PROBLEM_FIELDS = ("problem", "question", "Problem", "Question")
 ANSWER_FIELDS = ("answer", "Answer", "final_answer", "expected_answer")
 SOLUTION_FIELDS = ("solution", "Solution")
+FIELD_KEYS = ("id", "problem", "answer")
+KIND_CHOICES = ("auto", "math", "integer")
 
 #: How many problems a built-in set has (``--limit`` takes the first ones).
 BUILTIN_SIZE = 200
+#: A problem longer than this (UTF-8 bytes) is refused: at ~4 bytes a token, a MB is ~250k tokens,
+#: beyond the context of every model this project runs (the longest, 131,072 tokens).
+MAX_PROBLEM_BYTES = 1_000_000
+_PIP = "pip install 'hogwild_ref[eval]'"
 
 
 @dataclass(frozen=True)
 class Problem:
-    """One evaluation problem: a stable ``id``, the ``problem`` text and the gold ``answer``."""
+    """One evaluation problem: a stable ``id``, the ``problem`` text, the gold ``answer`` and how
+    answers are compared (``kind``: ``"math"``, ``"integer"`` or ``"integers"``, Spec §13.1)."""
 
     id: str
     problem: str
     answer: str
+    kind: str = "math"
+
+
+def parse_fields(specs: Sequence[str] | None) -> dict[str, str]:
+    """``["problem=question", "answer=final"]`` as ``{"problem": "question", "answer": "final"}``."""
+    fields: dict[str, str] = {}
+    for spec in specs or ():
+        key, sep, col = spec.partition("=")
+        key, col = key.strip(), col.strip()
+        if not sep or key not in FIELD_KEYS or not col:
+            raise ValueError(f"--field {spec!r}: write KEY=COLUMN with KEY one of {', '.join(FIELD_KEYS)} "
+                             "(e.g. --field problem=question)")
+        if key in fields:
+            raise ValueError(f"--field {key}= is given twice ({fields[key]!r} and {col!r}); give it once")
+        fields[key] = col
+    return fields
 
 
 def _first(record: Mapping[str, Any], fields: tuple[str, ...]) -> Any:
@@ -56,47 +99,186 @@ def _first(record: Mapping[str, Any], fields: tuple[str, ...]) -> Any:
     return None
 
 
-def problem_from_record(record: Mapping[str, Any], default_id: str) -> Problem:
-    """A :class:`Problem` from one record in any of the supported field layouts (see the module doc)."""
+def _scalar(value: Any, where: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"{where}: the gold answer {value!r} is a {type(value).__name__}; give text or a number")
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def _gold(value: Any, where: str) -> str:
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ValueError(f"{where}: the gold answer is an empty list; give the answer")
+        return ", ".join(_scalar(v, where) for v in value)
+    return _scalar(value, where)
+
+
+def problem_from_record(record: Mapping[str, Any], default_id: str, fields: Mapping[str, str] | None = None,
+                        where: str | None = None) -> Problem:
+    """A :class:`Problem` from one record in any of the supported field layouts (see the module doc);
+    ``fields`` names the columns of ``id``/``problem``/``answer`` explicitly."""
+    where = where or f"record {default_id}"
     if not isinstance(record, Mapping):
-        raise ValueError(f"record {default_id} is a {type(record).__name__}, not a JSON object")
-    pid = _first(record, ID_FIELDS)
-    problem = _first(record, PROBLEM_FIELDS)
+        json_type = {str: "a string", list: "an array", bool: "a boolean", int: "a number", float: "a number"}
+        raise ValueError(f"{where} is {json_type.get(type(record), 'null')}, not a JSON object")
+    fields = fields or {}
+    has = ", ".join(map(str, record)) or "none"
+    for key, col in fields.items():
+        if record.get(col) is None:
+            raise ValueError(f"{where} has no field {col!r} (--field {key}={col}); it has: {has}")
+    pid = record[fields["id"]] if "id" in fields else _first(record, ID_FIELDS)
+    problem = record[fields["problem"]] if "problem" in fields else _first(record, PROBLEM_FIELDS)
     if problem is None:
-        raise ValueError(f"record {default_id} has no problem text; expected one of the fields {', '.join(PROBLEM_FIELDS)} "
-                         f"(it has {', '.join(record) or 'none'})")
-    answer = _first(record, ANSWER_FIELDS)
+        raise ValueError(f"{where} has no problem text; expected one of the fields {', '.join(PROBLEM_FIELDS)} "
+                         f"(it has: {has}); name the column with --field problem=COLUMN")
+    if not isinstance(problem, str) or not problem.strip():
+        raise ValueError(f"{where}: the problem is {'empty' if isinstance(problem, str) else 'not text'}; "
+                         "every problem needs its text")
+    size = len(problem.encode("utf-8"))
+    if size > MAX_PROBLEM_BYTES:
+        raise ValueError(f"{where}: the problem is {size / 1e6:.1f} MB, about {size // 4:,} tokens at ~4 bytes a "
+                         f"token, beyond any supported model's context (at most 131,072 tokens); problems over "
+                         f"{MAX_PROBLEM_BYTES / 1e6:.0f} MB are refused: shorten it or leave it out")
+    answer = record[fields["answer"]] if "answer" in fields else _first(record, ANSWER_FIELDS)
+    kind = "math"
     if isinstance(answer, str) and "####" in answer:  # GSM8k: worked solution, then "#### 72"
         answer = re.sub(r"(?<=\d),(?=\d{3})", "", answer.rsplit("####", 1)[1].strip())
+        kind = "integer" if re.fullmatch(r"[-+]?\d+", answer) else "math"
     if answer is None:
         solution = _first(record, SOLUTION_FIELDS)
         answer = extract_boxed(solution) if isinstance(solution, str) else None
     if answer is None:
-        raise ValueError(f"record {default_id} has no answer; expected one of the fields {', '.join(ANSWER_FIELDS)}, "
-                         f"or a solution with a \\boxed{{}} answer (it has {', '.join(record) or 'none'})")
-    return Problem(str(pid) if pid is not None else default_id, str(problem), str(answer).strip())
+        raise ValueError(f"{where} has no answer; expected one of the fields {', '.join(ANSWER_FIELDS)}, or a "
+                         f"solution with a \\boxed{{}} answer (it has: {has}); name the column with --field answer=COLUMN")
+    gold = _gold(answer, where)
+    if not gold:
+        raise ValueError(f"{where}: the gold answer is empty; every problem needs its answer")
+    if pid is not None and (isinstance(pid, bool) or not isinstance(pid, (str, int)) or not str(pid).strip()):
+        raise ValueError(f"{where}: the id {pid!r} is not a non-empty string or integer")
+    return Problem(str(pid) if pid is not None else default_id, problem, gold, kind)
 
 
-def _load_file(path: Path) -> list[Problem]:
-    if not path.is_file():
-        raise FileNotFoundError(f"dataset file {str(path)!r} does not exist; give a .jsonl/.json file or builtin:arith")
-    text = path.read_text(encoding="utf-8")
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        records = json.loads(text)
+# ---------------------------------------------------------------------- reading files
+def _decode(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")  # a byte-order mark (Windows editors) is accepted and dropped
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line} is not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                         "save the file as UTF-8") from None
+
+
+def _json_records(path: Path) -> list[tuple[Any, str]]:
+    text = _decode(path)
+    if text.lstrip().startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{exc.lineno} is not valid JSON ({exc.msg}); a .json dataset is one array "
+                             "of objects") from None
+        return [(r, f"{path} record {i + 1}") for i, r in enumerate(records)]
+    out = []
+    for i, line in enumerate(text.splitlines()):
+        if line.strip():
+            try:
+                out.append((json.loads(line), f"{path}:{i + 1}"))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{i + 1} is not valid JSON ({exc.msg}); a dataset is one JSON object per "
+                                 "line (or a JSON array)") from None
+    return out
+
+
+def _table_records(rows: list[dict[str, Any]], columns: Sequence[str], fields: Mapping[str, str],
+                   what: str) -> list[tuple[Any, str]]:
+    for key, col in fields.items():
+        if col not in columns:
+            raise ValueError(f"column {col!r} (--field {key}={col}) is not in {what}; its columns are: "
+                             f"{', '.join(columns)}")
+    return [(r, f"{what} row {i}") for i, r in enumerate(rows)]
+
+
+def _parquet_records(path: Path, fields: Mapping[str, str]) -> list[tuple[Any, str]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ValueError(f"reading parquet needs pyarrow: {_PIP} (or pip install pyarrow)") from None
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow's errors (ArrowInvalid, OSError) as one line
+        raise ValueError(f"{path} is not a readable parquet file ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    return _table_records(table.to_pylist(), table.column_names, fields, str(path))
+
+
+def _disk_records(path: Path, fields: Mapping[str, str], split: str | None) -> list[tuple[Any, str]]:
+    if not (path / "state.json").is_file() and not (path / "dataset_dict.json").is_file():
+        raise ValueError(f"{path} is a directory but not a `datasets` save_to_disk folder (it has no state.json or "
+                         "dataset_dict.json); give that folder, or a .jsonl/.json/.parquet file")
+    try:
+        import datasets
+    except ImportError:
+        raise ValueError(f"reading a save_to_disk folder needs datasets: {_PIP} (or pip install datasets)") from None
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as exc:  # noqa: BLE001 - a damaged folder, as one line
+        raise ValueError(f"{path} could not be read as a save_to_disk folder ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    what = str(path)
+    if isinstance(ds, datasets.DatasetDict):
+        splits = list(ds)
+        if split is None and len(splits) == 1:
+            split = splits[0]
+        if split is None or split not in ds:
+            raise ValueError(f"{path} holds the splits {', '.join(splits)}; choose one with --split "
+                             f"({'there is no split ' + repr(split) if split else 'none was given'})")
+        ds, what = ds[split], f"split {split!r} of {path}"
+        if len(ds) == 0:
+            raise ValueError(f"{what} is empty; choose another split ({', '.join(splits)})")
+    return _table_records(ds.to_list(), ds.column_names, fields, what)
+
+
+def _load_file(path: Path, fields: Mapping[str, str], split: str | None, kind: str) -> list[Problem]:
+    if path.is_dir():
+        records = _disk_records(path, fields, split)
+    elif not path.is_file():
+        raise FileNotFoundError(f"dataset {str(path)!r} does not exist; give a .jsonl/.json/.parquet file, a "
+                                "save_to_disk folder, or builtin:arith")
+    elif path.suffix.lower() in (".csv", ".tsv"):
+        raise ValueError(f"{path}: CSV is not read; convert it to JSON Lines (e.g. pandas: "
+                         "pd.read_csv(f).to_json(out, orient='records', lines=True)) or parquet")
+    elif path.suffix.lower() == ".parquet":
+        records = _parquet_records(path, fields)
     else:
-        records = []
-        for i, line in enumerate(text.splitlines()):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{i + 1} is not valid JSON ({exc.msg}); a dataset is one JSON object per line") from None
-    problems = [problem_from_record(r, f"{path.stem}-{i}") for i, r in enumerate(records)]
-    ids = [p.id for p in problems]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise ValueError(f"{path} has two problems with id {dup!r}; ids must be unique (results are keyed by them)")
+        records = _json_records(path)
+    if not records:
+        raise ValueError(f"{path} has no problems; give a dataset with at least one")
+    problems = [problem_from_record(r, f"{path.stem}-{i}", fields, where) for i, (r, where) in enumerate(records)]
+    seen: dict[str, str] = {}
+    for p, (_, where) in zip(problems, records):
+        if p.id in seen:
+            raise ValueError(f"{where} repeats the id {p.id!r} of {seen[p.id]}; ids must be unique (results are keyed "
+                             "by them)")
+        seen[p.id] = where
+    return _set_kind(problems, kind, "aime" in str(path).lower())
+
+
+def _set_kind(problems: list[Problem], kind: str, aime: bool) -> list[Problem]:
+    def is_int(s: str) -> bool:
+        return re.fullmatch(r"[-+]?\d+", s.strip()) is not None
+
+    if kind == "math":
+        return [Problem(p.id, p.problem, p.answer, "math") for p in problems]
+    if kind == "integer":
+        bad = next((p for p in problems if not is_int(p.answer)), None)
+        if bad is not None:
+            raise ValueError(f"problem {bad.id!r}: the gold answer {bad.answer!r} is not an integer "
+                             "(--answer-kind integer); use --answer-kind math")
+        return [Problem(p.id, p.problem, p.answer, "integer") for p in problems]
+    if aime and all(is_int(p.answer) for p in problems):
+        return [Problem(p.id, p.problem, p.answer, "integer") for p in problems]
     return problems
 
 
@@ -131,7 +313,7 @@ def arith_bundle(index: int, questions: int = 5) -> Problem:
     else:
         body = (f"Answer these {questions} independent questions.\n" + "\n".join(lines)
                 + f"\nGive the {questions} answers in order, separated by commas, in one \\boxed{{}}.")
-    return Problem(f"arith{questions}-{index}", body, ", ".join(answers))
+    return Problem(f"arith{questions}-{index}", body, ", ".join(answers), "integers")
 
 
 def builtin_arith(questions: int = 5, size: int = BUILTIN_SIZE) -> list[Problem]:
@@ -139,16 +321,24 @@ def builtin_arith(questions: int = 5, size: int = BUILTIN_SIZE) -> list[Problem]
     return [arith_bundle(i, questions) for i in range(size)]
 
 
-def load_dataset(spec: str, limit: int | None = None) -> list[Problem]:
-    """Load ``spec`` — a ``.jsonl``/``.json`` file or ``builtin:NAME`` — keeping the first ``limit`` problems."""
+def load_dataset(spec: str, limit: int | None = None, *, fields: Mapping[str, str] | None = None,
+                 split: str | None = None, kind: str = "auto") -> list[Problem]:
+    """Load ``spec`` — a ``.jsonl``/``.json``/``.parquet`` file, a ``save_to_disk`` folder or
+    ``builtin:NAME`` — keeping the first ``limit`` problems (see the module doc)."""
     if limit is not None and limit < 1:
-        raise ValueError(f"limit must be >= 1 (got {limit}); leave it out for the whole dataset")
+        raise ValueError(f"--limit must be >= 1 (got {limit}); leave it out for the whole dataset")
+    if kind not in KIND_CHOICES:
+        raise ValueError(f"unknown answer kind {kind!r}; choose one of {', '.join(KIND_CHOICES)}")
     if spec.startswith("builtin:"):
         name = spec.removeprefix("builtin:")
         m = re.fullmatch(r"arith(?:-(\d+))?", name)
         if not m or not 1 <= int(m.group(1) or 5) <= 10:
             raise ValueError(f"unknown built-in dataset {spec!r}; choose builtin:arith or builtin:arith-K (K = 1..10 questions)")
+        if fields:
+            raise ValueError("--field applies to dataset files, not to built-in sets")
         problems = builtin_arith(int(m.group(1) or 5))
+        if kind == "math":
+            problems = [Problem(p.id, p.problem, p.answer, "math") for p in problems]
     else:
-        problems = _load_file(Path(spec).expanduser())
+        problems = _load_file(Path(spec).expanduser(), dict(fields or {}), split, kind)
     return problems[:limit] if limit is not None else problems

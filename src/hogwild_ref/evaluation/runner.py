@@ -26,12 +26,12 @@ from ..batch import BatchItem, BatchRunner, ItemResult
 from ..engine import Engine
 from ..prompts import PRESETS
 from ..settings import Settings
-from .answers import answers_match, extract_answer, majority_vote
+from .answers import check_answer, extract_answer, majority_vote, require_checker
 from .datasets import Problem, load_dataset
-from .results import ResultsLog, row_key
-from .summary import Cell, format_markdown, summarise
+from .results import ROW_FORMAT, OutDirLock, ResultsLog, row_key
+from .summary import Cell, format_markdown, format_throughput, summarise, throughput
 
-__all__ = ["EvalConfig", "EvalReport", "Unit", "plan_units", "run_eval"]
+__all__ = ["EvalConfig", "EvalReport", "Unit", "check_inputs", "plan_units", "run_eval"]
 
 METHODS = ("hogwild", "self_consistency")
 
@@ -65,6 +65,9 @@ class EvalConfig:
     retry_errors: bool = False
     model: str = "default"
     allow_untested: bool = False
+    fields: tuple[tuple[str, str], ...] = ()  # (key, column): --field problem=COL
+    split: str | None = None
+    answer_kind: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("workers", "budgets", "seeds"):
@@ -75,6 +78,9 @@ class EvalConfig:
             raise ValueError(f"budgets must be tick counts >= 1; got {list(self.budgets)}")
         if not self.seeds:
             raise ValueError("give at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            dup = next(s for s in self.seeds if self.seeds.count(s) > 1)
+            raise ValueError(f"--seeds repeats seed {dup}; give each seed once (a repeated seed reruns the same units)")
         if self.batch < 1:
             raise ValueError(f"batch must be >= 1 problems per forward; got {self.batch}")
         if self.prompts not in PRESETS:
@@ -88,8 +94,12 @@ class EvalConfig:
     def identity(self) -> dict[str, Any]:
         """The settings a results row depends on (besides its key)."""
         keys = ("dataset", "layout", "backend", "prompts", "temperature", "top_p", "sc_temperature",
-                "collab_every", "finisher_tokens", "model")
-        return {k: getattr(self, k) for k in keys}
+                "collab_every", "finisher_tokens", "model", "split", "answer_kind")
+        return {k: getattr(self, k) for k in keys} | {"fields": dict(self.fields), "row_format": ROW_FORMAT}
+
+    def load_problems(self) -> list[Problem]:
+        """The dataset's problems (every check of :func:`~hogwild_ref.evaluation.datasets.load_dataset`)."""
+        return load_dataset(self.dataset, self.limit, fields=dict(self.fields), split=self.split, kind=self.answer_kind)
 
 
 @dataclass(frozen=True)
@@ -158,15 +168,24 @@ def _items(unit: Unit) -> list[BatchItem]:
     return [BatchItem(unit.problem.problem, unit.seed * unit.workers + i) for i in range(unit.workers)]
 
 
-def _rows(unit: Unit, results: list[ItemResult], budgets: Sequence[int], batch: int) -> list[dict[str, Any]]:
+def _unit_tokens(results: list[ItemResult]) -> int:
+    """Tokens a unit generated: every worker's (sample's) tokens at its last budget, and the finisher's at each."""
+    return sum(sum(r.budgets[-1].tokens) + sum(len(a.finisher_tokens) for a in r.budgets) for r in results if r.budgets)
+
+
+def _rows(unit: Unit, results: list[ItemResult], budgets: Sequence[int], batch: int, checker: str,
+          unit_seconds: float) -> list[dict[str, Any]]:
     rows = []
     error = next((r.error for r in results if r.error), None)
+    kind = unit.problem.kind
     for B in budgets:
         snaps = [next((a for a in r.budgets if a.budget == B), None) for r in results]
-        base = {"method": unit.method, "problem_id": unit.problem.id, "workers": unit.workers, "seed": unit.seed,
-                "budget": B, "gold": unit.problem.answer, "batch": batch}
+        base = {"format": ROW_FORMAT, "method": unit.method, "problem_id": unit.problem.id, "workers": unit.workers,
+                "seed": unit.seed, "budget": B, "gold": unit.problem.answer, "kind": kind, "checker": checker,
+                "batch": batch, "unit_seconds": round(unit_seconds, 4),
+                "unit_tokens": None if error is not None else _unit_tokens(results)}
         if error is not None or any(s is None for s in snaps):
-            rows.append(base | {"answer": None, "correct": False, "ticks": None, "finisher_ticks": None,
+            rows.append(base | {"answer": None, "correct": False, "check": None, "ticks": None, "finisher_ticks": None,
                                 "tokens_per_worker": None, "seconds": None, "reason": None,
                                 "error": error or "no result at this budget"})
             continue
@@ -176,10 +195,12 @@ def _rows(unit: Unit, results: list[ItemResult], budgets: Sequence[int], batch: 
             answer, tokens, extra = s.answer, list(s.tokens), {}
         else:
             samples = [s.answer for s in found]
-            answer, tokens, extra = majority_vote(samples), [s.tokens[0] for s in found], {"samples": samples}
+            answer, tokens, extra = majority_vote(samples, kind), [s.tokens[0] for s in found], {"samples": samples}
+        verdict = check_answer(answer, unit.problem.answer, kind)
         rows.append(base | {
             "answer": answer,
-            "correct": answers_match(answer, unit.problem.answer),
+            "correct": verdict.correct,
+            "check": verdict.how,
             "ticks": max(s.ticks for s in found),
             "finisher_ticks": max(len(s.finisher_tokens) for s in found),
             "tokens_per_worker": tokens,
@@ -190,18 +211,39 @@ def _rows(unit: Unit, results: list[ItemResult], budgets: Sequence[int], batch: 
     return rows
 
 
-def _check_identity(path: Path, cfg: EvalConfig) -> None:
+def _check_identity(path: Path, cfg: EvalConfig, *, write: bool = True) -> None:
     ident = cfg.identity()
     if path.exists():
-        old = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ValueError(f"{path} is damaged (not JSON); use another --out directory, or move it away") from None
+        if not isinstance(old, dict):
+            raise ValueError(f"{path} is not an evaluation's config.json; use another --out directory")
         diff = {k: (old.get(k), v) for k, v in ident.items() if old.get(k) != v}
         if diff:
             what = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
             raise ValueError(f"{path.parent} holds results made with other settings ({what}); "
                              "use another --out directory, or the same settings to resume")
-    else:
+    elif write:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(ident, indent=2) + "\n", encoding="utf-8")
+
+
+def check_inputs(cfg: EvalConfig, out_dir: str | Path | None, problems: Sequence[Problem] | None = None) -> list[Problem]:
+    """Everything about an evaluation that can be checked without the model (Spec §13.5): the checker is
+    installed, the dataset loads (unless ``problems`` are given), and ``out_dir`` (unless None) is a
+    directory no other evaluation holds, whose ``config.json`` and ``results.jsonl`` (when resuming)
+    match ``cfg`` and are valid. Returns the problems."""
+    require_checker()
+    problems = list(problems) if problems is not None else cfg.load_problems()
+    if out_dir is None:
+        return problems
+    out = Path(out_dir)
+    with OutDirLock(out):
+        _check_identity(out / "config.json", cfg, write=False)
+        ResultsLog(out / "results.jsonl")
+    return problems
 
 
 class _Progress:
@@ -245,16 +287,29 @@ def run_eval(
     console: Any = None,
     plot: bool = True,
     on_unit: Callable[[Unit], None] | None = None,
+    problems: Sequence[Problem] | None = None,
 ) -> EvalReport:
     """Run (or resume) the evaluation ``cfg`` into ``out_dir``; write results, summary and plot (Spec §13).
 
     Files: ``results.jsonl`` (one row per unit and budget), ``config.json`` (the settings results
     depend on), ``summary.md`` and ``summary.json`` (the requested rows only), ``accuracy.png`` and
-    ``accuracy.svg`` (when ``plot``). ``on_unit`` is called before each unit's batch runs.
+    ``accuracy.svg`` (when ``plot``). ``on_unit`` is called before each unit's batch runs. ``problems``:
+    those :func:`check_inputs` returned (else the dataset is loaded here). The directory is locked
+    (:class:`~hogwild_ref.evaluation.results.OutDirLock`) while this runs.
     """
+    lock = OutDirLock(out_dir)
+    lock.acquire()
+    try:
+        return _run_eval(model, tokenizer, cfg, Path(out_dir), progress, console, plot, on_unit, problems)
+    finally:
+        lock.release()
+
+
+def _run_eval(model: Any, tokenizer: Any, cfg: EvalConfig, out: Path, progress: bool, console: Any, plot: bool,
+              on_unit: Callable[[Unit], None] | None, problems: Sequence[Problem] | None) -> EvalReport:
     t0 = time.perf_counter()
-    out = Path(out_dir)
-    problems = load_dataset(cfg.dataset, cfg.limit)
+    checker = require_checker()
+    problems = list(problems) if problems is not None else cfg.load_problems()
     notice = backend_notice(cfg)
     if notice is not None and console is not None:
         console.print(f"note: {notice}")
@@ -275,7 +330,7 @@ def run_eval(
             runner = BatchRunner(engine, budgets, extract=extract_answer)
             for start in range(0, len(us), cfg.batch):
                 chunk = us[start : start + cfg.batch]
-                log.append(_run_chunk(runner, chunk, budgets, bar, on_unit, f"{method} W={W} seed={seed}"))
+                log.append(_run_chunk(runner, chunk, budgets, bar, on_unit, f"{method} W={W} seed={seed}", checker))
                 bar.units_done(len(chunk))
     finally:
         bar.close()
@@ -285,9 +340,12 @@ def run_eval(
     files = {"results": log.path, "config": out / "config.json"}
     files["summary_md"] = out / "summary.md"
     title = f"{cfg.dataset}, {len(problems)} problems, seeds {list(cfg.seeds)}, {cfg.layout} layout, model {cfg.model}"
-    files["summary_md"].write_text(f"# {title}\n\n" + format_markdown(cells), encoding="utf-8")
+    speed = throughput(rows)
+    files["summary_md"].write_text(f"# {title}\n\nAnswers checked by {checker}.\n\n" + format_markdown(cells)
+                                   + "\n" + format_throughput(speed), encoding="utf-8")
     files["summary_json"] = out / "summary.json"
-    files["summary_json"].write_text(json.dumps({"title": title, "cells": [c.to_dict() for c in cells]}, indent=2) + "\n",
+    files["summary_json"].write_text(json.dumps({"title": title, "checker": checker, "cells": [c.to_dict() for c in cells],
+                                                 "throughput": [t.to_dict() for t in speed]}, indent=2) + "\n",
                                      encoding="utf-8")
     if plot:
         from .plot import plot_accuracy
@@ -300,7 +358,7 @@ def run_eval(
 
 
 def _run_chunk(runner: BatchRunner, chunk: list[Unit], budgets: list[int], bar: _Progress,
-               on_unit: Callable[[Unit], None] | None, what: str) -> list[dict[str, Any]]:
+               on_unit: Callable[[Unit], None] | None, what: str, checker: str) -> list[dict[str, Any]]:
     """Rows of ``chunk``'s units, run as one batch; if the batch fails, each unit alone (Spec §13.5)."""
     items: list[BatchItem] = []
     spans: list[tuple[int, int]] = []
@@ -320,15 +378,18 @@ def _run_chunk(runner: BatchRunner, chunk: list[Unit], budgets: list[int], bar: 
         state["active"] = active
         bar.advance(step, what)
 
+    t0 = time.perf_counter()
     try:
         results = runner.run(items, on_tick)
     except Exception as exc:  # noqa: BLE001 - isolate the failing problem, record its error
         bar.advance(-state["advanced"], what)
         if len(chunk) > 1:
-            return [row for u in chunk for row in _run_chunk(runner, [u], budgets, bar, None, what)]
+            return [row for u in chunk for row in _run_chunk(runner, [u], budgets, bar, None, what, checker)]
         bar.advance(total, what)
         err = ItemResult(chunk[0].problem.problem, chunk[0].seed, error=f"{type(exc).__name__}: {exc}")
-        return _rows(chunk[0], [err], budgets, 1)
+        return _rows(chunk[0], [err], budgets, 1, checker, time.perf_counter() - t0)
+    share = (time.perf_counter() - t0) / len(chunk)  # the units of one batch share its wall time equally
     bar.advance(total - state["advanced"], what)
-    return [row for u, (a, b) in zip(chunk, spans) for row in _rows(u, results[a:b], budgets, len(chunk))]
+    return [row for u, (a, b) in zip(chunk, spans)
+            for row in _rows(u, results[a:b], budgets, len(chunk), checker, share)]
 

@@ -4,6 +4,10 @@ The accuracy of a cell is the fraction of its rows (problems x seeds) that are c
 crashed counts as wrong and is also counted in ``errors``. The interval is the Wilson score interval
 at 95% over those rows. Rows of one problem with different seeds are not independent, so with several
 seeds the interval is somewhat optimistic; with one seed it is the usual binomial interval over problems.
+
+Throughput (:func:`throughput`) is per (method, workers), over units (problem x seed), since one run
+serves every budget: each unit's wall time (its share of its batch's) and the tokens it generated,
+as its rows record them (``unit_seconds``, ``unit_tokens``).
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable
 
-__all__ = ["Cell", "format_markdown", "label", "summarise", "wilson_interval"]
+__all__ = ["Cell", "Throughput", "format_markdown", "format_throughput", "label", "summarise", "throughput",
+           "wilson_interval"]
 
 Z95 = 1.959963984540054
 
@@ -85,7 +90,7 @@ def summarise(rows: Iterable[dict[str, Any]]) -> list[Cell]:
     return sorted(cells, key=lambda c: (METHOD_ORDER.get(c.method, 9), c.method, c.workers, c.budget))
 
 
-def label(c: Cell) -> str:
+def label(c: Cell | Throughput) -> str:
     if c.method == "hogwild":
         return "Hogwild, 1 worker (baseline)" if c.workers == 1 else f"Hogwild, {c.workers} workers"
     if c.method == "self_consistency":
@@ -105,3 +110,50 @@ def format_markdown(cells: list[Cell]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """How fast one (method, workers) ran: ``units`` (problem x seed) in ``seconds`` of wall time,
+    generating ``tokens`` (all workers or samples, and the finisher)."""
+
+    method: str
+    workers: int
+    units: int
+    seconds: float
+    tokens: int
+    problems_per_hour: float
+    tokens_per_second: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def throughput(rows: Iterable[dict[str, Any]]) -> list[Throughput]:
+    """Problems/hour and tokens/s for each (method, workers), from the rows' ``unit_seconds`` and
+    ``unit_tokens`` (counted once per unit; rows without them are left out)."""
+    units: dict[tuple[str, int], dict[tuple[str, int], tuple[float, int]]] = {}
+    for r in rows:
+        if r.get("unit_seconds") is None:
+            continue
+        units.setdefault((r["method"], int(r["workers"])), {})[(str(r["problem_id"]), int(r["seed"]))] = (
+            float(r["unit_seconds"]), int(r.get("unit_tokens") or 0))
+    out = []
+    for (method, workers), us in units.items():
+        seconds = sum(s for s, _ in us.values())
+        tokens = sum(t for _, t in us.values())
+        out.append(Throughput(method, workers, len(us), seconds, tokens,
+                              problems_per_hour=len(us) * 3600 / seconds if seconds > 0 else 0.0,
+                              tokens_per_second=tokens / seconds if seconds > 0 else 0.0))
+    return sorted(out, key=lambda t: (METHOD_ORDER.get(t.method, 9), t.method, t.workers))
+
+
+def format_throughput(rows: list[Throughput]) -> str:
+    """Throughput as a Markdown table (empty when no row recorded its wall time)."""
+    if not rows:
+        return ""
+    head = ("| method | units | wall s | problems/hour | tokens | tokens/s |\n"
+            "|---|---:|---:|---:|---:|---:|\n")
+    lines = [f"| {label(t)} | {t.units} | {t.seconds:.1f} | {t.problems_per_hour:.1f} | {t.tokens} | "
+             f"{t.tokens_per_second:.1f} |" for t in rows]
+    return head + "\n".join(lines) + "\n"

@@ -1,0 +1,255 @@
+"""Bad eval inputs are refused before the model loads (Spec §13.1, §13.5): one line, exit 2.
+
+Each case builds its files in tmp_path and runs ``hogwild_ref.cli.main`` in-process with
+``models.load`` replaced by a failure, so a case that reaches the model fails the test. Oracles:
+the refusals name what is wrong (the line, the column, the pid), checked against what the test wrote.
+Then the dataset forms that must load: parquet and ``save_to_disk`` folders in the common schemas.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+import hogwild_ref.models
+from hogwild_ref.cli import main
+from hogwild_ref.evaluation.datasets import load_dataset
+
+BASE = ["eval", "--workers", "1", "--budgets", "4", "--no-progress", "--no-self-consistency"]
+
+
+def _jsonl(path: Path, records: list[Any]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return str(path)
+
+
+def _parquet(path: Path, records: list[dict[str, Any]]) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(records), path)
+    return str(path)
+
+
+def _disk(path: Path, splits: dict[str, list[dict[str, Any]]] | list[dict[str, Any]]) -> str:
+    import datasets
+
+    def one(rows: list[dict[str, Any]]) -> Any:
+        return datasets.Dataset.from_list(rows or GOOD).filter(lambda r: bool(rows))  # an empty split as filtering makes one
+
+    ds = one(splits) if isinstance(splits, list) else datasets.DatasetDict({k: one(v) for k, v in splits.items()})
+    ds.save_to_disk(str(path))
+    return str(path)
+
+
+GOOD = [{"id": "a", "problem": "1+1?", "answer": "2"}, {"id": "b", "problem": "2+2?", "answer": "4"}]
+
+
+def _row(**kw: Any) -> dict[str, Any]:
+    return {"format": 2, "method": "hogwild", "problem_id": "a", "workers": 1, "seed": 0, "budget": 4, "gold": "2",
+            "kind": "math", "checker": "math-verify==0.9.0", "check": "math-verify", "answer": "3", "correct": False,
+            "ticks": 4, "finisher_ticks": 1, "tokens_per_worker": [4], "seconds": 0.1, "error": None,
+            "unit_seconds": 0.1, "unit_tokens": 5} | kw
+
+
+def _resume_dir(t: Path, lines: list[str]) -> list[str]:
+    """An --out directory holding a results.jsonl with ``lines`` (its config.json from a valid first call)."""
+    data = _jsonl(t / "d.jsonl", GOOD)
+    out = t / "out"
+    out.mkdir()
+    (out / "results.jsonl").write_text("".join(x + "\n" for x in lines), encoding="utf-8")
+    return ["--dataset", data, "--out", str(out)]
+
+
+def _damaged_config(t: Path) -> list[str]:
+    argv = _resume_dir(t, [])
+    (t / "out" / "config.json").write_text("{x", encoding="utf-8")
+    return argv
+
+
+def _bytes(t: Path, name: str, data: bytes) -> str:
+    (t / name).write_bytes(data)
+    return str(t / name)
+
+
+# (name, build(tmp_path) -> extra argv, text the one-line error must contain)
+CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
+    ("malformed-jsonl", lambda t: ["--dataset", _bytes(t, "d.jsonl", b'{"problem": "P", "answer": 1}\n{oops\n')],
+     "d.jsonl:2 is not valid JSON"),
+    ("malformed-json-array", lambda t: ["--dataset", _bytes(t, "d.json", b'[{"problem": "P", "answer": 1},\n  {oops]')],
+     "d.json:2 is not valid JSON"),
+    ("missing-problem", lambda t: ["--dataset", _jsonl(t / "d.jsonl", [{"answer": "1", "text": "P"}])],
+     "d.jsonl:1 has no problem text"),
+    ("missing-answer", lambda t: ["--dataset", _jsonl(t / "d.jsonl", GOOD + [{"problem": "P"}])],
+     "d.jsonl:3 has no answer"),
+    ("duplicate-ids", lambda t: ["--dataset", _jsonl(t / "d.jsonl", GOOD + [GOOD[0]])],
+     "d.jsonl:3 repeats the id 'a'"),
+    ("bad-utf8", lambda t: ["--dataset", _bytes(t, "d.jsonl", b'{"problem": "P", "answer": 1}\n{"problem": "\xff"}\n')],
+     "d.jsonl:2 is not UTF-8 (byte 0xff"),
+    ("csv", lambda t: ["--dataset", _bytes(t, "d.csv", b"problem,answer\n1+1?,2\n")], "CSV is not read"),
+    ("plain-directory", lambda t: ["--dataset", str(t)], "not a `datasets` save_to_disk folder"),
+    ("missing-file", lambda t: ["--dataset", str(t / "nope.jsonl")], "does not exist"),
+    ("empty-file", lambda t: ["--dataset", _bytes(t, "d.jsonl", b"\n\n")], "has no problems"),
+    ("empty-array", lambda t: ["--dataset", _bytes(t, "d.json", b"[]")], "has no problems"),
+    ("empty-problem", lambda t: ["--dataset", _jsonl(t / "d.jsonl", GOOD + [{"problem": "  ", "answer": "1"}])],
+     "d.jsonl:3: the problem is empty"),
+    ("record-not-object", lambda t: ["--dataset", _jsonl(t / "d.jsonl", GOOD + [7])], "d.jsonl:3 is a number, not a JSON object"),
+    ("empty-save-to-disk", lambda t: ["--dataset", _disk(t / "one", [])], "has no problems"),
+    ("gold-dict", lambda t: ["--dataset", _jsonl(t / "d.jsonl", [{"problem": "P", "answer": {"x": 1}}])],
+     "the gold answer {'x': 1} is a dict"),
+    ("gold-empty-list", lambda t: ["--dataset", _jsonl(t / "d.jsonl", [{"problem": "P", "answer": []}])],
+     "the gold answer is an empty list"),
+    ("bad-id", lambda t: ["--dataset", _jsonl(t / "d.jsonl", [{"id": "", "problem": "P", "answer": "1"}])],
+     "the id '' is not"),
+    ("huge-problem", lambda t: ["--dataset", _jsonl(t / "d.jsonl", [{"problem": "x " * 600_000, "answer": "1"}])],
+     "the problem is 1.2 MB"),
+    ("limit-0", lambda t: ["--limit", "0"], "--limit must be >= 1"),
+    ("out-is-a-file", lambda t: ["--out", _bytes(t, "f.txt", b"x")], "is a file; give a directory"),
+    ("duplicate-seeds", lambda t: ["--seeds", "0", "0"], "--seeds repeats seed 0"),
+    ("unknown-builtin", lambda t: ["--dataset", "builtin:gsm8k"], "unknown built-in dataset"),
+    ("field-on-builtin", lambda t: ["--field", "problem=q"], "--field applies to dataset files"),
+    ("field-malformed", lambda t: ["--field", "problem"], "write KEY=COLUMN"),
+    ("field-unknown-key", lambda t: ["--field", "question=q"], "write KEY=COLUMN"),
+    ("field-missing-in-jsonl", lambda t: ["--dataset", _jsonl(t / "d.jsonl", GOOD), "--field", "answer=final"],
+     "d.jsonl:1 has no field 'final' (--field answer=final); it has: id, problem, answer"),
+    ("field-missing-in-parquet", lambda t: ["--dataset", _parquet(t / "d.parquet", GOOD), "--field", "problem=q"],
+     "column 'q' (--field problem=q) is not in"),
+    ("corrupt-parquet", lambda t: ["--dataset", _bytes(t, "d.parquet", b"PAR1 not really")],
+     "is not a readable parquet file"),
+    ("splits-without-split", lambda t: ["--dataset", _disk(t / "dd", {"train": GOOD, "test": GOOD})],
+     "holds the splits train, test; choose one with --split"),
+    ("unknown-split", lambda t: ["--dataset", _disk(t / "dd", {"train": GOOD}), "--split", "test"],
+     "there is no split 'test'"),
+    ("empty-split", lambda t: ["--dataset", _disk(t / "dd", {"train": GOOD, "test": []}), "--split", "test"],
+     "split 'test' of"),
+    ("field-missing-in-disk", lambda t: ["--dataset", _disk(t / "one", GOOD), "--field", "answer=solution"],
+     "its columns are: id, problem, answer"),
+    ("integer-kind-non-integer-gold", lambda t: ["--dataset", _jsonl(t / "d.jsonl", [{"problem": "P", "answer": "1/2"}]),
+                                                 "--answer-kind", "integer"], "is not an integer"),
+    ("resume-wrong-type", lambda t: _resume_dir(t, [json.dumps(_row()), json.dumps(_row(problem_id="b", correct="false"))]),
+     'results.jsonl:2 is not a results row: \'correct\' is "false", not true or false'),
+    ("resume-old-format", lambda t: _resume_dir(t, [json.dumps({k: v for k, v in _row().items() if k != "format"})]),
+     "results.jsonl:1 is not a results row: it has row format 1"),
+    ("resume-missing-field", lambda t: _resume_dir(t, [json.dumps({k: v for k, v in _row().items() if k != "budget"})]),
+     "the field 'budget' is missing"),
+    ("resume-not-json", lambda t: _resume_dir(t, ["{broken", json.dumps(_row())]), "results.jsonl:1 is not a results row"),
+    ("resume-damaged-config", lambda t: _damaged_config(t), "config.json is damaged"),
+]
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    monkeypatch.setattr(hogwild_ref.models, "load", lambda *a, **k: pytest.fail("the model was loaded for bad input"))
+
+
+@pytest.mark.parametrize("name,build,needle", CASES, ids=[c[0] for c in CASES])
+def test_bad_eval_input_is_refused_before_the_model_loads(name, build, needle, tmp_path, capsys, no_model, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default --out (eval-out/...) lands here
+    argv = BASE + build(tmp_path)
+    capsys.readouterr()  # what building the files printed (datasets' progress bars)
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "default-out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    assert needle in lines[0], lines[0]
+
+
+def test_the_case_table_is_large():
+    assert len(CASES) >= 25
+
+
+def test_an_out_directory_in_use_names_the_holder(tmp_path, capsys, no_model):
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = ("import fcntl, os, sys\nf = open(sys.argv[1], 'a+')\nfcntl.flock(f.fileno(), fcntl.LOCK_EX)\n"
+              "f.write(str(os.getpid())); f.flush()\nprint('held', flush=True)\nsys.stdin.read()\n")
+    proc = subprocess.Popen([sys.executable, "-c", holder, str(out / ".lock")], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        assert main(BASE + ["--limit", "1", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"error: {out} is in use by another evaluation (pid {proc.pid}); wait for it to end, or use " \
+                      "another --out directory"
+    finally:
+        proc.communicate("")
+    # once the holder has exited, the OS has dropped its lock: the same checks pass
+    from hogwild_ref.evaluation.results import OutDirLock
+
+    with OutDirLock(out):
+        assert (out / ".lock").read_text().strip() == str(__import__("os").getpid())
+
+
+def test_a_changed_setting_is_refused_before_the_model_loads(tmp_path, capsys, no_model):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"dataset": "builtin:arith-3"}))
+    assert main(BASE + ["--out", str(out)]) == 2
+    assert "dataset: 'builtin:arith-3' there, 'builtin:arith' now" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- what must load
+def test_parquet_in_the_gsm8k_schema(tmp_path):
+    path = _parquet(tmp_path / "gsm8k-test.parquet", [
+        {"question": "Q1", "answer": "2 + 2 = 4\n#### 4"},
+        {"question": "Q2", "answer": "so 1,000 + 200\n#### 1,200"},
+    ])
+    ps = load_dataset(path)
+    assert [(p.id, p.problem, p.answer, p.kind) for p in ps] == [
+        ("gsm8k-test-0", "Q1", "4", "integer"), ("gsm8k-test-1", "Q2", "1200", "integer")]
+
+
+def test_save_to_disk_folders_in_the_math500_and_aime_schemas(tmp_path):
+    math500 = _disk(tmp_path / "math500", [
+        {"problem": "P1", "solution": "... \\boxed{\\frac{1}{2}}", "answer": "\\frac{1}{2}", "unique_id": "test/a/1.json"},
+        {"problem": "P2", "solution": "...", "answer": "(1,2]", "unique_id": "test/b/2.json"}])
+    assert [(p.id, p.answer, p.kind) for p in load_dataset(math500)] == [
+        ("test/a/1.json", "\\frac{1}{2}", "math"), ("test/b/2.json", "(1,2]", "math")]
+    aime = _disk(tmp_path / "aime_2024", {"train": [{"id": 60, "problem": "P", "solution": "S", "answer": "033"},
+                                                    {"id": 61, "problem": "Q", "solution": "S", "answer": "204"}]})
+    ps = load_dataset(aime)  # one split: taken without --split; AIME answers compare as integers
+    assert [(p.id, p.answer, p.kind) for p in ps] == [("60", "033", "integer"), ("61", "204", "integer")]
+    dd = _disk(tmp_path / "dd", {"train": GOOD[:1], "test": GOOD[1:]})
+    assert [p.id for p in load_dataset(dd, split="test")] == ["b"]
+
+
+def test_limo_jsonl_with_a_bom_and_other_schemas_by_field(tmp_path):
+    limo = tmp_path / "limo.jsonl"
+    limo.write_bytes("\ufeff".encode() + b'{"question": "Q", "solution": "long \\\\boxed{9}", "answer": "8"}\n')
+    (p,) = load_dataset(str(limo))  # a byte-order mark is accepted
+    assert (p.problem, p.answer, p.kind) == ("Q", "8", "math")
+    other = _parquet(tmp_path / "other.parquet", [{"uid": "u1", "prompt": "P", "target": 18.0}])
+    (q,) = load_dataset(other, fields={"problem": "prompt", "answer": "target", "id": "uid"})
+    assert (q.id, q.problem, q.answer) == ("u1", "P", "18")  # a float column's 18.0 is the integer 18
+
+
+def test_a_gold_answer_given_as_a_list(tmp_path):
+    # OlympiadBench's final_answer: a list of the parts of one answer (a one-item list is that item)
+    path = _jsonl(tmp_path / "ob.jsonl", [{"id": 1, "question": "Q", "final_answer": ["$x=3$"]},
+                                          {"id": 2, "question": "R", "final_answer": ["1", "2"]}])
+    a, b = load_dataset(path)
+    assert (a.answer, b.answer) == ("$x=3$", "1, 2")
+    from hogwild_ref.evaluation.answers import answers_match
+
+    assert answers_match("2, 1", b.answer) and not answers_match("1", b.answer)  # both solutions, in any order
+
+
+def test_the_lock_is_reentrant_and_per_rank_under_torchrun(tmp_path, monkeypatch):
+    import fcntl
+
+    from hogwild_ref.evaluation.results import OutDirLock
+
+    with OutDirLock(tmp_path), OutDirLock(tmp_path):  # the checks, then the run, in one process
+        with open(tmp_path / ".lock") as f, pytest.raises(BlockingIOError):  # held against any other open file
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert OutDirLock(tmp_path).name == ".lock.rank1"  # ranks of one evaluation share the directory
