@@ -178,16 +178,18 @@ def _merged(out: Path):
 
 
 class _Rank:
-    """One rank of a run of ``world`` processes, played in this process one after the other."""
+    """One rank of a run of ``world`` processes, played in this process one after the other; the other ranks
+    report ``others`` at the end (default: they ran nothing)."""
 
-    def __init__(self, rank, world):
+    def __init__(self, rank, world, others=None):
         self.rank, self.world = rank, world
+        self.others = others or [(0, "")] * (world - 1)
 
     def agree(self, step):
         return step()
 
     def gather(self, value):
-        return [value] + [0] * (self.world - 1)
+        return [value, *self.others]
 
 
 def test_a_changed_number_of_processes_resumes_every_shard(tiny_dir, reference, tmp_path):
@@ -317,3 +319,36 @@ def test_a_failing_rank_stops_every_rank_with_one_line_from_rank_zero(tiny_dir, 
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert errors == ["error: RankError: rank 1 of 2: RuntimeError: no memory left on this GPU"], stderr[-3000:]
     assert not (out / "results.jsonl").exists() and shard_paths(out) == []
+
+
+def test_rank_zero_refuses_to_merge_when_it_cannot_see_a_shard(tiny_dir, tmp_path):
+    """Nodes that do not share --out: rank 1 reports rows in a shard that rank 0 cannot see."""
+    from hogwild_ref.models import load
+
+    model, tok = load(str(tiny_dir))
+    cfg = EvalConfig(**(BASE | dict(limit=1, workers=(1,), self_consistency=False)))
+    elsewhere = str(tmp_path / "node1" / shard_name(1, 2))
+    with pytest.raises(RuntimeError, match=r"cannot see the results shards of rank 1: .*node1.*file system every node"):
+        run_eval(model, tok, cfg, tmp_path / "out", progress=False, plot=False, group=_Rank(0, 2, [(1, elsewhere)]))
+
+
+def test_ranks_agree_on_failures_and_rank_zero_names_them():
+    from hogwild_ref.evaluation.distributed import RankError, TorchGroup
+
+    def group(rank, errors):
+        g = TorchGroup(Place(rank, len(errors), rank, len(errors)))
+        g.gather = lambda mine: [mine if r == rank else e for r, e in enumerate(errors)]  # type: ignore[method-assign]
+        return g
+
+    def fail(exc):
+        raise exc
+
+    assert group(0, [None, None]).agree(lambda: 42) == 42
+    with pytest.raises(RankError, match=r"^rank 1 of 3: OSError: disk full$"):
+        group(0, [None, "OSError: disk full", None]).agree(lambda: 1)
+    with pytest.raises(RankError, match=r"^rank 1 of 2: ValueError: bad$"):  # the failing rank reports its own error
+        group(1, [None, None]).agree(lambda: fail(ValueError("bad")))
+    with pytest.raises(RankError, match=r"^ranks 0, 2 of 3: RuntimeError: x; rank 1 of 3: KeyError: 'k'$"):
+        group(1, ["RuntimeError: x", None, "RuntimeError: x"]).agree(lambda: {}["k"])
+    with pytest.raises(RankError, match=r"^all 2 ranks: ValueError: no such file$"):
+        group(0, [None, "ValueError: no such file"]).agree(lambda: fail(ValueError("no such file")))

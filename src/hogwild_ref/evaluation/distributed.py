@@ -58,10 +58,19 @@ class TorchGroup:
             result, error = step(), None
         except Exception as exc:  # noqa: BLE001 - every rank learns of it below
             result, error = None, _one_line(exc)
-        failed = [(r, e) for r, e in enumerate(self.gather(error)) if e is not None]
+        failed: dict[str, list[int]] = {}
+        for r, e in enumerate(self.gather(error)):
+            if e is not None:
+                failed.setdefault(e, []).append(r)
         if failed:
-            raise RankError("; ".join(f"rank {r} of {self.world}: {e}" for r, e in failed))
+            raise RankError("; ".join(_ranks(ranks, self.world) + f": {e}" for e, ranks in failed.items()))
         return result  # type: ignore[return-value]
+
+
+def _ranks(ranks: list[int], world: int) -> str:
+    if len(ranks) == world > 1:
+        return f"all {world} ranks"
+    return f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} of {world}"
 
 
 def _cores() -> int:
