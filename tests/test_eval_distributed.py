@@ -183,7 +183,7 @@ class _Rank:
 
     def __init__(self, rank, world, others=None):
         self.rank, self.world = rank, world
-        self.others = others or [(0, "")] * (world - 1)
+        self.others = others or [0] * (world - 1)
 
     def agree(self, step):
         return step()
@@ -322,14 +322,14 @@ def test_a_failing_rank_stops_every_rank_with_one_line_from_rank_zero(tiny_dir, 
 
 
 def test_rank_zero_refuses_to_merge_when_it_cannot_see_a_shard(tiny_dir, tmp_path):
-    """Nodes that do not share --out: rank 1 reports rows in a shard that rank 0 cannot see."""
+    """Nodes that do not share --out: rank 1 reports rows that rank 0 cannot see; nothing is merged or removed."""
     from hogwild_ref.models import load
 
     model, tok = load(str(tiny_dir))
     cfg = EvalConfig(**(BASE | dict(limit=1, workers=(1,), self_consistency=False)))
-    elsewhere = str(tmp_path / "node1" / shard_name(1, 2))
-    with pytest.raises(RuntimeError, match=r"cannot see the results shards of rank 1: .*node1.*file system every node"):
-        run_eval(model, tok, cfg, tmp_path / "out", progress=False, plot=False, group=_Rank(0, 2, [(1, elsewhere)]))
+    with pytest.raises(RuntimeError, match=r"cannot see results.rank1-of-2.jsonl in .*file system every node shares"):
+        run_eval(model, tok, cfg, tmp_path, progress=False, plot=False, group=_Rank(0, 2, [1]))
+    assert [p.name for p in shard_paths(tmp_path)] == [shard_name(0, 2)] and not (tmp_path / "results.jsonl").exists()
 
 
 def test_ranks_agree_on_failures_and_rank_zero_names_them():

@@ -298,18 +298,20 @@ def run_eval(
                 bar.units_done(len(chunk))
     finally:
         bar.close()
-    done = group.gather((len(todo), str(log.path)))  # waits for every rank (Spec §13.6)
-    ran = sum(n for n, _ in done)
+    done = group.gather(len(todo))  # waits for every rank (Spec §13.6)
+    ran = sum(done)
     wanted = [k for u in units for k in u.keys(budgets)]
     files = {"results": out / "results.jsonl", "config": out / "config.json"}
     if group.rank != 0:
         return EvalReport(rows=log.all(), cells=[], files={"shard": log.path}, ran_units=len(todo), skipped_units=0,
                           seconds=time.perf_counter() - t0, problems=len(problems))
     shards = shard_paths(out)
-    unseen = [f"rank {r}: {p}" for r, (n, p) in enumerate(done) if n and not Path(p).is_file()]
+    unseen = [shard_name(r, group.world) for r, n in enumerate(done) if n and group.world > 1
+              and not (out / shard_name(r, group.world)).is_file()]
     if unseen:
-        raise RuntimeError(f"rank 0 cannot see the results shards of {', '.join(unseen)}; with several nodes --out "
-                           "must be on a file system every node shares (or copy every node's shards into one folder and rerun there)")
+        raise RuntimeError(f"rank 0 cannot see {', '.join(unseen)} in {out}, where other ranks wrote rows: with several "
+                           "nodes --out must be on a file system every node shares (or copy every node's shards into "
+                           "one folder and rerun there)")
     found = log.rows
     if shards or group.world > 1:  # rank 0 merges every shard into results.jsonl, then removes them
         merged = merge_rows([read_rows(p) for p in [out / "results.jsonl", *shards]], wanted)
