@@ -352,3 +352,12 @@ def test_ranks_agree_on_failures_and_rank_zero_names_them():
         group(1, ["RuntimeError: x", None, "RuntimeError: x"]).agree(lambda: {}["k"])
     with pytest.raises(RankError, match=r"^all 2 ranks: ValueError: no such file$"):
         group(0, [None, "ValueError: no such file"]).agree(lambda: fail(ValueError("no such file")))
+
+
+def test_cli_refuses_a_bad_dist_timeout_before_loading(tmp_path, capsys, monkeypatch):
+    import hogwild_ref.models
+    from hogwild_ref.cli import main
+
+    monkeypatch.setattr(hogwild_ref.models, "load", lambda *a, **k: pytest.fail("loaded a model for bad arguments"))
+    assert main(["eval", "--dist-timeout", "0", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("error: --dist-timeout must be a positive number of minutes")
