@@ -45,6 +45,7 @@ FLOORS: dict[str, int] = {
     "evaluation.summary": 1,
     "evaluation.datasets": 1,
     "evaluation.results": 1,
+    "evaluation.shards": 1,
     # floor 1, kernels and data (torch allowed)
     "rope": 1,
     "sampling": 1,
@@ -85,7 +86,8 @@ FLOORS: dict[str, int] = {
 #: ``if TYPE_CHECKING:`` do not count).
 PURE: frozenset[str] = frozenset(
     {"segments", "scheduler", "prompts", "checks", "settings", "events"}
-    | {"evaluation.answers", "evaluation.summary", "evaluation.datasets", "evaluation.results"}
+    | {"evaluation.answers", "evaluation.summary", "evaluation.datasets", "evaluation.results",
+       "evaluation.shards"}
 )
 
 #: Distributions a pure module must not import.

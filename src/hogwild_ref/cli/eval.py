@@ -44,23 +44,26 @@ def _add_eval(sub: Any) -> None:
     p.add_argument("--allow-untested", action="store_true", help="try a model family outside the tested ones")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--dist-timeout", type=float, default=24 * 60, metavar="MINUTES",
+                   help="under torchrun: how long ranks wait for each other, e.g. for the slowest at the end (default 1440)")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     import re
+    from contextlib import nullcontext
+    from datetime import timedelta
     from pathlib import Path
 
     from rich.console import Console
 
     from ..evaluation import EvalConfig, run_eval
     from ..evaluation.datasets import parse_fields
+    from ..evaluation.distributed import RankError, process_group, rank_setup
     from ..evaluation.results import OutDirLock
     from ..evaluation.runner import check_inputs
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    if not args.dist_timeout > 0:
+        raise ValueError(f"--dist-timeout must be a positive number of minutes; got {args.dist_timeout}")
     model_name = args.model or "SmolLM2-135M-Instruct (embedded GGUF)"
     cfg = EvalConfig(
         dataset=args.dataset, workers=tuple(args.workers), budgets=tuple(args.budgets), seeds=tuple(args.seeds),
@@ -71,15 +74,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
         fields=tuple(parse_fields(args.field).items()), split=args.split, answer_kind=args.answer_kind,
     )
     out = Path(args.out) if args.out else Path("eval-out") / re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(args.dataset).stem)
+    place, args.device, threads = rank_setup(args.device, args.threads)  # under torchrun: this rank's (Spec §13.6)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     console = Console(stderr=True)
     # everything about the inputs before the model loads: the dataset (before --out is created), then --out
     # and a results file to resume, under the directory's lock, held to the end
     problems = check_inputs(cfg, None)
-    with OutDirLock(out):
-        check_inputs(cfg, out, problems)
-        with console.status("loading model ..."):
-            model, tokenizer = _load(args)
-        report = run_eval(model, tokenizer, cfg, out, progress=not args.no_progress, console=console, problems=problems)
+    try:
+        with OutDirLock(out):
+            check_inputs(cfg, out, problems)
+            with process_group(place, args.device, timedelta(minutes=args.dist_timeout)) as group:
+                with console.status("loading model ...") if place.rank == 0 else nullcontext():
+                    model, tokenizer = group.agree(lambda: _load(args))
+                report = run_eval(model, tokenizer, cfg, out, progress=not args.no_progress, console=console,
+                                  problems=problems, group=group)
+    except RankError:
+        if place.rank != 0:
+            return 2  # rank 0 says it, once
+        raise
+    if place.rank != 0:
+        return 0
     console.print(f"{report.problems} problems x {len(cfg.seeds)} seeds: {report.ran_units} units run, "
                   f"{report.skipped_units} already in {report.files['results']}")
     print(report.files["summary_md"].read_text(encoding="utf-8"))  # plain Markdown: any terminal width, copy-pasteable

@@ -7,6 +7,9 @@
 * :mod:`~hogwild_ref.evaluation.runner` — :func:`run_eval`: Hogwild runs snapshotted at every budget
   with the finisher, the 1-worker and self-consistency baselines, batched across problems
   (:mod:`hogwild_ref.batch`), resumable JSONL results;
+* :mod:`~hogwild_ref.evaluation.shards` and :mod:`~hogwild_ref.evaluation.distributed` — one
+  evaluation over many processes under torchrun: each rank's share, its results shard, rank 0's
+  merge (Spec §13.6);
 * :mod:`~hogwild_ref.evaluation.summary` and :mod:`~hogwild_ref.evaluation.plot` — accuracy with
   95% intervals, and its plot (matplotlib: the ``eval`` extra).
 """

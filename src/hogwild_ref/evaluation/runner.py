@@ -12,6 +12,8 @@ One *unit* is (method, problem, workers ``W``, seed):
 Units of one (method, ``W``, seed) run ``batch`` problems at a time in one forward
 (:class:`~hogwild_ref.batch.BatchRunner`, Spec §13.3). Every unit writes one row per budget to
 ``results.jsonl`` as soon as its batch ends (Spec §13.5); a rerun skips the rows already there.
+Under torchrun each rank runs its share of the units into its own results shard and rank 0 merges
+the shards (:mod:`~hogwild_ref.evaluation.shards`, Spec §13.6).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from ..settings import Settings
 from .answers import check_answer, extract_answer, majority_vote, require_checker
 from .datasets import Problem, load_dataset
 from .results import ROW_FORMAT, OutDirLock, ResultsLog, row_key
+from .shards import Group, Solo, assign, is_done, merge_rows, read_rows, shard_name, shard_paths, write_rows
 from .summary import Cell, format_markdown, format_throughput, summarise, throughput
 
 __all__ = ["EvalConfig", "EvalReport", "Unit", "check_inputs", "plan_units", "run_eval"]
@@ -288,6 +291,7 @@ def run_eval(
     plot: bool = True,
     on_unit: Callable[[Unit], None] | None = None,
     problems: Sequence[Problem] | None = None,
+    group: Group | None = None,
 ) -> EvalReport:
     """Run (or resume) the evaluation ``cfg`` into ``out_dir``; write results, summary and plot (Spec §13).
 
@@ -295,29 +299,40 @@ def run_eval(
     depend on), ``summary.md`` and ``summary.json`` (the requested rows only), ``accuracy.png`` and
     ``accuracy.svg`` (when ``plot``). ``on_unit`` is called before each unit's batch runs. ``problems``:
     those :func:`check_inputs` returned (else the dataset is loaded here). The directory is locked
-    (:class:`~hogwild_ref.evaluation.results.OutDirLock`) while this runs.
+    (:class:`~hogwild_ref.evaluation.results.OutDirLock`) while this runs. With a ``group`` of several
+    processes (Spec §13.6), each rank runs its share into its own shard and rank 0 merges them and
+    writes the summary; the other ranks return their own rows only.
     """
     lock = OutDirLock(out_dir)
     lock.acquire()
     try:
-        return _run_eval(model, tokenizer, cfg, Path(out_dir), progress, console, plot, on_unit, problems)
+        return _run_eval(model, tokenizer, cfg, Path(out_dir), progress, console, plot, on_unit, problems, group or Solo())
     finally:
         lock.release()
 
 
 def _run_eval(model: Any, tokenizer: Any, cfg: EvalConfig, out: Path, progress: bool, console: Any, plot: bool,
-              on_unit: Callable[[Unit], None] | None, problems: Sequence[Problem] | None) -> EvalReport:
+              on_unit: Callable[[Unit], None] | None, given: Sequence[Problem] | None, group: Group) -> EvalReport:
     t0 = time.perf_counter()
     checker = require_checker()
-    problems = list(problems) if problems is not None else cfg.load_problems()
-    notice = backend_notice(cfg)
-    if notice is not None and console is not None:
-        console.print(f"note: {notice}")
-    _check_identity(out / "config.json", cfg)
-    log = ResultsLog(out / "results.jsonl")
+    progress = progress and group.rank == 0
     budgets = sorted(set(cfg.budgets))
-    units = plan_units(problems, cfg)
-    todo = [u for u in units if not all(log.has(k, retry_errors=cfg.retry_errors) for k in u.keys(budgets))]
+
+    def prepare() -> tuple[list[Problem], list[Unit], list[Unit], ResultsLog]:
+        problems = list(given) if given is not None else cfg.load_problems()
+        if group.rank == 0:
+            _check_identity(out / "config.json", cfg)
+        # every rank reads every results file before any rank writes (the agreement below)
+        log = ResultsLog(out / ("results.jsonl" if group.world == 1 else shard_name(group.rank, group.world)))
+        others = [read_rows(p) for p in [out / "results.jsonl", *shard_paths(out)] if p != log.path]
+        known = {row_key(r): r for r in merge_rows([log.all(), *others])}
+        units = plan_units(problems, cfg)
+        owners = assign([u.workers for u in units], group.world)
+        todo = [u for u, r in zip(units, owners) if r == group.rank
+                and not all(is_done(known.get(k), cfg.retry_errors) for k in u.keys(budgets))]
+        return problems, units, todo, log
+
+    problems, units, todo, log = group.agree(prepare)
     groups: dict[tuple[str, int, int], list[Unit]] = {}
     for u in todo:
         groups.setdefault((u.method, u.workers, u.seed), []).append(u)
@@ -334,10 +349,30 @@ def _run_eval(model: Any, tokenizer: Any, cfg: EvalConfig, out: Path, progress: 
                 bar.units_done(len(chunk))
     finally:
         bar.close()
-    wanted = {k for u in units for k in u.keys(budgets)}
-    rows = [r for r in log.all() if row_key(r) in wanted]
+    done = group.gather(len(todo))  # waits for every rank (Spec §13.6)
+    ran = sum(done)
+    wanted = [k for u in units for k in u.keys(budgets)]
+    files = {"results": out / "results.jsonl", "config": out / "config.json"}
+    if group.rank != 0:
+        return EvalReport(rows=log.all(), cells=[], files={"shard": log.path}, ran_units=len(todo), skipped_units=0,
+                          seconds=time.perf_counter() - t0, problems=len(problems))
+    shards = shard_paths(out)
+    unseen = [shard_name(r, group.world) for r, n in enumerate(done) if n and group.world > 1
+              and not (out / shard_name(r, group.world)).is_file()]
+    if unseen:
+        raise RuntimeError(f"rank 0 cannot see {', '.join(unseen)} in {out}, where other ranks wrote rows: with several "
+                           "nodes --out must be on a file system every node shares (or copy every node's shards into "
+                           "one folder and rerun there)")
+    found = log.rows
+    if shards or group.world > 1:  # rank 0 merges every shard into results.jsonl, then removes them
+        merged = merge_rows([read_rows(p) for p in [out / "results.jsonl", *shards]], wanted)
+        if shards:
+            write_rows(out / "results.jsonl", merged)
+            for p in shards:
+                p.unlink()
+        found = {row_key(r): r for r in merged}
+    rows = [found[k] for k in wanted if k in found]
     cells = summarise(rows)
-    files = {"results": log.path, "config": out / "config.json"}
     files["summary_md"] = out / "summary.md"
     title = f"{cfg.dataset}, {len(problems)} problems, seeds {list(cfg.seeds)}, {cfg.layout} layout, model {cfg.model}"
     speed = throughput(rows)
@@ -352,9 +387,8 @@ def _run_eval(model: Any, tokenizer: Any, cfg: EvalConfig, out: Path, progress: 
 
         png, svg = plot_accuracy(cells, out / "accuracy", title=title)
         files["png"], files["svg"] = png, svg
-    return EvalReport(rows=rows, cells=cells, files=files, ran_units=len(todo), skipped_units=len(units) - len(todo),
-                      seconds=time.perf_counter() - t0, problems=len(problems),
-                      extra={"backend_notice": notice} if notice else {})
+    return EvalReport(rows=rows, cells=cells, files=files, ran_units=ran, skipped_units=len(units) - ran,
+                      seconds=time.perf_counter() - t0, problems=len(problems))
 
 
 def _run_chunk(runner: BatchRunner, chunk: list[Unit], budgets: list[int], bar: _Progress,
