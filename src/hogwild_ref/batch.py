@@ -9,8 +9,10 @@ problem's keys; each problem flushes into its own history segment. It drives the
 the engine (:class:`~hogwild_ref.run.RunLoop`: one forward of every live row, one sampling call,
 each problem's scheduler), so a problem's run equals its :meth:`Engine.run <hogwild_ref.engine.Engine.run>`
 (tokens identical, sampled ones too: every problem's generators live on the model's device, seeded
-as the engine seeds them; logits within Spec §10). Batched ticks take the general ``rotate_queries``
-path: a union table has no segment that opens every view, which the fast path needs (Spec §9.6).
+as the engine seeds them; logits within Spec §10). With the fast backend the union falls into one
+group per problem (Spec §9.6): one-token ticks read each problem's own common window, and every other
+forward (the prefills, step changes, the finisher's first tick) runs per problem
+(:class:`~hogwild_ref.ticks.GroupedTick`), so a batch costs ``P`` problems' attention, not ``P^2``.
 
 Every run is also *snapshotted* at each requested budget: at the end of that tick the s1-style
 finisher (Spec §6.6) is run from the snapshot's state, and the state is then restored, so the run
@@ -150,13 +152,20 @@ class BatchRunner:
         # the engine's own prompt rendering and static segments, so a problem's run is its Engine.run
         prepared = [eng.prepare(it.problem) for it in items]
         union, histories = union_tables([p.table for p in prepared])
-        storage = eng.forward.storage(union)
-        for b, prep in enumerate(prepared):
-            # Spec §4.4 for every problem in its own storage, then copied into the union: a prefill row
-            # scores its query slots against every stored key of the batch, so batching prefills costs P^2
-            own = eng.forward.storage(prep.table)
-            eng.forward.prefill(own, prep.first, prep.static, eng.settings.prefill_chunk)
-            storage.copy_from(own, f"p{b}/")
+        caps = {f"p{b}/{sid}": c for b, prep in enumerate(prepared) for sid, c in eng.capacities(prep).items()}
+        storage = eng.forward.storage(union, caps)
+        if storage.groups is not None and eng.forward.backend == "fast":
+            # Spec §4.4 for every problem side by side, each on its own segments (block-diagonal, Spec §9.6)
+            eng.forward.prefill(storage, [f"p{b}/{prep.first}" for b, prep in enumerate(prepared)],
+                                [{f"p{b}/{sid}": toks for sid, toks in prep.static.items()} for b, prep in enumerate(prepared)],
+                                eng.settings.prefill_chunk)
+        else:
+            for b, prep in enumerate(prepared):
+                # Spec §4.4 for every problem in its own storage, then copied into the union: with a general
+                # backend a prefill row scores its query slots against every stored key of the batch (P^2)
+                own = eng.forward.storage(prep.table)
+                eng.forward.prefill(own, prep.first, prep.static, eng.settings.prefill_chunk)
+                storage.copy_from(own, f"p{b}/")
         ids = [s.id for s in union.segments]
         runs: list[ProblemRun] = []
         for b, it in enumerate(items):

@@ -152,15 +152,23 @@ class Forward:
         last = torch.tensor([max(len(f), 1) - 1 for f in feeds], device=out.logits.device)
         return out.logits[torch.arange(len(rows), device=out.logits.device), last].float()
 
-    def prefill(self, storage: Storage, first: str, static: Mapping[str, list[int]], chunk: int = 512) -> None:
+    def prefill(self, storage: Storage, first: str | Sequence[str], static: Mapping[str, list[int]]
+                | Sequence[Mapping[str, list[int]]], chunk: int = 512) -> None:
         """Prefill the static segments (Spec §4.4): ``first`` (the prompt/history) alone, then every
         other static segment ``s`` of ``static`` in one batch of rows ``[first, s]``, at most ``chunk``
         tokens per row per forward (appending chunk by chunk equals one long row: each chunk attends
-        causally to what is already stored)."""
-        self._prefill(storage, [(first,)], [static[first]], chunk)
-        others = [sid for sid in static if sid != first and static[sid]]
+        causally to what is already stored).
+
+        Several problems of a union table (Spec §13.3): ``first`` and ``static`` are one per problem
+        (ids as in the union), and each forward prefills every problem's rows side by side; the fast
+        backend runs each problem's part on its own segments (:class:`~hogwild_ref.ticks.GroupedTick`).
+        """
+        firsts = [first] if isinstance(first, str) else list(first)
+        statics = [static] if isinstance(static, Mapping) else list(static)
+        self._prefill(storage, [(f,) for f in firsts], [st[f] for f, st in zip(firsts, statics, strict=True)], chunk)
+        others = [((f, sid), st[sid]) for f, st in zip(firsts, statics) for sid in st if sid != f and st[sid]]
         if others:
-            self._prefill(storage, [(first, sid) for sid in others], [static[sid] for sid in others], chunk)
+            self._prefill(storage, [view for view, _ in others], [feed for _, feed in others], chunk)
 
     def _prefill(self, storage: Storage, views: list[tuple[str, ...]], feeds: list[list[int]], chunk: int) -> None:
         for start in range(0, max(len(f) for f in feeds), chunk):

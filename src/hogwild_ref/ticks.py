@@ -144,8 +144,9 @@ class _GroupStore:
 class GroupedTick(Tick):
     """Any rows over a table of several independent groups (a union of problems, Spec §13.3; the groups
     of Spec §9.6): each group's rows are planned and attended as a :class:`GeneralTick` over that
-    group's own segments only, so the work is block-diagonal (linear in the number of groups, where one
-    general tick over the union scores every row against every problem's keys).
+    group's own segments only (as a :class:`PrefillTick` when they are the prefill of its common
+    segment), so the work is block-diagonal (linear in the number of groups, where one general tick
+    over the union scores every row against every problem's keys).
 
     The rows of a group are padded to the tick's largest new-token count; padding slots are neither
     written nor attended (their outputs are zeros).
@@ -178,7 +179,11 @@ class GroupedTick(Tick):
         for b, idx in sorted(by_group.items()):
             js = members[b]
             sub = SegmentTable(tuple(_renumbered(table.segments[j], b * n) for j in js), table.views[b * n : (b + 1) * n])
-            tick = GeneralTick(sub, [rows[r] for r in idx], rope, backend, device, planner)
+            common = table.segments[groups.commons[b]].id
+            mine = [rows[r] for r in idx]
+            # a group's prefill of its common segment (one row, that segment alone): causal SDPA, as alone
+            kind = PrefillTick if len(mine) == 1 and mine[0].view == (common,) and mine[0].new_tokens else GeneralTick
+            tick = kind(sub, mine, rope, backend, device, planner)
             self.parts.append((torch.tensor(idx, device=device), tick, js))
             lengths.update({seg.id: seg.length for seg in tick.table.segments})
         self.table = table.with_lengths(lengths)
