@@ -295,11 +295,3 @@ def test_cli_eval_on_the_embedded_model(tmp_path, capsys, monkeypatch, smollm):
     monkeypatch.setattr(hogwild_ref.models, "load", lambda *a, **k: pytest.fail("loaded a model for bad arguments"))
     assert main(["eval", "--budgets", "0", "--out", str(tmp_path / "x")]) == 2
     assert "budgets must be tick counts >= 1" in capsys.readouterr().err
-
-
-def test_backend_notice_names_the_batched_fallback():
-    from hogwild_ref.evaluation.runner import backend_notice
-
-    assert "rotate_queries" in backend_notice(EvalConfig(backend="fast", batch=2))
-    assert backend_notice(EvalConfig(backend="fast", batch=1)) is None  # one problem: the fast path itself
-    assert backend_notice(EvalConfig(backend="rotate_keys", batch=4)) is None  # what was asked for

@@ -152,18 +152,6 @@ def _engine(model: Any, tokenizer: Any, cfg: EvalConfig, workers: int, temperatu
                   model_name=cfg.model)
 
 
-def backend_notice(cfg: EvalConfig) -> str | None:
-    """Which backend batched ticks use, when it is not the requested one (Spec §9.6, §13.3), else None.
-
-    Problems batched in one forward share a union table, which has no segment that opens every view,
-    so their ticks take the general ``rotate_queries`` path; ``--batch 1`` runs the fast path.
-    """
-    if cfg.backend != "fast" or cfg.batch < 2:
-        return None
-    return (f"batch {cfg.batch}: batched problems run on rotate_queries (the fast path needs one segment that opens "
-            "every view; a union of problems has none); --batch 1 runs each problem on the fast path")
-
-
 def _items(unit: Unit) -> list[BatchItem]:
     if unit.method == "hogwild":
         return [BatchItem(unit.problem.problem, unit.seed)]
