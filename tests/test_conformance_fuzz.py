@@ -146,3 +146,17 @@ def test_pytest_plugin_xfail_file_and_failures(tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"1 failed, {n_rope - len(scaled)} passed, {len(scaled) - 1} xfailed" in proc.stdout
     assert f"FAILED test_hogwild_conformance.py::test_hogwild_vector[{scaled[0]}]" in proc.stdout
+
+
+def test_cli_fuzz_stops_at_once_when_the_adapter_hangs(tmp_path: Path, capsys) -> None:
+    script = tmp_path / "hang.py"
+    script.write_text("import json, sys, time\n"
+                      "for line in sys.stdin:\n"
+                      "    if json.loads(line)['op'] == 'hello':\n"
+                      "        print(json.dumps({'ok': True, 'levels': ['rope']}), flush=True)\n"
+                      "    else:\n"
+                      "        time.sleep(600)\n")
+    rc = main(["conform", "fuzz", "--adapter-cmd", f'"{sys.executable}" "{script}"', "--level", "rope",
+               "--adapter-timeout", "1", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "rope: stopped after 1 cases" in err and "the adapter was gone: no reply" in err

@@ -219,9 +219,10 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
             result = fuzz(adapter, level, args.examples, args.seed, scope, args.out)
             if result.vector is None:
                 note = f" ({result.note})" if result.note else ""
-                print(f"{level}: no mismatch in {result.examples} cases (seed {args.seed}){note}", file=sys.stderr)
-                if result.note and getattr(adapter, "gone", None):
-                    status = 1
+                stopped = bool(result.note) and not str(result.note).startswith("the adapter does not implement")
+                verdict = f"stopped after {result.examples} cases" if stopped else f"no mismatch in {result.examples} cases"
+                print(f"{level}: {verdict} (seed {args.seed}){note}", file=sys.stderr)
+                status = 1 if stopped else status  # gone, or not reproducible: nothing reliable was learnt
                 continue
             status = 1
             assert result.result is not None and result.path is not None

@@ -62,6 +62,12 @@ class FuzzResult:
     note: str | None = None
 
 
+class _AdapterGone(BaseException):
+    """The adapter process is gone (hung, exited, broke the protocol): fuzzing stops at once.
+
+    A BaseException, so that hypothesis passes it through instead of shrinking it as a failure."""
+
+
 def _allowed(scope: Mapping[str, list[str]], key: str, values: Sequence[str]) -> list[str]:
     accepted = scope.get(key)
     return [v for v in values if accepted is None or v in accepted]
@@ -185,7 +191,7 @@ def fuzz(adapter: Any, level: str = "attention", examples: int = 200, seed: int 
     ``out_dir/<level>/`` as a vector when ``out_dir`` is given). Deterministic for a given ``seed``.
     """
     from hypothesis import HealthCheck, find, settings
-    from hypothesis.errors import HypothesisDeprecationWarning, NoSuchExample
+    from hypothesis.errors import Flaky, HypothesisDeprecationWarning, NoSuchExample
 
     from .runner import adapter_scope, supports
 
@@ -204,7 +210,10 @@ def fuzz(adapter: Any, level: str = "attention", examples: int = 200, seed: int 
         if out_of_scope(scope, vector) is not None:
             return False
         tried += 1
-        return run_vector(adapter, vector, scope).status == "failed"
+        status = run_vector(adapter, vector, scope).status
+        if getattr(adapter, "gone", None):  # a process that hung or broke the protocol: nothing more to learn
+            raise _AdapterGone(str(adapter.gone))
+        return status == "failed"
 
     config = settings(max_examples=examples, database=None, deadline=None, suppress_health_check=list(HealthCheck))
     try:
@@ -213,8 +222,12 @@ def fuzz(adapter: Any, level: str = "attention", examples: int = 200, seed: int 
             warnings.simplefilter("ignore", HypothesisDeprecationWarning)
             found = find(strategy, fails, settings=config, random=random.Random(seed))
     except NoSuchExample:
-        gone = getattr(adapter, "gone", None)
-        return FuzzResult(level, tried, note=f"the adapter was gone: {gone}" if gone else None)
+        return FuzzResult(level, tried)
+    except _AdapterGone as exc:
+        return FuzzResult(level, tried, note=f"the adapter was gone: {exc}")
+    except Flaky as exc:
+        return FuzzResult(level, tried, note=f"the adapter's verdicts are not reproducible ({type(exc).__name__}); "
+                                             "rerun with another --seed")
     digest = hashlib.sha256(json.dumps(found.meta["inputs"], sort_keys=True).encode()).hexdigest()[:10]
     name = f"fuzz-{level}-{digest}"
     found.meta.update(name=name, description=f"found and shrunk by `hogwild-ref conform fuzz --seed {seed}`: "
