@@ -228,7 +228,7 @@ def test_regeneration_is_byte_identical(tmp_path: Path) -> None:
     checked_in = {p.relative_to(VECTORS): p.read_bytes() for p in sorted(VECTORS.rglob("*")) if p.is_file()}
     assert set(mine) == set(checked_in)
     differ = sorted(str(k) for k in mine if mine[k] != checked_in[k])
-    assert not differ, f"regenerated vectors differ from spec/vectors/v2: {differ} (run `hogwild-ref conform --regenerate`)"
+    assert not differ, f"regenerated vectors differ from spec/vectors/v3: {differ} (run `hogwild-ref conform --regenerate`)"
 
 
 # ---------------------------------------------------------------------- mutants

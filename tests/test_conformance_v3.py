@@ -235,6 +235,12 @@ def test_export_honours_level_and_scope_file_and_score_matches(tmp_path: Path, c
     assert set(ids) == _ids(lambda m: True, "rope")
 
 
+def test_tau_at_position_zero_is_stated_as_the_formula_gives_it() -> None:
+    tau0 = 1e-6 + 2.0**-23 * (0 + 1)  # Spec §10.4: tolerance + tolerance_per_position * (|p| + 1)
+    text = (ROOT / "spec" / "10-tolerances.md").read_text(encoding="utf-8")
+    assert f"`{tau0:.3g}`".replace("e-06", "e-6") in text and "`1.2e-6` at `p = 0`" not in text
+
+
 def test_subcommands_have_their_own_help(capsys) -> None:
     for action, needle in (("export", "requests.jsonl"), ("score", "replies.jsonl"), ("fuzz", "--examples")):
         with pytest.raises(SystemExit) as exc:
