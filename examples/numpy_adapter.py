@@ -7,20 +7,25 @@ It is an example of a third-party adapter and is checked by hogwild_ref's test s
 
 Run it through the runner::
 
-    hogwild-ref conform --adapter-cmd "python examples/numpy_adapter.py" --level rope --level attention
+    hogwild-ref conform --adapter-cmd ".venv/bin/python examples/numpy_adapter.py"
 
 or offline::
 
     hogwild-ref conform export /tmp/hw
-    (cd /tmp/hw && python /path/to/examples/numpy_adapter.py < requests.jsonl > replies.jsonl)
+    (cd /tmp/hw && /path/to/.venv/bin/python /path/to/examples/numpy_adapter.py < requests.jsonl > replies.jsonl)
     hogwild-ref conform score /tmp/hw
+
+Either way the ``model`` vectors are reported out of scope and the exit status is 0. (``.venv/bin/python``:
+the project's environment has numpy and safetensors; a system Python may lack them.)
 
 Protocol, in short: every stdin line is a JSON request. ``{"op": "hello", ...}`` is answered with the
 levels implemented; ``{"op": "run", "id", "level", "inputs", "tensors", "output"}`` names a
 safetensors file of input tensors (``x``, ``positions``, ``q``, ``keys/<segment>``...) and the file to
 write the outputs to (``rotated``, ``out``, ``keys/<segment>``...); the answer is one line
-``{"id": ..., "ok": true, "output": ...}`` or ``{"id": ..., "ok": false, "error": "..."}``. Relative
-paths are relative to the current directory. Logs go to stderr: stdout carries replies only.
+``{"id": ..., "ok": true, "output": ...}``, ``{"id": ..., "ok": false, "error": "..."}`` or, for a
+request it does not cover, ``{"id": ..., "skip": "<reason>"}``. The hello reply declares the levels
+and the scope (Spec §12.3). Relative paths are relative to the current directory. Logs go to stderr:
+stdout carries replies only, flushed after every line.
 """
 
 from __future__ import annotations
@@ -33,6 +38,14 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 LEVELS = ["rope", "attention"]
+#: protocol versions this adapter speaks (Spec §12.7); the rope and attention requests are the same in both
+PROTOCOLS = (2, 3)
+#: what it covers within its levels (Spec §12.3): vectors outside are reported out of scope, not failed
+SCOPE = {
+    "dtypes": ["float32", "bfloat16"],  # bfloat16 inputs arrive as exact float32 values
+    "conventions": ["half", "interleaved"],
+    "layouts": ["contiguous", "interleaved", "combined", "explicit"],
+}
 
 
 # ---------------------------------------------------------------------- RoPE (Spec §8)
@@ -146,12 +159,15 @@ HANDLERS = {"rope": level_rope, "attention": level_attention}
 
 def answer(request: dict) -> dict:
     if request.get("op") == "hello":
-        return {"ok": True, "levels": LEVELS, "name": "numpy example adapter"}
+        protocol = request.get("protocol")
+        if protocol not in PROTOCOLS:  # an unknown version: refuse, naming the ones spoken (Spec §12.7)
+            return {"ok": False, "error": f"protocol {protocol!r} not supported; this adapter speaks {list(PROTOCOLS)}"}
+        return {"ok": True, "protocol": protocol, "levels": LEVELS, "scope": SCOPE, "name": "numpy example adapter"}
     rid = request.get("id")
+    if request.get("level") not in HANDLERS:  # e.g. an export of every level: not a failure, a skip
+        return {"id": rid, "skip": f"the numpy example adapter does not implement the {request.get('level')} level"}
     try:
-        handler = HANDLERS.get(request["level"])
-        if handler is None:
-            raise NotImplementedError(f"the numpy example adapter does not implement the {request['level']} level")
+        handler = HANDLERS[request["level"]]
         outputs = handler(request["inputs"], load_file(request["tensors"]))
         flat = {}
         for name, value in outputs.items():

@@ -1,4 +1,4 @@
-"""``hogwild-ref conform``: the conformance vectors against an adapter (Spec §12)."""
+"""``hogwild-ref conform [run|export|score|fuzz]``: the conformance vectors against an adapter (Spec §12.6)."""
 
 from __future__ import annotations
 
@@ -7,98 +7,180 @@ import json
 import sys
 from typing import Any
 
+LEVEL_NAMES = ["rope", "attention", "model"]
+
+
+def _opt(suppress: bool, default: Any) -> Any:
+    """A subcommand's options leave unset values alone (so ``conform --level rope export DIR`` works)."""
+    return argparse.SUPPRESS if suppress else default
+
+
+def _adapter_options(p: Any, suppress: bool, fuzz: bool = False) -> None:
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--adapter", default=_opt(suppress, None), metavar="MODULE:FACTORY",
+                     help="import MODULE and call FACTORY() for the adapter (default: the reference, "
+                          "hogwild_ref.conformance:reference)")
+    who.add_argument("--adapter-cmd", default=_opt(suppress, None), metavar="CMD",
+                     help='an adapter in another process: the command line that starts it (e.g. ".venv/bin/python '
+                          'examples/numpy_adapter.py"); it speaks the line protocol of Spec §12.7 on stdin/stdout')
+    p.add_argument("--adapter-timeout", type=float, default=_opt(suppress, 600.0), metavar="S",
+                   help="--adapter-cmd: seconds to wait for each reply (default 600); after the first timeout the "
+                        "adapter is stopped and the remaining vectors are reported not run")
+    p.add_argument("--scope", default=_opt(suppress, None), metavar="FILE",
+                   help="a JSON scope file (Spec §12.3: {\"dtypes\": [...], \"layouts\": [...], ...}, or the adapter's "
+                        "hello reply) that replaces the adapter's declared scope")
+
+
+def _vector_options(p: Any, suppress: bool, levels: list[str] = LEVEL_NAMES) -> None:
+    p.add_argument("--level", action="append", choices=levels, default=_opt(suppress, None),
+                   help="run only this level (repeatable; default: every level)")
+    p.add_argument("--vectors", default=_opt(suppress, None), metavar="DIR",
+                   help="vector directory (default: spec/vectors/v3 of the hogwild_ref checkout)")
+
+
+def _run_options(p: Any, suppress: bool) -> None:
+    _adapter_options(p, suppress)
+    _vector_options(p, suppress)
+    p.add_argument("--json", action="store_true", default=_opt(suppress, False),
+                   help='print {"version", "passed", "failed", "out_of_scope", "skipped", "not_run", "vectors": [...]} '
+                        "as JSON instead of a table")
+    p.add_argument("--regenerate", action="store_true", default=_opt(suppress, False),
+                   help="first rewrite the vectors (of the selected levels) with the reference's oracles, then run")
+
 
 def _add_conform(sub: Any) -> None:
     p = sub.add_parser(
         "conform",
         help="run the conformance vectors (Spec §12) against an implementation's adapter",
         description=(
-            "Run the conformance vectors against an adapter; exit status 1 if any vector fails. "
-            "`conform export DIR` writes every vector's inputs for offline runs, `conform score DIR` scores "
-            "the outputs computed there (Spec §12.7)."
+            "Run the conformance vectors against an adapter; exit status 0 when every in-scope vector passed, 1 if "
+            "any failed, 2 for usage errors. Subcommands: run (the default), export DIR, score DIR (offline, "
+            "Spec §12.7), fuzz (differential testing with shrinking); `conform SUBCOMMAND --help` for each."
         ),
     )
-    p.add_argument("action", nargs="?", choices=["run", "export", "score"], default="run",
-                   help="run (default), export DIR (write the inputs) or score DIR (score outputs computed offline)")
-    p.add_argument("dir", nargs="?", default=None, metavar="DIR", help="export/score: the exchange directory")
-    who = p.add_mutually_exclusive_group()
-    who.add_argument("--adapter", default=None, metavar="MODULE:FACTORY",
-                     help="import MODULE and call FACTORY() for the adapter (default: the reference, "
-                          "hogwild_ref.conformance:reference)")
-    who.add_argument("--adapter-cmd", default=None, metavar="CMD",
-                     help='an adapter in another process: the command line that starts it (e.g. "python '
-                          'examples/numpy_adapter.py"); it speaks the line protocol of Spec §12.7 on stdin/stdout')
-    p.add_argument("--adapter-timeout", type=float, default=600.0, metavar="S",
-                   help="--adapter-cmd: seconds to wait for each reply (default 600)")
-    p.add_argument("--level", action="append", choices=["rope", "attention", "model"], default=None,
-                   help="run only this level (repeatable; default: every level)")
-    p.add_argument("--vectors", default=None, metavar="DIR",
-                   help="vector directory (default: spec/vectors/v2 of the hogwild_ref checkout)")
-    p.add_argument("--json", action="store_true",
-                   help='print {"version", "passed", "failed", "skipped", "vectors": [...]} as JSON instead of a table')
-    p.add_argument("--regenerate", action="store_true",
-                   help="first rewrite the vectors (of the selected levels) with the reference's oracles, then run")
+    _run_options(p, suppress=False)
+    actions = p.add_subparsers(dest="action", metavar="{run,export,score,fuzz}", parser_class=type(p))
+    run = actions.add_parser("run", help="run the vectors against an adapter (the default)",
+                             description="Run the conformance vectors against an adapter (Spec §12.6).")
+    _run_options(run, suppress=True)
+    export = actions.add_parser(
+        "export", help="write the inputs of the vectors in scope for an offline run",
+        description=("Write DIR/requests.jsonl (the hello line and one request per vector) and every vector's "
+                     "inputs, DIR/<level>/<name>.inputs.safetensors, for the vectors of the chosen levels inside the "
+                     "scope (Spec §12.7). Then: cd DIR && CMD < requests.jsonl > replies.jsonl; hogwild-ref conform "
+                     "score DIR."))
+    export.add_argument("dir", metavar="DIR", help="the exchange directory (created)")
+    _vector_options(export, suppress=True)
+    export.add_argument("--scope", default=argparse.SUPPRESS, metavar="FILE",
+                        help="export only the vectors inside this scope (a scope object or the adapter's hello "
+                             "reply, JSON; Spec §12.3); the others are reported out of scope by score")
+    score = actions.add_parser(
+        "score", help="score the outputs computed offline",
+        description=("Score DIR/<level>/<name>.outputs.safetensors against the expected outputs like a live run "
+                     "(Spec §12.7): the hello reply in DIR/replies.jsonl gives the levels and the scope, replies "
+                     "with ok: false fail their vector, replies with skip skip it."))
+    score.add_argument("dir", metavar="DIR", help="the exchange directory written by export")
+    _vector_options(score, suppress=True)
+    score.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the report as JSON")
+    fuzz = actions.add_parser(
+        "fuzz", help="differential testing against the reference, with shrinking",
+        description=("Draw random cases (tables, layouts, W, zero-token rows, RoPE types, partial rotary, "
+                     "conventions, GQA/MQA, dtypes within the declared scope), compare the adapter with the "
+                     "reference's oracles, and on a mismatch shrink it to a minimal case and write it as a regular "
+                     "vector (rerun with `conform --vectors DIR`)."))
+    _adapter_options(fuzz, suppress=True)
+    fuzz.add_argument("--level", action="append", choices=["rope", "attention"], default=argparse.SUPPRESS,
+                      help="fuzz only this level (repeatable; default: both)")
+    fuzz.add_argument("--examples", type=int, default=200, metavar="N", help="cases per level (default 200)")
+    fuzz.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    fuzz.add_argument("--out", default="hogwild-fuzz", metavar="DIR",
+                      help="where a shrunk failing case is written as a vector (default ./hogwild-fuzz)")
+
+
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _scope_arg(args: argparse.Namespace) -> tuple[list[str] | None, dict[str, list[str]] | None]:
+    if getattr(args, "scope", None) is None:
+        return None, None
+    from ..conformance.scope import load_scope_file
+
+    return load_scope_file(args.scope)
+
+
+def _make_adapter(args: argparse.Namespace, levels: Any) -> tuple[Any, Any, str]:
+    """The adapter of a run or fuzz: (adapter, process to close or None, name)."""
+    from ..conformance import load_adapter
+
+    name = args.adapter_cmd or args.adapter or "hogwild_ref.conformance:reference"
+    if args.adapter_cmd is not None:
+        from ..conformance.external import CommandAdapter
+
+        if args.adapter_timeout <= 0:
+            raise ValueError(f"--adapter-timeout must be > 0 seconds; got {args.adapter_timeout:g}")
+        adapter = CommandAdapter(args.adapter_cmd, timeout=args.adapter_timeout, levels=levels)
+        return adapter, adapter, name
+    return load_adapter(name), None, name
 
 
 def cmd_conform(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..conformance import generate_vectors, load_adapter, run
+    from ..conformance import generate_vectors, run
     from ..conformance.runner import default_vectors_dir
 
-    if args.action != "run" and args.dir is None:
-        print(f"error: conform {args.action} needs a directory: hogwild-ref conform {args.action} DIR", file=sys.stderr)
-        return 2
-    if args.action != "run" and (args.adapter or args.adapter_cmd):
-        print(f"error: conform {args.action} takes no adapter: export writes the inputs, score reads the outputs "
-              f"in DIR", file=sys.stderr)
-        return 2
-    if args.action == "run" and args.dir is not None:
-        print(f"error: unexpected argument {args.dir!r}; did you mean `conform export {args.dir}` or "
-              f"`conform score {args.dir}`?", file=sys.stderr)
-        return 2
+    action = args.action or "run"
+    if action in ("export", "score") and (args.adapter or args.adapter_cmd):
+        return _error(f"conform {action} takes no adapter: export writes the inputs, score reads the outputs in DIR")
+    if action == "fuzz":
+        return cmd_fuzz(args)
     try:
-        if args.vectors is not None:
-            directory = Path(args.vectors)
-        else:
-            directory = default_vectors_dir(must_exist=not args.regenerate)
-    except FileNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.regenerate:
+        directory = Path(args.vectors) if args.vectors is not None else default_vectors_dir(
+            must_exist=not getattr(args, "regenerate", False))
+        scope_levels, scope = _scope_arg(args)
+    except (FileNotFoundError, ValueError) as exc:
+        return _error(str(exc))
+    levels = args.level or scope_levels
+    if getattr(args, "regenerate", False):
         written = generate_vectors(directory, args.level)
         print(f"wrote {len(written) // 2} vectors to {directory}", file=sys.stderr)
-    if args.action == "export":
+    if action == "export":
         from ..conformance.external import export_vectors
 
         try:
-            requests = export_vectors(args.dir, directory, args.level)
+            requests = export_vectors(args.dir, directory, levels, scope)
         except FileNotFoundError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+            return _error(str(exc))
         print(f"exported {len(requests)} vectors to {args.dir}: requests.jsonl and <level>/<name>.inputs.safetensors; "
-              f"write <level>/<name>.outputs.safetensors, then run `hogwild-ref conform score {args.dir}`",
-              file=sys.stderr)
+              f"write <level>/<name>.outputs.safetensors (cd {args.dir} && CMD < requests.jsonl > replies.jsonl), "
+              f"then run `hogwild-ref conform score {args.dir}`", file=sys.stderr)
         return 0
-    name = args.adapter_cmd or args.adapter or "hogwild_ref.conformance:reference"
     closer = None
+    results: list[Any] = []
     try:
-        if args.action == "score":
+        if action == "score":
             from ..conformance.external import OutputsDirAdapter
 
             adapter: Any = OutputsDirAdapter(args.dir)
             name = f"outputs in {args.dir}"
-        elif args.adapter_cmd is not None:
-            from ..conformance.external import CommandAdapter
-
-            adapter = closer = CommandAdapter(args.adapter_cmd, timeout=args.adapter_timeout,
-                                              levels=args.level or ("rope", "attention", "model"))
         else:
-            adapter = load_adapter(name)
-        report = run(adapter, directory, args.level)
+            adapter, closer, name = _make_adapter(args, levels or tuple(LEVEL_NAMES))
+            if scope is not None:
+                adapter = _Scoped(adapter, scope)
+        report = run(adapter, directory, levels, on_result=results.append)
     except FileNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _error(str(exc))
+    except KeyboardInterrupt:  # Ctrl-C (and SIGTERM, which the CLI maps to it): stop the adapter, keep what ran
+        if closer is not None:
+            closer.close(kill=True)
+            closer = None
+        if results and not args.json:
+            from ..conformance.report import Report
+
+            _print_conform_table(Report(results, directory), f"{name} (interrupted)")
+        raise
     finally:
         if closer is not None:
             closer.close()
@@ -107,10 +189,69 @@ def cmd_conform(args: argparse.Namespace) -> int:
     else:
         _print_conform_table(report, name)
     if not report.failed and not report.passed:
-        print(f"error: adapter {name!r} implements none of the levels run "
-              "(methods rope / attention / model, Spec §12.3); nothing was checked", file=sys.stderr)
+        print(f"error: adapter {name!r} ran none of the vectors: every vector is out of scope, skipped or not run "
+              "(levels: methods rope / attention / model, Spec §12.3); nothing was checked", file=sys.stderr)
         return 1
     return 1 if report.failed else 0
+
+
+def cmd_fuzz(args: argparse.Namespace) -> int:
+    """``conform fuzz``: differential testing with shrinking (Spec §12.8)."""
+    import shlex
+
+    try:
+        import hypothesis  # noqa: F401
+    except ImportError:
+        return _error("conform fuzz needs hypothesis: pip install 'hogwild-ref[fuzz]' (or pip install hypothesis)")
+    from ..conformance.fuzz import FUZZ_LEVELS, fuzz, table_summary
+
+    if args.examples < 1:
+        return _error(f"--examples must be >= 1; got {args.examples}")
+    levels = list(dict.fromkeys(getattr(args, "level", None) or FUZZ_LEVELS))
+    try:
+        _, scope = _scope_arg(args)
+        adapter, closer, name = _make_adapter(args, levels)
+    except FileNotFoundError as exc:
+        return _error(str(exc))
+    status = 0
+    try:
+        for level in levels:
+            result = fuzz(adapter, level, args.examples, args.seed, scope, args.out)
+            if result.vector is None:
+                note = f" ({result.note})" if result.note else ""
+                stopped = bool(result.note) and not str(result.note).startswith("the adapter does not implement")
+                verdict = f"stopped after {result.examples} cases" if stopped else f"no mismatch in {result.examples} cases"
+                print(f"{level}: {verdict} (seed {args.seed}){note}", file=sys.stderr)
+                status = 1 if stopped else status  # gone, or not reproducible: nothing reliable was learnt
+                continue
+            status = 1
+            assert result.result is not None and result.path is not None
+            how = f"--adapter-cmd {shlex.quote(args.adapter_cmd)}" if args.adapter_cmd else f"--adapter {name}"
+            message = (result.result.message or "").splitlines()
+            print(f"{level}: {name} fails a case (seed {args.seed}, {result.examples} cases run); shrunk to "
+                  f"{table_summary(result.vector)}: {result.result.failure}"
+                  f"{', ' + message[0] if message else ''} (worst error {result.result.max_abs_err}, tolerance "
+                  f"{result.result.tol:.2g})\n  written to {result.path}\n  rerun: hogwild-ref conform --vectors "
+                  f"{shlex.quote(args.out)} --level {level} {how}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if closer is not None:
+            closer.close(kill=True)
+            closer = None
+        raise
+    finally:
+        if closer is not None:
+            closer.close()
+    return status
+
+
+class _Scoped:
+    """An adapter whose declared scope is replaced by ``--scope FILE``."""
+
+    def __init__(self, adapter: Any, scope: dict[str, list[str]]) -> None:
+        self._adapter, self.scope = adapter, scope
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._adapter, name)
 
 
 def _print_conform_table(report: Any, adapter: str) -> None:
@@ -121,7 +262,7 @@ def _print_conform_table(report: Any, adapter: str) -> None:
     rows = []
     for r in report.results:
         err = "-" if r.max_abs_err is None else f"{r.max_abs_err:.3e}"
-        result = r.status if r.failure is None else f"{r.status} ({r.failure})"
+        result = r.status.replace("_", " ") if r.failure is None else f"{r.status} ({r.failure})"
         note = r.message if r.message and r.status != "passed" else (r.worst or "")
         note = note.splitlines()[0] if note else ""
         note = note if len(note) <= 60 else note[:59] + "…"
@@ -132,12 +273,12 @@ def _print_conform_table(report: Any, adapter: str) -> None:
         width = max([len(title)] + [len(row[i]) for row in rows])
         table.add_column(title, justify=justify, no_wrap=True, min_width=width)  # type: ignore[arg-type]
     table.add_column("worst output / note", no_wrap=True, overflow="ellipsis")
-    style = {"passed": "green", "failed": "bold red", "skipped": "yellow"}
+    style = {"passed": "green", "failed": "bold red", "skipped": "yellow", "out_of_scope": "dim", "not_run": "magenta"}
     for name, level, result, err, tol, note, status in rows:
         table.add_row(name, level, f"[{style[status]}]{result}[/]", err, tol, note)
     console = Console(width=max(Console().width, 150))
     console.print(table)
-    console.print(f"{report.passed} passed, {report.failed} failed, {report.skipped} skipped "
+    console.print(f"{report.passed} passed, {report.failed} failed, {report.out_of_scope} out of scope, "
+                  f"{report.skipped} skipped, {report.not_run} not run "
                   "(errors are max|out - expected| / max|expected|, Spec §10.1; rope tolerances grow with the "
                   "position, §10.4; --json has every output's error)")
-

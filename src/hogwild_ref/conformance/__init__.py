@@ -6,7 +6,10 @@
   imports;
 * :mod:`.vectors` — the vector format; :mod:`.generate` — :func:`generate_vectors` (deterministic), which runs one
   generator per level: :mod:`.vectors_rope`, :mod:`.vectors_attention`, :mod:`.vectors_model`;
-* :mod:`.runner` — :func:`run` (returns a :class:`Report`);
+* :mod:`.runner` — :func:`run` (returns a :class:`Report`, :mod:`.report`); :mod:`.scope` — declared
+  scopes and :class:`SkipVector` (Spec §12.3);
+* :mod:`.fuzz` — differential fuzzing with shrinking (Spec §12.8); :mod:`.pytest_plugin` — the vectors
+  as pytest items (Spec §12.6);
 * :mod:`.external` — adapters in another process (:class:`~.external.CommandAdapter`, the line
   protocol of Spec §12.7) and offline (:func:`~.external.export_vectors`,
   :class:`~.external.OutputsDirAdapter`).
@@ -17,6 +20,7 @@ from __future__ import annotations
 from .protocol import LEVELS, Adapter, AttentionAdapter, ModelAdapter, RopeAdapter
 from .reference import ReferenceAdapter, reference
 from .runner import Report, VectorResult, default_vectors_dir, load_adapter, run
+from .scope import SkipVector
 from .generate import generate_vectors
 from .vectors import load_vector
 
@@ -28,6 +32,7 @@ __all__ = [
     "ReferenceAdapter",
     "Report",
     "RopeAdapter",
+    "SkipVector",
     "VectorResult",
     "default_vectors_dir",
     "generate_vectors",

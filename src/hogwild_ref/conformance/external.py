@@ -33,6 +33,7 @@ from torch import Tensor
 
 from .protocol import LEVELS
 from .runner import INPUTS, load_checked, vector_paths
+from .scope import SkipVector, check_scope, out_of_scope
 from .vectors import SPEC_VERSION, Vector
 
 __all__ = [
@@ -126,6 +127,34 @@ def _save(path: Path, tensors: Mapping[str, Tensor]) -> None:
 
 
 # ---------------------------------------------------------------------- --adapter-cmd
+class _NotUtf8:
+    """Stands in the reply queue for a stdout line that is not UTF-8."""
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+
+
+STALL_HINT = ("did the adapter flush stdout after writing its reply? (Python: print(..., flush=True); C: fflush(stdout); "
+              "or run it unbuffered)")
+
+
+def check_hello_reply(reply: Mapping[str, Any], where: str) -> tuple[frozenset[str], dict[str, list[str]]]:
+    """Validate a hello reply (Spec §12.7): ``ok``, the protocol, the levels and the scope.
+
+    Returns ``(levels, scope)``; raises ValueError with the adapter's message or the fix.
+    """
+    if reply.get("ok") is False:
+        raise ValueError(f"{where} refused the hello request: {reply.get('error') or 'no message'}")
+    protocol = reply.get("protocol", PROTOCOL)
+    if protocol != PROTOCOL:
+        raise ValueError(f"{where} speaks protocol {protocol!r}, this runner protocol {PROTOCOL} (Spec §12.7); update the "
+                         f"adapter, or run vectors of its version with the hogwild_ref release that reads them")
+    declared = reply.get("levels")
+    if not isinstance(declared, list) or not all(level in LEVELS for level in declared):
+        raise ValueError(f"{where}'s hello reply must list its levels (a subset of {list(LEVELS)}); got {dict(reply)!r}")
+    return frozenset(declared), check_scope(reply.get("scope"), f"{where}'s hello scope")
+
+
 class CommandAdapter:
     """An adapter that is another process speaking the line protocol on its stdin/stdout (Spec §12.7).
 
@@ -133,10 +162,16 @@ class CommandAdapter:
         command: the command line (split with :func:`shlex.split`) or an argument list.
         timeout: seconds to wait for each reply (the hello and each vector).
         cwd: working directory of the process (default: the current one).
+        levels: the levels of this run (sent in the hello request).
 
     The process is started on construction and sent the hello request; its reply's ``levels`` are
-    :attr:`supported_levels`. Its stderr passes through to ours. :meth:`close` ends it (also on
-    ``with``). Lines on its stdout that are not JSON objects are echoed to stderr and skipped.
+    :attr:`supported_levels` and its ``scope`` is :attr:`scope`. Its stderr passes through to ours.
+    :meth:`close` ends it (also on ``with``). Lines on its stdout that are JSON but no object are
+    echoed to stderr and skipped; bytes that are not UTF-8 break the protocol at once.
+
+    After the process stops answering (no reply within the timeout: it is killed), exits, or breaks
+    the protocol, :attr:`gone` says why and the runner reports the remaining vectors *not run*
+    instead of waiting for each of them.
     """
 
     def __init__(self, command: str | Sequence[str], timeout: float = 600.0, cwd: str | Path | None = None,
@@ -145,51 +180,74 @@ class CommandAdapter:
         if not self.argv:
             raise ValueError("--adapter-cmd is empty; give the command that starts your adapter")
         self.timeout = timeout
+        self.gone: str | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="hogwild-conform-")
         try:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                         bufsize=1, cwd=cwd)
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=cwd)
         except OSError as exc:
             self._tmp.cleanup()
             raise ValueError(f"cannot start adapter command {self.argv[0]!r}: {exc}") from exc
-        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._lines: queue.Queue[str | _NotUtf8 | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+        where = f"adapter command {' '.join(self.argv)!r}"
         try:
             reply = self._ask(hello_request(levels), "hello")
+            self.supported_levels, self.scope = check_hello_reply(reply, where)
         except AdapterProcessError as exc:
-            self.close()
-            raise ValueError(f"adapter command {' '.join(self.argv)!r} did not answer the hello request: {exc}") from exc
-        declared = reply.get("levels")
-        if not isinstance(declared, list) or not all(level in LEVELS for level in declared):
-            self.close()
-            raise ValueError(f"the adapter's hello reply must list its levels (a subset of {list(LEVELS)}); got {reply!r}")
-        self.supported_levels = frozenset(declared)
+            self.close(kill=True)
+            hint = f"; {STALL_HINT}" if "no reply" in str(exc) else ""
+            raise ValueError(f"{where} did not answer the hello request: {exc}{hint}") from exc
+        except (AdapterError, ValueError) as exc:
+            self.close(kill=True)
+            raise ValueError(str(exc) if isinstance(exc, ValueError) else f"{where} refused the hello request: {exc}") from None
+        except BaseException:
+            self.close(kill=True)
+            raise
 
     # ------------------------------------------------------------------ process plumbing
     def _read(self) -> None:
         assert self.proc.stdout is not None
-        for line in self.proc.stdout:
+        for raw in self.proc.stdout:
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                self._lines.put(_NotUtf8(raw))
+                break
             self._lines.put(line)
         self._lines.put(None)
 
+    def _give_up(self, why: str) -> AdapterProcessError:
+        """Mark the adapter gone (later vectors are not run), end the process, return the error to raise."""
+        self.gone = why
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        return AdapterProcessError(why)
+
     def _ask(self, request: Mapping[str, Any], what: str) -> dict[str, Any]:
         if self.proc.poll() is not None:
-            raise AdapterProcessError(f"the adapter process has exited (status {self.proc.returncode})")
+            raise self._give_up(f"the adapter process has exited (status {self.proc.returncode})")
         assert self.proc.stdin is not None
         try:
-            self.proc.stdin.write(json.dumps(request) + "\n")
+            self.proc.stdin.write((json.dumps(request) + "\n").encode("utf-8"))
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError) as exc:
-            raise AdapterProcessError(f"cannot write to the adapter process: {exc}") from exc
+            raise self._give_up(f"cannot write to the adapter process: {exc}") from exc
         while True:
             try:
                 line = self._lines.get(timeout=self.timeout)
             except queue.Empty:
-                raise AdapterProcessError(f"no reply to {what} within {self.timeout:g} s") from None
+                raise self._give_up(f"no reply to {what} within {self.timeout:g} s; the adapter was stopped") from None
             if line is None:
-                status = self.proc.wait(timeout=5)
-                raise AdapterProcessError(f"the adapter process closed its stdout (exit status {status}) during {what}")
+                try:
+                    status: int | None = self.proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    status = None
+                raise self._give_up(f"the adapter process closed its stdout (exit status {status}) during {what}")
+            if isinstance(line, _NotUtf8):
+                raise self._give_up(f"the adapter wrote bytes that are not UTF-8 on stdout during {what} "
+                                    f"({line.raw[:40]!r}); stdout must carry UTF-8 JSON replies only, logs go to stderr")
             text = line.strip()
             try:
                 reply = json.loads(text) if text.startswith("{") else None
@@ -199,10 +257,12 @@ class CommandAdapter:
                 if text:
                     print(f"[adapter stdout] {text}", file=sys.stderr)
                 continue
-            if reply.get("ok") is False:
-                raise AdapterError(str(reply.get("error") or "the adapter reported a failure without a message"))
             if request.get("id") is not None and reply.get("id") != request["id"]:
-                raise AdapterProcessError(f"reply for {reply.get('id')!r} while waiting for {request['id']!r}")
+                raise self._give_up(f"reply for {reply.get('id')!r} while waiting for {request['id']!r}")
+            if request.get("id") is not None and "skip" in reply:
+                raise SkipVector(str(reply.get("skip") or "skipped by the adapter"))
+            if reply.get("ok") is False and request.get("id") is not None:
+                raise AdapterError(str(reply.get("error") or "the adapter reported a failure without a message"))
             return reply
 
     # ------------------------------------------------------------------ adapter hook
@@ -219,15 +279,18 @@ class CommandAdapter:
             raise AdapterProcessError(f"the adapter replied ok but wrote no output file {path}")
         return read_outputs(path)
 
-    def close(self) -> None:
-        """Close the adapter's stdin (its signal to exit), wait for it, clean up the temporary files."""
+    def close(self, kill: bool = False) -> None:
+        """End the adapter: close its stdin (its signal to exit) and wait for it, or with ``kill`` (after
+        Ctrl-C or a broken protocol) stop it at once; then clean up the temporary files."""
         if self.proc.stdin is not None and not self.proc.stdin.closed:
             try:
                 self.proc.stdin.close()
             except OSError:
                 pass
+        if kill and self.proc.poll() is None:
+            self.proc.terminate()
         try:
-            self.proc.wait(timeout=30)
+            self.proc.wait(timeout=2 if kill else 30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
@@ -236,26 +299,30 @@ class CommandAdapter:
     def __enter__(self) -> CommandAdapter:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        self.close(kill=exc_type is not None and issubclass(exc_type, KeyboardInterrupt))
 
 
 # ---------------------------------------------------------------------- export / score
 def export_vectors(out_dir: Path | str, vectors_dir: Path | str | None = None,
-                   levels: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Write every vector's inputs for offline scoring (``hogwild-ref conform export DIR``, Spec §12.7).
+                   levels: Sequence[str] | None = None,
+                   scope: Mapping[str, list[str]] | None = None) -> list[dict[str, Any]]:
+    """Write the vectors' inputs for offline scoring (``hogwild-ref conform export DIR``, Spec §12.7).
 
-    ``DIR/requests.jsonl`` holds the hello request, then one request per vector exactly as
-    ``--adapter-cmd`` sends them, with paths relative to ``DIR``; ``DIR/<level>/<name>.inputs.safetensors``
-    the input tensors. Expected outputs are not exported. An adapter that writes each request's
-    ``output`` file (``DIR/<level>/<name>.outputs.safetensors``) can be run as
-    ``cd DIR && CMD < requests.jsonl > replies.jsonl``. Returns the requests.
+    ``DIR/requests.jsonl`` holds the hello request, then one request per vector of ``levels`` inside
+    ``scope`` (Spec §12.3; the vectors outside are not exported) exactly as ``--adapter-cmd`` sends
+    them, with paths relative to ``DIR``; ``DIR/<level>/<name>.inputs.safetensors`` the input tensors.
+    Expected outputs are not exported. An adapter that writes each request's ``output`` file
+    (``DIR/<level>/<name>.outputs.safetensors``) can be run as ``cd DIR && CMD < requests.jsonl >
+    replies.jsonl``. Returns the requests.
     """
     out = Path(out_dir)
     _, paths = vector_paths(vectors_dir, levels)
     requests: list[dict[str, Any]] = []
     for path in paths:
         vector = load_checked(path)
+        if out_of_scope(scope, vector) is not None:
+            continue
         rel = f"{vector.level}/{vector.name}"
         request, files = encode_request(vector, INPUTS[vector.level](vector), f"{rel}.inputs.safetensors",
                                         f"{rel}.outputs.safetensors")
@@ -263,16 +330,33 @@ def export_vectors(out_dir: Path | str, vectors_dir: Path | str | None = None,
         requests.append(request)
     levels_run = sorted({r["level"] for r in requests}, key=LEVELS.index)
     lines = [hello_request(levels_run), *requests]
+    out.mkdir(parents=True, exist_ok=True)
     (out / "requests.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
     return requests
 
 
-class OutputsDirAdapter:
-    """Scores outputs computed offline (``hogwild-ref conform score DIR``, Spec §12.7).
+def _json_lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file (other lines are ignored, as the live runner does)."""
+    out = []
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(item, dict):
+            out.append(item)
+    return out
 
-    Reads ``DIR/<level>/<name>.outputs.safetensors``. A level with no output file at all is
-    skipped; a vector whose output file is missing while others of its level exist fails. When
-    ``DIR/replies.jsonl`` exists, a vector whose reply says ``"ok": false`` fails with its message.
+
+class OutputsDirAdapter:
+    """Scores outputs computed offline (``hogwild-ref conform score DIR``, Spec §12.7), like a live run.
+
+    Reads ``DIR/<level>/<name>.outputs.safetensors``. When ``DIR/replies.jsonl`` exists, its hello
+    reply (the line without an ``id``) gives the levels and the scope, as live; a vector whose reply
+    says ``"ok": false`` fails with its message, one whose reply says ``"skip"`` is skipped. Without a
+    hello reply, a level with no output file at all is out of scope. A vector with no request in
+    ``DIR/requests.jsonl`` (not exported: ``--level``, ``--scope``) is out of scope; a vector whose
+    output file is missing fails.
     """
 
     def __init__(self, directory: Path | str) -> None:
@@ -280,22 +364,37 @@ class OutputsDirAdapter:
         if not self.directory.is_dir():
             raise FileNotFoundError(f"output directory {self.directory} does not exist (run `hogwild-ref conform export DIR` first)")
         self.replies: dict[str, dict[str, Any]] = {}
+        hello: dict[str, Any] | None = None
         replies = self.directory / "replies.jsonl"
         if replies.is_file():
-            for line in replies.read_text(encoding="utf-8").splitlines():
-                try:
-                    reply = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(reply, dict) and isinstance(reply.get("id"), str):
+            for reply in _json_lines(replies):
+                if isinstance(reply.get("id"), str):
                     self.replies[reply["id"]] = reply
-        self.supported_levels = frozenset(
-            level for level in LEVELS if any((self.directory / level).glob("*.outputs.safetensors"))
-            or any(k.startswith(level + "/") for k in self.replies)
-        )
+                elif hello is None and ("levels" in reply or "ok" in reply):
+                    hello = reply
+        requests = self.directory / "requests.jsonl"
+        self.exported: set[str] | None = None
+        if requests.is_file():
+            self.exported = {r["id"] for r in _json_lines(requests) if r.get("op") == "run" and isinstance(r.get("id"), str)}
+        self.scope: dict[str, list[str]] = {}
+        if hello is not None:
+            self.supported_levels, self.scope = check_hello_reply(hello, f"the adapter (hello reply in {replies})")
+        else:
+            self.supported_levels = frozenset(
+                level for level in LEVELS if any((self.directory / level).glob("*.outputs.safetensors"))
+                or any(k.startswith(level + "/") for k in self.replies)
+            )
+
+    def out_of_scope_reason(self, vector: Vector) -> str | None:
+        """Why a vector is out of scope offline: it was not exported."""
+        if self.exported is not None and vector_id(vector) not in self.exported:
+            return "not exported (conform export --level/--scope)"
+        return None
 
     def call_vector(self, vector: Vector, kwargs: Mapping[str, Any]) -> dict[str, Any]:
         reply = self.replies.get(vector_id(vector))
+        if reply is not None and "skip" in reply:
+            raise SkipVector(str(reply.get("skip") or "skipped by the adapter"))
         if reply is not None and reply.get("ok") is False:
             raise AdapterError(str(reply.get("error") or "the adapter reported a failure without a message"))
         path = self.directory / vector.level / f"{vector.name}.outputs.safetensors"

@@ -149,6 +149,7 @@ class ModelAdapter(Protocol):
         workers: int,
         table: dict[str, Any] | None,
         static: dict[str, list[int]],
+        prefill: str,
         static_keys: dict[str, Tensor] | None,
         static_values: dict[str, Tensor] | None,
         ticks: list[dict[str, Any]],
@@ -167,6 +168,9 @@ class ModelAdapter(Protocol):
                 (explicit views, Spec §4.5; all lengths 0).
             static: token ids of the static segments, by segment id. The prompt segment ``P``
                 (the history, or the static segment opening every view) comes first.
+            prefill: ``"spec"``: prefill the static segments as Spec §4.4 says (``static_keys`` is
+                ``None``); ``"given"``: load ``static_keys``/``static_values`` and prefill nothing
+                (format version 3; it says explicitly what the presence of ``static_keys`` implies).
             static_keys: ``None``: prefill the static segments as Spec §4.4 says (``P`` alone as
                 one row ``([P], len)``, then every other non-empty static segment ``s`` in one
                 forward pass, each as its own row ``([P, s], len)``). Otherwise, for every static

@@ -185,9 +185,15 @@ class ReferenceAdapter:
         static_keys: dict[str, Tensor] | None,
         static_values: dict[str, Tensor] | None,
         ticks: list[dict[str, Any]],
+        prefill: str | None = None,
     ) -> Tensor:
-        """Prefill (or load the given static K/V), then the trace's ticks and flushes, through
-        the forward step over the vector's table."""
+        """Prefill (``prefill="spec"``) or load the given static K/V (``"given"``), then the trace's ticks
+        and flushes, through the forward step over the vector's table (Spec §12.3). ``None``: given
+        iff ``static_keys`` is."""
+        if prefill not in (None, "spec", "given"):
+            raise ValueError(f"prefill must be 'spec' or 'given', got {prefill!r}")
+        if (prefill == "given") != (static_keys is not None) and prefill is not None:
+            raise ValueError(f"prefill={prefill!r} but static_keys is {'absent' if static_keys is None else 'given'}")
         forward, storage, first = self._setup(config, weights, rope, layout, workers, table)
         if static_keys is not None:
             if static_values is None or set(static_values) != set(static_keys):

@@ -20,12 +20,13 @@ and ``call_vector(vector, kwargs)`` — the out-of-process and offline adapters 
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 import os
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -33,194 +34,16 @@ import torch
 from torch import Tensor
 
 from .protocol import LEVELS
-from .vectors import FORMAT, SPEC_VERSION, Vector, load_vector, vector_names
+from .report import OutputResult, Report, VectorMismatch, VectorResult, VersionError
+from .scope import SkipVector, check_scope, out_of_scope, vector_properties
+from .vectors import FORMAT, READABLE_VERSIONS, SPEC_VERSION, Vector, load_vector, vector_names
 
 __all__ = ["OutputResult", "Report", "VectorResult", "VersionError", "default_vectors_dir", "load_adapter", "relative_error", "run"]
 
 
-class VectorMismatch(Exception):
-    """An adapter output that cannot be compared (missing, wrong shape, not a tensor)."""
-
-
-class VersionError(ValueError):
-    """A vector of another format version than this runner reads (Spec §12.2)."""
-
-
-@dataclass
-class OutputResult:
-    """The comparison of one output (Spec §12.5).
-
-    Attributes:
-        err: the error of Spec §10.1 (for position-dependent tolerances: at the row closest to
-            failing), or None when the output could not be compared.
-        tol: the tolerance that ``err`` is held to (for rope outputs: that row's bound, §10.4).
-        shape, expected_shape: the returned and the expected shape (``shape`` None if not a tensor).
-        message: why the output could not be compared (missing, wrong shape, not finite).
-        mismatches: ``tokens`` only: marked greedy tokens that differ.
-    """
-
-    err: float | None
-    tol: float
-    shape: list[int] | None = None
-    expected_shape: list[int] | None = None
-    message: str | None = None
-    mismatches: int | None = None
-
-    @property
-    def ratio(self) -> float | None:
-        """``err / tol`` (a pass needs ``<= 1``); inf for an output that could not be compared."""
-        if self.mismatches is not None:
-            return math.inf if self.mismatches else 0.0
-        if self.err is None or not math.isfinite(self.err):
-            return math.inf
-        return self.err / self.tol
-
-    @property
-    def ok(self) -> bool:
-        return self.ratio is not None and self.ratio <= 1.0
-
-    def to_json_dict(self) -> dict[str, Any]:
-        ratio = self.ratio
-        out: dict[str, Any] = {"passed": self.ok, "err": _finite(self.err), "tol": self.tol,
-                               "ratio": ratio if ratio is not None and math.isfinite(ratio) else None,
-                               "shape": self.shape, "expected_shape": self.expected_shape}
-        if self.mismatches is not None:
-            out["mismatches"] = self.mismatches
-        if self.message is not None:
-            out["error"] = self.message
-        return out
-
-
-def _finite(x: float | None) -> float | None:
-    return x if x is not None and math.isfinite(x) else None
-
-
-@dataclass
-class VectorResult:
-    """The outcome of one vector.
-
-    Attributes:
-        name, level: the vector.
-        status: ``"passed"``, ``"failed"`` or ``"skipped"`` (the adapter lacks the level).
-        max_abs_err: the error of the output closest to failing (Spec §10.1), or None when nothing
-            was compared (skipped, or the adapter raised).
-        tol: the tolerance that error is held to.
-        outputs: every output's comparison, by output name (``"out"``, ``"keys/cur_0"``,
-            ``"rerotated"``, ``"logits"``, ``"tokens"``...).
-        failure: why a failed vector failed: ``"raised"`` (the adapter raised or returned nothing
-            usable), ``"mismatch"`` (an output missing or of the wrong shape), ``"numeric"`` (an error
-            above its tolerance), ``"tokens"`` (greedy tokens differ); None when it passed.
-        message: the adapter's exception, or the notes on mismatched outputs.
-        seconds: wall time of the adapter call and the comparison.
-    """
-
-    name: str
-    level: str
-    status: str
-    max_abs_err: float | None
-    tol: float
-    outputs: dict[str, OutputResult] = field(default_factory=dict)
-    failure: str | None = None
-    message: str | None = None
-    seconds: float = 0.0
-
-    @property
-    def passed(self) -> bool:
-        return self.status == "passed"
-
-    @property
-    def errors(self) -> dict[str, float]:
-        """Error per output (inf for one that could not be compared; ``tokens``: mismatches)."""
-        out = {}
-        for k, o in self.outputs.items():
-            if o.mismatches is not None:
-                out[k] = float(o.mismatches)
-            else:
-                out[k] = o.err if o.err is not None else math.inf
-        return out
-
-    @property
-    def ratio(self) -> float | None:
-        """The worst ``err / tol`` over the outputs (None when nothing was compared)."""
-        ratios = [o.ratio for o in self.outputs.values() if o.ratio is not None]
-        return max(ratios) if ratios else None
-
-    @property
-    def worst(self) -> str | None:
-        """Name of the output closest to failing (largest ``err / tol``)."""
-        cand = {k: o.ratio for k, o in self.outputs.items() if k != "tokens" and o.ratio is not None}
-        return max(cand, key=lambda k: cand[k]) if cand else None
-
-    def to_json_dict(self) -> dict[str, Any]:
-        """The vector's entry of the ``--json`` output (Spec §12.5)."""
-        ratio = self.ratio
-        out: dict[str, Any] = {
-            "name": self.name,
-            "level": self.level,
-            "status": self.status,
-            "passed": None if self.status == "skipped" else self.passed,
-            "max_abs_err": _finite(self.max_abs_err),
-            "tol": self.tol,
-            "ratio": ratio if ratio is not None and math.isfinite(ratio) else None,
-            "failure": self.failure,
-            "outputs": {k: o.to_json_dict() for k, o in self.outputs.items()},
-        }
-        if self.status == "skipped":
-            out["skipped"] = True
-        if self.message is not None and self.status != "passed":
-            out["error"] = self.message
-        return out
-
-
-@dataclass
-class Report:
-    """All results of one run, in run order (levels in Spec §12.1 order, vectors by name)."""
-
-    results: list[VectorResult]
-    vectors_dir: Path | None = None
-
-    @property
-    def passed(self) -> int:
-        return sum(r.status == "passed" for r in self.results)
-
-    @property
-    def failed(self) -> int:
-        return sum(r.status == "failed" for r in self.results)
-
-    @property
-    def skipped(self) -> int:
-        return sum(r.status == "skipped" for r in self.results)
-
-    @property
-    def ok(self) -> bool:
-        """No vector failed (skipped vectors do not fail a run)."""
-        return self.failed == 0
-
-    def __getitem__(self, name: str) -> VectorResult:
-        """The result of vector ``name`` (or ``"level/name"`` when names repeat across levels)."""
-        for r in self.results:
-            if name in (r.name, f"{r.level}/{r.name}"):
-                return r
-        raise KeyError(name)
-
-    def names(self, status: str, level: str | None = None) -> set[str]:
-        """Names of the vectors with ``status`` (optionally of one level)."""
-        return {r.name for r in self.results if r.status == status and (level is None or r.level == level)}
-
-    def to_json_dict(self) -> dict[str, Any]:
-        """``{"version", "passed", "failed", "skipped", "vectors": [...]}`` (Spec §12.5)."""
-        return {
-            "version": SPEC_VERSION,
-            "passed": self.passed,
-            "failed": self.failed,
-            "skipped": self.skipped,
-            "vectors": [r.to_json_dict() for r in self.results],
-        }
-
-
 # ---------------------------------------------------------------------- locating things
 def default_vectors_dir(must_exist: bool = True) -> Path:
-    """``spec/vectors/v2`` (the current format, Spec §12.2) of the source checkout this package lives in.
+    """``spec/vectors/v3`` (the current format, Spec §12.2) of the source checkout this package lives in.
 
     Raises FileNotFoundError (suggesting ``--vectors``) when the package does not run from a checkout:
     when the directory is missing, or with ``must_exist=False`` (for regeneration) when ``spec/`` is.
@@ -380,7 +203,8 @@ def inputs_model(vector: Vector) -> dict[str, Any]:
     return dict(
         config=vector.meta["config"], weights={k: x.clone() for k, x in vector.inputs("weights").items()},
         rope=inputs["rope"], layout=inputs["layout"], workers=int(inputs["workers"]), table=inputs["table"],
-        static=inputs["static"], static_keys=static_keys, static_values=static_values, ticks=inputs["ticks"],
+        static=inputs["static"], prefill=vector_properties(vector)["prefill"],
+        static_keys=static_keys, static_values=static_values, ticks=inputs["ticks"],
     )
 
 
@@ -452,37 +276,79 @@ def supports(adapter: Any, level: str) -> bool:
     return callable(getattr(adapter, level, None))
 
 
+def adapter_scope(adapter: Any) -> dict[str, list[str]]:
+    """The scope an adapter declares (its ``scope`` attribute, Spec §12.3), validated; ``{}`` for none."""
+    scope = getattr(adapter, "scope", None)
+    return check_scope(scope() if callable(scope) else scope)
+
+
 def call_adapter(adapter: Any, vector: Vector) -> Any:
     """Call the adapter on one vector's inputs: ``adapter.call_vector(vector, kwargs)`` when it has that
-    (out-of-process and offline adapters need the vector's name), else ``adapter.<level>(**kwargs)``."""
+    (out-of-process and offline adapters need the vector's name), else ``adapter.<level>(**kwargs)``.
+
+    An in-process method whose signature does not take the keyword arguments of this protocol version
+    raises TypeError naming the mismatch and what changed between versions (Spec §12.3)."""
     kwargs = INPUTS[vector.level](vector)
     hook = getattr(adapter, "call_vector", None)
     if callable(hook):
         return hook(vector, kwargs)
-    return getattr(adapter, vector.level)(**kwargs)
+    method = getattr(adapter, vector.level)
+    try:
+        signature = inspect.signature(method)
+    except (TypeError, ValueError):  # no signature to check (a builtin): call it and see
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(**kwargs)
+        except TypeError as exc:
+            raise TypeError(
+                f"the adapter's {vector.level}() does not take the keyword arguments of protocol {SPEC_VERSION} "
+                f"({exc}); see hogwild_ref.conformance.protocol (Spec §12.3). Changes: version 2 moved "
+                f"`convention` into `rope`; version 3 added `prefill` to model(). Accepting **kwargs keeps an "
+                f"adapter working across versions"
+            ) from None
+    return method(**kwargs)
 
 
 def check_version(vector: Vector, path: Path | None = None) -> None:
-    """Refuse vectors of another format version (Spec §12.2), naming the fix."""
+    """Refuse vectors of a format version this runner does not read (Spec §12.2), naming the fix."""
     version = vector.meta.get("version")
-    if version != SPEC_VERSION:
+    if version not in READABLE_VERSIONS:
         where = f"{path}: " if path is not None else ""
         raise VersionError(
-            f"{where}vector format version {version!r}, but this runner reads version {SPEC_VERSION} only "
-            f"(spec/vectors/{FORMAT}); version 1 vectors (spec/vectors/v1) need hogwild_ref 0.1's runner, "
-            f"or pass --vectors spec/vectors/{FORMAT}"
+            f"{where}vector format version {version!r}, but this runner reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))} (current: version {SPEC_VERSION}, spec/vectors/{FORMAT}); "
+            f"version 1 vectors (spec/vectors/v1) need hogwild_ref 0.1's runner, or pass --vectors spec/vectors/{FORMAT}"
         )
 
 
-def run_vector(adapter: Any, vector: Vector) -> VectorResult:
-    """Run one vector against ``adapter`` (Spec §12.3, §12.5)."""
+def run_vector(adapter: Any, vector: Vector, scope: Mapping[str, list[str]] | None = None) -> VectorResult:
+    """Run one vector against ``adapter`` (Spec §12.3, §12.5).
+
+    ``scope`` is the adapter's declared scope (default: :func:`adapter_scope`). A vector of a level the
+    adapter lacks or outside its scope is ``out_of_scope``; one it refuses (:class:`SkipVector`) is
+    ``skipped``; when the adapter is gone (an out-of-process adapter that hung or exited: its ``gone``
+    attribute says why) the vector is ``not_run``.
+    """
     name, level = vector.name, vector.level
     tol = float(vector.meta["tolerance"])
     if not supports(adapter, level):
-        return VectorResult(name, level, "skipped", None, tol, message=f"the adapter does not implement the {level} level")
+        return VectorResult(name, level, "out_of_scope", None, tol, message=f"the adapter does not implement the {level} level")
+    why = out_of_scope(adapter_scope(adapter) if scope is None else scope, vector)
+    reason = getattr(adapter, "out_of_scope_reason", None)
+    if why is None and callable(reason):
+        why = reason(vector)
+    if why is not None:
+        return VectorResult(name, level, "out_of_scope", None, tol, message=why)
+    gone = getattr(adapter, "gone", None)
+    if gone:
+        return VectorResult(name, level, "not_run", None, tol, message=f"not run: {gone}")
     t0 = time.perf_counter()
     try:
         got = call_adapter(adapter, vector)
+    except SkipVector as exc:
+        return VectorResult(name, level, "skipped", None, tol, message=str(exc) or "skipped by the adapter",
+                            seconds=time.perf_counter() - t0)
     except Exception as exc:  # noqa: BLE001 -- an adapter's exception fails only its vector (Spec §12.3)
         where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
         at = f" (at {Path(where.filename).name}:{where.lineno})" if where is not None else ""
@@ -533,8 +399,18 @@ def load_checked(path: Path) -> Vector:
     return vector
 
 
-def run(adapter: Any, vectors_dir: Path | str | None = None, levels: Sequence[str] | None = None) -> Report:
-    """Run every vector of ``levels`` (default: all) in ``vectors_dir`` (default: the checkout's) against ``adapter``."""
+def run(adapter: Any, vectors_dir: Path | str | None = None, levels: Sequence[str] | None = None,
+        on_result: Callable[[VectorResult], None] | None = None) -> Report:
+    """Run every vector of ``levels`` (default: all) in ``vectors_dir`` (default: the checkout's) against ``adapter``.
+
+    ``on_result`` is called with each result as it is known (for progress, or to keep a partial report).
+    """
     directory, paths = vector_paths(vectors_dir, levels)
-    results = [run_vector(adapter, load_checked(path)) for path in paths]
+    scope = adapter_scope(adapter)
+    results = []
+    for path in paths:
+        result = run_vector(adapter, load_checked(path), scope)
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
     return Report(results, directory)

@@ -2,7 +2,7 @@
 
 A vector is a pair of files in ``<vectors dir>/<level>/``:
 
-* ``<name>.json`` — metadata: ``name``, ``level``, ``version`` (format version 2, Spec §1.4),
+* ``<name>.json`` — metadata: ``name``, ``level``, ``version`` (format version 3, Spec §1.4),
   ``generator`` (the library versions), ``description``, ``tolerance`` (and, for ``rope``,
   ``tolerance_per_position``, Spec §10.4), ``measure``, ``dtype``, ``features``, ``inputs`` (the
   non-tensor keyword arguments of the adapter method, among them the version-independent RoPE data
@@ -36,6 +36,7 @@ from ..rope import RopeSpec
 
 __all__ = [
     "FORMAT",
+    "READABLE_VERSIONS",
     "SPEC_VERSION",
     "Vector",
     "generator_versions",
@@ -49,9 +50,11 @@ __all__ = [
 ]
 
 #: version of the vector format / specification the vectors are generated for (Spec §1.4, §12.2)
-SPEC_VERSION = 2
+SPEC_VERSION = 3
 #: directory name of this vector set under ``spec/vectors/``
-FORMAT = "v2"
+FORMAT = "v3"
+#: format versions the runner reads: version 2 vectors differ only in lacking the model level's ``prefill`` input
+READABLE_VERSIONS = (2, 3)
 
 @dataclass
 class Vector:

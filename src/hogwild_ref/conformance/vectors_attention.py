@@ -34,7 +34,7 @@ from .vectors import (
     stablelm_yarn_partial_config,
 )
 
-__all__ = ["ATTENTION_CASES", "ATTENTION_CONFIGS", "attention_vectors"]
+__all__ = ["ATTENTION_CASES", "ATTENTION_CONFIGS", "AttentionCase", "attention_vector", "attention_vectors"]
 
 MEASURE_RELATIVE = "max|out - expected| / max|expected| per output (Spec §10.1); the vector's error is the worst output"
 
@@ -50,7 +50,7 @@ ATTENTION_CONFIGS: dict[str, Callable[[], Any]] = {
 
 
 @dataclass(frozen=True)
-class _AttentionCase:
+class AttentionCase:
     name: str
     description: str
     config: str
@@ -63,6 +63,7 @@ class _AttentionCase:
     dtype: torch.dtype = torch.float32
     scaling: float | None = None
     extra: tuple[str, ...] = ()
+    heads: tuple[int, int] | None = None  # (Hq, Hkv) instead of the config's (fuzzing, Spec §12.2)
 
 
 def _combined_lengths(common: int, others_header: int, sep: int, own_header: int, cur: Sequence[int]) -> dict[str, int]:
@@ -100,66 +101,83 @@ def _explicit_no_history_table() -> dict[str, Any]:
 
 
 
-ATTENTION_CASES: tuple[_AttentionCase, ...] = (
-    _AttentionCase("contiguous-w1", "contiguous, one worker feeding one token", "llama-gqa", (1,),
+ATTENTION_CASES: tuple[AttentionCase, ...] = (
+    AttentionCase("contiguous-w1", "contiguous, one worker feeding one token", "llama-gqa", (1,),
                    layout="contiguous", workers=1, lengths={"prompt": 6, "out_0": 3}),
-    _AttentionCase("contiguous-w1-multi", "contiguous, one worker feeding four tokens (causal inside its own segment)",
+    AttentionCase("contiguous-w1-multi", "contiguous, one worker feeding four tokens (causal inside its own segment)",
                    "llama-gqa", (4,), layout="contiguous", workers=1, lengths={"prompt": 5, "out_0": 2}),
-    _AttentionCase("contiguous-w2-mha", "contiguous, two workers, one token each, MHA", "llama-mha", (1, 1),
+    AttentionCase("contiguous-w2-mha", "contiguous, two workers, one token each, MHA", "llama-mha", (1, 1),
                    layout="contiguous", workers=2, lengths={"prompt": 7, "out_0": 4, "out_1": 2}),
-    _AttentionCase("contiguous-w3-gqa", "contiguous, three workers with uneven feeds (2, 0, 1), GQA", "llama-gqa", (2, 0, 1),
+    AttentionCase("contiguous-w3-gqa", "contiguous, three workers with uneven feeds (2, 0, 1), GQA", "llama-gqa", (2, 0, 1),
                    layout="contiguous", workers=3, lengths={"prompt": 8, "out_0": 5, "out_1": 3, "out_2": 6}),
-    _AttentionCase("contiguous-w4-mqa", "contiguous, four workers (1, 3, 0, 2), an empty idle segment, MQA",
+    AttentionCase("contiguous-w4-mqa", "contiguous, four workers (1, 3, 0, 2), an empty idle segment, MQA",
                    "llama-mqa", (1, 3, 0, 2), layout="contiguous", workers=4,
                    lengths={"prompt": 6, "out_0": 3, "out_1": 5, "out_2": 0, "out_3": 2}),
-    _AttentionCase("interleaved-w1-empty", "interleaved, one worker feeding three tokens into an empty segment",
+    AttentionCase("interleaved-w1-empty", "interleaved, one worker feeding three tokens into an empty segment",
                    "llama-gqa", (3,), layout="interleaved", workers=1, lengths={"common": 9, "cur_0": 0}),
-    _AttentionCase("interleaved-w2", "interleaved, two workers, one token each", "llama-gqa", (1, 1),
+    AttentionCase("interleaved-w2", "interleaved, two workers, one token each", "llama-gqa", (1, 1),
                    layout="interleaved", workers=2, lengths={"common": 10, "cur_0": 4, "cur_1": 2}),
-    _AttentionCase("interleaved-w3-gqa", "interleaved, three workers (0, 2, 1), one empty segment", "llama-gqa", (0, 2, 1),
+    AttentionCase("interleaved-w3-gqa", "interleaved, three workers (0, 2, 1), one empty segment", "llama-gqa", (0, 2, 1),
                    layout="interleaved", workers=3, lengths={"common": 8, "cur_0": 3, "cur_1": 0, "cur_2": 5}),
-    _AttentionCase("interleaved-w4-yarn", "interleaved, four workers, YaRN (attention_scaling != 1)", "llama-yarn-gqa",
+    AttentionCase("interleaved-w4-yarn", "interleaved, four workers, YaRN (attention_scaling != 1)", "llama-yarn-gqa",
                    (1, 1, 1, 1), layout="interleaved", workers=4,
                    lengths={"common": 12, "cur_0": 2, "cur_1": 3, "cur_2": 1, "cur_3": 4}),
-    _AttentionCase("interleaved-w2-long-partial", "interleaved, two workers after a 1024-token history, partial rotary",
+    AttentionCase("interleaved-w2-long-partial", "interleaved, two workers after a 1024-token history, partial rotary",
                    "phi3-partial", (1, 2), layout="interleaved", workers=2,
                    lengths={"common": 1024, "cur_0": 7, "cur_1": 3}),
-    _AttentionCase("combined-w1", "combined, one worker feeding two tokens; the headers sit between history and step",
+    AttentionCase("combined-w1", "combined, one worker feeding two tokens; the headers sit between history and step",
                    "llama-gqa", (2,), layout="combined", workers=1, lengths=_combined_lengths(10, 4, 2, 3, (2,))),
-    _AttentionCase("combined-w2-example", "combined, two workers, the example of Spec §3.5 (one token each)",
+    AttentionCase("combined-w2-example", "combined, two workers, the example of Spec §3.5 (one token each)",
                    "llama-gqa", (1, 1), layout="combined", workers=2, lengths=_combined_lengths(100, 8, 3, 7, (5, 9))),
-    _AttentionCase("combined-w2-example-uneven", "combined, the Spec §3.5 example with feeds (4, 0)",
+    AttentionCase("combined-w2-example-uneven", "combined, the Spec §3.5 example with feeds (4, 0)",
                    "llama-gqa", (4, 0), layout="combined", workers=2, lengths=_combined_lengths(100, 8, 3, 7, (5, 9))),
-    _AttentionCase("combined-w3-yarn-partial", "combined, three workers (1, 3, 0), YaRN with partial rotary (D = 12)",
+    AttentionCase("combined-w3-yarn-partial", "combined, three workers (1, 3, 0), YaRN with partial rotary (D = 12)",
                    "stablelm-yarn-partial", (1, 3, 0), layout="combined", workers=3,
                    lengths=_combined_lengths(20, 4, 2, 3, (3, 6, 0))),
-    _AttentionCase("combined-w3-interleaved-pairs", "combined, three workers (1, 2, 1), GPT-J pairing, partial rotary",
+    AttentionCase("combined-w3-interleaved-pairs", "combined, three workers (1, 2, 1), GPT-J pairing, partial rotary",
                    "phi3-partial", (1, 2, 1), layout="combined", workers=3, convention="interleaved",
                    lengths=_combined_lengths(14, 3, 2, 4, (4, 1, 6))),
-    _AttentionCase("combined-w3-bf16", "combined, three workers (1, 1, 2), bfloat16 inputs", "llama-gqa", (1, 1, 2),
+    AttentionCase("combined-w3-bf16", "combined, three workers (1, 1, 2), bfloat16 inputs", "llama-gqa", (1, 1, 2),
                    layout="combined", workers=3, dtype=torch.bfloat16, lengths=_combined_lengths(16, 4, 2, 3, (3, 5, 2))),
-    _AttentionCase("combined-w4-mqa", "combined, four workers (2, 1, 0, 3), empty segments, MQA, scaling 0.1",
+    AttentionCase("combined-w4-mqa", "combined, four workers (2, 1, 0, 3), empty segments, MQA, scaling 0.1",
                    "llama-mqa", (2, 1, 0, 3), layout="combined", workers=4, scaling=0.1,
                    lengths=_combined_lengths(16, 4, 2, 3, (5, 0, 2, 7))),
-    _AttentionCase("explicit-w3-scratch", "explicit views: other workers in per-view orders, private scratch segments, "
+    AttentionCase("explicit-w3-scratch", "explicit views: other workers in per-view orders, private scratch segments, "
                    "a segment in no view", "llama-gqa", (1, 2, 1), table=_explicit_scratch_table()),
-    _AttentionCase("explicit-w2-no-history", "explicit views without a history; static segments in different orders",
+    AttentionCase("explicit-w2-no-history", "explicit views without a history; static segments in different orders",
                    "llama-mha", (2, 1), table=_explicit_no_history_table()),
-    _AttentionCase("official5-w2", "the official code's five-block combined layout [common, others_header, "
+    AttentionCase("official5-w2", "the official code's five-block combined layout [common, others_header, "
                    "other's step, own_header, own step] without separators, feeds (2, 1)", "llama-gqa", (2, 1),
                    table=official_combined_table(2, {"common": 40, "others_header": 6, "own_header": 5,
                                                      "cur_0": 7, "cur_1": 3}),
                    extra=("table=official-combined",)),
-    _AttentionCase("official5-w2-zero", "the official five-block layout, worker 1 idle (feeds (3, 0)), YaRN",
+    AttentionCase("official5-w2-zero", "the official five-block layout, worker 1 idle (feeds (3, 0)), YaRN",
                    "llama-yarn-gqa", (3, 0),
                    table=official_combined_table(2, {"common": 25, "others_header": 4, "own_header": 6,
                                                      "cur_0": 2, "cur_1": 5}),
                    extra=("table=official-combined",)),
-    _AttentionCase("scratch-w2", "private scratch layout [common, other's step, scratch_w, own step], feeds (1, 2)",
+    AttentionCase("scratch-w2", "private scratch layout [common, other's step, scratch_w, own step], feeds (1, 2)",
                    "llama-gqa", (1, 2),
                    table=private_scratch_table(2, {"common": 12, "scratch_0": 4, "scratch_1": 2, "cur_0": 3,
                                                    "cur_1": 0}),
                    extra=("table=private-scratch",)),
+    # version 3: partial rotary in the contiguous and five-block layouts, more interleaved (GPT-J) pairs
+    AttentionCase("contiguous-w3-partial", "contiguous, three workers (1, 2, 0), partial rotary (8 of 16 channels)",
+                   "phi3-partial", (1, 2, 0), layout="contiguous", workers=3,
+                   lengths={"prompt": 9, "out_0": 4, "out_1": 2, "out_2": 5}),
+    AttentionCase("official5-w2-yarn-partial", "the official five-block layout, YaRN with partial rotary (D = 12), "
+                   "feeds (2, 1)", "stablelm-yarn-partial", (2, 1),
+                   table=official_combined_table(2, {"common": 30, "others_header": 4, "own_header": 5,
+                                                     "cur_0": 6, "cur_1": 2}),
+                   extra=("table=official-combined",)),
+    AttentionCase("interleaved-w2-yarn-interleaved-pairs", "interleaved, two workers (1, 2), GPT-J pairing, YaRN",
+                   "llama-yarn-gqa", (1, 2), layout="interleaved", workers=2, convention="interleaved",
+                   lengths={"common": 11, "cur_0": 3, "cur_1": 4}),
+    AttentionCase("official5-w2-interleaved-pairs", "the official five-block layout, GPT-J pairing, partial rotary, "
+                   "feeds (1, 3)", "phi3-partial", (1, 3), convention="interleaved",
+                   table=official_combined_table(2, {"common": 18, "others_header": 3, "own_header": 4,
+                                                     "cur_0": 5, "cur_1": 1}),
+                   extra=("table=official-combined",)),
 )
 
 
@@ -183,8 +201,14 @@ def _attention_features(spec: RopeSpec, tab: SegmentTable, new_tokens: Sequence[
     return feats
 
 
-def _attention_vector(case: _AttentionCase, seed: int) -> Vector:
-    config = ATTENTION_CONFIGS[case.config]()
+def attention_vector(case: AttentionCase, seed: int,
+                     configs: Mapping[str, Callable[[], Any]] = ATTENTION_CONFIGS) -> Vector:
+    """The ``attention`` vector of one case, tensors drawn from ``seed`` (Spec §12.2)."""
+    config = configs[case.config]()
+    if case.heads is not None:  # same head dimension, other head counts (the config stays consistent)
+        head_dim = int(config.hidden_size) // int(config.num_attention_heads)
+        config.num_attention_heads, config.num_key_value_heads = case.heads
+        config.hidden_size = head_dim * case.heads[0]
     spec = RopeSpec.from_config(config, convention=case.convention)
     hq, hkv, D = int(config.num_attention_heads), int(config.num_key_value_heads), spec.head_dim
     if case.table is not None:
@@ -272,4 +296,4 @@ def _attention_vector(case: _AttentionCase, seed: int) -> Vector:
 
 def attention_vectors() -> list[Vector]:
     """The ``attention`` vectors: one per case of :data:`ATTENTION_CASES` (Spec §12.2)."""
-    return [_attention_vector(case, seed=2000 + i) for i, case in enumerate(ATTENTION_CASES)]
+    return [attention_vector(case, seed=2000 + i) for i, case in enumerate(ATTENTION_CASES)]

@@ -80,6 +80,13 @@ MODEL_CASES: tuple[_ModelCase, ...] = (
     _ModelCase("llama-scratch-w2", "tiny Llama, private scratch layout (explicit table [common, other's step, "
                "scratch_w, own step]), two workers", "llama", None, 2, {}, table=lambda: private_scratch_table(2),
                extra=("table=private-scratch",)),
+    # version 3: what an implementation limited to the official layout can run with YaRN and flushes
+    _ModelCase("llama-yarn-official5-w2-given-kv", "tiny Llama with YaRN RoPE (attention_scaling != 1), the official "
+               "five-block layout, static K/V given, flushes, two workers (one layer, a narrow MLP: a small file)",
+               "llama", None, 2,
+               {"rope_parameters": dict(YARN), "max_position_embeddings": 8192, "num_hidden_layers": 1,
+                "intermediate_size": 32},
+               table=lambda: official_combined_table(2), given_kv=True, extra=("table=official-combined",)),
 )
 
 
@@ -196,7 +203,7 @@ def _model_vector(case: _ModelCase, seed: int) -> Vector:
         "features": features,
         "config": config,
         "inputs": {"layout": case.layout, "workers": case.workers, "table": table_dict, "rope": rope,
-                   "static": static, "ticks": ticks},
+                   "static": static, "prefill": "given" if case.given_kv else "spec", "ticks": ticks},
         "tensors": desc,
     }
     return Vector(meta, tensors)

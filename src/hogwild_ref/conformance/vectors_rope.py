@@ -24,7 +24,7 @@ from .vectors import (
     stablelm_yarn_partial_config,
 )
 
-__all__ = ["CONVENTIONS", "ROPE_CONFIGS", "ROPE_TOLERANCE", "ROPE_TOLERANCE_PER_POSITION", "rope_vectors"]
+__all__ = ["CONVENTIONS", "ROPE_CONFIGS", "ROPE_TOLERANCE", "ROPE_TOLERANCE_PER_POSITION", "rope_vector", "rope_vectors"]
 
 #: tolerance on the relative error of Spec §10.1 (Spec §8.5, §10.4), per row
 #: ``ROPE_TOLERANCE + ROPE_TOLERANCE_PER_POSITION * (|p| + 1)``
@@ -68,6 +68,14 @@ def _rope_vector(case: str, convention: Convention, seed: int) -> Vector:
     pos = torch.tensor(fixed_pos + torch.randint(0, limit, (36,), generator=g).tolist(), dtype=torch.long)
     fixed_delta = [0, 1, -1, 7, -7, 100, -100, limit - 1, -(limit - 1), 12345 % limit, -(4321 % limit), 2]
     delta = torch.tensor(fixed_delta + torch.randint(-limit + 1, limit, (36,), generator=g).tolist(), dtype=torch.long)
+    return rope_vector(f"{case}-{convention}", config, convention, pos, delta, g)
+
+
+def rope_vector(name: str, config: Any, convention: Convention, pos: torch.Tensor, delta: torch.Tensor,
+                g: torch.Generator) -> Vector:
+    """A ``rope`` vector of ``config`` at the given positions and deltas, vectors drawn from ``g`` (Spec §12.2)."""
+    spec = RopeSpec.from_config(config, convention=convention)
+    limit = spec.max_position or int(config.max_position_embeddings)
     N, D = pos.numel(), spec.head_dim
     x = torch.randn(N, D, generator=g, dtype=torch.float64).float()
     y = torch.randn(N, D, generator=g, dtype=torch.float64).float()
@@ -79,7 +87,7 @@ def _rope_vector(case: str, convention: Convention, seed: int) -> Vector:
     if spec.attention_scaling != 1.0:
         features.append("attention_scaling != 1")
     meta = {
-        "name": f"{case}-{convention}",
+        "name": name,
         "level": "rope",
         "version": SPEC_VERSION,
         "generator": generator_versions(),
