@@ -81,20 +81,25 @@ class GeneralTick(Tick):
         self.positions = self.plan.positions
         self.max_position = self.plan.max_position
         self.seq_length = max(self.table.view_length(w) for w in range(self.table.workers))
-        self._write_rot = rope.rotation(-self.plan.write_offset[:, None, None], self.plan.write_offset.device)
+        # one copy of the plan per layer device, made here, once per tick (Spec §11.8)
+        home = self.plan.positions.device
+        self._plans = {d: self.plan if d == home else self.plan.to(d) for d in storage.devices}
+        self._plans.setdefault(home, self.plan)
+        self._write_rots = {d: rope.rotation(-p.write_offset[:, None, None], p.write_offset.device)
+                            for d, p in self._plans.items()}
 
-    def _local(self, k: Tensor) -> Tensor:
-        return self.rope.apply(k, self._write_rot)
+    def _local(self, k: Tensor, device: torch.device) -> Tensor:
+        return self.rope.apply(k, self._write_rots[device])
 
     def write(self, layer: int, store: SegmentStore, k: Float[Tensor, "R Hkv n D"], v: Float[Tensor, "R Hkv n D"]) -> None:
-        local = self._local(k)
+        local = self._local(k, store.device)
         plan = self.plan
         for r, n in enumerate(plan.counts):
             if n:
                 store.write(plan.write_indices[r], plan.write_starts[r], local[r, :, :n], v[r, :, :n])
 
     def attend(self, layer: int, store: SegmentStore, q: Float[Tensor, "R Hq n D"], scaling: float) -> Float[Tensor, "R Hq n D"]:
-        return self.backend(q, store.keys, store.values, self.plan, self.rope, scaling)
+        return self.backend(q, store.keys, store.values, self._plans[store.device], self.rope, scaling)
 
 
 class PrefillTick(GeneralTick):
@@ -127,7 +132,7 @@ class OracleTick(GeneralTick):
         super().__init__(storage, rows, rope, "oracle", device, planner)
         self.positions = torch.zeros_like(self.plan.positions)
 
-    def _local(self, k: Tensor) -> Tensor:
+    def _local(self, k: Tensor, device: torch.device) -> Tensor:
         return k
 
 
