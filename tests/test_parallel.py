@@ -223,16 +223,21 @@ def test_placement_flags_are_checked_before_loading(capsys):
         load("x", tp_plan="colwise")
 
 
-def test_embedded_model_over_two_processes_is_refused_before_loading():
-    """What each rank of ``torchrun --nproc-per-node 2`` sees (WORLD_SIZE=2): the refusal, from the config."""
-    env = dict(_env(), WORLD_SIZE="2", RANK="0", LOCAL_RANK="0")
-    cmd = [sys.executable, "-m", "hogwild_ref", "generate", "--tp-plan", "auto", "--json", "--max-ticks", "2"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=HERE)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert proc.stdout == ""
-    assert ("error: llama has 3 key/value heads, which do not divide among 2 processes: each rank must hold whole "
-            "heads; use --nproc-per-node 1 or 3") in proc.stderr
-    assert "Traceback" not in proc.stderr
+def test_embedded_model_over_two_processes_is_refused_before_loading(smollm, monkeypatch, capsys):
+    """What each rank of ``torchrun --nproc-per-node 2`` sees (WORLD_SIZE=2): the refusal, from the config
+    (the session's converted copy, which the ``smollm`` fixture made), before any weight loads."""
+    from hogwild_ref.cli import main
+
+    loaded = []
+    monkeypatch.setattr("hogwild_ref.models.load_default", lambda *a, **k: loaded.append(k))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert main(["generate", "--tp-plan", "auto", "--json", "--max-ticks", "2"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and not loaded
+    assert captured.err == ("error: llama has 3 key/value heads, which do not divide among 2 processes: each rank "
+                            "must hold whole heads; use --nproc-per-node 1 or 3, or spread the layers with "
+                            "--device-map auto\n")
 
 
 # ---------------------------------------------------------------------- tensor parallel (torchrun, gloo)
