@@ -95,8 +95,8 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 # ---------------------------------------------------------------------- device_map (one process)
 def _run(model, tok, **kwargs):
-    """W = 4, combined, greedy, a step every 6 characters (flushes), the finisher after 10 ticks."""
-    sched = SchedulerConfig(max_ticks=10, boundary=lambda text: len(text) >= 6, collab_every=None,
+    """W = 4, combined, greedy, a step every 6 characters (flushes), a snapshot at tick 5, the finisher after 10 ticks."""
+    sched = SchedulerConfig(max_ticks=10, boundary=lambda text: len(text) >= 6, collab_every=None, snapshot_ticks=(5,),
                             eos_token_ids=frozenset())
     engine = Engine(model, tok, workers=4, layout="combined", backend="fast", scheduler=sched, record_logits=True,
                     finisher=True, finisher_tokens=6, **kwargs)
@@ -223,9 +223,9 @@ def test_placement_flags_are_checked_before_loading(capsys):
         load("x", tp_plan="colwise")
 
 
-def test_embedded_model_over_two_processes_is_refused_before_loading(smollm, monkeypatch, capsys):
+def test_embedded_model_over_two_processes_is_refused_before_loading(monkeypatch, capsys):
     """What each rank of ``torchrun --nproc-per-node 2`` sees (WORLD_SIZE=2): the refusal, from the config
-    (the session's converted copy, which the ``smollm`` fixture made), before any weight loads."""
+    (the GGUF's, or the session's converted copy when made), before any weight loads."""
     from hogwild_ref.cli import main
 
     loaded = []
@@ -256,6 +256,8 @@ def test_tensor_parallel_two_processes_give_the_one_process_tokens(tiny_dirs, tm
         assert got["tokens"] == [w.tokens for w in reference.workers]
         assert len(got["tokens"][0]) == 10 + 6  # the finisher decoded for worker 0
         assert rank1[path.name]["tokens"] == got["tokens"]
+        snaps = [[s.tick, s.history_text, list(s.current_texts)] for s in reference.snapshots]
+        assert len(snaps) == 1 and got["snapshots"] == snaps == rank1[path.name]["snapshots"]
         # storage sized by the local K/V heads: 2 heads over 2 ranks, one per rank, in every layer
         assert got["kv_heads"] and all(heads == [1, 1] for heads in got["kv_heads"])
         assert reference.logits is not None

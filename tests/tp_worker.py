@@ -21,7 +21,8 @@ from hogwild_ref.scheduler import SchedulerConfig
 
 
 def run(model, tok):
-    """W = 4, combined, greedy, a step boundary every 6 characters (flushes), the finisher after 10 ticks."""
+    """W = 4, combined, greedy, a step boundary every 6 characters (flushes), a snapshot at tick 5, the finisher
+    after 10 ticks."""
     stores = []
     plain = Forward.storage
 
@@ -32,7 +33,7 @@ def run(model, tok):
 
     Forward.storage = storage  # type: ignore[method-assign]
     try:
-        sched = SchedulerConfig(max_ticks=10, boundary=lambda text: len(text) >= 6, collab_every=None,
+        sched = SchedulerConfig(max_ticks=10, boundary=lambda text: len(text) >= 6, collab_every=None, snapshot_ticks=(5,),
                                 eos_token_ids=frozenset())
         engine = Engine(model, tok, workers=4, layout="combined", backend="fast", scheduler=sched,
                         record_logits=True, finisher=True, finisher_tokens=6)
@@ -43,6 +44,7 @@ def run(model, tok):
     assert result is not None
     assert result.logits is not None
     return {"tokens": [w.tokens for w in result.workers], "flushes": flushes, "reason": result.reason,
+            "snapshots": [[s.tick, s.history_text, list(s.current_texts)] for s in result.snapshots],
             "logits": [t.tolist() for t in result.logits], "kv_heads": stores}
 
 
