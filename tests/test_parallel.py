@@ -138,6 +138,8 @@ def test_device_map_keeps_each_layer_on_its_device_and_copies_the_plan_once_per_
         before = dict(copies)
         out = call(self, st, rows, feeds, logits)
         kind = _last_kind(self)
+        # a general tick plans on the home device (one copy) and copies to the others; a one-token tick loads
+        # its host plan into each device's buffers
         made = (copies["buffers"] - before["buffers"]) if kind == "decode" else 1 + copies["plan"] - before["plan"]
         per_tick.append((kind, made))
         return out
