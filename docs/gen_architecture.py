@@ -51,6 +51,7 @@ FLOORS: dict[str, int] = {
     "sampling": 1,
     "store": 1,
     "packed": 1,
+    "parallel": 1,
     "models": 1,
     "conformance.protocol": 1,
     # floor 2, one tick

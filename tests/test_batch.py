@@ -199,7 +199,7 @@ def test_sampled_batched_problems_equal_one_at_a_time_with_generators_on_the_eng
     def engine(seed=0):
         eng = Engine(model, smollm_tokenizer, workers=2, layout="combined", backend="rotate_queries", scheduler=sched,
                      seed=seed, finisher=False, temperature=0.6, top_p=0.95)
-        eng.forward.device = torch.device("cpu", 0)
+        eng.forward.device = eng.forward.output_device = torch.device("cpu", 0)  # sampling runs where the logits are
         return eng
 
     items = [BatchItem(p, seed=100 + 7 * i) for i, p in enumerate(PROBLEMS)]

@@ -17,8 +17,9 @@ from . import prompts as prompts_mod
 from .checks import check_problem, context_bound, warn_context
 from .events import DoneEvent, Event, FlushEvent, GenerationInterrupted, HogwildResult, SnapshotEvent, StepEvent, TokenEvent, WorkerResult
 from .forward import Forward
-from .hf import eos_token_ids, use_hogwild_attention
+from .hf import eos_token_ids, layer_devices, use_hogwild_attention
 from .models import check_vocabulary
+from .parallel import check_compile
 from .proof import ensure_compatible
 from .run import ProblemRun, RunLoop
 from .sampling import SamplingConfig
@@ -116,6 +117,7 @@ class Engine:
         if tokenizer is not None:
             check_vocabulary(model, tokenizer)
         self.model, self.tokenizer = model, tokenizer
+        check_compile(model, layer_devices(model), compile, pack_weights)  # before the proof runs the model (Spec §11.8)
         self.rope = ensure_compatible(model, allow_untested=allow_untested, backend=s.backend)  # Spec §11.6
         self.forward = Forward(model, self.rope, s.backend, compile=compile, pack_weights=pack_weights)
         self.workers, self.layout, self.backend = s.workers, layout, s.backend
@@ -175,8 +177,9 @@ class Engine:
 
     def new_run(self, scheduler: Scheduler, views: Sequence[tuple[str, ...]], history: str | None, base: int,
                 seed: int, segment_ids: Sequence[str], **kwargs: Any) -> ProblemRun:
-        """A :class:`~hogwild_ref.run.ProblemRun` with this engine's text and device (generators on the model's device)."""
-        return ProblemRun(scheduler, views, history, base, seed, self.forward.device, self.decode, segment_ids, **kwargs)
+        """A :class:`~hogwild_ref.run.ProblemRun` with this engine's text and device (generators where the logits come out, Spec §11.5)."""
+        return ProblemRun(scheduler, views, history, base, seed, self.forward.output_device, self.decode, segment_ids,
+                          **kwargs)
 
     def settings_dict(self) -> dict[str, Any]:
         """The run's settings as plain data (the ``settings`` of :meth:`HogwildResult.to_json_dict`)."""

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from .models import UnsupportedModelError
+from .parallel import local_kv_heads
 from .rope import RopeSpec
 
 __all__ = [
@@ -254,7 +255,7 @@ def probe_rope(model: Any, spec: RopeSpec) -> RopeProbe:
             f"{mt}: the model never called the registered attention function; hogwild_ref needs a decoder whose "
             "attention goes through transformers' AttentionInterface"
         )
-    kv_heads = getattr(model.config, "num_key_value_heads", None) or getattr(model.config, "num_attention_heads", None)
+    kv_heads = local_kv_heads(model)  # a tensor-parallel rank sees its share of the heads (Spec §11.8)
     errors = {"half": 0.0, "interleaved": 0.0}
     head_dims = set()
     for layer in sorted(cap.queries):

@@ -22,6 +22,7 @@ from torch import Tensor
 from .hf import HogwildCache, cache_keyword, layer_devices, use_hogwild_attention
 from .models import sliding_window
 from .packed import PackedLinear, packing_available
+from .parallel import check_compile, local_kv_heads, share_tokens
 from .plan import plan_tick
 from .rope import RopeSpec
 from .segments import Row, SegmentTable
@@ -49,13 +50,25 @@ class Forward:
             kernel and merge the tail by log-sum-exp (:func:`~hogwild_ref.fast.decode_attention_split`,
             Spec §9.5); None: off, since the score-row path measured faster at 1k and level at 4k
             (docs/fast-path.md, "Split common part").
+        devices: the device of each layer's K/V (default: each decoder layer's own device,
+            :func:`~hogwild_ref.hf.layer_devices`; Spec §11.8).
+
+    Several layer devices or tensor-parallel ranks turn the compiled step and packed weights off, and
+    refuse them when asked for (:func:`~hogwild_ref.parallel.check_compile`).
     """
 
     def __init__(self, model: Any, rope: RopeSpec, backend: str = "fast", *, compile: bool | str | None = None,
-                 pack_weights: bool | None = None, planner: Planner = plan_tick, split: bool | None = None):
+                 pack_weights: bool | None = None, planner: Planner = plan_tick, split: bool | None = None,
+                 devices: Sequence[Any] | None = None):
         self.model, self.rope, self.backend = model, rope, backend
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
+        #: each layer's K/V device (Spec §11.8)
+        self.layer_devices = [torch.device(d) for d in (devices if devices is not None else layer_devices(model))]
+        out = model.get_output_embeddings()
+        #: where the logits come out (the last layer's side of a spread model): sampling runs there (Spec §11.5)
+        self.output_device = out.weight.device if out is not None else self.device
+        compile, pack_weights = check_compile(model, self.layer_devices, compile, pack_weights)
         self.window = sliding_window(model.config)
         self.planner = planner
         self._cache_kw = cache_keyword(model)
@@ -79,8 +92,13 @@ class Forward:
     # ------------------------------------------------------------------ storage
     def storage(self, table: SegmentTable, capacities: Mapping[str, int] | None = None) -> Storage:
         """Empty storage for ``table`` on the model's layer devices, in the model's dtype."""
-        return Storage(self.model.config, table, self.rope, self.dtype, layer_devices(self.model), capacities,
-                       position_zero=self.backend == "oracle")
+        return Storage(self.model.config, table, self.rope, self.dtype, self.layer_devices, capacities,
+                       position_zero=self.backend == "oracle", kv_heads=local_kv_heads(self.model))
+
+    def share(self, tokens: Sequence[int | None]) -> list[int | None]:
+        """The sampled ``tokens`` every process goes on with: rank 0's under tensor parallelism, else as given
+        (:func:`~hogwild_ref.parallel.share_tokens`, Spec §11.5)."""
+        return share_tokens(self.model, tokens, self.output_device)
 
     # ------------------------------------------------------------------ one forward
     def tick(self, storage: Storage, rows: Sequence[Row]) -> Tick:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .parallel import check_tensor_parallel, world_size
 from .rope import RopeError, RopeSpec
 
 __all__ = [
@@ -73,7 +74,7 @@ def converted_dir() -> Path:
     return Path(base) / f"smollm2-{wheel}-transformers-{transformers.__version__}"
 
 
-def load_default(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> tuple[Any, Any]:
+def load_default(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", **placement: Any) -> tuple[Any, Any]:
     """Load the embedded SmolLM2-135M-Instruct and its tokenizer.
 
     The first load dequantises the GGUF (transformers' ``gguf_file=``, about 20 s on a small CPU) and
@@ -81,18 +82,26 @@ def load_default(dtype: torch.dtype = torch.float32, device: str | torch.device 
     temporary folder and renamed into place, so a concurrent or interrupted first load never leaves a
     partial cache; every later load reads the cache (a few seconds). It is proven compatible where it
     first runs (:func:`hogwild_ref.proof.ensure_compatible`, Spec §11.6).
+
+    ``placement``: ``device_map=`` or ``distributed_config=`` for ``from_pretrained`` (Spec §11.8); the
+    model is then loaded from the cache (converted first when missing) and placed by transformers.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cached = converted_dir()
     if (cached / "config.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(cached)
-        model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype)
-        return model.to(device).eval(), tokenizer  # type: ignore[arg-type]
+        model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype, **placement)
+        return (model if placement else model.to(device)).eval(), tokenizer  # type: ignore[arg-type]
     directory, name = default_model_path()
     tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
     model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
     _write_cache(model, tokenizer, cached)
+    if placement:  # transformers places a model as it loads it: load the converted copy
+        if not (cached / "config.json").is_file():
+            raise UnsupportedModelError(f"could not cache the converted embedded model in {cached}; set "
+                                        "HOGWILD_CACHE_DIR to a writable folder to load it with a device map or tensor parallelism")
+        return load_default(dtype, device, **placement)
     return model.to(dtype).to(device).eval(), tokenizer  # type: ignore[arg-type]
 
 
@@ -128,6 +137,8 @@ def load(
     device: str | torch.device = "cpu",
     *,
     allow_untested: bool = False,
+    device_map: str | dict[str, Any] | None = None,
+    tp_plan: str | None = None,
 ) -> tuple[Any, Any]:
     """Load a model and tokenizer: the embedded default when ``name_or_path`` is None or "default".
 
@@ -136,20 +147,62 @@ def load(
     before the weights load (:func:`check_supported`; ``allow_untested`` admits families outside the
     tested list, and the choice is recorded on the model for the proof). Loading does not prove: the
     engine proves the model once before its first run (:func:`hogwild_ref.proof.ensure_compatible`, Spec §11.6).
+
+    Past one device (Spec §11.8; ``device`` is then not used): ``device_map`` (``"auto"`` or a dict of
+    module name -> device) spreads the layers over devices in this process; ``tp_plan="auto"`` splits
+    every layer's heads over the processes of a ``torchrun`` launch through transformers' own plan
+    (:func:`~hogwild_ref.parallel.check_tensor_parallel` refuses, from the config and before any weight
+    loads, a family without a plan or heads that do not divide by the number of processes).
     """
+    placement = _placement(device_map, tp_plan)
+    if tp_plan is not None:
+        check_tensor_parallel(_config_of(name_or_path), world_size())
     if name_or_path in (None, "default", "smollm2"):
-        return load_default(dtype, device)
+        return load_default(dtype, device, **placement)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     source, kwargs = resolve_source(name_or_path)
     if "gguf_file" not in kwargs:
         check_supported(AutoConfig.from_pretrained(source), allow_untested=allow_untested)
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs).to(device).eval()  # type: ignore[arg-type]
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs, **placement)
+    model = (model if placement else model.to(device)).eval()  # type: ignore[arg-type]
     check_vocabulary(model, tokenizer)
     if allow_untested:
         setattr(model, ALLOW_UNTESTED, True)
     return model, tokenizer
+
+
+def _placement(device_map: str | dict[str, Any] | None, tp_plan: str | None) -> dict[str, Any]:
+    """``from_pretrained``'s placement keywords for ``device_map`` / ``tp_plan`` (Spec §11.8), checked."""
+    if device_map is not None and tp_plan is not None:
+        raise ValueError("device_map and tp_plan are two ways to use several devices; give one of them "
+                         "(--device-map for one process, --tp-plan auto under torchrun)")
+    if tp_plan is not None:
+        if tp_plan != "auto":
+            raise ValueError(f"tp_plan {tp_plan!r} is not supported; use tp_plan='auto' (transformers' own plan)")
+        from transformers.distributed import DistributedConfig
+
+        return {"distributed_config": DistributedConfig(tp_plan="auto")}
+    if device_map is not None:
+        if not isinstance(device_map, (str, dict)):
+            raise ValueError(f"device_map must be 'auto' or a dict of module name -> device, not {device_map!r}")
+        return {"device_map": device_map}
+    return {}
+
+
+def _config_of(name_or_path: str | None) -> Any:
+    """The model's config alone (no weights): of the embedded model, a directory, a .gguf file or a hub id."""
+    from transformers import AutoConfig
+
+    if name_or_path in (None, "default", "smollm2"):
+        cached = converted_dir()
+        if (cached / "config.json").is_file():
+            return AutoConfig.from_pretrained(cached)
+        directory, name = default_model_path()
+        return AutoConfig.from_pretrained(directory, gguf_file=name)
+    source, kwargs = resolve_source(name_or_path)
+    return AutoConfig.from_pretrained(source, **kwargs)
 
 
 def resolve_source(name_or_path: str) -> tuple[str, dict[str, Any]]:

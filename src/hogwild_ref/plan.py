@@ -12,7 +12,7 @@ Segments outside the view get ``loc = -1`` (nothing visible); rows without new t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from jaxtyping import Bool, Int
@@ -66,6 +66,14 @@ class TickPlan:
     write_offset: Int[Tensor, "R"]
     key_mask: Bool[Tensor, "R n T"]
     query_rotation: Rotation | None = None
+
+    def to(self, device: torch.device) -> TickPlan:
+        """This plan with its tensors copied to ``device`` (a model spread over devices reads one copy per
+        device per tick, Spec §11.8)."""
+        rot = self.query_rotation
+        return replace(self, positions=self.positions.to(device), offsets=self.offsets.to(device),
+                       write_offset=self.write_offset.to(device), key_mask=self.key_mask.to(device),
+                       query_rotation=None if rot is None else Rotation(rot.cos.to(device), rot.sin.to(device)))
 
     @property
     def num_rows(self) -> int:

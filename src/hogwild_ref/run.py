@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import abc
 from collections.abc import Callable, Iterable, Sequence
+from typing import cast
 
 import torch
 from torch import Generator, Tensor
@@ -190,7 +191,7 @@ class RunLoop:
         logits = self.forward(self.storage, rows, feeds)
         assert logits is not None
         gens = [g for r in live for g in r.generators]
-        sampled = sample_rows(logits, [bool(f) for f in feeds], self.sampling, gens)
+        sampled = self.forward.share(sample_rows(logits, [bool(f) for f in feeds], self.sampling, gens))
         out, start = [], 0
         for r in live:
             out.append((r, sampled[start : start + r.workers], logits[start : start + r.workers]))
@@ -236,7 +237,7 @@ class RunLoop:
                 rows = [Row(r.views[0], len(feeds[id(r)])) for r in live]
                 logits = self.forward(self.storage, rows, [feeds[id(r)] for r in live])
                 assert logits is not None
-                ids = logits.argmax(dim=-1).tolist()
+                ids = cast(list[int], self.forward.share(logits.argmax(dim=-1).tolist()))  # argmax: never None
                 still = []
                 for r, tok in zip(live, ids, strict=True):
                     key = id(r)

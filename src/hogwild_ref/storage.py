@@ -34,13 +34,15 @@ class Storage:
             :data:`~hogwild_ref.store.DEFAULT_CAPACITY`; every segment grows when it fills (Spec §9.6).
         position_zero: the engine oracle's storage (Spec §11.4): keys are stored at position 0, as the
             model computes them with ``position_ids = 0``; views are assembled from scratch.
+        kv_heads: K/V heads per layer, when not the config's (a tensor-parallel rank holds its share, Spec §11.8).
     """
 
     def __init__(self, config: Any, table: SegmentTable, rope: RopeSpec, dtype: torch.dtype = torch.float32,
-                 devices: Any = "cpu", capacities: Mapping[str, int] | None = None, *, position_zero: bool = False):
+                 devices: Any = "cpu", capacities: Mapping[str, int] | None = None, *, position_zero: bool = False,
+                 kv_heads: int | None = None):
         layers = config.num_hidden_layers
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        kv = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        kv = kv_heads or getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         per_layer = list(devices) if isinstance(devices, (list, tuple)) else [devices] * layers
         caps = [(capacities or {}).get(s.id, DEFAULT_CAPACITY) for s in table.segments]
         #: the fast path's groups of workers, each with its own common segment (Spec §9.6), or None

@@ -33,7 +33,10 @@ DEFAULT_CAPACITY = 64
 
 @runtime_checkable
 class SegmentKV(Protocol):
-    """What the general backends read and write (Spec §9.2, §9.3): every segment's K/V by table index."""
+    """What the general backends read and write (Spec §9.2, §9.3): every segment's K/V by table index,
+    on one device."""
+
+    device: torch.device
 
     @property
     def keys(self) -> Sequence[Tensor]: ...

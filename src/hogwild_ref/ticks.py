@@ -75,28 +75,38 @@ class GeneralTick(Tick):
     kind = "general"
 
     def __init__(self, storage: Storage | SegmentTable, rows: Sequence[Row], rope: RopeSpec, backend: str, device: Any,
-                 planner: Planner = plan_tick):
-        self.plan = planner(storage if isinstance(storage, SegmentTable) else storage.table, rows, rope, device)
+                 planner: Planner = plan_tick, devices: Sequence[torch.device] | None = None):
+        """``storage``: the run's storage, or (a group of a :class:`GroupedTick`) a table, with the layer
+        ``devices`` of the storage it lives in."""
+        table = storage if isinstance(storage, SegmentTable) else storage.table
+        if devices is None:
+            devices = [] if isinstance(storage, SegmentTable) else storage.devices
+        self.plan = planner(table, rows, rope, device)
         self.rope = rope
         self.backend = BACKENDS[backend]
         self.table = self.plan.table
         self.positions = self.plan.positions
         self.max_position = self.plan.max_position
         self.seq_length = max(self.table.view_length(w) for w in range(self.table.workers))
-        self._write_rot = rope.rotation(-self.plan.write_offset[:, None, None], self.plan.write_offset.device)
+        # one copy of the plan per layer device, made here, once per tick (Spec §11.8)
+        home = self.plan.positions.device
+        self._plans = {d: self.plan if d == home else self.plan.to(d) for d in devices}
+        self._plans.setdefault(home, self.plan)
+        self._write_rots = {d: rope.rotation(-p.write_offset[:, None, None], p.write_offset.device)
+                            for d, p in self._plans.items()}
 
-    def _local(self, k: Tensor) -> Tensor:
-        return self.rope.apply(k, self._write_rot)
+    def _local(self, k: Tensor, device: torch.device) -> Tensor:
+        return self.rope.apply(k, self._write_rots[device])
 
     def write(self, layer: int, store: SegmentKV, k: Float[Tensor, "R Hkv n D"], v: Float[Tensor, "R Hkv n D"]) -> None:
-        local = self._local(k)
+        local = self._local(k, store.device)
         plan = self.plan
         for r, n in enumerate(plan.counts):
             if n:
                 store.write(plan.write_indices[r], plan.write_starts[r], local[r, :, :n], v[r, :, :n])
 
     def attend(self, layer: int, store: SegmentKV, q: Float[Tensor, "R Hq n D"], scaling: float) -> Float[Tensor, "R Hq n D"]:
-        return self.backend(q, store.keys, store.values, self.plan, self.rope, scaling)
+        return self.backend(q, store.keys, store.values, self._plans[store.device], self.rope, scaling)
 
 
 class PrefillTick(GeneralTick):
@@ -128,6 +138,7 @@ class _GroupStore:
 
     def __init__(self, store: SegmentStore, js: Sequence[int]):
         self.store, self.js = store, js
+        self.device = store.device
 
     @property
     def keys(self) -> list[Tensor]:
@@ -174,7 +185,7 @@ class GroupedTick(Tick):
         by_group: dict[int, list[int]] = {}
         for r, row in enumerate(rows):
             by_group.setdefault(group_of[row.view[0]], []).append(r)
-        self.parts: list[tuple[Tensor, GeneralTick, list[int]]] = []
+        self.parts: list[tuple[list[int], GeneralTick, list[int]]] = []
         lengths: dict[str, int] = {}
         for b, idx in sorted(by_group.items()):
             js = members[b]
@@ -183,8 +194,8 @@ class GroupedTick(Tick):
             mine = [rows[r] for r in idx]
             # a group's prefill of its common segment (one row, that segment alone): causal SDPA, as alone
             kind = PrefillTick if len(mine) == 1 and mine[0].view == (common,) and mine[0].new_tokens else GeneralTick
-            tick = kind(sub, mine, rope, backend, device, planner)
-            self.parts.append((torch.tensor(idx, device=device), tick, js))
+            tick = kind(sub, mine, rope, backend, device, planner, storage.devices)
+            self.parts.append((idx, tick, js))  # row indices as a list: valid on every layer's device
             lengths.update({seg.id: seg.length for seg in tick.table.segments})
         self.table = table.with_lengths(lengths)
         width = max(tick.positions.shape[1] for _, tick, _ in self.parts)
@@ -218,7 +229,7 @@ class OracleTick(GeneralTick):
         super().__init__(storage, rows, rope, "oracle", device, planner)
         self.positions = torch.zeros_like(self.plan.positions)
 
-    def _local(self, k: Tensor) -> Tensor:
+    def _local(self, k: Tensor, device: torch.device) -> Tensor:
         return k
 
 

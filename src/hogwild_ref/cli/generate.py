@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from ..settings import BACKENDS, DTYPES, LAYOUTS
-from .common import _check_device, _load
+from .common import _check_device, _check_placement, _load
 
 DEFAULT_PROBLEM = (
     "A shop sells pencils at 3 dollars each and notebooks at 5 dollars each. "
@@ -39,6 +39,11 @@ def _add_generate(sub: Any) -> None:
                    help="record the state at these tick counts (within the budget)")
     p.add_argument("--dtype", choices=DTYPES, default="float32")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--device-map", default=None, metavar="MAP",
+                   help="spread the layers over this process's devices: auto, balanced, sequential or a JSON object "
+                        "of module name -> device (docs: Several devices)")
+    p.add_argument("--tp-plan", choices=["auto"], default=None,
+                   help="split every layer's heads over the processes of a torchrun launch (transformers' plan)")
     p.add_argument("--allow-untested", action="store_true",
                    help="run a family outside the tested ones once the compatibility proof on the model passes")
     p.add_argument("--prompts", choices=["default", "compact"], default="default",
@@ -70,6 +75,7 @@ def _generate_settings(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads is not None:
         check_int("threads", args.threads, 1, cli=True)
     _check_device(args.device)
+    _check_placement(args)
     if args.model not in (None, "default", "smollm2"):
         from ..models import resolve_source
 
@@ -95,13 +101,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from ..checks import ContextLengthWarning
     from ..engine import GenerationInterrupted, generate
     from ..live import LiveView
+    from ..parallel import is_main_process
 
     kwargs = _generate_settings(args)
+    if not is_main_process():  # tensor parallel: every rank runs, rank 0 prints (errors: every rank, on stderr)
+        args.json, quiet = True, True
+    else:
+        quiet = False
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    console = Console(stderr=args.json)
+    console = Console(stderr=args.json, quiet=quiet)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # keep stderr to our own lines (errors, warnings)
@@ -130,7 +141,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print("interrupted: the partial result is above (reason: interrupted)", file=sys.stderr)
         return 130
     if args.json:
-        print(json.dumps(result.to_json_dict()))
+        if not quiet:
+            print(json.dumps(result.to_json_dict()))
         return 0
     assert view is not None
     view.summary(result)
