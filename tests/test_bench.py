@@ -39,3 +39,17 @@ def test_read_bandwidth_is_a_rate_of_the_bytes_read():
     small = read_bandwidth("cpu", nbytes=1 << 22, repeat=2)
     assert 1e6 < small < 1e13  # bytes per second: a plausible memory read rate, not a time
     assert torch.get_num_threads() == 1
+
+
+def test_bench_ticks_with_problems_reads_each_problem_once_and_compares_with_runs_alone():
+    """P problems side by side read P one-problem windows and tails (block-diagonal, Spec §9.6): the
+    K/V bytes are exactly P times one problem's, never P^2; the comparison is P one-problem ticks."""
+    model = tiny_model("llama", seed=0, vocab_size=256)
+    rows = bench_ticks(model, workers=(2,), contexts=(100,), steps=2, warmup=1, problems=(1, 3))
+    one, three = rows
+    assert (one.problems, three.problems) == (1, 3)
+    assert three.kv_bytes_per_tick == 3 * one.kv_bytes_per_tick
+    assert one.independent_s_per_tick is None and one.ratio_independent is None
+    assert three.tokens_per_s == pytest.approx(3 * 2 / three.s_per_tick)
+    assert three.ratio_independent == pytest.approx(three.s_per_tick / three.independent_s_per_tick)
+    assert three.independent_s_per_tick == pytest.approx(3 * one.s_per_tick)  # the P = 1 case of this run
