@@ -253,3 +253,5 @@ def test_the_lock_is_reentrant_and_per_rank_under_torchrun(tmp_path, monkeypatch
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     assert OutDirLock(tmp_path).name == ".lock.rank1"  # ranks of one evaluation share the directory
+    monkeypatch.setenv("RANK", "0")
+    assert OutDirLock(tmp_path).name == ".lock"  # rank 0 holds the directory's own lock: another evaluation waits

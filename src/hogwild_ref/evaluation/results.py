@@ -148,9 +148,10 @@ class OutDirLock:
 
     def __init__(self, directory: str | Path, name: str | None = None):
         self.directory = Path(directory)
-        if name is None:
-            ranks = os.environ.get("WORLD_SIZE", "1")
-            name = f".lock.rank{os.environ.get('RANK', '0')}" if ranks.isdigit() and int(ranks) > 1 else ".lock"
+        if name is None:  # under torchrun, rank 0 holds DIR/.lock (as one process does) and rank r DIR/.lock.rank{r}
+            ranks, rank = os.environ.get("WORLD_SIZE", "1"), os.environ.get("RANK", "0")
+            several = ranks.isdigit() and int(ranks) > 1 and rank not in ("", "0")
+            name = f".lock.rank{rank}" if several else ".lock"
         self.name = name
 
     def acquire(self) -> None:
