@@ -15,9 +15,11 @@ from typing import Any, Callable, Generator, Sequence
 
 from . import prompts as prompts_mod
 from .checks import check_problem, context_bound, warn_context
-from .events import DoneEvent, Event, FlushEvent, GenerationInterrupted, HogwildResult, SnapshotEvent, StepEvent, TokenEvent, WorkerResult
+from .events import (DoneEvent, Event, EventCallbackError, FlushEvent, GenerationInterrupted, HogwildResult, SnapshotEvent,
+                     StepEvent, TokenEvent, WorkerResult)
 from .forward import Forward
 from .hf import eos_token_ids, use_hogwild_attention
+from .limits import check_budget
 from .models import check_vocabulary
 from .proof import ensure_compatible
 from .run import ProblemRun, RunLoop
@@ -29,6 +31,7 @@ from .settings import Settings
 __all__ = [
     "DoneEvent",
     "Engine",
+    "EventCallbackError",
     "FlushEvent",
     "GenerationInterrupted",
     "HogwildResult",
@@ -106,11 +109,16 @@ class Engine:
             overrides.update(temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
                              min_p=sampling.min_p)
         if scheduler is not None:  # the scheduler's budget is the run's (checked here, Spec §11.7)
-            overrides.setdefault("max_ticks", scheduler.max_ticks if scheduler.max_ticks != 0 else None)
+            overrides.setdefault("max_ticks", scheduler.max_ticks)
             overrides.setdefault("snapshots", ())
         base = settings or Settings(max_ticks=None)
         self.settings = replace(base, **overrides) if overrides else base  # checked (Spec §11.7), before the model runs
         s = self.settings
+        check_budget(getattr(getattr(model, "config", None), "max_position_embeddings", None), s.max_ticks,
+                     s.finisher_tokens, s.finisher, cli=False)
+        if table is not None and ("layout" in overrides or s.layout != Settings.layout):
+            raise ValueError("Engine() got both a layout and an explicit table; the table's views are the layout "
+                             "(Spec §4.5): pass one of them")
         table, layout = _explicit_table(table, static_texts, s.workers, s.layout)
         self.table, self.static_texts = table, dict(static_texts or {})
         if tokenizer is not None:
@@ -277,11 +285,22 @@ class Engine:
         self._partial = None
         yield DoneEvent(self.result.ticks, reason, answer)
 
+    @staticmethod
+    def _stop(events: Generator[Event, None, None]) -> None:
+        """Let a suspended run build its partial result (it is stopped as by Ctrl-C)."""
+        try:
+            events.throw(KeyboardInterrupt())
+        except (KeyboardInterrupt, StopIteration):
+            pass
+
     def run(self, problem: str, on_event: Callable[[Event], None] | None = None) -> HogwildResult:
         """Run to completion, calling ``on_event`` for every event; return the result.
 
         Ctrl-C anywhere (inside the model or inside ``on_event``) raises :class:`GenerationInterrupted`,
-        a ``KeyboardInterrupt`` carrying the partial result, which also stays in ``self.result``.
+        a ``KeyboardInterrupt`` carrying the partial result, which also stays in ``self.result``. An
+        exception raised by ``on_event`` stops the run the same way and raises
+        :class:`~hogwild_ref.events.EventCallbackError` carrying the partial result (the callback's
+        exception is its ``__cause__``).
         """
         events = self.stream(problem)
         try:
@@ -289,11 +308,11 @@ class Engine:
                 if on_event is not None:
                     on_event(event)
         except KeyboardInterrupt:
-            try:  # an interrupt in on_event: let the suspended run build its partial result
-                events.throw(KeyboardInterrupt())
-            except (KeyboardInterrupt, StopIteration):
-                pass
+            self._stop(events)
             raise GenerationInterrupted(self.result) from None
+        except Exception as exc:  # the callback failed: stop the run there, keeping its partial result
+            self._stop(events)
+            raise EventCallbackError(self.result, exc) from exc
         assert self.result is not None
         return self.result
 
