@@ -432,3 +432,16 @@ def test_sigterm_handler_is_restored_after_main(capsys, monkeypatch):
     assert main(["generate", "x"]) == 128 + signal.SIGTERM
     assert seen[0] is not before and signal.getsignal(signal.SIGTERM) is before
     assert "interrupted" in capsys.readouterr().err
+
+
+def test_engine_takes_the_budget_directly_and_never_forgets_the_eos_ids(smollm_tokenizer):
+    from hogwild_ref.scheduler import SchedulerConfig
+
+    tok = smollm_tokenizer
+    model = tiny_model("llama", vocab_size=len(tok))
+    direct = Engine(model, tok, max_ticks=7)
+    assert direct.scheduler_config.max_ticks == 7 and tok.eos_token_id in direct.scheduler_config.eos_token_ids
+    given = Engine(model, tok, scheduler=SchedulerConfig(max_ticks=5))  # EOS ids left unset: the tokenizer's
+    assert given.scheduler_config.max_ticks == 5 and tok.eos_token_id in given.scheduler_config.eos_token_ids
+    none = Engine(model, tok, scheduler=SchedulerConfig(max_ticks=5, eos_token_ids=frozenset()))  # explicitly none
+    assert none.scheduler_config.eos_token_ids == frozenset()

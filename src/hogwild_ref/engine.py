@@ -67,8 +67,9 @@ class Engine:
         settings: the run's :class:`~hogwild_ref.settings.Settings` (workers, layout, backend, budget,
             sampling, seed, finisher, prefill chunk); keywords named like its fields override it.
         templates: prompt texts (Spec §7).
-        scheduler: scheduler settings (Spec §6), used as given (its ``eos_token_ids`` replace the
-            defaults of :func:`~hogwild_ref.hf.eos_token_ids`, its budget and snapshots the settings');
+        scheduler: scheduler settings (Spec §6), used as given (its budget and snapshots replace the
+            settings'); its ``eos_token_ids``, when left unset (None), are the tokenizer's
+            (:func:`~hogwild_ref.hf.eos_token_ids`), so they cannot be forgotten; ``frozenset()`` means none;
             default: from the templates and the settings.
         sampling: sampling settings (overrides the settings' temperature, top-k, top-p, min-p).
         record_logits: keep each tick's last-slot logits per worker (for tests).
@@ -132,6 +133,8 @@ class Engine:
             scheduler = SchedulerConfig.from_templates(
                 self.templates, eos_token_ids=eos_token_ids(model, tokenizer), max_ticks=s.max_ticks,
                 snapshot_ticks=s.snapshots, collab_every=s.collab_every)
+        if scheduler.eos_token_ids is None:
+            scheduler = replace(scheduler, eos_token_ids=eos_token_ids(model, tokenizer))
         self.scheduler_config = replace(scheduler, steps=layout != "contiguous" if table is None else table.history is not None)
         self.names = self.scheduler_config.names or prompts_mod.default_names(s.workers)
         self.sampling = SamplingConfig(s.temperature, s.top_k, s.top_p, s.min_p)
