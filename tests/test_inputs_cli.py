@@ -445,3 +445,26 @@ def test_engine_takes_the_budget_directly_and_never_forgets_the_eos_ids(smollm_t
     assert given.scheduler_config.max_ticks == 5 and tok.eos_token_id in given.scheduler_config.eos_token_ids
     none = Engine(model, tok, scheduler=SchedulerConfig(max_ticks=5, eos_token_ids=frozenset()))  # explicitly none
     assert none.scheduler_config.eos_token_ids == frozenset()
+
+
+def test_the_cli_uses_the_free_cores_on_a_busy_machine_and_says_so(capsys, monkeypatch):
+    import argparse
+
+    import torch
+
+    import hogwild_ref.limits as limits
+    from hogwild_ref.cli.common import _check_threads
+
+    monkeypatch.setattr(limits, "usable_cores", lambda: 2)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.7, 5.0, 5.2))
+    busy = argparse.Namespace(threads=None)
+    _check_threads(busy)
+    assert busy.threads == 1 and "--threads" in capsys.readouterr().err
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.3, 0.4))
+    quiet = argparse.Namespace(threads=None)
+    _check_threads(quiet)
+    assert quiet.threads is None and capsys.readouterr().err == ""  # a quiet machine keeps torch's choice
+    chosen = argparse.Namespace(threads=2)
+    _check_threads(chosen)
+    assert chosen.threads == 2
