@@ -72,16 +72,20 @@ def _run(handler: Any, args: argparse.Namespace) -> int:
 def _sigterm_as_interrupt() -> Iterator[list[int]]:
     """SIGTERM (what ``timeout``, schedulers and ``kill`` send) raises ``KeyboardInterrupt`` in the main
     thread, so a command keeps its partial result exactly as for Ctrl-C; the list it yields records the
-    signal, and the previous handler is restored afterwards. Off the main thread, nothing changes."""
+    signal, and the previous handler is restored afterwards. A second SIGTERM ends the process at once.
+    Off the main thread, nothing changes."""
     received: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield received
         return
 
     def on_term(signum: int, frame: Any) -> None:
-        if not received:
-            received.append(signum)
-            raise KeyboardInterrupt
+        if received:  # a second SIGTERM while the partial result is saved: end now, as without the handler
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        received.append(signum)
+        raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
