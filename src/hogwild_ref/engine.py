@@ -308,14 +308,16 @@ class Engine:
         events = self.stream(problem)
         try:
             for event in events:
-                if on_event is not None:
+                if on_event is None:
+                    continue
+                try:
                     on_event(event)
+                except Exception as exc:  # the callback failed (not the run): stop there, keeping the partial result
+                    self._stop(events)
+                    raise EventCallbackError(self.result, exc) from exc
         except KeyboardInterrupt:
             self._stop(events)
             raise GenerationInterrupted(self.result) from None
-        except Exception as exc:  # the callback failed: stop the run there, keeping its partial result
-            self._stop(events)
-            raise EventCallbackError(self.result, exc) from exc
         assert self.result is not None
         return self.result
 
