@@ -183,18 +183,28 @@ def test_library_bad_documents_and_workers_raise_table_errors(call, word):
     assert "\n" not in str(exc.value)
 
 
-def test_engine_refuses_a_layout_with_an_explicit_table_and_a_budget_beyond_the_context(smollm_tokenizer):
+def test_engine_refuses_a_layout_with_an_explicit_table(smollm_tokenizer):
     model = tiny_model("llama", vocab_size=len(smollm_tokenizer), max_position_embeddings=64)
     table = make_layout("interleaved", 2)
     with pytest.raises(ValueError, match="both a layout and an explicit table"):
         Engine(model, smollm_tokenizer, layout="contiguous", table=table)
     with pytest.raises(ValueError, match="both a layout and an explicit table"):
         Engine(model, smollm_tokenizer, hogwild_ref.Settings(layout="interleaved", max_ticks=8), table=table)
+    Engine(model, smollm_tokenizer, max_ticks=8, table=table)  # the table alone is its layout
+    # a budget beyond the context: the library warns when the run starts (the CLI refuses, CLI_CASES)
+    Engine(model, smollm_tokenizer, max_ticks=65)
+
+
+def test_the_budget_check_of_the_command_line_by_hand():
+    from hogwild_ref.limits import check_budget
+
+    check_budget(64, 64, 64, True)  # at the limit: accepted
     with pytest.raises(SettingsError, match="max_ticks=65 cannot be spent.*64 positions"):
-        Engine(model, smollm_tokenizer, max_ticks=65)
-    with pytest.raises(SettingsError, match="finisher_tokens=100 is beyond"):
-        Engine(model, smollm_tokenizer, max_ticks=8, finisher_tokens=100)
-    Engine(model, smollm_tokenizer, max_ticks=64, finisher_tokens=64)  # at the limit: accepted
+        check_budget(64, 65, 24, True, cli=False)
+    with pytest.raises(SettingsError, match="--finisher-tokens 100 is beyond"):
+        check_budget(64, 8, 100, True)
+    check_budget(64, 8, 100, False)  # no finisher: its length does not matter
+    check_budget(None, 10**12, 10**9, True)  # context unknown (a .gguf file, a hub id not cached): no check
 
 
 def test_limits_by_hand():

@@ -19,7 +19,6 @@ from .events import (DoneEvent, Event, EventCallbackError, FlushEvent, Generatio
                      StepEvent, TokenEvent, WorkerResult)
 from .forward import Forward
 from .hf import eos_token_ids, use_hogwild_attention
-from .limits import check_budget
 from .models import check_vocabulary
 from .proof import ensure_compatible
 from .run import ProblemRun, RunLoop
@@ -115,8 +114,6 @@ class Engine:
         base = settings or Settings(max_ticks=None)
         self.settings = replace(base, **overrides) if overrides else base  # checked (Spec §11.7), before the model runs
         s = self.settings
-        check_budget(getattr(getattr(model, "config", None), "max_position_embeddings", None), s.max_ticks,
-                     s.finisher_tokens, s.finisher, cli=False)
         if table is not None and ("layout" in overrides or s.layout != Settings.layout):
             raise ValueError("Engine() got both a layout and an explicit table; the table's views are the layout "
                              "(Spec §4.5): pass one of them")

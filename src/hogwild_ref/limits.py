@@ -7,7 +7,8 @@ size, context) from its ``config.json`` alone (:func:`shape_from_config`; the em
 (:func:`available_memory`). The rule (Spec §11.7): what a run *must* exceed — a budget that cannot be
 spent within the model's positions, weights that do not fit — is refused with the numbers, naming the
 flag; what it only *may* reach (the K/V of a budget spent in full: storage grows on demand and most
-runs end early) is warned.
+runs end early) is warned. The command line also refuses a budget beyond the model's context
+(:func:`check_budget`), which the library only warns about.
 """
 
 from __future__ import annotations
@@ -161,8 +162,9 @@ def auto_threads(default: int, load: float | None = None, cores: int | None = No
 
 def check_budget(context: int | None, max_ticks: int | None, finisher_tokens: int, finisher: bool, *,
                  cli: bool = True) -> None:
-    """A budget or a finisher longer than the model's ``context`` is refused (Spec §6.5, §11.7): every tick
-    adds one token to each worker's view, so such a budget cannot be spent within the model's positions."""
+    """The command line refuses a budget or a finisher longer than the model's ``context`` (Spec §6.5,
+    §11.7): every tick adds one token to each worker's view, so such a budget cannot be spent within the
+    model's positions. (The library only warns: storage grows on demand and a run may end early.)"""
     if context is None:
         return
     ticks, fin = ("--max-ticks ", "--finisher-tokens ") if cli else ("max_ticks=", "finisher_tokens=")
