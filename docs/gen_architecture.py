@@ -39,6 +39,7 @@ FLOORS: dict[str, int] = {
     "scheduler": 1,
     "prompts": 1,
     "checks": 1,
+    "limits": 1,
     "settings": 1,
     "events": 1,
     "evaluation.answers": 1,
@@ -86,7 +87,7 @@ FLOORS: dict[str, int] = {
 #: Floor-1 modules that import no torch, transformers, jaxtyping or einops (imports under
 #: ``if TYPE_CHECKING:`` do not count).
 PURE: frozenset[str] = frozenset(
-    {"segments", "scheduler", "prompts", "checks", "settings", "events"}
+    {"segments", "scheduler", "prompts", "checks", "limits", "settings", "events"}
     | {"evaluation.answers", "evaluation.summary", "evaluation.datasets", "evaluation.results",
        "evaluation.shards"}
 )

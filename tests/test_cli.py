@@ -199,7 +199,7 @@ def test_generate_contiguous_library_json(smollm):
     assert d["history_text"] == ""  # contiguous: no steps, nothing is flushed
 
 
-@pytest.mark.parametrize("flag,value", [("--workers", "0"), ("--workers", "-2"), ("--max-ticks", "0"),
+@pytest.mark.parametrize("flag,value", [("--workers", "0"), ("--workers", "-2"), ("--max-ticks", "-1"),
                                         ("--max-ticks", "-5")])
 def test_bad_numbers_exit_2_naming_the_flag(capsys, no_loading, flag, value):
     rc = main(["generate", "x", flag, value, "--json"])

@@ -48,8 +48,8 @@ def files(tmp_path_factory):
 # (arguments after "generate", a word the one-line error must contain)
 CLI_CASES = [
     (["--workers", "0"], "--workers"), (["--workers", "-2"], "--workers"), (["--workers", "2.5"], "--workers"),
-    (["--max-ticks", "0"], "--max-ticks"), (["--max-ticks", "-5"], "--max-ticks"), (["--max-ticks", "2.5"], "--max-ticks"),
-    (["--max-steps", "0"], "--max-ticks"), (["--top-k", "0"], "--top-k"), (["--top-k", "2.5"], "--top-k"),
+    (["--max-ticks", "-1"], "--max-ticks"), (["--max-ticks", "-5"], "--max-ticks"), (["--max-ticks", "2.5"], "--max-ticks"),
+    (["--max-steps", "-1"], "--max-ticks"), (["--top-k", "0"], "--top-k"), (["--top-k", "2.5"], "--top-k"),
     (["--top-p", "1.5"], "--top-p"), (["--top-p", "0"], "--top-p"), (["--top-p", "nan"], "--top-p"),
     (["--min-p", "1"], "--min-p"), (["--min-p", "-0.1"], "--min-p"), (["--temperature", "-1"], "--temperature"),
     (["--temperature", "nan"], "--temperature"), (["--temperature", "inf"], "--temperature"),
@@ -123,7 +123,7 @@ def test_cli_reports_a_failed_assertion_as_a_bug(capsys, monkeypatch):
 
 # ---------------------------------------------------------------------- library
 LIBRARY_CASES = [
-    (dict(max_ticks=2.5), "max_ticks"), (dict(max_ticks=0), "max_ticks"), (dict(max_ticks=True), "max_ticks"),
+    (dict(max_ticks=2.5), "max_ticks"), (dict(max_ticks=-1), "max_ticks"), (dict(max_ticks=True), "max_ticks"),
     (dict(top_k=2.5), "top_k"), (dict(top_k=0), "top_k"), (dict(top_p=0.0), "top_p"), (dict(min_p=1.0), "min_p"),
     (dict(temperature=float("nan")), "temperature"), (dict(temperature="hot"), "temperature"),
     (dict(workers=0), "workers"), (dict(workers=True), "workers"), (dict(workers=1.0), "workers"),
@@ -149,7 +149,7 @@ def test_library_bad_input_is_refused_before_the_model_runs(kwargs, word):
 
 def test_settings_errors_are_value_errors_naming_the_fix():
     with pytest.raises(ValueError, match=r"None for no budget"):
-        check_settings(max_ticks=0)
+        check_settings(max_ticks=-1)
 
 
 def test_max_steps_is_a_deprecated_alias(smollm_tokenizer):

@@ -107,8 +107,9 @@ def check_settings(
 ) -> None:
     """Every run setting at once, in the order a user reads them (Spec §11.7).
 
-    ``max_ticks`` is the budget in ticks: an integer ``>= 1`` (the library also takes None: no
-    budget). Snapshot ticks must lie within the budget. ``collab_every`` is None (off) or ``>= 1``.
+    ``max_ticks`` is the budget in ticks: an integer ``>= 0`` (Spec §6.5: 0 ends generation before
+    the first tick, so only the finisher answers; the library also takes None: no budget).
+    Snapshot ticks must lie within the budget. ``collab_every`` is None (off) or ``>= 1``.
     """
     check_problem(problem)
     check_int("workers", workers, 1, cli=cli)
@@ -117,8 +118,9 @@ def check_settings(
     if backend not in backends:
         raise SettingsError(f"unknown backend {backend!r}; choose one of {', '.join(backends)}")
     if max_ticks is not None or cli:
-        check_int("max_ticks", max_ticks, 1, cli=cli,
-                  fix="" if cli else " (the budget in ticks; None for no budget)")
+        check_int("max_ticks", max_ticks, 0, cli=cli,
+                  fix=" (the budget in ticks; 0 goes straight to the finisher)" if cli else
+                  " (the budget in ticks; None for no budget, 0 goes straight to the finisher)")
     if isinstance(snapshots, (str, bytes)) or not isinstance(snapshots, Sequence):
         raise SettingsError(f"{_name('snapshots', cli)} must be a list of tick counts; got {snapshots!r}")
     for t in snapshots:

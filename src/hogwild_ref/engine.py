@@ -15,7 +15,8 @@ from typing import Any, Callable, Generator, Sequence
 
 from . import prompts as prompts_mod
 from .checks import check_problem, context_bound, warn_context
-from .events import DoneEvent, Event, FlushEvent, GenerationInterrupted, HogwildResult, SnapshotEvent, StepEvent, TokenEvent, WorkerResult
+from .events import (DoneEvent, Event, EventCallbackError, FlushEvent, GenerationInterrupted, HogwildResult, SnapshotEvent,
+                     StepEvent, TokenEvent, WorkerResult)
 from .forward import Forward
 from .hf import eos_token_ids, layer_devices, use_hogwild_attention
 from .models import check_vocabulary
@@ -30,6 +31,7 @@ from .settings import Settings
 __all__ = [
     "DoneEvent",
     "Engine",
+    "EventCallbackError",
     "FlushEvent",
     "GenerationInterrupted",
     "HogwildResult",
@@ -65,8 +67,9 @@ class Engine:
         settings: the run's :class:`~hogwild_ref.settings.Settings` (workers, layout, backend, budget,
             sampling, seed, finisher, prefill chunk); keywords named like its fields override it.
         templates: prompt texts (Spec §7).
-        scheduler: scheduler settings (Spec §6), used as given (its ``eos_token_ids`` replace the
-            defaults of :func:`~hogwild_ref.hf.eos_token_ids`, its budget and snapshots the settings');
+        scheduler: scheduler settings (Spec §6), used as given (its budget and snapshots replace the
+            settings'); its ``eos_token_ids``, when left unset (None), are the tokenizer's
+            (:func:`~hogwild_ref.hf.eos_token_ids`), so they cannot be forgotten; ``frozenset()`` means none;
             default: from the templates and the settings.
         sampling: sampling settings (overrides the settings' temperature, top-k, top-p, min-p).
         record_logits: keep each tick's last-slot logits per worker (for tests).
@@ -107,11 +110,14 @@ class Engine:
             overrides.update(temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
                              min_p=sampling.min_p)
         if scheduler is not None:  # the scheduler's budget is the run's (checked here, Spec §11.7)
-            overrides.setdefault("max_ticks", scheduler.max_ticks if scheduler.max_ticks != 0 else None)
+            overrides.setdefault("max_ticks", scheduler.max_ticks)
             overrides.setdefault("snapshots", ())
         base = settings or Settings(max_ticks=None)
         self.settings = replace(base, **overrides) if overrides else base  # checked (Spec §11.7), before the model runs
         s = self.settings
+        if table is not None and ("layout" in overrides or s.layout != Settings.layout):
+            raise ValueError("Engine() got both a layout and an explicit table; the table's views are the layout "
+                             "(Spec §4.5): pass one of them")
         table, layout = _explicit_table(table, static_texts, s.workers, s.layout)
         self.table, self.static_texts = table, dict(static_texts or {})
         if tokenizer is not None:
@@ -126,6 +132,8 @@ class Engine:
             scheduler = SchedulerConfig.from_templates(
                 self.templates, eos_token_ids=eos_token_ids(model, tokenizer), max_ticks=s.max_ticks,
                 snapshot_ticks=s.snapshots, collab_every=s.collab_every)
+        if scheduler.eos_token_ids is None:
+            scheduler = replace(scheduler, eos_token_ids=eos_token_ids(model, tokenizer))
         self.scheduler_config = replace(scheduler, steps=layout != "contiguous" if table is None else table.history is not None)
         self.names = self.scheduler_config.names or prompts_mod.default_names(s.workers)
         self.sampling = SamplingConfig(s.temperature, s.top_k, s.top_p, s.min_p)
@@ -280,22 +288,35 @@ class Engine:
         self._partial = None
         yield DoneEvent(self.result.ticks, reason, answer)
 
+    @staticmethod
+    def _stop(events: Generator[Event, None, None]) -> None:
+        """Let a suspended run build its partial result (it is stopped as by Ctrl-C)."""
+        try:
+            events.throw(KeyboardInterrupt())
+        except (KeyboardInterrupt, StopIteration):
+            pass
+
     def run(self, problem: str, on_event: Callable[[Event], None] | None = None) -> HogwildResult:
         """Run to completion, calling ``on_event`` for every event; return the result.
 
         Ctrl-C anywhere (inside the model or inside ``on_event``) raises :class:`GenerationInterrupted`,
-        a ``KeyboardInterrupt`` carrying the partial result, which also stays in ``self.result``.
+        a ``KeyboardInterrupt`` carrying the partial result, which also stays in ``self.result``. An
+        exception raised by ``on_event`` stops the run the same way and raises
+        :class:`~hogwild_ref.events.EventCallbackError` carrying the partial result (the callback's
+        exception is its ``__cause__``).
         """
         events = self.stream(problem)
         try:
             for event in events:
-                if on_event is not None:
+                if on_event is None:
+                    continue
+                try:
                     on_event(event)
+                except Exception as exc:  # the callback failed (not the run): stop there, keeping the partial result
+                    self._stop(events)
+                    raise EventCallbackError(self.result, exc) from exc
         except KeyboardInterrupt:
-            try:  # an interrupt in on_event: let the suspended run build its partial result
-                events.throw(KeyboardInterrupt())
-            except (KeyboardInterrupt, StopIteration):
-                pass
+            self._stop(events)
             raise GenerationInterrupted(self.result) from None
         assert self.result is not None
         return self.result

@@ -153,3 +153,17 @@ class GenerationInterrupted(KeyboardInterrupt):
     def __init__(self, result: HogwildResult | None):
         super().__init__("generation interrupted")
         self.result = result
+
+
+class EventCallbackError(RuntimeError):
+    """An ``on_event`` callback raised during :meth:`Engine.run <hogwild_ref.engine.Engine.run>`: the run
+    stops there and keeps its partial result, as for Ctrl-C (Spec §6.5).
+
+    ``result`` holds what each worker wrote up to the last completed tick, ``reason == "interrupted"``;
+    the callback's own exception is ``__cause__``.
+    """
+
+    def __init__(self, result: HogwildResult | None, error: BaseException):
+        super().__init__(f"the on_event callback raised {type(error).__name__}: {error}; the partial result is in "
+                         ".result")
+        self.result = result

@@ -161,7 +161,7 @@ class ProblemRun:
     def last_token(self, w: int) -> list[int]:
         """Worker ``w``'s sampled token not yet fed (not an EOS), as a feed prefix."""
         p = self.pending[w]
-        return [p] if p is not None and p not in self.sched.config.eos_token_ids else []
+        return [p] if p is not None and p not in self.sched.eos else []
 
 
 class RunLoop:
@@ -249,7 +249,7 @@ class RunLoop:
                     produced[key].append(tok)
                     feeds[key], first_sampled[key] = [tok], True
                     answers[key] = r.extract(r.decode(fin[key] + produced[key]))
-                    if answers[key] is None and tok not in r.sched.config.eos_token_ids:
+                    if answers[key] is None and tok not in r.sched.eos:
                         still.append(r)
                 live = still
         finally:

@@ -117,7 +117,9 @@ class SchedulerConfig:
             least this many tokens sampled by that worker since its last collaboration
             prompt (or since the start); None disables (Spec §6.3).
         boundary: step-boundary predicate on the step's generated text (Spec §6.1).
-        eos_token_ids: tokens that stop a worker (Spec §6.4).
+        eos_token_ids: tokens that stop a worker (Spec §6.4). None (the default): the tokenizer's,
+            filled in by the engine (a :class:`Scheduler` built directly treats None as none);
+            ``frozenset()``: no token stops a worker.
         stop_on_boxed: stop when a finished step holds a complete ``\\boxed{...}``
             (Spec §6.4). In the contiguous layout (``steps=False``), where nothing is ever
             flushed, the rule applies to each worker's generated text instead.
@@ -133,7 +135,7 @@ class SchedulerConfig:
     collab_prompt: str | None = prompts.DEFAULT_COLLAB_PROMPT
     collab_every: int | None = 1024
     boundary: Callable[[str], bool] = is_step_boundary
-    eos_token_ids: frozenset[int] = frozenset()
+    eos_token_ids: frozenset[int] | None = None
     stop_on_boxed: bool = True
     max_ticks: int | None = None
     snapshot_ticks: tuple[int, ...] = ()
@@ -145,7 +147,8 @@ class SchedulerConfig:
             if isinstance(self.names, str):
                 raise TypeError("names must be a sequence of names, not one string")
             object.__setattr__(self, "names", tuple(self.names))
-        object.__setattr__(self, "eos_token_ids", frozenset(self.eos_token_ids))
+        if self.eos_token_ids is not None:
+            object.__setattr__(self, "eos_token_ids", frozenset(self.eos_token_ids))
         object.__setattr__(self, "snapshot_ticks", tuple(self.snapshot_ticks))
         if self.collab_every is not None and self.collab_every <= 0:
             raise ValueError(
@@ -282,6 +285,8 @@ class Scheduler:
             )
         self.workers = workers
         self.config = config
+        #: the tokens that stop a worker (Spec §6.4): the config's, none when it leaves them unset
+        self.eos: frozenset[int] = config.eos_token_ids or frozenset()
         self.names: tuple[str, ...] = tuple(names[:workers])
         self._decode = decode
         self._encode = encode
@@ -380,7 +385,7 @@ class Scheduler:
             if tok is None:
                 continue
             st.generated.append(tok)
-            if tok in cfg.eos_token_ids:
+            if tok in self.eos:
                 st.stopped = True
                 stopped.append(w)
                 continue

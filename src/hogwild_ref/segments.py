@@ -94,6 +94,8 @@ class SegmentTable:
             dup = next(sid for sid in ids if ids.count(sid) > 1)
             raise TableError(f"duplicate segment id {dup!r}: segment ids must be unique")
         for s in self.segments:
+            if not isinstance(s.id, str):
+                raise TableError(f"segment id {s.id!r} is not a string ({type(s.id).__name__}); segment ids are strings (Spec §2.4)")
             if not isinstance(s.length, int) or isinstance(s.length, bool) or s.length < 0:
                 raise TableError(f"segment {s.id!r} has length {s.length!r}; lengths must be integers >= 0")
             if s.writer is not None and (not isinstance(s.writer, int) or isinstance(s.writer, bool)):
@@ -129,7 +131,11 @@ class SegmentTable:
                 raise TableError(
                     f"worker {w}'s view must end with its write segment {writers[w]!r}, but ends with {view[-1]!r}"
                 )
+        if self.layout is not None and not isinstance(self.layout, str):
+            raise TableError(f"layout {self.layout!r} must be a string or null")
         if self.history is not None:
+            if not isinstance(self.history, str):
+                raise TableError(f"history {self.history!r} must be a segment id (a string) or null")
             if self.history not in self._index:
                 raise TableError(f"history segment {self.history!r} is not a segment of the table")
             if self[self.history].writer is not None:
@@ -157,7 +163,13 @@ class SegmentTable:
 
     def write_segment(self, w: int) -> str:
         """Worker ``w``'s write segment: the last segment of its view (Spec §2.3)."""
+        self._check_worker(w)
         return self.views[w][-1]
+
+    def _check_worker(self, w: Any) -> None:
+        if not isinstance(w, int) or isinstance(w, bool) or not 0 <= w < len(self.views):
+            raise TableError(f"worker {w!r} out of range; the table has {len(self.views)} workers "
+                             f"(0..{len(self.views) - 1}), one per view (Spec §2.3)")
 
     def offsets(self, w: int) -> dict[str, int]:
         """``o_w(s)`` for every segment ``s`` of ``w``'s view (Spec §2.2).
@@ -237,20 +249,56 @@ class SegmentTable:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SegmentTable:
-        """Inverse of :meth:`to_dict`; raises :class:`TableError` on malformed input."""
-        try:
-            if data.get("version", SCHEMA_VERSION) != SCHEMA_VERSION:
-                raise TableError(f"unsupported segment-table version {data.get('version')!r}; expected {SCHEMA_VERSION}")
-            segs = tuple(Segment(str(s["id"]), int(s["length"]), s.get("writer")) for s in data["segments"])
-            views = tuple(tuple(str(x) for x in v) for v in data["views"])
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:
-            raise TableError(f"malformed segment table: {exc!r}; see spec/schema/segment_table.schema.json") from exc
-        return cls(segs, views, history=data.get("history"), layout=data.get("layout"))
+        """Inverse of :meth:`to_dict`; raises :class:`TableError` on malformed input.
+
+        Exactly the documents ``spec/schema/segment_table.schema.json`` accepts (Spec §2.4) and that
+        satisfy Spec §2.3: nothing is coerced (a length of 3.7, ``true`` for an integer, an infinite or
+        NaN number, an integer segment id and an unknown key are refused, naming the field).
+        """
+        hint = "; see spec/schema/segment_table.schema.json"
+        if not isinstance(data, Mapping):
+            raise TableError(f"malformed segment table: a segment table document is a JSON object; got {type(data).__name__}{hint}")
+        _known_keys("the segment table", data, ("version", "layout", "history", "segments", "views"), hint)
+        version = data.get("version", SCHEMA_VERSION)
+        if version != SCHEMA_VERSION or isinstance(version, bool):
+            raise TableError(f"unsupported segment-table version {version!r}; expected {SCHEMA_VERSION}")
+        segments, views = data.get("segments"), data.get("views")
+        if not isinstance(segments, list) or not segments:
+            raise TableError(f"malformed segment table: 'segments' must be a non-empty list of segments; got {segments!r}{hint}")
+        if not isinstance(views, list) or not all(isinstance(v, list) for v in views):
+            raise TableError(f"malformed segment table: 'views' must be a list of lists of segment ids; got {views!r}{hint}")
+        segs = []
+        for i, seg in enumerate(segments):
+            if not isinstance(seg, Mapping):
+                raise TableError(f"malformed segment table: segments[{i}] must be an object with id, length and writer; got {seg!r}{hint}")
+            _known_keys(f"segments[{i}]", seg, ("id", "length", "writer"), hint)
+            for key in ("id", "length"):
+                if key not in seg:
+                    raise TableError(f"malformed segment table: segments[{i}] has no {key!r}{hint}")
+            sid, length, writer = seg["id"], seg["length"], seg.get("writer")
+            if not isinstance(sid, str):
+                raise TableError(f"malformed segment table: segments[{i}].id {sid!r} must be a string{hint}")
+            if not isinstance(length, int) or isinstance(length, bool):
+                raise TableError(f"malformed segment table: segments[{i}].length {length!r} must be an integer >= 0{hint}")
+            if writer is not None and (not isinstance(writer, int) or isinstance(writer, bool)):
+                raise TableError(f"malformed segment table: segments[{i}].writer {writer!r} must be a worker index (an integer) or null{hint}")
+            segs.append(Segment(sid, length, writer))
+        for w, view in enumerate(views):
+            bad = [x for x in view if not isinstance(x, str)]
+            if bad:
+                raise TableError(f"malformed segment table: views[{w}] holds {bad[0]!r}; views list segment ids (strings){hint}")
+        return cls(tuple(segs), tuple(tuple(v) for v in views), history=data.get("history"), layout=data.get("layout"))
 
     @classmethod
     def from_json(cls, text: str) -> SegmentTable:
         """Parse JSON produced by :meth:`to_json`."""
         return cls.from_dict(json.loads(text))
+
+
+def _known_keys(what: str, data: Mapping[str, Any], known: tuple[str, ...], hint: str) -> None:
+    unknown = sorted(str(k) for k in data if k not in known)
+    if unknown:
+        raise TableError(f"malformed segment table: {what} has unknown key(s) {unknown}; known: {', '.join(known)}{hint}")
 
 
 def view_offsets(table: SegmentTable, view: Iterable[str]) -> dict[str, int]:

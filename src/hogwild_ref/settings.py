@@ -31,9 +31,10 @@ class Settings:
 
     Attributes:
         workers: number of workers ``W >= 1``.
-        layout: a preset of Spec §4 (:data:`LAYOUTS`); ignored when the engine gets an explicit table.
+        layout: a preset of Spec §4 (:data:`LAYOUTS`); with an explicit table the engine refuses any
+            other than the default (the table's views are the layout, Spec §4.5).
         backend: one of :data:`BACKENDS` (Spec §9).
-        max_ticks: the budget in ticks (batched forward passes, Spec §6.5); None: no budget.
+        max_ticks: the budget in ticks (batched forward passes, Spec §6.5); None: no budget; 0: straight to the finisher.
         seed: worker ``w`` samples with a generator on the model's device seeded ``seed + w``.
         temperature, top_k, top_p, min_p: sampling (``temperature == 0`` is greedy).
         snapshots: tick counts at which to record the state (within the budget, Spec §6.5).

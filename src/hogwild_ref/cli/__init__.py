@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import sys
-from typing import NoReturn, Sequence
+import threading
+from typing import Any, Iterator, NoReturn, Sequence
 
 from .bench import _add_bench, cmd_bench, cmd_bench_ticks
 from .conform import _add_conform, _print_conform_table, cmd_conform
@@ -34,8 +38,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_eval(sub)
     args = parser.parse_args(argv)
     handlers = {"bench": cmd_bench, "conform": cmd_conform, "eval": cmd_eval, "generate": cmd_generate}
+    with _sigterm_as_interrupt() as received:
+        try:
+            rc = _run(handlers[args.command], args)
+        except BrokenPipeError:
+            return _broken_pipe()
+        if rc == 130 and received:  # SIGTERM ended the run like Ctrl-C: same partial result, its own status
+            return 128 + signal.SIGTERM
+        return rc
+
+
+def _run(handler: Any, args: argparse.Namespace) -> int:
     try:
-        return handlers[args.command](args)
+        return int(handler(args))
     except AssertionError:  # a failed internal check is a bug in hogwild_ref, not bad input
         import traceback
 
@@ -46,9 +61,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        raise
     except (ValueError, TypeError, RuntimeError, OSError) as exc:  # one-line errors for bad input
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[list[int]]:
+    """SIGTERM (what ``timeout``, schedulers and ``kill`` send) raises ``KeyboardInterrupt`` in the main
+    thread, so a command keeps its partial result exactly as for Ctrl-C; the list it yields records the
+    signal, and the previous handler is restored afterwards. A second SIGTERM ends the process at once.
+    Off the main thread, nothing changes."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def on_term(signum: int, frame: Any) -> None:
+        if received:  # a second SIGTERM while the partial result is saved: end now, as without the handler
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _broken_pipe() -> int:
+    """The reader of stdout went away (``... --json | head``): end quietly, as Python's documentation on
+    SIGPIPE recommends (point stdout at devnull so the interpreter's final flush cannot fail again)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout without a file descriptor (captured in tests)
+        pass
+    return 128 + signal.SIGPIPE
 
 
 def _one_line(exc: BaseException) -> str:

@@ -7,7 +7,44 @@ import json
 from typing import Any
 
 from ..settings import BACKENDS, DTYPES, LAYOUTS
-from .common import _load
+from .common import _check_device, _check_memory, _check_threads, _load, _model_shape
+
+
+def _check_bench(args: argparse.Namespace, what: str) -> None:
+    """Every bench flag before anything is built or loaded (Spec §11.7): counts, threads, device, and a model
+    whose weights and K/V must exceed this machine's memory (refused with the numbers)."""
+    from ..bench import MODEL_SHAPES
+    from ..checks import check_int
+    from ..limits import shape_from_config
+
+    check_int("steps", args.steps, 1, cli=True, fix=" (timed ticks per case)")
+    check_int("ticks", args.ticks, 1, cli=True, fix=" (ticks per engine run)")
+    for ctx in args.contexts or ():
+        check_int("contexts", ctx, 1, cli=True, fix=" (context lengths in tokens)")
+    for w in args.workers or ():
+        check_int("workers", w, 1, cli=True)
+    _check_device(args.device)
+    if what == "ticks":
+        name = args.model or "smollm2-135m"
+        if name in MODEL_SHAPES:
+            shape = shape_from_config({k: v for k, v in MODEL_SHAPES[name].items() if k != "family"})
+        else:
+            if name != "embedded":
+                from ..models import resolve_source
+
+                resolve_source(name)
+            shape = _model_shape(name)
+        cuda = (args.device or "").startswith("cuda")
+        if not cuda:  # CPU: the weights and the largest case's K/V live in this machine's memory
+            dtype = args.dtype or "float32"
+            tokens = max(args.contexts or [1024, 4096]) + max(args.workers or [1, 2, 4, 8]) * 64
+            _check_memory(shape, dtype, tokens, f"bench ticks --model {name} ({dtype}, {tokens} positions)",
+                          "choose a smaller --model (smollm2-135m), --dtype bfloat16, or a machine with more memory")
+    elif what in ("engine", "all") and args.model not in (None, "default", "smollm2", "embedded"):
+        from ..models import resolve_source
+
+        resolve_source(args.model)
+    _check_threads(args)
 
 def _add_bench(sub: Any) -> None:
     p = sub.add_parser("bench", help="benchmarks: Hogwild ticks vs a plain decode step, one layer's attention, end-to-end ticks/s")
@@ -98,9 +135,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from ..bench import as_rows, bench_attention, bench_engine, machine
 
+    what = args.what_flag or args.what
+    _check_bench(args, what)
     if args.threads:
         torch.set_num_threads(args.threads)
-    what = args.what_flag or args.what
     if what == "ticks":
         return cmd_bench_ticks(args)
     console = Console()

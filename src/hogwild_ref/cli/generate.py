@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from ..settings import BACKENDS, DTYPES, LAYOUTS
-from .common import _check_device, _check_placement, _load
+from .common import _check_device, _check_memory, _check_placement, _check_threads, _load, _model_shape
 
 DEFAULT_PROBLEM = (
     "A shop sells pencils at 3 dollars each and notebooks at 5 dollars each. "
@@ -22,7 +22,7 @@ def _add_generate(sub: Any) -> None:
     p.add_argument("--workers", "-w", type=int, default=2, help="number of workers W >= 1 (default 2)")
     p.add_argument("--layout", choices=LAYOUTS, default="combined")
     p.add_argument("--max-ticks", type=int, default=256,
-                   help="budget in ticks (batched forward passes), the paper's budget (default 256)")
+                   help="budget in ticks (batched forward passes), the paper's budget (default 256; 0: the finisher answers at once, Spec §6.5)")
     p.add_argument("--max-steps", type=int, default=None, help="deprecated name of --max-ticks")
     p.add_argument("--model", default=None, help="HF id, local directory or .gguf path (default: embedded SmolLM2-135M-Instruct)")
     p.add_argument("--seed", type=int, default=0)
@@ -58,6 +58,7 @@ def _add_generate(sub: Any) -> None:
 def _generate_settings(args: argparse.Namespace) -> dict[str, Any]:
     """Check every generate flag before anything loads (Spec §11.7); return generate()'s keywords."""
     from ..checks import check_int, check_problem
+    from ..limits import check_budget, check_prompts_file_size, check_threads
     from ..prompts import PRESETS, load_templates
     from ..settings import Settings
 
@@ -74,17 +75,24 @@ def _generate_settings(args: argparse.Namespace) -> dict[str, Any]:
     )
     if args.threads is not None:
         check_int("threads", args.threads, 1, cli=True)
+        check_threads(args.threads)
     _check_device(args.device)
     _check_placement(args)
     if args.model not in (None, "default", "smollm2"):
         from ..models import resolve_source
 
         resolve_source(args.model)
+    shape = _model_shape(args.model)
+    check_budget(shape and shape.context, settings.max_ticks, settings.finisher_tokens, settings.finisher)
+    _check_memory(shape, args.dtype, 0, f"--model {args.model or 'the embedded model'} "
+                  f"({args.dtype})", "use a smaller model or --dtype bfloat16")
     if args.max_steps is not None:
         print("warning: --max-steps is deprecated, use --max-ticks (the budget counts ticks)", file=sys.stderr)
     templates = PRESETS[args.prompts]()
     if args.prompts_file is not None:
+        check_prompts_file_size(args.prompts_file)
         templates = load_templates(args.prompts_file, templates)
+    _check_threads(args)
     return dict(
         settings=settings,
         allow_untested=args.allow_untested,
