@@ -85,7 +85,11 @@ def test_rank_device_and_threads():
 
 # ---------------------------------------------------------------------- shard files and the merge (pure)
 def _row(pid, budget=8, error=None, answer="1", method="hogwild"):
-    return {"method": method, "problem_id": pid, "workers": 2, "seed": 0, "budget": budget, "answer": answer, "error": error}
+    """A complete results row of format 2 (Spec §13.5)."""
+    return {"format": 2, "method": method, "problem_id": pid, "workers": 2, "seed": 0, "budget": budget, "gold": "1",
+            "answer": answer, "correct": answer == "1", "ticks": budget, "finisher_ticks": 0, "tokens_per_worker": [budget] * 2,
+            "seconds": 1.0, "error": error, "checker": "math-verify==0.9.0", "check": "equal strings", "kind": "math",
+            "unit_seconds": 1.0, "unit_tokens": 2 * budget}
 
 
 def test_shard_paths_are_ordered_by_world_then_rank(tmp_path):
@@ -101,11 +105,21 @@ def test_shard_paths_are_ordered_by_world_then_rank(tmp_path):
 
 def test_read_rows_skips_a_cut_line_and_leaves_the_file_alone(tmp_path):
     path = tmp_path / shard_name(1, 2)
-    text = json.dumps(_row("a")) + "\n" + "not json\n" + json.dumps(_row("b"))[:20]
+    text = json.dumps(_row("a")) + "\n" + json.dumps(_row("b"))[:20]
     path.write_text(text)
     assert [r["problem_id"] for r in read_rows(path)] == ["a"]
     assert path.read_text() == text  # another rank's file: read, never truncated
     assert read_rows(tmp_path / "none.jsonl") == []
+
+
+@pytest.mark.parametrize("bad", ["not json", json.dumps({"format": 2, "method": "hogwild"}),
+                                 json.dumps({**_row("x"), "correct": "false"})])
+def test_read_rows_refuses_a_complete_line_that_is_not_a_row(tmp_path, bad):
+    """A shard is resumed like results.jsonl (Spec §13.5): a complete line that is not a valid row is named."""
+    path = tmp_path / shard_name(0, 2)
+    path.write_text(json.dumps(_row("a")) + "\n" + bad + "\n")
+    with pytest.raises(ValueError, match=f"{shard_name(0, 2)}:2 is not a results row"):
+        read_rows(path)
 
 
 def test_merge_keeps_one_row_per_key_in_plan_order():
@@ -163,7 +177,7 @@ def _key(r):
 
 def _content(r):
     """A row without its wall-clock time and batch size (which depends on how the units were split)."""
-    return {k: v for k, v in r.items() if k not in ("seconds", "batch")}
+    return {k: v for k, v in r.items() if k not in ("seconds", "batch", "unit_seconds")}  # timings
 
 
 def _unit(r):

@@ -286,8 +286,6 @@ def test_cli_eval_on_the_embedded_model(tmp_path, capsys, monkeypatch, smollm):
     captured = capsys.readouterr()
     out = captured.out
     assert "| Hogwild, 2 workers | 8 | 1 |" in out and "self-consistency, 2 samples" in out
-    # the default --batch 4 with the default fast backend: the fallback of batched ticks is said, not silent
-    assert "batch 4: batched problems run on rotate_queries" in captured.err
     rows = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 6
     for name in ("summary.md", "summary.json", "accuracy.png", "accuracy.svg", "config.json"):
