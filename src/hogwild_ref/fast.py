@@ -36,12 +36,19 @@ from .rope import RopeSpec, Rotation
 from .segments import SegmentTable, TableError, view_offsets
 from .store import SegmentStore
 
-__all__ = ["SPLIT_DTYPES", "WINDOW_QUANTUM", "DecodeBuffers", "DecodePlan", "LayerInputs", "common_window", "decode_attention",
-           "decode_attention_split", "plan_decode",
-           "prefix_attention"]
+__all__ = ["SPLIT_DTYPES", "TAIL_QUANTUM", "WINDOW_QUANTUM", "DecodeBuffers", "DecodePlan", "LayerInputs", "common_window",
+           "decode_attention", "decode_attention_split", "plan_decode", "prefix_attention", "tail_window"]
 
 #: the common window is the common segment's length rounded up to a multiple of this
 WINDOW_QUANTUM = 64
+#: an eager tick reads each tail block up to the longest tail segment, rounded up to a multiple of this
+TAIL_QUANTUM = 16
+
+
+def tail_window(longest: int, block: int) -> int:
+    """Slots of every tail block an eager one-token tick reads (Spec §9.6): the longest tail segment's
+    length rounded up to :data:`TAIL_QUANTUM`, within the block capacity."""
+    return min(block, max(TAIL_QUANTUM, -(-longest // TAIL_QUANTUM) * TAIL_QUANTUM))
 
 
 def common_window(length: int, capacity: int) -> int:
@@ -64,6 +71,7 @@ class DecodePlan:
         visible: ``(R, S)`` whether segment ``s`` is in row ``r``'s view and the row feeds a token.
         lengths: ``(S,)`` segment lengths after the writes.
         window: the common window (the longest common segment's length rounded up, within their capacity).
+        tail_window: the slots of each tail block an eager tick reads (:func:`tail_window`).
     """
 
     table: SegmentTable
@@ -74,6 +82,7 @@ class DecodePlan:
     visible: Bool[Tensor, "R S"]
     lengths: Int[Tensor, "S"]
     window: int
+    tail_window: int
 
 
 def plan_decode(table: SegmentTable, counts: Sequence[int], rope: RopeSpec, store: SegmentStore) -> DecodePlan:
@@ -119,6 +128,7 @@ def plan_decode(table: SegmentTable, counts: Sequence[int], rope: RopeSpec, stor
         visible=torch.tensor(visible, dtype=torch.bool),
         lengths=torch.tensor(lengths, dtype=torch.long),
         window=common_window(max(lengths[j] for j in store.commons), store.capacities[store.commons[0]]),
+        tail_window=tail_window(max((lengths[j] for j in store.tail_segments), default=0), store.block),
     )
 
 
@@ -209,25 +219,25 @@ class DecodeBuffers:
 
 def _tail_scores(qg: Tensor, k_tail: Tensor, query_rotation: Rotation, rope: RopeSpec) -> Tensor:
     """Unscaled scores ``(P, Hkv, W·g, St·C)`` of the queries ``qg`` ``(P, W, Hkv, g, D)`` (accumulation
-    dtype; ``P`` groups of ``W`` rows) against their group's tail blocks (``k_tail`` ``(Hkv, P·St, C, D)``,
-    group by group): each row's query re-rotated once per tail segment by ``-o_r(s)`` (Spec §9.2), one
-    batched matmul over (group, head, segment)."""
+    dtype; ``P`` groups of ``W`` rows) against their group's tail blocks (``k_tail`` ``(P·Hkv, St, C, D)``,
+    group-major): each row's query re-rotated once per tail segment by ``-o_r(s)`` (Spec §9.2), one
+    batched matmul over (group, head, segment), reading the tail in place."""
     P, W, hkv, g, D = qg.shape
-    st_n, block = k_tail.shape[1] // P, k_tail.shape[2]
+    st_n, block = k_tail.shape[1], k_tail.shape[2]
     qr = rope.apply(qg.reshape(P * W, 1, hkv, g, D), query_rotation)  # (R, St, Hkv, g, D)
     qr = qr.view(P, W, st_n, hkv, g, D).permute(0, 3, 2, 1, 4, 5).reshape(P, hkv, st_n, W * g, D)
-    kt = k_tail.view(hkv, P, st_n, block, D).transpose(0, 1)  # (P, Hkv, St, C, D)
+    kt = k_tail.view(P, hkv, st_n, block, D)
     st = torch.matmul(qr, kt.to(qg.dtype).transpose(-1, -2))  # (P, Hkv, St, W*g, C)
     return st.transpose(2, 3).reshape(P, hkv, W * g, st_n * block)
 
 
 def _tail_values(p: Tensor, v_tail: Tensor) -> Tensor:
     """``(P, Hkv, W·g, D)``: the tail's weights ``p`` ``(P, Hkv, W·g, St·C)`` applied to the values of
-    each group's tail blocks (``v_tail`` ``(Hkv, P·St, C, D)``)."""
+    each group's tail blocks (``v_tail`` ``(P·Hkv, St, C, D)``)."""
     P, hkv, rg, _ = p.shape
-    st_n, block = v_tail.shape[1] // P, v_tail.shape[2]
+    st_n, block = v_tail.shape[1], v_tail.shape[2]
     pt = p.reshape(P, hkv, rg, st_n, block).transpose(2, 3)  # (P, Hkv, St, W*g, C)
-    vt = v_tail.view(hkv, P, st_n, block, v_tail.shape[3]).transpose(0, 1)
+    vt = v_tail.view(P, hkv, st_n, block, v_tail.shape[3])
     return torch.matmul(pt, vt.to(p.dtype)).sum(dim=2)
 
 
@@ -235,8 +245,8 @@ def decode_attention(
     q: Float[Tensor, "R Hq 1 D"],
     k_common: Float[Tensor, "P Hkv Lw D"],
     v_common: Float[Tensor, "P Hkv Lw D"],
-    k_tail: Float[Tensor, "Hkv T C D"],
-    v_tail: Float[Tensor, "Hkv T C D"],
+    k_tail: Float[Tensor, "PHkv St C D"],
+    v_tail: Float[Tensor, "PHkv St C D"],
     query_rotation: Rotation,
     mask: Bool[Tensor, "R L"],
     active: Float[Tensor, "R"],
@@ -248,14 +258,15 @@ def decode_attention(
     The rows come in ``P`` groups of ``W = R / P`` consecutive rows (one group for one problem; a
     group per problem in a batch, Spec §13.3); group ``b`` reads only its own common window
     ``k_common[b]`` and its own ``T / P`` tail blocks (``k_tail``'s blocks group by group), so the
-    work is block-diagonal: linear in ``P``.
+    work is block-diagonal: linear in ``P``. ``k_tail`` / ``v_tail`` hold every group's tail blocks,
+    group-major: row ``b·Hkv + h`` is group ``b``'s head ``h`` (``St`` blocks of ``C`` slots each).
 
     ``q`` is rotated at the rows' view positions (as the model does). The common window's keys are
     at their view positions already (a common segment sits at offset 0 in every view of its group)
     and are read once for all rows of the group. The tail's keys stay at segment-local positions; for
     tail segment ``s`` row ``r``'s query is re-rotated by ``query_rotation`` (cos/sin
-    ``(R, T/P, 1, 1, h)``: the rotation by ``-o_r(s)``, Spec §9.2), so that its dot product with key
-    ``t`` sees the relative position ``p - o_r(s) - t``. ``mask`` (``L = Lw + (T/P)·C``) says which
+    ``(R, St, 1, 1, h)``: the rotation by ``-o_r(s)``, Spec §9.2), so that its dot product with key
+    ``t`` sees the relative position ``p - o_r(s) - t``. ``mask`` (``L = Lw + St·C``) says which
     keys each row sees, its common window first, then its group's tail blocks in order; one softmax
     covers both parts. Rows with ``active == 0`` (no new token) return zeros. Scores and the softmax
     are computed in float32 (float64 for float64 inputs).

@@ -7,8 +7,9 @@ A plain class that knows nothing of transformers. Per layer, on that layer's dev
   ``(P, Hkv, cap, D)`` for keys and one for values, so the fast backend reads each group's window
   with one batched matmul;
 * every other segment (the *tail*: headers, separators, every worker's current step) has a block of
-  one common capacity ``C`` in a ``(Hkv, S_tail, C, D)`` tensor, blocks group by group, so the tail is
-  read by one batched matmul over (head, group, segment) without a copy.
+  one common capacity ``C`` in a ``(P·Hkv, S_g, C, D)`` tensor (``S_g`` tail segments per group; row
+  ``g·Hkv + h`` is group ``g``'s head ``h``), so each group's tail is read by one batched matmul over
+  (group, head, segment) without a copy. One group: ``(Hkv, S_tail, C, D)``.
 
 Keys are stored rotated at segment-local positions (Spec §2.1). Capacities start at what a run first
 needs; a write past a segment's capacity re-allocates only the part that filled (the common buffers, or
@@ -71,7 +72,10 @@ class SegmentStore:
         #: table indices of the tail's segments, in block order
         self.tail_segments = list(tails) if tails is not None else [j for j in range(len(capacities))
                                                                     if j not in self._group_of]
-        self._block_of = {j: b for b, j in enumerate(self.tail_segments)}
+        P = max(1, len(self.commons))
+        #: tail segments per group, and each tail segment's (group, block within the group)
+        self.group_tail = len(self.tail_segments) // P
+        self._block_of = {j: divmod(i, max(1, self.group_tail)) for i, j in enumerate(self.tail_segments)}
         self.generation = 0  # bumped by every re-allocation
         caps = [max(1, int(c)) for c in capacities]
         if not self.commons:  # no fast path: one buffer per segment at its own capacity
@@ -109,15 +113,15 @@ class SegmentStore:
 
     def _allocate_tail(self, block: int, keep: int) -> None:
         """(Re-)allocate the tail with blocks of ``block`` slots, keeping the first ``keep`` of each block."""
-        H, D, n = self.kv_heads, self.head_dim, len(self.tail_segments)
+        H, D, n, P = self.kv_heads, self.head_dim, self.group_tail, len(self.commons)
         # the tail is one flat buffer with one extra row at the end: the trash slot, where a row that
         # feeds nothing writes in a one-token tick (outside every view, never read: Spec §3.4)
-        k_flat, v_flat = self._zeros(H * n * block + 1, D), self._zeros(H * n * block + 1, D)
-        k_tail, v_tail = k_flat[:-1].view(H, n, block, D), v_flat[:-1].view(H, n, block, D)
+        k_flat, v_flat = self._zeros(P * H * n * block + 1, D), self._zeros(P * H * n * block + 1, D)
+        k_tail, v_tail = k_flat[:-1].view(P * H, n, block, D), v_flat[:-1].view(P * H, n, block, D)
         if keep:
             k_tail[:, :, :keep], v_tail[:, :, :keep] = self.k_tail[:, :, :keep], self.v_tail[:, :, :keep]
         self._k_flat, self._v_flat, self.k_tail, self.v_tail = k_flat, v_flat, k_tail, v_tail
-        self.trash = H * n * block
+        self.trash = P * H * n * block
         self.block = block
         for j in self.tail_segments:
             self.capacities[j] = block
@@ -132,11 +136,16 @@ class SegmentStore:
             return torch.zeros(*shape, dtype=self.dtype, device=self.device)
 
     def _segment(self, common: Tensor, tail: Tensor, j: int) -> Tensor:
-        return common[self._group_of[j]] if j in self._group_of else tail[:, self._block_of[j]]
+        if j in self._group_of:
+            return common[self._group_of[j]]
+        g, b = self._block_of[j]
+        return tail[g * self.kv_heads : (g + 1) * self.kv_heads, b]
 
     def slot(self, j: int, t: int) -> int:
-        """Index of local position ``t`` of tail segment ``j`` in the flattened tail ``(Hkv, S_tail·C, D)``."""
-        return self._block_of[j] * self.block + t
+        """Index of local position ``t`` of tail segment ``j`` (head 0 of its group) in the flattened tail
+        ``(P·Hkv·S_g·C, D)``; head ``h`` is ``S_g·C`` rows further (:meth:`scatter_index`)."""
+        g, b = self._block_of[j]
+        return (g * self.kv_heads * self.group_tail + b) * self.block + t
 
     def reserve(self, j: int, size: int) -> bool:
         """Make room for ``size`` tokens in segment ``j``; True when buffers were re-allocated.
@@ -174,7 +183,7 @@ class SegmentStore:
     def scatter_index(self, slots: Int[Tensor, "R"]) -> Int[Tensor, "HkvR"]:
         """Rows of the flat tail buffer that :meth:`scatter` writes for tail ``slots`` (:meth:`slot`;
         ``-1``: the trash slot), head-major."""
-        heads = torch.arange(self.kv_heads, device=slots.device)[:, None] * (len(self.tail_segments) * self.block)
+        heads = torch.arange(self.kv_heads, device=slots.device)[:, None] * (self.group_tail * self.block)
         return torch.where(slots[None, :] < 0, self.trash, heads + slots[None, :]).flatten()
 
     def scatter(self, index: Int[Tensor, "HkvR"], k: Float[Tensor, "Hkv R D"], v: Float[Tensor, "Hkv R D"]) -> None:

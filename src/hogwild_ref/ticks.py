@@ -281,6 +281,9 @@ class DecodeTick(Tick):
         self.table = plan.table
         self.max_position = int(plan.positions.max())
         self.split = split and not compiled
+        # eager ticks read each tail block up to the longest tail segment; a compiled step keeps the
+        # block capacity, a shape that changes only when the store grows (Spec §9.6)
+        self._tail_block = first.block if compiled else plan.tail_window
         self._common_length = plan.table.length(plan.table.segments[first.common].id) if first.common is not None else 0
         self._inputs: dict[torch.device, LayerInputs] = {}
         for device in storage.devices:
@@ -295,7 +298,7 @@ class DecodeTick(Tick):
                 storage.decode_buffers[device] = (buffers, commons, tails)
             buffers, commons, tails = storage.decode_buffers[device]
             buffers.load(plan)
-            inputs = buffers.layer_inputs(plan.window, commons, tails, store.block)
+            inputs = buffers.layer_inputs(plan.window, commons, tails, self._tail_block)
             inputs = inputs._replace(scatter_index=store.scatter_index(buffers.slots))
             if compiled:
                 torch._dynamo.mark_dynamic(inputs.mask, 1)
@@ -310,9 +313,9 @@ class DecodeTick(Tick):
 
     def attend(self, layer: int, store: SegmentStore, q: Float[Tensor, "R Hq n D"], scaling: float) -> Float[Tensor, "R Hq n D"]:
         inputs = self._inputs[store.device]
-        k_tail, v_tail = store.k_tail, store.v_tail
+        k_tail, v_tail = store.k_tail[:, :, : self._tail_block], store.v_tail[:, :, : self._tail_block]
         P = store.k_common.shape[0]
-        window = inputs.mask.shape[1] - (k_tail.shape[1] // P) * k_tail.shape[2]  # symbolic under torch.compile
+        window = inputs.mask.shape[1] - k_tail.shape[1] * k_tail.shape[2]  # symbolic under torch.compile
         L = self._common_length
         if self.split and P == 1 and L > 0 and store.device.type == "cpu" and store.dtype in SPLIT_DTYPES:
             return decode_attention_split(q, store.k_common[0, :, :L], store.v_common[0, :, :L], k_tail, v_tail,
