@@ -212,3 +212,29 @@ def test_sampled_batched_problems_equal_one_at_a_time_with_generators_on_the_eng
     for it, got, ref in zip(items, batched, alone):
         assert got.error is None
         assert got.tokens == [w.tokens for w in ref.workers], f"sampled tokens differ for {it.problem!r}"
+
+
+def test_batched_problems_on_the_fast_path_with_layers_on_two_devices(smollm_tokenizer, monkeypatch):
+    """A batch over layers that report two devices (Spec §11.8; on a CPU machine two keys of the same
+    memory): every group's plans, buffers and row indices reach each layer's device, and the tokens are
+    those of the one-device batch, finisher snapshots included."""
+    import hogwild_ref.forward as forward_mod
+
+    model = tiny_model("llama", seed=9, vocab_size=len(smollm_tokenizer), num_hidden_layers=4)
+    items = [BatchItem(p, seed=i) for i, p in enumerate(PROBLEMS)]
+
+    def run():
+        eng = _engine(model, smollm_tokenizer, workers=2, layout="combined", ticks=12, finisher=True, backend="fast")
+        return BatchRunner(eng, [6, 12], record_logits=True).run(items), eng.forward
+
+    one, _ = run()
+    fake = [torch.device("cpu")] * 2 + [torch.device("cpu", 0)] * 2
+    monkeypatch.setattr(forward_mod, "layer_devices", lambda m: list(fake))
+    spread, forward = run()
+    assert {st.device for st in forward.storage(make_layout("combined", 2)).stores} == set(fake)
+    for a, b in zip(one, spread):
+        assert a.error is None and b.error is None
+        assert a.tokens == b.tokens and [x.answer for x in a.budgets] == [x.answer for x in b.budgets]
+        assert [x.finisher_tokens for x in a.budgets] == [x.finisher_tokens for x in b.budgets]
+        for la, lb in zip(a.logits, b.logits):
+            assert _rel_err(lb, la) <= LOGIT_RTOL
