@@ -257,7 +257,7 @@ def decode_attention(
 
     The rows come in ``P`` groups of ``W = R / P`` consecutive rows (one group for one problem; a
     group per problem in a batch, Spec §13.3); group ``b`` reads only its own common window
-    ``k_common[b]`` and its own ``T / P`` tail blocks (``k_tail``'s blocks group by group), so the
+    ``k_common[b]`` and its own ``St`` tail blocks (``k_tail``'s blocks group by group), so the
     work is block-diagonal: linear in ``P``. ``k_tail`` / ``v_tail`` hold every group's tail blocks,
     group-major: row ``b·Hkv + h`` is group ``b``'s head ``h`` (``St`` blocks of ``C`` slots each).
 

@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["ROW_FORMAT", "OutDirLock", "ResultsLog", "row_key", "validate_row"]
+__all__ = ["ROW_FORMAT", "OutDirLock", "ResultsLog", "parse_rows", "row_key", "validate_row"]
 
 Key = tuple[str, str, int, int, int]
 
@@ -68,6 +68,26 @@ def validate_row(row: Any) -> str | None:
     return None
 
 
+def parse_rows(text: str, path: Path) -> list[dict[str, Any]]:
+    """The rows of the complete lines ``text`` of the results file ``path`` (Spec §13.5); a line that is
+    not a valid row is a ValueError naming the file and line: resuming would mix it in."""
+    rows = []
+    for i, line in enumerate(text.splitlines()):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problem: str | None = f"it is not JSON ({exc.msg})"
+        else:
+            problem = validate_row(row)
+        if problem is not None:
+            raise ValueError(f"{path}:{i + 1} is not a results row: {problem}; resuming would mix it in. "
+                             "Use another --out directory, or move the file away to start over")
+        rows.append(row)
+    return rows
+
+
 def row_key(row: dict[str, Any]) -> Key:
     """The identity of a result row."""
     return (str(row["method"]), str(row["problem_id"]), int(row["workers"]), int(row["seed"]), int(row["budget"]))
@@ -92,20 +112,7 @@ class ResultsLog:
             bad = data[: exc.start].count(b"\n") + 1
             raise ValueError(f"{self.path}:{bad} is not UTF-8: the file is damaged; move it away to start over, "
                              "or use another --out directory") from None
-        rows = []
-        for i, text_line in enumerate(text.splitlines()):
-            if not text_line.strip():
-                continue
-            try:
-                row = json.loads(text_line)
-            except json.JSONDecodeError as exc:
-                problem: str | None = f"it is not JSON ({exc.msg})"
-            else:
-                problem = validate_row(row)
-            if problem is not None:
-                raise ValueError(f"{self.path}:{i + 1} is not a results row: {problem}; resuming would mix it in. "
-                                 "Use another --out directory, or move results.jsonl away to start over")
-            rows.append(row)
+        rows = parse_rows(text, self.path)
         if end < len(data):
             self.dropped += 1
             with open(self.path, "r+b") as f:

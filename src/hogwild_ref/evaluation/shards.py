@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, TypeVar
 
-from .results import Key, row_key, validate_row
+from .results import Key, parse_rows, row_key
 
 __all__ = ["Group", "Place", "RankError", "Solo", "assign", "cpu_threads", "is_done", "merge_rows", "place_from_env",
            "rank_device", "read_rows", "shard_name", "shard_paths", "write_rows"]
@@ -171,22 +171,8 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         data = path.read_bytes()
     except FileNotFoundError:
         return []
-    rows = []
     complete = data[: data.rfind(b"\n") + 1]
-    for i, line in enumerate(complete.decode("utf-8", errors="replace").splitlines()):
-        if not line.strip():
-            continue
-        try:
-            row: Any = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problem: str | None = f"it is not JSON ({exc.msg})"
-        else:
-            problem = validate_row(row)
-        if problem is not None:
-            raise ValueError(f"{path}:{i + 1} is not a results row: {problem}; resuming would mix it in. "
-                             "Move the file away, or use another --out directory")
-        rows.append(row)
-    return rows
+    return parse_rows(complete.decode("utf-8", errors="replace"), path)
 
 
 def is_done(row: dict[str, Any] | None, retry_errors: bool) -> bool:
