@@ -102,3 +102,14 @@ def char_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
     tok.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>")
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Fail the test if the CLI tries to load a model (bad arguments must be refused first)."""
+    import hogwild_ref.models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the CLI loaded a model for invalid arguments")
+
+    monkeypatch.setattr(hogwild_ref.models, "load", refuse)

@@ -74,16 +74,6 @@ def loader_spy(monkeypatch, smollm):
     return calls
 
 
-@pytest.fixture
-def no_loading(monkeypatch):
-    """Fail the test if the CLI tries to load a model (bad arguments must be refused first)."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the CLI loaded a model for invalid arguments")
-
-    monkeypatch.setattr(hogwild_ref.models, "load", refuse)
-
-
 def _chat_start(tokenizer) -> str:
     """Text the chat template puts before the first user message (computed from the tokenizer itself)."""
     rendered = tokenizer.apply_chat_template(

@@ -21,14 +21,6 @@ from hogwild_ref.models import tiny_model
 from hogwild_ref.scheduler import SchedulerConfig
 
 
-@pytest.fixture
-def no_loading(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("the CLI loaded a model for invalid arguments")
-
-    monkeypatch.setattr(hogwild_ref.models, "load", refuse)
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("inputs")

@@ -36,14 +36,6 @@ from hogwild_ref.segments import Segment, SegmentTable, TableError, make_layout
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def no_loading(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("the CLI loaded a model for invalid arguments")
-
-    monkeypatch.setattr(hogwild_ref.models, "load", refuse)
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("inputs_cli")
