@@ -43,6 +43,15 @@ META: dict[str, dict[str, Any]] = {
 }
 
 
+
+def answer_offline(directory: Path) -> None:
+    """The documented offline recipe (Spec §12.7): the NumPy example adapter reads
+    ``directory/requests.jsonl`` and writes ``directory/replies.jsonl``; it must exit 0."""
+    with open(directory / "requests.jsonl") as stdin, open(directory / "replies.jsonl", "w") as stdout:
+        proc = subprocess.run([sys.executable, str(EXAMPLE)], cwd=directory, stdin=stdin, stdout=stdout,
+                              stderr=subprocess.PIPE, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+
 def _names(level: str, pred=lambda m: True) -> set[str]:
     return {n for n, m in META.items() if m["level"] == level and pred(m)}
 
@@ -257,10 +266,7 @@ def test_numpy_example_adapter_through_export_and_score(tmp_path: Path, capsys: 
     requests = [json.loads(line) for line in (tmp_path / "requests.jsonl").read_text().splitlines()]
     assert requests[0]["op"] == "hello" and len(requests) == 1 + len(META)
     assert not any("expected" in name for p in tmp_path.rglob("*.safetensors") for name in _tensor_names(p))
-    with open(tmp_path / "requests.jsonl") as stdin, open(tmp_path / "replies.jsonl", "w") as stdout:
-        proc = subprocess.run([sys.executable, str(EXAMPLE)], cwd=tmp_path, stdin=stdin, stdout=stdout,
-                              stderr=subprocess.PIPE, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
+    answer_offline(tmp_path)
     # score reads the hello reply: the model level is out of scope, as live (Spec §12.7)
     assert main(["conform", "score", str(tmp_path), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

@@ -7,7 +7,6 @@ never from the scope code under test.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,12 +19,12 @@ from hogwild_ref.conformance import LEVELS, ReferenceAdapter, load_vector, refer
 from hogwild_ref.conformance.external import CommandAdapter
 from hogwild_ref.conformance.runner import default_vectors_dir, run_vector
 from hogwild_ref.conformance.scope import SkipVector
+from test_conformance_v2 import answer_offline
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 ROOT = Path(__file__).resolve().parents[1]
 VECTORS = default_vectors_dir()
-EXAMPLE = ROOT / "examples" / "numpy_adapter.py"
 META: dict[str, dict[str, Any]] = {
     f"{level}/{p.stem}": json.loads(p.read_text(encoding="utf-8"))
     for level in LEVELS for p in sorted((VECTORS / level).glob("*.json"))
@@ -221,10 +220,7 @@ def test_export_honours_level_and_scope_file_and_score_matches(tmp_path: Path, c
     inside = _ids(lambda m: m["level"] != "model" and m["dtype"] == "float32")
     assert requests[0] == {"op": "hello", "protocol": 3, "levels": ["rope", "attention"]}
     assert {r["id"] for r in requests[1:]} == inside
-    with open(out_dir / "requests.jsonl") as stdin, open(out_dir / "replies.jsonl", "w") as stdout:
-        proc = subprocess.run([sys.executable, str(EXAMPLE)], cwd=out_dir, stdin=stdin, stdout=stdout,
-                              stderr=subprocess.PIPE, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
+    answer_offline(out_dir)
     assert main(["conform", "score", str(out_dir), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert {f"{e['level']}/{e['name']}" for e in out["vectors"] if e["status"] == "passed"} == inside
