@@ -192,6 +192,7 @@ def test_decode_groups_refuse_tables_whose_groups_are_not_block_diagonal():
     assert decode_groups(interleaved) is None  # a group's workers are not consecutive
     groups = decode_groups(union_tables([a, a])[0])
     assert groups is not None and groups.commons == (0, 7) and groups.per_group == 6
+    assert groups.members(1) == list(range(7, 14))  # problem 1: the union's second block of 7 segments
 
 
 def test_fast_layer_w8_combined_deterministic():

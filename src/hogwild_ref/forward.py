@@ -135,11 +135,10 @@ class Forward:
             cache = self._caches[storage] = HogwildCache(storage)
         cache.tick = tick
         kwargs = {self._cache_kw: cache, "use_cache": True, "hogwild_cache": cache}
-        decode = isinstance(tick, DecodeTick)
-        if decode:
-            assert isinstance(tick, DecodeTick)
+        decode = tick if isinstance(tick, DecodeTick) else None
+        if decode is not None:  # one token per worker row; workers without a row of the caller feed 0
             fed = [0] * storage.table.workers
-            for w, f in zip(tick.workers_of_rows, feeds):
+            for w, f in zip(decode.workers_of_rows, feeds):
                 fed[w] = f[0] if f else 0
             ids = torch.tensor(fed, dtype=torch.long)[:, None]
             kwargs["logits_to_keep"] = 1
@@ -151,8 +150,8 @@ class Forward:
                     ids[r, : len(f)] = torch.tensor(f, dtype=torch.long)
             if not logits:
                 kwargs["logits_to_keep"] = 1
-        packed = self._packed_linear(ids.shape[0]) if decode else None
-        step = self._decode_step if decode else self.model
+        packed = self._packed_linear(ids.shape[0]) if decode is not None else None
+        step = self._decode_step if decode is not None else self.model
         try:
             with use_hogwild_attention(self.model), torch.inference_mode(), packed or contextlib.nullcontext():
                 out = step(input_ids=ids.to(self.device, non_blocking=True), position_ids=tick.positions, **kwargs)
@@ -161,12 +160,11 @@ class Forward:
         storage.table = tick.table
         if not logits:
             return None
-        if decode:
-            assert isinstance(tick, DecodeTick)
+        if decode is not None:
             last = out.logits[:, -1].float()
-            if tick.workers_of_rows == list(range(storage.table.workers)):
+            if decode.workers_of_rows == list(range(storage.table.workers)):
                 return last
-            return last[torch.tensor(tick.workers_of_rows, device=last.device)]
+            return last[torch.tensor(decode.workers_of_rows, device=last.device)]
         last = torch.tensor([max(len(f), 1) - 1 for f in feeds], device=out.logits.device)
         return out.logits[torch.arange(len(rows), device=out.logits.device), last].float()
 

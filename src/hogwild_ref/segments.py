@@ -415,6 +415,10 @@ class DecodeGroups:
         """Tail segments per group."""
         return len(self.tails) // len(self.commons)
 
+    def members(self, b: int) -> list[int]:
+        """Table indices of every segment of group ``b`` (its common segment and its tail), in table order."""
+        return sorted((self.commons[b], *self.tails[b * self.per_group : (b + 1) * self.per_group]))
+
 
 def decode_groups(table: SegmentTable) -> DecodeGroups | None:
     """The groups of the fast path (Spec §9.6), or None where it does not apply.

@@ -180,15 +180,13 @@ class GroupedTick(Tick):
         assert groups is not None
         n = groups.workers
         group_of = {table.segments[c].id: b for b, c in enumerate(groups.commons)}
-        members = [sorted((c, *groups.tails[b * groups.per_group : (b + 1) * groups.per_group]))
-                   for b, c in enumerate(groups.commons)]
         by_group: dict[int, list[int]] = {}
         for r, row in enumerate(rows):
             by_group.setdefault(group_of[row.view[0]], []).append(r)
         self.parts: list[tuple[list[int], GeneralTick, list[int]]] = []
         lengths: dict[str, int] = {}
         for b, idx in sorted(by_group.items()):
-            js = members[b]
+            js = groups.members(b)
             sub = SegmentTable(tuple(_renumbered(table.segments[j], b * n) for j in js), table.views[b * n : (b + 1) * n])
             common = table.segments[groups.commons[b]].id
             mine = [rows[r] for r in idx]
