@@ -392,5 +392,5 @@ def _time_problems(model: Any, layout: str, backend: str, compile: bool | str | 
             state["ids"] = lg.argmax(-1).tolist()
 
         s = _time_steps(tick, steps, warmup, device)
-        kv_bytes = storage.decode_read_bytes() if backend == "fast" else 0
+        kv_bytes = storage.decode_read_bytes(compiled=bool(forward.compile)) if backend == "fast" else 0
     return s, kv_bytes

@@ -71,6 +71,7 @@ class DecodePlan:
         visible: ``(R, S)`` whether segment ``s`` is in row ``r``'s view and the row feeds a token.
         lengths: ``(S,)`` segment lengths after the writes.
         window: the common window (the longest common segment's length rounded up, within their capacity).
+        common_lengths: each group's common segment length after the writes.
         tail_window: the slots of each tail block an eager tick reads (:func:`tail_window`).
     """
 
@@ -83,6 +84,7 @@ class DecodePlan:
     lengths: Int[Tensor, "S"]
     window: int
     tail_window: int
+    common_lengths: tuple[int, ...]
 
 
 def plan_decode(table: SegmentTable, counts: Sequence[int], rope: RopeSpec, store: SegmentStore) -> DecodePlan:
@@ -129,6 +131,7 @@ def plan_decode(table: SegmentTable, counts: Sequence[int], rope: RopeSpec, stor
         lengths=torch.tensor(lengths, dtype=torch.long),
         window=common_window(max(lengths[j] for j in store.commons), store.capacities[store.commons[0]]),
         tail_window=tail_window(max((lengths[j] for j in store.tail_segments), default=0), store.block),
+        common_lengths=tuple(lengths[j] for j in store.commons),
     )
 
 
@@ -141,7 +144,8 @@ class LayerInputs(NamedTuple):
     """A one-token tick's inputs shared by every layer on one device (Spec §9.6)."""
 
     query_rotation: Rotation  # by -o_r(s) for the row's group's tail segments: cos/sin (R, St, 1, 1, h)
-    mask: Tensor  # (R, Lw + St·C): the keys each row sees, its group's common window first
+    common_mask: Tensor | None  # (R, Lw): the common-window keys each row sees; None: all of them
+    tail_mask: Tensor  # (R, St·C): the tail keys each row sees, its group's blocks in order
     active: Tensor  # (R,): 1 for rows that feed a token
     write_rotation: Rotation  # by -o_r(write): cos/sin (R, 1, h)
     scatter_index: Tensor | None = None  # rows of the store's flat tail buffer the new K/V go to
@@ -192,29 +196,33 @@ class DecodeBuffers:
         self.write_cos.copy_(self.cos[rows, write])
         self.write_sin.copy_(-self.sin[rows, write])
 
-    def layer_inputs(self, window: int, commons: Int[Tensor, "R"], tails: Int[Tensor, "R St"], block: int) -> LayerInputs:
+    def layer_inputs(self, window: int, commons: Int[Tensor, "R"], tails: Int[Tensor, "R St"], block: int,
+                     whole_common: bool = False) -> LayerInputs:
         """The tick's inputs of :func:`decode_attention` shared by every layer on this device.
 
         ``commons``: the table index of each row's common segment (its group's); ``tails``: the table
-        indices of each row's group's tail segments, in block order. Returns ``(query_rotation, mask,
-        active, write_rotation)``: the rotation by ``-o_r(s)`` of every row's query for each of its
-        tail segments ``s`` (cos/sin ``(R, St, 1, 1, h)``), the keys each row sees (its common window,
-        then ``block`` slots per tail segment of its group), and which rows feed a token. A row without
-        a new token is given the common window's first slot so that its softmax stays finite (its
-        output is zeroed by ``active``), and the rotation of each row's new key by ``-o_r(write)``.
-        The :class:`Rotation` objects are built here, outside any compiled code.
+        indices of each row's group's tail segments, in block order. Returns the rotation by
+        ``-o_r(s)`` of every row's query for each of its tail segments ``s`` (cos/sin
+        ``(R, St, 1, 1, h)``), the keys each row sees (its group's common window of ``window`` slots,
+        then ``block`` slots per tail segment of its group), which rows feed a token, and the
+        rotation of each row's new key by ``-o_r(write)``. ``whole_common``: the caller knows that
+        every group's common segment fills the window exactly, so every row sees the whole window
+        and no common mask is built (``common_mask`` is None). Otherwise a row without a new token
+        is given the common window's first slot, so that its softmax stays finite (its output is
+        zeroed by ``active``). The :class:`Rotation` objects are built here, outside any compiled code.
         """
         active = self.visible.any(dim=1)
-        common_len = self.lengths[commons]
-        common_mask = (torch.arange(window, device=self.device)[None, :] < common_len[:, None]) & active[:, None]
-        common_mask[:, 0] |= ~active
+        common_mask = None
+        if not whole_common:
+            common_len = self.lengths[commons]
+            common_mask = (torch.arange(window, device=self.device)[None, :] < common_len[:, None]) & active[:, None]
+            common_mask[:, 0] |= ~active
         local = torch.arange(block, device=self.device)
         rows = torch.arange(tails.shape[0], device=self.device)[:, None]
         tail_mask = self.visible[rows, tails][..., None] & (local[None, None, :] < self.lengths[tails][..., None])
-        mask = torch.cat([common_mask, tail_mask.flatten(1)], dim=1)
         query = Rotation(self.cos[rows, tails][:, :, None, None], -self.sin[rows, tails][:, :, None, None])
         write = Rotation(self.write_cos[:, None], self.write_sin[:, None])  # keys (R, Hkv, D) to local positions
-        return LayerInputs(query, mask, active.to(self.cos.dtype), write)
+        return LayerInputs(query, common_mask, tail_mask.flatten(1), active.to(self.cos.dtype), write)
 
 
 def _tail_scores(qg: Tensor, k_tail: Tensor, query_rotation: Rotation, rope: RopeSpec) -> Tensor:
@@ -248,7 +256,8 @@ def decode_attention(
     k_tail: Float[Tensor, "PHkv St C D"],
     v_tail: Float[Tensor, "PHkv St C D"],
     query_rotation: Rotation,
-    mask: Bool[Tensor, "R L"],
+    common_mask: Bool[Tensor, "R Lw"] | None,
+    tail_mask: Bool[Tensor, "R T"],
     active: Float[Tensor, "R"],
     rope: RopeSpec,
     scaling: float,
@@ -266,25 +275,34 @@ def decode_attention(
     and are read once for all rows of the group. The tail's keys stay at segment-local positions; for
     tail segment ``s`` row ``r``'s query is re-rotated by ``query_rotation`` (cos/sin
     ``(R, St, 1, 1, h)``: the rotation by ``-o_r(s)``, Spec §9.2), so that its dot product with key
-    ``t`` sees the relative position ``p - o_r(s) - t``. ``mask`` (``L = Lw + St·C``) says which
-    keys each row sees, its common window first, then its group's tail blocks in order; one softmax
-    covers both parts. Rows with ``active == 0`` (no new token) return zeros. Scores and the softmax
-    are computed in float32 (float64 for float64 inputs).
+    ``t`` sees the relative position ``p - o_r(s) - t``. ``common_mask`` says which common-window
+    keys each row sees (None: all of them, as when the window is exactly every group's common
+    segment) and ``tail_mask`` (``T = St·C``) which tail keys, its group's blocks in order.
+
+    Both parts share one softmax, computed without joining them: the row maximum over both, then
+    ``exp`` in place and one sum per part, so the score row over the common window is written by its
+    matmul and read three more times, never copied (the scaling is applied to the queries). Rows with
+    ``active == 0`` (no new token) return zeros. Scores and the softmax are computed in float32
+    (float64 for float64 inputs).
     """
     R, Hq, _, D = q.shape
-    P, hkv, window = k_common.shape[0], k_common.shape[1], k_common.shape[2]
+    P, hkv = k_common.shape[0], k_common.shape[1]
     W, g = R // P, Hq // hkv
     acc = torch.promote_types(q.dtype, torch.float32)
-    qg = q.to(acc).view(P, W, hkv, g, D)
+    qg = (q.to(acc) * scaling).view(P, W, hkv, g, D)
     # common part: one batched matmul per (group, KV head) over the group's rows' queries, no rotation
     qk = qg.permute(0, 2, 1, 3, 4).reshape(P, hkv, W * g, D)
     sc = torch.matmul(qk, k_common.to(acc).transpose(-1, -2))  # (P, Hkv, W*g, Lw)
-    st = _tail_scores(qg, k_tail, query_rotation, rope)  # (P, Hkv, W*g, St*C)
-    scores = (torch.cat([sc, st], dim=-1) * scaling).view(P, hkv, W, g, -1)
-    keep = mask.view(P, 1, W, 1, -1)
-    p = torch.softmax(scores.masked_fill(~keep, float("-inf")), dim=-1).view(P, hkv, W * g, -1)
-    out = torch.matmul(p[..., :window], v_common.to(acc))  # (P, Hkv, W*g, D)
-    out = out + _tail_values(p[..., window:], v_tail)
+    if common_mask is not None:
+        sc = sc.view(P, hkv, W, g, -1).masked_fill_(~common_mask.view(P, 1, W, 1, -1), float("-inf"))
+        sc = sc.view(P, hkv, W * g, -1)
+    st = _tail_scores(qg, k_tail, query_rotation, rope).view(P, hkv, W, g, -1)  # (P, Hkv, W*g, St*C)
+    st = st.masked_fill_(~tail_mask.view(P, 1, W, 1, -1), float("-inf")).view(P, hkv, W * g, -1)
+    # one softmax over both parts: every row sees a key (an active row its own new one in the tail)
+    top = torch.maximum(sc.amax(dim=-1, keepdim=True), st.amax(dim=-1, keepdim=True))
+    pc, pt = sc.sub_(top).exp_(), st.sub_(top).exp_()
+    total = pc.sum(dim=-1, keepdim=True) + pt.sum(dim=-1, keepdim=True)
+    out = (torch.matmul(pc, v_common.to(acc)) + _tail_values(pt, v_tail)) / total  # (P, Hkv, W*g, D)
     out = out.view(P, hkv, W, g, D).permute(0, 2, 1, 3, 4).reshape(R, Hq, 1, D) * active[:, None, None, None]
     return out.to(q.dtype)
 

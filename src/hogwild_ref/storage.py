@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .fast import common_window
+from .fast import common_window, tail_window
 from .rope import RopeSpec
 from .segments import DecodeGroups, SegmentTable, decode_groups, flush_into
 from .store import DEFAULT_CAPACITY, SegmentStore
@@ -140,15 +140,20 @@ class Storage:
         """Bytes held by all layers' K/V buffers."""
         return sum(store.nbytes() for store in self.stores)
 
-    def decode_read_bytes(self) -> int:
+    def decode_read_bytes(self, compiled: bool = False) -> int:
         """K/V bytes one one-token tick reads on the fast path (Spec §9.6): every layer's common windows
-        (once for all rows of their group) and its tail blocks; 0 without the fast path's groups."""
+        (once for all rows of their group) and its tail blocks; 0 without the fast path's groups.
+        An eager tick reads the longest common segment exactly and each tail block up to its tail
+        window; a compiled one reads the rounded window and whole blocks."""
         total = 0
         for store in self.stores:
             if not store.commons:
                 return 0
-            L = max(self.table.segments[j].length for j in store.commons)
-            window = common_window(L, store.capacities[store.commons[0]])
-            slots = len(store.commons) * window + len(store.tail_segments) * store.block
+            lengths = [s.length for s in self.table.segments]
+            L = max(lengths[j] for j in store.commons)
+            longest_tail = max((lengths[j] for j in store.tail_segments), default=0)
+            window = common_window(L, store.capacities[store.commons[0]]) if compiled or L == 0 else L
+            block = store.block if compiled else tail_window(longest_tail, store.block)
+            slots = len(store.commons) * window + len(store.tail_segments) * block
             total += 2 * slots * store.kv_heads * store.head_dim * store.k_common.element_size()
         return total

@@ -237,8 +237,10 @@ class DecodeTick(Tick):
     new keys are scattered into the tail, and :func:`~hogwild_ref.fast.decode_attention` reads the
     common window once for all rows.
 
-    ``compiled``: the model's forward runs under ``torch.compile``: the mask's width (which carries the
-    common window) is marked dynamic, so that a growing history does not recompile.
+    ``compiled``: the model's forward runs under ``torch.compile``: the common mask's width (which
+    carries the rounded common window) is marked dynamic, so that a growing history does not
+    recompile. An eager tick reads exactly the longest common segment, unmasked when every group's
+    is that long.
     ``split``: attend with :func:`~hogwild_ref.fast.decode_attention_split` (the common part through
     PyTorch's fused CPU kernel, merged with the tail by log-sum-exp, Spec §9.5) on CPU layers whose
     dtype it takes, when the common segment is not empty (the forward step's ``split`` option).
@@ -282,6 +284,11 @@ class DecodeTick(Tick):
         # eager ticks read each tail block up to the longest tail segment; a compiled step keeps the
         # block capacity, a shape that changes only when the store grows (Spec §9.6)
         self._tail_block = first.block if compiled else plan.tail_window
+        # a compiled step reads the rounded common window under a mask (a dynamic dimension); an eager
+        # tick reads exactly the longest common segment, with no common mask when all are that long
+        longest = max(plan.common_lengths)
+        self._window = plan.window if compiled or longest == 0 else longest
+        whole = not compiled and longest > 0 and min(plan.common_lengths) == longest
         self._common_length = plan.table.length(plan.table.segments[first.common].id) if first.common is not None else 0
         self._inputs: dict[torch.device, LayerInputs] = {}
         for device in storage.devices:
@@ -296,10 +303,11 @@ class DecodeTick(Tick):
                 storage.decode_buffers[device] = (buffers, commons, tails)
             buffers, commons, tails = storage.decode_buffers[device]
             buffers.load(plan)
-            inputs = buffers.layer_inputs(plan.window, commons, tails, self._tail_block)
+            inputs = buffers.layer_inputs(self._window, commons, tails, self._tail_block, whole_common=whole)
             inputs = inputs._replace(scatter_index=store.scatter_index(buffers.slots))
             if compiled:
-                torch._dynamo.mark_dynamic(inputs.mask, 1)
+                assert inputs.common_mask is not None
+                torch._dynamo.mark_dynamic(inputs.common_mask, 1)
             self._inputs[device] = inputs
         self.positions = storage.decode_buffers[first.device][0].positions
 
@@ -313,11 +321,12 @@ class DecodeTick(Tick):
         inputs = self._inputs[store.device]
         k_tail, v_tail = store.k_tail[:, :, : self._tail_block], store.v_tail[:, :, : self._tail_block]
         P = store.k_common.shape[0]
-        window = inputs.mask.shape[1] - k_tail.shape[1] * k_tail.shape[2]  # symbolic under torch.compile
+        # the mask carries the window under torch.compile (a symbolic size); an eager tick knows it
+        window = inputs.common_mask.shape[1] if inputs.common_mask is not None else self._window
         L = self._common_length
         if self.split and P == 1 and L > 0 and store.device.type == "cpu" and store.dtype in SPLIT_DTYPES:
             return decode_attention_split(q, store.k_common[0, :, :L], store.v_common[0, :, :L], k_tail, v_tail,
-                                          inputs.query_rotation, inputs.mask[:, window:], inputs.active, self.rope, scaling)
+                                          inputs.query_rotation, inputs.tail_mask, inputs.active, self.rope, scaling)
         kc, vc = store.k_common[:, :, :window], store.v_common[:, :, :window]
-        return decode_attention(q, kc, vc, k_tail, v_tail, inputs.query_rotation, inputs.mask, inputs.active,
-                                self.rope, scaling)
+        return decode_attention(q, kc, vc, k_tail, v_tail, inputs.query_rotation, inputs.common_mask,
+                                inputs.tail_mask, inputs.active, self.rope, scaling)
