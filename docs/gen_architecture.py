@@ -59,6 +59,7 @@ FLOORS: dict[str, int] = {
     "plan": 2,
     "attention": 2,
     "fast": 2,
+    "split": 2,
     "ticks": 2,
     "storage": 2,
     "features": 2,

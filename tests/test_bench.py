@@ -53,3 +53,17 @@ def test_bench_ticks_with_problems_reads_each_problem_once_and_compares_with_run
     assert three.tokens_per_s == pytest.approx(3 * 2 / three.s_per_tick)
     assert three.ratio_independent == pytest.approx(three.s_per_tick / three.independent_s_per_tick)
     assert three.independent_s_per_tick == pytest.approx(3 * one.s_per_tick)  # the P = 1 case of this run
+
+
+def test_bench_ticks_with_split_times_both_paths_in_one_run():
+    """``split``: every one-problem case is also timed through the split common part (Spec §9.5), on the
+    same storage, alternating; P > 1 cases keep the score-row path only; a compiled step is refused."""
+    model = tiny_model("llama", seed=0, vocab_size=256)
+    rows = bench_ticks(model, workers=(2,), contexts=(100,), steps=1, warmup=1, problems=(1, 2), split="flex",
+                       compile=False)
+    one, two = rows
+    assert one.split_kernel == "flex" and one.split_s_per_tick is not None and one.split_s_per_tick > 0
+    assert one.ratio_split == pytest.approx(one.split_s_per_tick / one.s_per_tick)
+    assert two.split_kernel is None and two.split_s_per_tick is None and two.ratio_split is None
+    with pytest.raises(ValueError, match="eager ticks"):
+        bench_ticks(model, workers=(1,), contexts=(10,), steps=1, warmup=1, split=True, compile=True)

@@ -44,9 +44,11 @@ def _layer_config(hq: int, hkv: int, head_dim: int) -> types.SimpleNamespace:
                                  head_dim=head_dim, hidden_size=hq * head_dim)
 
 
-def check_fast_layer(table, counts, rope_name, hkv, group, dtype, seed, slack):
-    """One tick of one layer through the cache's fast path vs the dense oracle."""
-    rope = ROPES[rope_name]
+def check_fast_layer(table, counts, rope_name, hkv, group, dtype, seed, slack, split=True):
+    """One tick of one layer through the cache's fast path vs the dense oracle, and the same tick through
+    the split path (``split``: the tick's option, True: the device's kernel); ``rope_name``: a name of
+    ``ROPES`` or a RopeSpec."""
+    rope = ROPES[rope_name] if isinstance(rope_name, str) else rope_name
     plan = plan_tick(table, counts, rope=rope)  # the oracle's plan (post-write lengths, positions)
     g = torch.Generator().manual_seed(seed)
     R, D, hq = table.workers, rope.head_dim, hkv * group
@@ -90,7 +92,7 @@ def check_fast_layer(table, counts, rope_name, hkv, group, dtype, seed, slack):
     with torch.inference_mode():
         tick.write(0, store, k_new.to(DEVICE), v_new.to(DEVICE))
         out = tick.attend(0, store, q.to(DEVICE), scaling).cpu()
-        tick.split = True  # the same tick through the split path (fused common part + LSE merge, Spec §9.5)
+        tick.split = split  # the same tick through the split path (fused common part + LSE merge, Spec §9.5)
         out_split = tick.attend(0, store, q.to(DEVICE), scaling).cpu()
     assert tick.table == plan.table
     active = torch.tensor(counts, dtype=torch.bool)

@@ -86,6 +86,8 @@ CLI_CASES = [
     (["bench", "ticks", "--model", "/no/such/model"], "does not exist"),
     (["bench", "ticks", "--model", "{d}/huge"], "GiB available"),
     (["bench", "ticks", "--model", "smollm2-135m", "--contexts", "100000000"], "GiB available"),
+    (["bench", "ticks", "--split", "sdpa", "--compile", "no"], "unknown split kernel"),
+    (["bench", "ticks", "--split", "--compile", "yes"], "--compile no"),
     (["bench", "engine", "--ticks", "0"], "--ticks"),
     (["bench", "engine", "--workers", "-1"], "--workers"),
     (["bench", "engine", "--model", "/no/such/model"], "does not exist"),

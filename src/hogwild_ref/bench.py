@@ -180,6 +180,9 @@ class TickTiming:
     tokens_per_s: float = 0.0  # P * W / s_per_tick
     independent_s_per_tick: float | None = None  # P x the one-problem s/tick (same ctx, W, run): P runs one by one
     ratio_independent: float | None = None  # s_per_tick / independent_s_per_tick (< 1: batching pays)
+    split_kernel: str | None = None  # with ``split``: the common part's kernel (Spec §9.5, hogwild_ref.split)
+    split_s_per_tick: float | None = None  # the same ticks through the split path, timed alternately with s_per_tick
+    ratio_split: float | None = None  # split_s_per_tick / s_per_tick (< 1: the split path is faster)
 
 
 def weight_bytes(model: Any) -> int:
@@ -295,7 +298,7 @@ def _baseline_step(model: Any, ctx: int, steps: int, warmup: int, compiled: bool
 
 def bench_ticks(model: Any, *, workers: Sequence[int] = (1, 2, 4, 8), contexts: Sequence[int] = (1024, 4096),
                 layout: str = "combined", backend: str = "fast", steps: int = 10, warmup: int = 3,
-                compile: bool | str | None = None, problems: Sequence[int] = (1,),
+                compile: bool | str | None = None, problems: Sequence[int] = (1,), split: bool | str = False,
                 progress: Callable[[str], None] | None = None) -> list[TickTiming]:
     """Seconds per Hogwild tick for every (ctx, W, P), next to HF's single-sequence decode step.
 
@@ -306,9 +309,20 @@ def bench_ticks(model: Any, *, workers: Sequence[int] = (1, 2, 4, 8), contexts: 
     on CUDA also a compiled static-cache step. With ``P > 1`` in ``problems``, ``P`` such problems
     (each its own random context) run side by side in one union table (Spec §13.3), and the tick is
     compared with ``P`` one-problem ticks (the ``P = 1`` case, measured in the same run).
+
+    ``split`` (True: the device's kernel, or a kernel's name, :mod:`hogwild_ref.split`): every
+    one-problem case is also timed through the split common part (Spec §9.5, §9.6), on the same
+    storage in the same run: :data:`SPLIT_ROUNDS` rounds that alternate the score-row path and the
+    split path, ``steps`` ticks each, best round of each (``s_per_tick`` is then that best too). The
+    split path runs on eager ticks only: refused with a compiled step.
     """
+    from .split import kernel_for
 
     device = next(model.parameters()).device
+    kernel = kernel_for(split, device)
+    if kernel is not None and (compile if compile is not None else device.type == "cuda"):
+        raise ValueError("the split path runs on eager ticks (a compiled step keeps the score-row path, Spec §9.6); "
+                         "add --compile no (compile=False)")
     say = progress or (lambda msg: None)
     budget = STEP_TOKENS + warmup + steps + 8
     out: list[TickTiming] = []
@@ -324,7 +338,8 @@ def bench_ticks(model: Any, *, workers: Sequence[int] = (1, 2, 4, 8), contexts: 
                 say(f"{backend} {layout} W={w} ctx={ctx}" + (f" P={P}" if P > 1 else ""))
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
-                s, kv_bytes = _time_problems(model, layout, backend, compile, w, ctx, P, steps, warmup, budget)
+                s, kv_bytes, s_split = _time_problems(model, layout, backend, compile, w, ctx, P, steps, warmup,
+                                                      budget, kernel if P == 1 else None)
                 single = s if P == 1 else single
                 if P not in problems:
                     continue
@@ -340,14 +355,21 @@ def bench_ticks(model: Any, *, workers: Sequence[int] = (1, 2, 4, 8), contexts: 
                     baseline_floor_s=base_floor, baseline_ratio_floor=base / base_floor, problems=P,
                     tokens_per_s=P * w / s, independent_s_per_tick=indep,
                     ratio_independent=None if indep is None else s / indep,
+                    split_kernel=kernel if s_split is not None else None, split_s_per_tick=s_split,
+                    ratio_split=None if s_split is None else s_split / s,
                 ))
     return out
 
 
+#: rounds of alternating score-row and split ticks per ``bench ticks`` case with ``split``
+SPLIT_ROUNDS = 3
+
+
 def _time_problems(model: Any, layout: str, backend: str, compile: bool | str | None, w: int, ctx: int, P: int,
-                   steps: int, warmup: int, budget: int) -> tuple[float, int]:
+                   steps: int, warmup: int, budget: int, split: str | None = None) -> tuple[float, int, float | None]:
     """Seconds per tick of ``P`` problems of ``w`` workers at context ``ctx`` in one batch (one union
-    table for ``P > 1``, Spec §13.3), and the K/V bytes the fast path reads per tick."""
+    table for ``P > 1``, Spec §13.3), the K/V bytes the fast path reads per tick, and (``split``: a
+    kernel) the seconds per tick through the split path, alternating with the score-row path."""
     from .batch import union_tables
     from .engine import Engine, Prepared
     from .hf import use_hogwild_attention
@@ -391,6 +413,16 @@ def _time_problems(model: Any, layout: str, backend: str, compile: bool | str | 
             assert lg is not None
             state["ids"] = lg.argmax(-1).tolist()
 
-        s = _time_steps(tick, steps, warmup, device)
+        s_split: float | None = None
+        if split is None:
+            s = _time_steps(tick, steps, warmup, device)
+        else:  # alternate the two paths on the same storage (each switch warms up again: flex compiles once)
+            s = s_split = float("inf")
+            for _ in range(SPLIT_ROUNDS):
+                forward.split = False
+                s = min(s, _time_steps(tick, steps, warmup, device))
+                forward.split = split
+                s_split = min(s_split, _time_steps(tick, steps, warmup, device))
+            forward.split = False
         kv_bytes = storage.decode_read_bytes(compiled=bool(forward.compile)) if backend == "fast" else 0
-    return s, kv_bytes
+    return s, kv_bytes, s_split

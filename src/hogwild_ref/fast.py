@@ -36,8 +36,8 @@ from .rope import RopeSpec, Rotation
 from .segments import SegmentTable, TableError, view_offsets
 from .store import SegmentStore
 
-__all__ = ["SPLIT_DTYPES", "TAIL_QUANTUM", "WINDOW_QUANTUM", "DecodeBuffers", "DecodePlan", "LayerInputs", "common_window",
-           "decode_attention", "decode_attention_split", "plan_decode", "prefix_attention", "tail_window"]
+__all__ = ["TAIL_QUANTUM", "WINDOW_QUANTUM", "DecodeBuffers", "DecodePlan", "LayerInputs", "common_window",
+           "decode_attention", "plan_decode", "prefix_attention", "tail_window"]
 
 #: the common window is the common segment's length rounded up to a multiple of this
 WINDOW_QUANTUM = 64
@@ -305,56 +305,6 @@ def decode_attention(
     out = (torch.matmul(pc, v_common.to(acc)) + _tail_values(pt, v_tail)) / total  # (P, Hkv, W*g, D)
     out = out.view(P, hkv, W, g, D).permute(0, 2, 1, 3, 4).reshape(R, Hq, 1, D) * active[:, None, None, None]
     return out.to(q.dtype)
-
-
-#: dtypes PyTorch's CPU flash kernel takes (:func:`decode_attention_split`)
-SPLIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
-def decode_attention_split(
-    q: Float[Tensor, "R Hq 1 D"],
-    k_common: Float[Tensor, "Hkv L D"],
-    v_common: Float[Tensor, "Hkv L D"],
-    k_tail: Float[Tensor, "Hkv St C D"],
-    v_tail: Float[Tensor, "Hkv St C D"],
-    query_rotation: Rotation,
-    tail_mask: Bool[Tensor, "R T"],
-    active: Float[Tensor, "R"],
-    rope: RopeSpec,
-    scaling: float,
-) -> Float[Tensor, "R Hq 1 D"]:
-    """:func:`decode_attention` with the common part split off (Spec §9.5, §9.6): eager CPU ticks.
-
-    ``k_common`` / ``v_common`` hold exactly the common segment's ``L`` stored keys (no window padding):
-    every row that feeds a token sees all of them, so the common part is one fused, non-causal
-    attention of the ``R·g`` queries of each KV head over ``L`` keys (PyTorch's CPU flash kernel, which
-    never materialises a score row and returns the natural-log log-sum-exp). The tail is scored as in
-    :func:`decode_attention` under ``tail_mask`` (``T = St·C``), and the two parts are merged by their
-    log-sum-exps (:func:`~hogwild_ref.attention.lse_merge`'s rule, §9.5). Rows with ``active == 0``
-    return zeros. One group only (one common segment opening every view).
-    """
-    R, Hq, _, D = q.shape
-    hkv = k_common.shape[0]
-    if k_common.shape[1] == 0:
-        raise ValueError("decode_attention_split needs a non-empty common segment; use decode_attention")
-    g = Hq // hkv
-    acc = torch.promote_types(q.dtype, torch.float32)
-    qg = q.view(R, hkv, g, D)
-    # common part: queries of all rows as one sequence per KV head, fused kernel with LSE
-    qc = qg.permute(1, 0, 2, 3).reshape(1, hkv, R * g, D)
-    out_c, lse_c = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-        qc, k_common[None], v_common[None], 0.0, False, attn_mask=None, scale=scaling)
-    out_c, lse_c = out_c[0].to(acc), lse_c[0].to(acc)  # (Hkv, R*g, D), (Hkv, R*g)
-    # tail: masked scores with their LSE
-    st = (_tail_scores(qg.to(acc)[None], k_tail, query_rotation, rope)[0] * scaling).view(hkv, R, g, -1)
-    st = st.masked_fill(~tail_mask[None, :, None, :], float("-inf")).view(hkv, R * g, -1)
-    lse_t = torch.logsumexp(st, dim=-1)  # -inf where a row sees no tail key
-    top = torch.maximum(lse_c, lse_t)  # lse_c is finite: the common part is never empty
-    w_c, w_t = torch.exp(lse_c - top), torch.exp(lse_t - top)
-    p_t = torch.exp(st - top[..., None])  # the tail's weights on the merged scale (0 where masked)
-    out = (w_c[..., None] * out_c + _tail_values(p_t[None], v_tail)[0]) / (w_c + w_t)[..., None]
-    out = out.view(hkv, R, g, D).permute(1, 0, 2, 3) * active[:, None, None, None]
-    return out.reshape(R, Hq, 1, D).to(q.dtype)
 
 
 def prefix_attention(

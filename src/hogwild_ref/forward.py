@@ -26,6 +26,7 @@ from .parallel import check_compile, local_kv_heads, share_tokens
 from .plan import plan_tick
 from .rope import RopeSpec
 from .segments import Row, SegmentTable
+from .split import kernel_for
 from .storage import Storage
 from .ticks import DecodeTick, GeneralTick, GroupedTick, OracleTick, Planner, PrefillTick, Tick
 
@@ -46,10 +47,11 @@ class Forward:
             float32, ticks of at least 4 rows (at 2 rows MKL's plain product is faster, measured).
         planner: the general tick's planner (:func:`~hogwild_ref.plan.plan_tick`; the conformance suite's
             mutants replace it).
-        split: eager one-token ticks on the CPU attend to the common segment through PyTorch's fused
-            kernel and merge the tail by log-sum-exp (:func:`~hogwild_ref.fast.decode_attention_split`,
-            Spec §9.5); None: off, since the score-row path measured faster at 1k and level at 4k
-            (docs/fast-path.md, "Split common part").
+        split: eager one-token ticks attend to the common segment through a fused kernel that returns
+            its log-sum-exp and merge the tail by Spec §9.5 (:func:`~hogwild_ref.split.decode_attention_split`):
+            True picks the kernel from each layer's device (``cpu_flash`` on the CPU, ``flex`` on CUDA),
+            a string names it (:data:`~hogwild_ref.split.KERNELS`); None: off, since on the CPU the
+            score-row path measured faster at 1k and level at 4k (docs/fast-path.md, "Split common part").
         devices: the device of each layer's K/V (default: each decoder layer's own device,
             :func:`~hogwild_ref.hf.layer_devices`; Spec §11.8).
 
@@ -58,7 +60,7 @@ class Forward:
     """
 
     def __init__(self, model: Any, rope: RopeSpec, backend: str = "fast", *, compile: bool | str | None = None,
-                 pack_weights: bool | None = None, planner: Planner = plan_tick, split: bool | None = None,
+                 pack_weights: bool | None = None, planner: Planner = plan_tick, split: bool | str | None = None,
                  devices: Sequence[Any] | None = None):
         self.model, self.rope, self.backend = model, rope, backend
         param = next(model.parameters())
@@ -82,7 +84,9 @@ class Forward:
                             and packing_available())
             self._pack_rows = 4
         self.pack_weights = pack_weights
-        self.split = bool(split)
+        kernel_for(split, self.device)  # an unknown kernel's name fails here
+        #: the decode ticks' ``split`` option (:class:`~hogwild_ref.ticks.DecodeTick`)
+        self.split: bool | str = split if isinstance(split, str) else bool(split)
         self._packed: PackedLinear | None = None
         self._compiled_step: Callable[..., Any] | None = None
         self._caches: weakref.WeakKeyDictionary[Storage, HogwildCache] = weakref.WeakKeyDictionary()

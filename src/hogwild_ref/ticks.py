@@ -32,10 +32,11 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .attention import BACKENDS
-from .fast import SPLIT_DTYPES, DecodeBuffers, LayerInputs, decode_attention, decode_attention_split, plan_decode, prefix_attention
+from .fast import DecodeBuffers, LayerInputs, decode_attention, plan_decode, prefix_attention
 from .plan import TickPlan, plan_tick
 from .rope import RopeSpec
 from .segments import Row, Segment, SegmentTable
+from .split import decode_attention_split, kernel_for, unsupported
 from .storage import Storage
 from .store import SegmentKV, SegmentStore
 
@@ -241,9 +242,13 @@ class DecodeTick(Tick):
     carries the rounded common window) is marked dynamic, so that a growing history does not
     recompile. An eager tick reads exactly the longest common segment, unmasked when every group's
     is that long.
-    ``split``: attend with :func:`~hogwild_ref.fast.decode_attention_split` (the common part through
-    PyTorch's fused CPU kernel, merged with the tail by log-sum-exp, Spec §9.5) on CPU layers whose
-    dtype it takes, when the common segment is not empty (the forward step's ``split`` option).
+    ``split``: attend with :func:`~hogwild_ref.split.decode_attention_split` (the common part through a
+    fused kernel that returns its log-sum-exp, merged with the tail by Spec §9.5) on eager ticks of one
+    group with a non-empty common segment, on the layers whose device, dtype and head dim the kernel
+    takes (:func:`~hogwild_ref.split.unsupported`); the others run ``decode_attention``. True: each
+    layer's device's kernel (:func:`~hogwild_ref.split.default_kernel`: ``cpu_flash`` on the CPU,
+    ``flex`` on CUDA); a string: that kernel (:data:`~hogwild_ref.split.KERNELS`). The forward step's
+    ``split`` option.
     """
 
     kind = "decode"
@@ -267,7 +272,7 @@ class DecodeTick(Tick):
         return DecodeTick.workers(storage, rows) is not None
 
     def __init__(self, storage: Storage, counts: Sequence[int], rope: RopeSpec, compiled: bool = False,
-                 split: bool = False, workers: Sequence[int] | None = None):
+                 split: bool | str = False, workers: Sequence[int] | None = None):
         table = storage.table
         #: the worker of each of the caller's rows (:meth:`workers`); the tick itself runs every worker's row
         self.workers_of_rows = list(workers) if workers is not None else list(range(table.workers))
@@ -280,7 +285,9 @@ class DecodeTick(Tick):
         self.rope = rope
         self.table = plan.table
         self.max_position = int(plan.positions.max())
-        self.split = split and not compiled
+        kernel_for(split, "cpu")  # an unknown kernel name fails here, not in a layer
+        #: the split option (see the class); a compiled step keeps the score-row path (Spec §9.6)
+        self.split: bool | str = False if compiled else split
         # eager ticks read each tail block up to the longest tail segment; a compiled step keeps the
         # block capacity, a shape that changes only when the store grows (Spec §9.6)
         self._tail_block = first.block if compiled else plan.tail_window
@@ -324,9 +331,11 @@ class DecodeTick(Tick):
         # the mask carries the window under torch.compile (a symbolic size); an eager tick knows it
         window = inputs.common_mask.shape[1] if inputs.common_mask is not None else self._window
         L = self._common_length
-        if self.split and P == 1 and L > 0 and store.device.type == "cpu" and store.dtype in SPLIT_DTYPES:
+        kernel = kernel_for(self.split, store.device)
+        if kernel and P == 1 and L > 0 and unsupported(kernel, store.device, store.dtype, q.shape[-1]) is None:
             return decode_attention_split(q, store.k_common[0, :, :L], store.v_common[0, :, :L], k_tail, v_tail,
-                                          inputs.query_rotation, inputs.tail_mask, inputs.active, self.rope, scaling)
+                                          inputs.query_rotation, inputs.tail_mask, inputs.active, self.rope,
+                                          scaling, kernel)
         kc, vc = store.k_common[:, :, :window], store.v_common[:, :, :window]
         return decode_attention(q, kc, vc, k_tail, v_tail, inputs.query_rotation, inputs.common_mask,
                                 inputs.tail_mask, inputs.active, self.rope, scaling)

@@ -25,6 +25,8 @@ def _check_bench(args: argparse.Namespace, what: str) -> None:
         check_int("workers", w, 1, cli=True)
     _check_device(args.device)
     if what == "ticks":
+        if args.split:
+            _check_split(args)
         name = args.model or "smollm2-135m"
         if name in MODEL_SHAPES:
             shape = shape_from_config({k: v for k, v in MODEL_SHAPES[name].items() if k != "family"})
@@ -46,6 +48,22 @@ def _check_bench(args: argparse.Namespace, what: str) -> None:
         resolve_source(args.model)
     _check_threads(args)
 
+def _check_split(args: argparse.Namespace) -> None:
+    """``--split``: a known kernel, on eager ticks (a compiled step keeps the score-row path, Spec §9.6)."""
+    import torch
+
+    from ..checks import SettingsError
+    from ..split import kernel_for
+
+    try:
+        kernel_for(args.split, "cpu")
+    except ValueError as exc:
+        raise SettingsError(f"--split: {exc}") from None
+    cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    if args.compile == "yes" or (args.compile == "auto" and cuda):
+        raise SettingsError("--split times eager ticks (a compiled step keeps the score-row path): add --compile no")
+
+
 def _add_bench(sub: Any) -> None:
     p = sub.add_parser("bench", help="benchmarks: Hogwild ticks vs a plain decode step, one layer's attention, end-to-end ticks/s")
     p.add_argument("what", nargs="?", choices=["ticks", "attention", "engine", "all"], default="all",
@@ -66,6 +84,11 @@ def _add_bench(sub: Any) -> None:
     p.add_argument("--backend", choices=[b for b in BACKENDS if b != "oracle"], default="fast", help="ticks: backend")
     p.add_argument("--compile", choices=["auto", "yes", "no"], default="auto",
                    help="ticks: compile the fast path (auto: on CUDA only)")
+    p.add_argument("--split", nargs="?", const=True, default=False, metavar="KERNEL",
+                   help="ticks: also time each one-problem case through the split common part (a fused kernel "
+                        "with its LSE, merged by Spec §9.5), alternating with the score-row path on the same "
+                        "storage; KERNEL: cpu_flash or flex (default: cpu_flash on CPU, flex on CUDA); eager "
+                        "ticks only (--compile no)")
     p.add_argument("--model", default=None,
                    help="ticks: a random-weight shape (smollm2-135m, qwen2.5-7b, qwq-32b), 'embedded', or a "
                         "name/path (default smollm2-135m); engine: a model (default: the embedded SmolLM2)")
@@ -101,7 +124,7 @@ def cmd_bench_ticks(args: argparse.Namespace) -> int:
         compile_ = "reduce-overhead"
     results = bench_ticks(model, workers=args.workers or [1, 2, 4, 8], contexts=args.contexts or [1024, 4096],
                           layout=args.layout, backend=args.backend, steps=args.steps, compile=compile_,
-                          problems=args.problems,
+                          problems=args.problems, split=args.split,
                           progress=lambda msg: err.log(msg))
     if args.json:
         for r in results:
@@ -109,14 +132,19 @@ def cmd_bench_ticks(args: argparse.Namespace) -> int:
         return 0
     table = Table(title=f"bench ticks: {name}, {args.layout}, {args.backend} — {machine()}")
     batched = any(r.problems > 1 for r in results)
+    split = any(r.split_s_per_tick is not None for r in results)
     columns = ("ctx", "W") + (("P", "tokens/s", "P runs alone", "batch/alone") if batched else ())
+    columns += ("split s/tick", "split/score row") if split else ()
     for col in columns + ("s/tick", "HF step", "ratio", "compiled HF step", "ratio (compiled)", "floor", "tick/floor",
                           "HF/floor", "peak mem"):
         table.add_column(col, justify="right")
     for r in results:
-        extra = (str(r.problems), f"{r.tokens_per_s:.1f}",
+        extra: tuple[str, ...] = (str(r.problems), f"{r.tokens_per_s:.1f}",
                  "-" if r.independent_s_per_tick is None else f"{r.independent_s_per_tick * 1e3:.1f} ms",
                  "-" if r.ratio_independent is None else f"{r.ratio_independent:.2f}x") if batched else ()
+        if split:
+            extra += ("-", "-") if r.split_s_per_tick is None or r.ratio_split is None else (
+                f"{r.split_s_per_tick * 1e3:.1f} ms ({r.split_kernel})", f"{r.ratio_split:.2f}x")
         table.add_row(str(r.ctx), str(r.workers), *extra, f"{r.s_per_tick * 1e3:.1f} ms", f"{r.baseline_s_per_step * 1e3:.1f} ms",
                       f"{r.ratio:.2f}x", "-" if r.compiled_baseline_s_per_step is None else f"{r.compiled_baseline_s_per_step * 1e3:.1f} ms",
                       "-" if r.ratio_compiled is None else f"{r.ratio_compiled:.2f}x", f"{r.floor_s * 1e3:.1f} ms",
