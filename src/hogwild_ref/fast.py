@@ -249,6 +249,26 @@ def _tail_values(p: Tensor, v_tail: Tensor) -> Tensor:
     return torch.matmul(pt, vt.to(p.dtype)).sum(dim=2)
 
 
+#: scores more than this far below their row's maximum are exponentiated as if they were this far:
+#: ``exp(-80) ≈ 1.8e-35`` of the maximum's weight, far below every dtype's rounding (§10)
+EXP_FLOOR = -80.0
+
+
+def _exp_below(x: Tensor, keep: Tensor | None) -> Tensor:
+    """``exp(x)`` in place for scores ``x`` ``(P, Hkv, W·g, K)`` already reduced by their row maximum
+    (so ``x <= 0``), with the keys ``keep`` ``(P, 1, W, 1, K)`` does not admit set to exactly 0.
+
+    ``torch.exp`` takes a slow path on CPU for arguments that underflow (``-inf`` included: about
+    ten times the cost of a finite one), so masked scores are clamped to :data:`EXP_FLOOR` first and
+    zeroed after; with no mask nothing is clamped."""
+    if keep is None:
+        return x.exp_()
+    P, hkv, rows, K = x.shape
+    e = x.clamp_(min=EXP_FLOOR).exp_()
+    e.view(P, hkv, keep.shape[2], -1, K).masked_fill_(~keep, 0.0)
+    return e
+
+
 def decode_attention(
     q: Float[Tensor, "R Hq 1 D"],
     k_common: Float[Tensor, "P Hkv Lw D"],
@@ -293,14 +313,15 @@ def decode_attention(
     # common part: one batched matmul per (group, KV head) over the group's rows' queries, no rotation
     qk = qg.permute(0, 2, 1, 3, 4).reshape(P, hkv, W * g, D)
     sc = torch.matmul(qk, k_common.to(acc).transpose(-1, -2))  # (P, Hkv, W*g, Lw)
-    if common_mask is not None:
-        sc = sc.view(P, hkv, W, g, -1).masked_fill_(~common_mask.view(P, 1, W, 1, -1), float("-inf"))
-        sc = sc.view(P, hkv, W * g, -1)
-    st = _tail_scores(qg, k_tail, query_rotation, rope).view(P, hkv, W, g, -1)  # (P, Hkv, W*g, St*C)
-    st = st.masked_fill_(~tail_mask.view(P, 1, W, 1, -1), float("-inf")).view(P, hkv, W * g, -1)
+    common_keep = None if common_mask is None else common_mask.view(P, 1, W, 1, -1)
+    if common_keep is not None:
+        sc.view(P, hkv, W, g, -1).masked_fill_(~common_keep, float("-inf"))
+    tail_keep = tail_mask.view(P, 1, W, 1, -1)
+    st = _tail_scores(qg, k_tail, query_rotation, rope)  # (P, Hkv, W*g, St*C)
+    st.view(P, hkv, W, g, -1).masked_fill_(~tail_keep, float("-inf"))
     # one softmax over both parts: every row sees a key (an active row its own new one in the tail)
     top = torch.maximum(sc.amax(dim=-1, keepdim=True), st.amax(dim=-1, keepdim=True))
-    pc, pt = sc.sub_(top).exp_(), st.sub_(top).exp_()
+    pc, pt = _exp_below(sc.sub_(top), common_keep), _exp_below(st.sub_(top), tail_keep)
     total = pc.sum(dim=-1, keepdim=True) + pt.sum(dim=-1, keepdim=True)
     out = (torch.matmul(pc, v_common.to(acc)) + _tail_values(pt, v_tail)) / total  # (P, Hkv, W*g, D)
     out = out.view(P, hkv, W, g, D).permute(0, 2, 1, 3, 4).reshape(R, Hq, 1, D) * active[:, None, None, None]
