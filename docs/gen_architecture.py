@@ -42,6 +42,7 @@ FLOORS: dict[str, int] = {
     "limits": 1,
     "settings": 1,
     "events": 1,
+    "records": 1,
     "evaluation.answers": 1,
     "evaluation.summary": 1,
     "evaluation.datasets": 1,
@@ -88,7 +89,7 @@ FLOORS: dict[str, int] = {
 #: Floor-1 modules that import no torch, transformers, jaxtyping or einops (imports under
 #: ``if TYPE_CHECKING:`` do not count).
 PURE: frozenset[str] = frozenset(
-    {"segments", "scheduler", "prompts", "checks", "limits", "settings", "events"}
+    {"segments", "scheduler", "prompts", "checks", "limits", "settings", "events", "records"}
     | {"evaluation.answers", "evaluation.summary", "evaluation.datasets", "evaluation.results",
        "evaluation.shards"}
 )

