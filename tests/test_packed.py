@@ -1,0 +1,79 @@
+"""packed.PackedLinear (Spec §9.6, CPU linear layers): while entered, a float32 CPU linear layer called
+with exactly ``rows`` rows answers from its packed weight; every other call, and everything after
+exit, is the module's own forward. The oracle is ``torch.nn.functional.linear`` on the same weight."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hogwild_ref.packed import PackedLinear, packing_available
+
+pytestmark = pytest.mark.skipif(not packing_available(), reason="this torch build has no MKL packed GEMM")
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(24, 40), torch.nn.ReLU(), torch.nn.Linear(40, 8, bias=False))
+
+
+def _ran_packed(prof: torch.profiler.profile) -> bool:
+    return any(e.key == "mkl::_mkl_linear" for e in prof.key_averages())
+
+
+def test_packed_rows_match_linear_and_other_rows_are_untouched() -> None:
+    model = _model()
+    lin = model[0]
+    packed = PackedLinear(model, rows=4)
+    x4, x3 = torch.randn(4, 1, 24), torch.randn(3, 24)
+    with packed:
+        assert "forward" in lin.__dict__
+        y4 = lin(x4)
+        with torch.profiler.profile() as prof:
+            y3 = lin(x3)
+        assert not _ran_packed(prof)
+        with torch.profiler.profile() as prof:
+            lin(x4)
+        assert _ran_packed(prof)
+    torch.testing.assert_close(y4, torch.nn.functional.linear(x4, lin.weight, lin.bias), rtol=1e-6, atol=1e-6)
+    assert torch.equal(y3, torch.nn.functional.linear(x3, lin.weight, lin.bias))
+    assert y4.shape == (4, 1, 40)
+    assert "forward" not in lin.__dict__ and "forward" not in model[2].__dict__
+
+
+def test_exit_restores_on_error_and_keeps_an_instance_forward() -> None:
+    model = _model()
+    lin = model[2]
+    seen: list[tuple[int, ...]] = []
+
+    def hooked(x: torch.Tensor) -> torch.Tensor:  # what e.g. an offloading hook installs on the instance
+        seen.append(tuple(x.shape))
+        return torch.nn.functional.linear(x, lin.weight)
+
+    lin.forward = hooked  # type: ignore[method-assign]
+    packed = PackedLinear(model, rows=2)
+    with pytest.raises(ZeroDivisionError), packed:
+        out = lin(torch.randn(3, 40))  # not 2 rows: the instance's own forward answers
+        1 / 0
+    assert seen == [(3, 40)] and out.shape == (3, 8)
+    assert lin.__dict__["forward"] is hooked and "forward" not in model[0].__dict__
+    with packed, torch.profiler.profile() as prof:  # entered again after the error
+        lin(torch.randn(2, 40))
+    assert seen == [(3, 40)] and _ran_packed(prof)  # the 2-row call went to the packed weight
+
+
+def test_a_replaced_weight_is_not_served_from_the_stale_packed_copy() -> None:
+    model = _model()
+    lin = model[0]
+    packed = PackedLinear(model, rows=2)
+    lin.weight = torch.nn.Parameter(torch.randn(40, 24))
+    x = torch.randn(2, 24)
+    with packed:
+        y = lin(x)
+    assert torch.equal(y, torch.nn.functional.linear(x, lin.weight, lin.bias))
+
+
+def test_not_reentrant() -> None:
+    packed = PackedLinear(_model(), rows=2)
+    with packed, pytest.raises(RuntimeError, match="not reentrant"):
+        packed.__enter__()
