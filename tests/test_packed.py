@@ -54,7 +54,7 @@ def test_exit_restores_on_error_and_keeps_an_instance_forward() -> None:
     packed = PackedLinear(model, rows=2)
     with pytest.raises(ZeroDivisionError), packed:
         out = lin(torch.randn(3, 40))  # not 2 rows: the instance's own forward answers
-        1 / 0
+        raise ZeroDivisionError("inside the block")
     assert seen == [(3, 40)] and out.shape == (3, 8)
     assert lin.__dict__["forward"] is hooked and "forward" not in model[0].__dict__
     with packed, torch.profiler.profile() as prof:  # entered again after the error
