@@ -158,13 +158,13 @@ class BatchRunner:
             # Spec §4.4 for every problem side by side, each on its own segments (block-diagonal, Spec §9.6)
             eng.forward.prefill(storage, [f"p{b}/{prep.first}" for b, prep in enumerate(prepared)],
                                 [{f"p{b}/{sid}": toks for sid, toks in prep.static.items()} for b, prep in enumerate(prepared)],
-                                eng.settings.prefill_chunk)
+                                eng.settings.prefill_chunk, [prep.shared for prep in prepared])
         else:
             for b, prep in enumerate(prepared):
                 # Spec §4.4 for every problem in its own storage, then copied into the union: with a general
                 # backend a prefill row scores its query slots against every stored key of the batch (P^2)
                 own = eng.forward.storage(prep.table)
-                eng.forward.prefill(own, prep.first, prep.static, eng.settings.prefill_chunk)
+                eng.forward.prefill(own, prep.first, prep.static, eng.settings.prefill_chunk, prep.shared)
                 storage.copy_from(own, f"p{b}/")
         ids = [s.id for s in union.segments]
         runs: list[ProblemRun] = []

@@ -47,6 +47,12 @@ __all__ = [
 #: slots reserved at the start for a worker's segment (a longer one grows its storage, Spec §9.6)
 STEP_CAPACITY = 64
 
+#: the shortest template prefix worth a forward of its own (Spec §4.4, shared prefix)
+SHARED_MIN = 32
+
+#: two problem texts whose prompts agree exactly on the template's part (Spec §4.4, shared prefix)
+_PROBES = ("Probe problem: 1 + 1.", "Zebras? 42")
+
 
 @dataclass(frozen=True)
 class Prepared:
@@ -56,6 +62,9 @@ class Prepared:
     table: SegmentTable
     first: str
     static: dict[str, list[int]]
+    #: leading tokens of the prompt that are the template's, the same for every problem (Spec §4.4,
+    #: shared prefix): prefilled once and reused; 0 when shorter than :data:`SHARED_MIN`
+    shared: int = 0
 
 
 class Engine:
@@ -141,6 +150,7 @@ class Engine:
         self.model_name = model_name or getattr(model.config, "_name_or_path", "") or model.config.model_type
         self.result: HogwildResult | None = None
         self._partial: Callable[[], HogwildResult] | None = None
+        self._template_prefix: dict[prompts_mod.PromptTemplates, list[int]] = {}
 
     # ------------------------------------------------------------------ text and tables
     def encode(self, text: str) -> list[int]:
@@ -157,12 +167,23 @@ class Engine:
             templates = replace(templates, history_header="")
         chat = self.tokenizer.apply_chat_template if getattr(self.tokenizer, "chat_template", None) else None
         first = prompt_segment(table)
-        static = {first: self.encode(prompts_mod.render_prompt(problem, self.workers, chat, templates, names=self.names))}
+
+        def render(text: str) -> list[int]:
+            return self.encode(prompts_mod.render_prompt(text, self.workers, chat, templates, names=self.names))
+
+        prompt = render(problem)
+        if templates not in self._template_prefix:  # the tokens every problem's prompt starts with
+            a, b = (render(p) for p in _PROBES)
+            self._template_prefix[templates] = a[: next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))]
+        template = self._template_prefix[templates]
+        shared = next((i for i, (x, y) in enumerate(zip(prompt, template)) if x != y), min(len(prompt), len(template)))
+        shared = min(shared, len(prompt) - 1)
+        static = {first: prompt}
         if self.table is not None:  # explicit views: static texts come from the caller
             static.update({sid: self.encode(text) for sid, text in self.static_texts.items()})
         elif self.layout == "combined":
             static.update({sid: self.encode(text) for sid, text in prompts_mod.segment_texts(templates, self.workers).items()})
-        return Prepared(table, first, static)
+        return Prepared(table, first, static, shared if shared >= SHARED_MIN else 0)
 
     def capacities(self, prepared: Prepared) -> dict[str, int]:
         """Slots to reserve per segment when a run starts (Spec §9.6): what the prompt and a first stretch
@@ -263,7 +284,7 @@ class Engine:
             )
 
         self._partial = lambda: build("interrupted", run.answer())
-        self.forward.prefill(storage, prep.first, prep.static, s.prefill_chunk)
+        self.forward.prefill(storage, prep.first, prep.static, s.prefill_chunk, prep.shared)
         for sid, ids in prep.static.items():
             run.transcript.append(sid, ids)
         timing["prefill"] = time.perf_counter() - t0

@@ -25,7 +25,7 @@ from .packed import PackedLinear, packing_available
 from .parallel import check_compile, local_kv_heads, share_tokens
 from .plan import plan_tick
 from .rope import RopeSpec
-from .segments import Row, SegmentTable
+from .segments import Row, SegmentTable, contiguous, prompt_segment
 from .split import kernel_for
 from .storage import Storage
 from .ticks import DecodeTick, GeneralTick, GroupedTick, OracleTick, Planner, PrefillTick, Tick
@@ -88,6 +88,8 @@ class Forward:
         #: the decode ticks' ``split`` option (:class:`~hogwild_ref.ticks.DecodeTick`)
         self.split: bool | str = split if isinstance(split, str) else bool(split)
         self._packed: PackedLinear | None = None
+        #: the last shared prompt prefix (Spec §4.4): its key and a storage holding its prefill
+        self._shared: tuple[tuple[Any, ...], Storage] | None = None
         self._compiled_step: Callable[..., Any] | None = None
         self._caches: weakref.WeakKeyDictionary[Storage, HogwildCache] = weakref.WeakKeyDictionary()
         #: how many forwards each tick kind served (``general``, ``prefill``, ``decode``, ``oracle``)
@@ -175,7 +177,7 @@ class Forward:
         return out.logits[torch.arange(len(rows), device=out.logits.device), kept].float()
 
     def prefill(self, storage: Storage, first: str | Sequence[str], static: Mapping[str, list[int]]
-                | Sequence[Mapping[str, list[int]]], chunk: int = 512) -> None:
+                | Sequence[Mapping[str, list[int]]], chunk: int = 512, shared: int | Sequence[int] = 0) -> None:
         """Prefill the static segments (Spec §4.4): ``first`` (the prompt/history) alone, then every
         other static segment ``s`` of ``static`` in one batch of rows ``[first, s]``, at most ``chunk``
         tokens per row per forward (appending chunk by chunk equals one long row: each chunk attends
@@ -184,16 +186,44 @@ class Forward:
         Several problems of a union table (Spec §13.3): ``first`` and ``static`` are one per problem
         (ids as in the union), and each forward prefills every problem's rows side by side; the fast
         backend runs each problem's part on its own segments (:class:`~hogwild_ref.ticks.GroupedTick`).
+
+        ``shared`` (one per problem, or one for all): how many leading tokens of the prompt are the
+        template's, the same for every problem (Spec §4.4, shared prefix). Their K/V are computed
+        once, as a chunk of their own, kept for the next call with the same tokens and weights, and
+        copied into each problem's prompt segment; the rest of the prompt is prefilled after them.
         """
         firsts = [first] if isinstance(first, str) else list(first)
         statics = [static] if isinstance(static, Mapping) else list(static)
-        self._prefill(storage, [(f,) for f in firsts], [st[f] for f, st in zip(firsts, statics, strict=True)], chunk)
+        feeds = [st[f] for f, st in zip(firsts, statics, strict=True)]
+        shares = [shared] * len(firsts) if isinstance(shared, int) else list(shared)
+        if len(shares) != len(firsts) or any(not 0 <= n < max(len(f), 1) for n, f in zip(shares, feeds)):
+            raise ValueError(f"shared must give 0 <= n < prompt length per problem; got {shares} for prompts "
+                             f"of {[len(f) for f in feeds]} tokens")
+        for f, feed, n in zip(firsts, feeds, shares):
+            if n:
+                held = self._shared_prefix(feed[:n], chunk)
+                storage.copy_segment(held, prompt_segment(held.table), f)
+        self._prefill(storage, [(f,) for f in firsts], [feed[n:] for feed, n in zip(feeds, shares)], chunk)
         others = [((f, sid), st[sid]) for f, st in zip(firsts, statics) for sid in st if sid != f and st[sid]]
         if others:
             self._prefill(storage, [view for view, _ in others], [feed for _, feed in others], chunk)
 
+    def _shared_prefix(self, tokens: list[int], chunk: int) -> Storage:
+        """A one-segment storage whose ``prompt`` holds the prefill of ``tokens`` (Spec §4.4, shared
+        prefix): computed on the first call, then reused while the tokens, the chunk size and the
+        model's weights (their in-place version counters) stay the same. One prefix is kept."""
+        key = (tuple(tokens), chunk, tuple(p._version for p in self.model.parameters()))
+        if self._shared is not None and self._shared[0] == key:
+            return self._shared[1]
+        self._shared = None  # free the old prefix first
+        table = contiguous(1)
+        own = self.storage(table, {prompt_segment(table): len(tokens)})
+        self._prefill(own, [(prompt_segment(table),)], [tokens], chunk)
+        self._shared = (key, own)
+        return own
+
     def _prefill(self, storage: Storage, views: list[tuple[str, ...]], feeds: list[list[int]], chunk: int) -> None:
-        for start in range(0, max(len(f) for f in feeds), chunk):
+        for start in range(0, max((len(f) for f in feeds), default=0), chunk):
             part = [f[start : start + chunk] for f in feeds]
             self(storage, [Row(v, len(c)) for v, c in zip(views, part)], part, logits=False)
 

@@ -99,16 +99,21 @@ class Storage:
         The stored K/V are segment-local (Spec §2.1), so a copy needs no rotation; this storage's
         lengths are set to ``src``'s.
         """
-        lengths = {}
+        for seg in src.table.segments:
+            if seg.length:
+                self.copy_segment(src, seg.id, prefix + seg.id)
+
+    def copy_segment(self, src: Storage, sid: str, into: str) -> None:
+        """Copy segment ``sid`` of ``src`` (every layer, its current length) into segment ``into`` of this
+        storage, from slot 0, and set ``into``'s length to it (Spec §2.1: stored K/V are segment-local,
+        so no rotation). Both storages must come from the same forward step (layers, devices, dtype)."""
+        if src.position_zero != self.position_zero:
+            raise ValueError("copy_segment between an oracle storage (position-0 keys) and another")
+        j, k, n = src.table.index(sid), self.table.index(into), src.table.length(sid)
         with torch.inference_mode():
-            for seg in src.table.segments:
-                if not seg.length:
-                    continue
-                j, k = src.table.index(seg.id), self.table.index(prefix + seg.id)
-                for s_store, d_store in zip(src.stores, self.stores, strict=True):
-                    d_store.write(k, 0, s_store.keys[j][:, : seg.length], s_store.values[j][:, : seg.length])
-                lengths[prefix + seg.id] = seg.length
-        self.table = self.table.with_lengths(lengths)
+            for s_store, d_store in zip(src.stores, self.stores, strict=True):
+                d_store.write(k, 0, s_store.keys[j][:, :n], s_store.values[j][:, :n])
+        self.table = self.table.with_lengths({into: n})
 
     def load(self, keys: Mapping[str, Any], values: Mapping[str, Any]) -> None:
         """Store given static K/V ``(layers, Hkv, len, D)`` in the stored form of Spec §2.1 (local positions)."""
