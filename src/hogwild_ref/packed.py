@@ -20,7 +20,6 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
-from jaxtyping import Float
 from torch import Tensor
 
 __all__ = ["PackedLinear", "packing_available"]
@@ -57,7 +56,7 @@ class PackedLinear:
         weight that was packed, ``fallback`` (its own forward) for every other call."""
         rows = self.rows
 
-        def forward(x: Float[Tensor, "*rows d_in"], *args: Any, **kwargs: Any) -> Float[Tensor, "*rows d_out"]:
+        def forward(x: Tensor, *args: Any, **kwargs: Any) -> Tensor:  # x (..., d_in) -> (..., d_out)
             if args or kwargs or module.weight is not weight or x.dtype != torch.float32 \
                     or x.numel() != rows * x.shape[-1]:
                 return fallback(x, *args, **kwargs)
