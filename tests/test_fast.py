@@ -44,10 +44,10 @@ def _layer_config(hq: int, hkv: int, head_dim: int) -> types.SimpleNamespace:
                                  head_dim=head_dim, hidden_size=hq * head_dim)
 
 
-def check_fast_layer(table, counts, rope_name, hkv, group, dtype, seed, slack, split=True):
+def check_fast_layer(table, counts, rope_name, hkv, group, dtype, seed, slack, split=True, keys_transposed=None):
     """One tick of one layer through the cache's fast path vs the dense oracle, and the same tick through
     the split path (``split``: the tick's option, True: the device's kernel); ``rope_name``: a name of
-    ``ROPES`` or a RopeSpec."""
+    ``ROPES`` or a RopeSpec; ``keys_transposed``: the store's key layout (default: the device's)."""
     rope = ROPES[rope_name] if isinstance(rope_name, str) else rope_name
     plan = plan_tick(table, counts, rope=rope)  # the oracle's plan (post-write lengths, positions)
     g = torch.Generator().manual_seed(seed)
@@ -63,8 +63,10 @@ def check_fast_layer(table, counts, rope_name, hkv, group, dtype, seed, slack, s
     ref = oracle(rope.rotate(q_pre, 0), [rope.rotate(k, 0) for k in k_pre], vals, plan, rope, scaling)
 
     caps = {s.id: plan.table.length(s.id) + slack for s in table.segments}
-    storage = Storage(_layer_config(hq, hkv, D), table, rope, dtype, DEVICE, caps)
+    storage = Storage(_layer_config(hq, hkv, D), table, rope, dtype, DEVICE, caps, keys_transposed=keys_transposed)
     store = storage.stores[0]
+    if keys_transposed is not None:
+        assert store.keys_transposed == keys_transposed
     for buf in (store.k_common, store.k_tail):  # unused capacity holds large finite garbage:
         buf.fill_(1e4)  # reading it past a mask shows
     for buf in (store.v_common, store.v_tail):
@@ -197,14 +199,46 @@ def test_decode_groups_refuse_tables_whose_groups_are_not_block_diagonal():
     assert groups.members(1) == list(range(7, 14))  # problem 1: the union's second block of 7 segments
 
 
-def test_fast_layer_w8_combined_deterministic():
+@pytest.mark.parametrize("keys_transposed", [False, True])
+def test_fast_layer_w8_combined_deterministic(keys_transposed):
+    """W = 8, combined, with both key layouts of the store (Spec §9.6 "Storage"): keys lying ``(cap, D)``
+    per head, as on accelerators, and transposed, as on CPUs."""
     from hogwild_ref.segments import combined
 
     table = combined(8, 37, others_header=5, separator=2, own_header=4)
     table = table.with_lengths({f"cur_{w}": 3 * w + 1 for w in range(8)})
     for counts in ([1] * 8, [1, 0, 1, 0, 0, 1, 1, 0], [0] * 7 + [1]):
-        check_fast_layer(table, counts, "yarn-partial-interleaved", 2, 4, torch.float32, 7, 5)
-        check_fast_layer(table, counts, "default", 2, 4, torch.float64, 8, 70)
+        check_fast_layer(table, counts, "yarn-partial-interleaved", 2, 4, torch.float32, 7, 5,
+                         keys_transposed=keys_transposed)
+        check_fast_layer(table, counts, "default", 2, 4, torch.float64, 8, 70, keys_transposed=keys_transposed)
+
+
+@pytest.mark.parametrize("keys_transposed", [False, True])
+def test_both_key_layouts_store_the_same_segments(keys_transposed):
+    """Segment views, one-token scatters (the trash included) and growth read and write the same keys
+    whichever way the store lays them out in memory (Spec §9.6 "Storage"); growth zeroes what it does
+    not copy."""
+    from hogwild_ref.store import SegmentStore
+
+    g = torch.Generator().manual_seed(3)
+    store = SegmentStore([5, 2, 2, 2], 2, 4, torch.float64, "cpu", common=0, keys_transposed=keys_transposed)
+    want = {j: torch.randn(2, n, 4, generator=g, dtype=torch.float64) for j, n in ((0, 5), (1, 2), (2, 1), (3, 2))}
+    for j, k in want.items():
+        store.write(j, 0, k, -k)
+    # one token per row through the fast path's scatter: row 0 to segment 2 slot 1, row 1 to the trash
+    slots = torch.tensor([store.slot(2, 1), -1])
+    new = torch.randn(2, 2, 4, generator=g, dtype=torch.float64)  # (Hkv, R, D)
+    store.scatter(store.scatter_index(slots), new, -new)
+    want[2] = torch.cat([want[2], new[:, :1]], dim=1)
+    store.reserve(0, 11)  # the common buffers grow ...
+    store.reserve(3, 3)  # ... and the tail
+    assert store.capacities[0] == 11 and store.block == 4
+    for j, k in want.items():
+        n = k.shape[1]
+        assert torch.equal(store.keys[j][:, :n], k) and torch.equal(store.values[j][:, :n], -k), j
+        assert not store.keys[j][:, n:].any() and not store.values[j][:, n:].any(), j  # zero where nothing was stored
+    strided = store.k_common.stride(-1) != 1 and store.k_tail.stride(-1) != 1
+    assert strided == keys_transposed
 
 
 def test_store_growth_keeps_contents():

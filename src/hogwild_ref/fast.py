@@ -148,7 +148,7 @@ class LayerInputs(NamedTuple):
     tail_mask: Tensor  # (R, St·C): the tail keys each row sees, its group's blocks in order
     active: Tensor  # (R,): 1 for rows that feed a token
     write_rotation: Rotation  # by -o_r(write): cos/sin (R, 1, h)
-    scatter_index: Tensor | None = None  # rows of the store's flat tail buffer the new K/V go to
+    scatter_index: Tensor | None = None  # elements of the store's flat tail buffers the new K/V go to
 
 
 class DecodeBuffers:
@@ -342,6 +342,8 @@ def prefix_attention(
     n = q.shape[2]
     T = start + n
     k, v = keys[None, :, :T], values[None, :, :T]
+    if k.stride(-1) != 1:  # keys stored transposed (a CPU store): the fused kernel wants D contiguous
+        k = k.contiguous()
     if start == 0:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=True)
     mask = torch.arange(T, device=q.device)[None, :] <= torch.arange(start, T, device=q.device)[:, None]

@@ -101,6 +101,8 @@ def common_attention(
     why = unsupported(kernel, q.device, q.dtype, q.shape[-1])
     if why is not None:
         raise ValueError(why)
+    if k.stride(-1) != 1:  # keys stored transposed (a CPU store, Spec §9.6): the fused kernels want D contiguous
+        k = k.contiguous()
     if kernel == "cpu_flash":
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             q[None], k[None], v[None], 0.0, False, attn_mask=None, scale=scaling)

@@ -35,11 +35,13 @@ class Storage:
         position_zero: the engine oracle's storage (Spec §11.4): keys are stored at position 0, as the
             model computes them with ``position_ids = 0``; views are assembled from scratch.
         kv_heads: K/V heads per layer, when not the config's (a tensor-parallel rank holds its share, Spec §11.8).
+        keys_transposed: lay keys out head dimension first (:class:`~hogwild_ref.store.SegmentStore`;
+            default: on CPUs).
     """
 
     def __init__(self, config: Any, table: SegmentTable, rope: RopeSpec, dtype: torch.dtype = torch.float32,
                  devices: Any = "cpu", capacities: Mapping[str, int] | None = None, *, position_zero: bool = False,
-                 kv_heads: int | None = None):
+                 kv_heads: int | None = None, keys_transposed: bool | None = None):
         layers = config.num_hidden_layers
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         kv = kv_heads or getattr(config, "num_key_value_heads", None) or config.num_attention_heads
@@ -50,7 +52,8 @@ class Storage:
         commons, tails = (self.groups.commons, self.groups.tails) if self.groups is not None else (None, None)
         #: table index of the segment that opens every view (one group), or None
         self.common = commons[0] if commons is not None and len(commons) == 1 else None
-        self.stores = [SegmentStore(caps, kv, head_dim, dtype, per_layer[i], commons, tails) for i in range(layers)]
+        self.stores = [SegmentStore(caps, kv, head_dim, dtype, per_layer[i], commons, tails, keys_transposed)
+                       for i in range(layers)]
         self.table = table
         self.rope = rope
         self.position_zero = position_zero

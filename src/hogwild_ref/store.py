@@ -11,7 +11,9 @@ A plain class that knows nothing of transformers. Per layer, on that layer's dev
   ``g·Hkv + h`` is group ``g``'s head ``h``), so each group's tail is read by one batched matmul over
   (group, head, segment) without a copy. One group: ``(Hkv, S_tail, C, D)``.
 
-Keys are stored rotated at segment-local positions (Spec §2.1). Capacities start at what a run first
+On a CPU the keys lie transposed in memory — ``(D, cap + 1)`` per common head, ``(D, C)`` per tail
+block — and the views above are their transposes, so readers see the same shapes either way (Spec
+§9.6 "Storage"). Keys are stored rotated at segment-local positions (Spec §2.1). Capacities start at what a run first
 needs; a write past a segment's capacity re-allocates only the part that filled (the common buffers, or
 the tail) with that capacity at least doubled (Spec §9.6), so memory follows the tokens held.
 ``keys[j]`` / ``values[j]`` are views of segment ``j`` (table order).
@@ -64,8 +66,13 @@ class SegmentStore:
     """
 
     def __init__(self, capacities: Sequence[int], kv_heads: int, head_dim: int, dtype: torch.dtype, device: Any,
-                 common: int | Sequence[int] | None = 0, tails: Sequence[int] | None = None):
+                 common: int | Sequence[int] | None = 0, tails: Sequence[int] | None = None,
+                 keys_transposed: bool | None = None):
         self.kv_heads, self.head_dim, self.dtype, self.device = kv_heads, head_dim, dtype, torch.device(device)
+        #: keys lie in memory with the head dimension first (Spec §9.6 "Storage"): ``(D, cap + 1)`` per
+        #: common head, ``(D, C)`` per tail block, so that the fast path's score matmuls read them as
+        #: they lie; the default on a CPU, whose small batched matmuls repack a ``(cap, D)`` operand
+        self.keys_transposed = self.device.type == "cpu" if keys_transposed is None else keys_transposed
         #: table index of each group's common segment (empty: no fast path)
         self.commons: tuple[int, ...] = () if common is None else (common,) if isinstance(common, int) else tuple(common)
         self._group_of = {j: b for b, j in enumerate(self.commons)}
@@ -104,7 +111,11 @@ class SegmentStore:
         H, D, P = self.kv_heads, self.head_dim, len(self.commons)
         # one spare row: a window of the whole capacity is never the whole buffer, so its strides
         # relate to its length in one way only (a compiled step does not recompile on it)
-        k, v = self._zeros(P, H, cap + 1, D)[:, :, :cap], self._zeros(P, H, cap + 1, D)[:, :, :cap]
+        v = self._grown((P, H, cap + 1, D), 2, keep)[:, :, :cap]
+        if self.keys_transposed:
+            k = self._grown((P, H, D, cap + 1), 3, keep)[..., :cap].transpose(-1, -2)
+        else:
+            k = self._grown((P, H, cap + 1, D), 2, keep)[:, :, :cap]
         if keep:
             k[:, :, :keep], v[:, :, :keep] = self.k_common[:, :, :keep], self.v_common[:, :, :keep]
         self.k_common, self.v_common = k, v
@@ -114,14 +125,21 @@ class SegmentStore:
     def _allocate_tail(self, block: int, keep: int) -> None:
         """(Re-)allocate the tail with blocks of ``block`` slots, keeping the first ``keep`` of each block."""
         H, D, n, P = self.kv_heads, self.head_dim, self.group_tail, len(self.commons)
-        # the tail is one flat buffer with one extra row at the end: the trash slot, where a row that
+        # the tail is one flat buffer with one extra block at the end: the trash, where a row that
         # feeds nothing writes in a one-token tick (outside every view, never read: Spec §3.4)
-        k_flat, v_flat = self._zeros(P * H * n * block + 1, D), self._zeros(P * H * n * block + 1, D)
-        k_tail, v_tail = k_flat[:-1].view(P * H, n, block, D), v_flat[:-1].view(P * H, n, block, D)
+        blocks = P * H * n
+        v_buf = self._grown((blocks + 1, block, D), 1, keep)
+        v_tail = v_buf[:-1].view(P * H, n, block, D)
+        if self.keys_transposed:
+            k_buf = self._grown((blocks + 1, D, block), 2, keep)
+            k_tail = k_buf[:-1].view(P * H, n, D, block).transpose(-1, -2)
+        else:
+            k_buf = self._grown((blocks + 1, block, D), 1, keep)
+            k_tail = k_buf[:-1].view(P * H, n, block, D)
         if keep:
             k_tail[:, :, :keep], v_tail[:, :, :keep] = self.k_tail[:, :, :keep], self.v_tail[:, :, :keep]
-        self._k_flat, self._v_flat, self.k_tail, self.v_tail = k_flat, v_flat, k_tail, v_tail
-        self.trash = P * H * n * block
+        self._k_flat, self._v_flat, self.k_tail, self.v_tail = k_buf.view(-1), v_buf.view(-1), k_tail, v_tail
+        self.trash = blocks * block
         self.block = block
         for j in self.tail_segments:
             self.capacities[j] = block
@@ -134,6 +152,17 @@ class SegmentStore:
     def _zeros(self, *shape: int) -> Tensor:
         with torch.inference_mode(False):  # normal tensors even when re-allocated during a tick
             return torch.zeros(*shape, dtype=self.dtype, device=self.device)
+
+    def _grown(self, shape: tuple[int, ...], dim: int, keep: int) -> Tensor:
+        """A new buffer of ``shape`` whose first ``keep`` entries along ``dim`` the caller fills by a
+        copy: only the rest is zeroed (slots no segment holds are read under masks, so they must be
+        finite, Spec §9.6)."""
+        if not keep:
+            return self._zeros(*shape)
+        with torch.inference_mode(False):
+            buf = torch.empty(shape, dtype=self.dtype, device=self.device)
+        buf.narrow(dim, keep, shape[dim] - keep).zero_()
+        return buf
 
     def _segment(self, common: Tensor, tail: Tensor, j: int) -> Tensor:
         if j in self._group_of:
@@ -180,16 +209,20 @@ class SegmentStore:
         self.keys[j][:, start : start + n] = k
         self.values[j][:, start : start + n] = v
 
-    def scatter_index(self, slots: Int[Tensor, "R"]) -> Int[Tensor, "HkvR"]:
-        """Rows of the flat tail buffer that :meth:`scatter` writes for tail ``slots`` (:meth:`slot`;
-        ``-1``: the trash slot), head-major."""
-        heads = torch.arange(self.kv_heads, device=slots.device)[:, None] * (self.group_tail * self.block)
-        return torch.where(slots[None, :] < 0, self.trash, heads + slots[None, :]).flatten()
+    def scatter_index(self, slots: Int[Tensor, "R"]) -> Int[Tensor, "2 HkvRD"]:
+        """Elements of the flat tail buffers that :meth:`scatter` writes for tail ``slots`` (:meth:`slot`;
+        ``-1``: the trash), head-major, then the head dimension: values lie at ``slot·D + d``, keys there
+        too or, stored transposed, at ``block·D·C + d·C + t`` for slot ``block·C + t``."""
+        D, C = self.head_dim, self.block
+        heads = torch.arange(self.kv_heads, device=slots.device)[:, None] * (self.group_tail * C)
+        rows = torch.where(slots[None, :] < 0, self.trash, heads + slots[None, :]).flatten()  # (Hkv·R,)
+        d = torch.arange(D, device=slots.device)
+        return torch.stack((rows[:, None] * D + d, (rows // C * D * C + rows % C)[:, None] + d * C)).flatten(1)
 
-    def scatter(self, index: Int[Tensor, "HkvR"], k: Float[Tensor, "Hkv R D"], v: Float[Tensor, "Hkv R D"]) -> None:
+    def scatter(self, index: Int[Tensor, "2 HkvRD"], k: Float[Tensor, "Hkv R D"], v: Float[Tensor, "Hkv R D"]) -> None:
         """Store one token per row (:meth:`scatter_index`): the fast path's write (Spec §9.6)."""
-        self._k_flat.index_copy_(0, index, k.reshape(-1, self.head_dim))
-        self._v_flat.index_copy_(0, index, v.reshape(-1, self.head_dim))
+        self._k_flat.index_copy_(0, index[1 if self.keys_transposed else 0], k.reshape(-1))
+        self._v_flat.index_copy_(0, index[0], v.reshape(-1))
 
     def nbytes(self) -> int:
         """Bytes held by the buffers (keys and values)."""
