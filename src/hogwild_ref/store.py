@@ -112,10 +112,7 @@ class SegmentStore:
         # one spare row: a window of the whole capacity is never the whole buffer, so its strides
         # relate to its length in one way only (a compiled step does not recompile on it)
         v = self._grown((P, H, cap + 1, D), 2, keep)[:, :, :cap]
-        if self.keys_transposed:
-            k = self._grown((P, H, D, cap + 1), 3, keep)[..., :cap].transpose(-1, -2)
-        else:
-            k = self._grown((P, H, cap + 1, D), 2, keep)[:, :, :cap]
+        k = self._key_buffer((P, H), cap + 1, keep)[1][:, :, :cap]
         if keep:
             k[:, :, :keep], v[:, :, :keep] = self.k_common[:, :, :keep], self.v_common[:, :, :keep]
         self.k_common, self.v_common = k, v
@@ -130,12 +127,8 @@ class SegmentStore:
         blocks = P * H * n
         v_buf = self._grown((blocks + 1, block, D), 1, keep)
         v_tail = v_buf[:-1].view(P * H, n, block, D)
-        if self.keys_transposed:
-            k_buf = self._grown((blocks + 1, D, block), 2, keep)
-            k_tail = k_buf[:-1].view(P * H, n, D, block).transpose(-1, -2)
-        else:
-            k_buf = self._grown((blocks + 1, block, D), 1, keep)
-            k_tail = k_buf[:-1].view(P * H, n, block, D)
+        k_buf, k_blocks = self._key_buffer((blocks + 1,), block, keep)
+        k_tail = k_blocks[:-1].view(P * H, n, block, D)
         if keep:
             k_tail[:, :, :keep], v_tail[:, :, :keep] = self.k_tail[:, :, :keep], self.v_tail[:, :, :keep]
         self._k_flat, self._v_flat, self.k_tail, self.v_tail = k_buf.view(-1), v_buf.view(-1), k_tail, v_tail
@@ -163,6 +156,15 @@ class SegmentStore:
             buf = torch.empty(shape, dtype=self.dtype, device=self.device)
         buf.narrow(dim, keep, shape[dim] - keep).zero_()
         return buf
+
+    def _key_buffer(self, lead: tuple[int, ...], length: int, keep: int) -> tuple[Tensor, Tensor]:
+        """A new key buffer (:meth:`_grown`) and its view ``(*lead, length, D)``; in memory it is
+        ``(*lead, D, length)`` when the keys are stored transposed (:attr:`keys_transposed`)."""
+        if self.keys_transposed:
+            buf = self._grown((*lead, self.head_dim, length), len(lead) + 1, keep)
+            return buf, buf.transpose(-1, -2)
+        buf = self._grown((*lead, length, self.head_dim), len(lead), keep)
+        return buf, buf
 
     def _segment(self, common: Tensor, tail: Tensor, j: int) -> Tensor:
         if j in self._group_of:
