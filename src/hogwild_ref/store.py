@@ -131,6 +131,8 @@ class SegmentStore:
         k_tail = k_blocks[:-1].view(P * H, n, block, D)
         if keep:
             k_tail[:, :, :keep], v_tail[:, :, :keep] = self.k_tail[:, :, :keep], self.v_tail[:, :, :keep]
+            k_blocks[-1].zero_()  # the trash block: no copy fills its first slots
+            v_buf[-1].zero_()
         self._k_flat, self._v_flat, self.k_tail, self.v_tail = k_buf.view(-1), v_buf.view(-1), k_tail, v_tail
         self.trash = blocks * block
         self.block = block
