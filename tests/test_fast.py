@@ -216,12 +216,16 @@ def test_fast_layer_w8_combined_deterministic(keys_transposed):
 @pytest.mark.parametrize("keys_transposed", [False, True])
 def test_both_key_layouts_store_the_same_segments(keys_transposed):
     """Segment views, one-token scatters (the trash included) and growth read and write the same keys
-    whichever way the store lays them out in memory (Spec §9.6 "Storage"); growth zeroes what it does
-    not copy."""
+    whichever way the store lays them out in memory (Spec §9.6 "Storage"), in the written and the
+    static tail alike; growth zeroes what it does not copy."""
     from hogwild_ref.store import SegmentStore
 
     g = torch.Generator().manual_seed(3)
-    store = SegmentStore([5, 2, 2, 2], 2, 4, torch.float64, "cpu", common=0, keys_transposed=keys_transposed)
+    store = SegmentStore([5, 2, 2, 2], 2, 4, torch.float64, "cpu", common=0, keys_transposed=keys_transposed,
+                         static=[1, 3])
+    assert store.tail_segments == [2] and store.static_segments == [1, 3]
+    with pytest.raises(ValueError, match="static"):
+        store.slot(3, 0)  # no one-token tick writes a static segment
     want = {j: torch.randn(2, n, 4, generator=g, dtype=torch.float64) for j, n in ((0, 5), (1, 2), (2, 1), (3, 2))}
     for j, k in want.items():
         store.write(j, 0, k, -k)
@@ -231,7 +235,7 @@ def test_both_key_layouts_store_the_same_segments(keys_transposed):
     store.scatter(store.scatter_index(slots), new, -new)
     want[2] = torch.cat([want[2], new[:, :1]], dim=1)
     store.reserve(0, 11)  # the common buffers grow ...
-    store.reserve(3, 3)  # ... and the tail
+    store.reserve(3, 3)  # ... and the tail, through a static segment
     assert store.capacities[0] == 11 and store.block == 4
     for j, k in want.items():
         n = k.shape[1]
@@ -241,6 +245,25 @@ def test_both_key_layouts_store_the_same_segments(keys_transposed):
     assert not store._k_flat[-trash:].any() and not store._v_flat[-trash:].any()
     strided = store.k_common.stride(-1) != 1 and store.k_tail.stride(-1) != 1
     assert strided == keys_transposed
+
+
+def test_tail_parts_are_read_to_their_own_windows():
+    """An eager tick reads the written tail to its longest segment and the static tail (headers,
+    separators) to its own (Spec §9.6): a 70-token step does not make a 3-token header cost 80 slots."""
+    from hogwild_ref.fast import plan_decode
+    from hogwild_ref.segments import combined
+
+    table = combined(2, 40, others_header=2, separator=1, own_header=3).with_lengths({"cur_0": 70, "cur_1": 5})
+    rope = ROPES["default"]
+    storage = Storage(_layer_config(4, 2, rope.head_dim), table, rope, capacities={"cur_0": 128})
+    store = storage.stores[0]
+    assert [table.segments[j].id for j in store.tail_segments] == ["cur_0", "cur_1"]
+    assert [table.segments[j].id for j in store.static_segments] == ["others_header", "sep_0", "sep_1", "own_header"]
+    plan = plan_decode(table, [1, 1], rope, store)
+    assert (plan.tail_window, plan.static_window) == (80, 16)  # 71 and 3 tokens, rounded up to 16
+    slots = 40 + 2 * 80 + 4 * 16  # the common segment exactly, then each part to its window
+    assert storage.decode_read_bytes() == 2 * slots * 2 * rope.head_dim * 4  # keys and values, Hkv = 2, float32
+    assert storage.decode_read_bytes(compiled=True) == 2 * (64 + 6 * 128) * 2 * rope.head_dim * 4  # whole blocks
 
 
 def test_store_growth_keeps_contents():

@@ -36,7 +36,7 @@ from .rope import RopeSpec, Rotation
 from .segments import SegmentTable, TableError, view_offsets
 from .store import SegmentStore
 
-__all__ = ["TAIL_QUANTUM", "WINDOW_QUANTUM", "DecodeBuffers", "DecodePlan", "LayerInputs", "common_window",
+__all__ = ["TAIL_QUANTUM", "WINDOW_QUANTUM", "DecodeBuffers", "DecodePlan", "LayerInputs", "StaticTail", "common_window",
            "decode_attention", "plan_decode", "prefix_attention", "tail_window"]
 
 #: the common window is the common segment's length rounded up to a multiple of this
@@ -72,7 +72,9 @@ class DecodePlan:
         lengths: ``(S,)`` segment lengths after the writes.
         window: the common window (the longest common segment's length rounded up, within their capacity).
         common_lengths: each group's common segment length after the writes.
-        tail_window: the slots of each tail block an eager tick reads (:func:`tail_window`).
+        tail_window: the slots of each written tail block an eager tick reads (:func:`tail_window`).
+        static_window: the slots of each static tail block an eager tick reads (:func:`tail_window`
+            of the longest static tail segment).
     """
 
     table: SegmentTable
@@ -84,6 +86,7 @@ class DecodePlan:
     lengths: Int[Tensor, "S"]
     window: int
     tail_window: int
+    static_window: int
     common_lengths: tuple[int, ...]
 
 
@@ -131,6 +134,7 @@ def plan_decode(table: SegmentTable, counts: Sequence[int], rope: RopeSpec, stor
         lengths=torch.tensor(lengths, dtype=torch.long),
         window=common_window(max(lengths[j] for j in store.commons), store.capacities[store.commons[0]]),
         tail_window=tail_window(max((lengths[j] for j in store.tail_segments), default=0), store.block),
+        static_window=tail_window(max((lengths[j] for j in store.static_segments), default=0), store.block),
         common_lengths=tuple(lengths[j] for j in store.commons),
     )
 
@@ -140,14 +144,24 @@ def _work(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+class StaticTail(NamedTuple):
+    """What a one-token tick's rows see of their group's static tail segments (Spec §9.6): the query
+    rotation by ``-o_r(s)`` (cos/sin ``(R, Ss, 1, 1, h)``) and the keys each row sees (``(R, Ss·Cs)``,
+    ``Cs`` slots read per static block)."""
+
+    rotation: Rotation
+    mask: Tensor
+
+
 class LayerInputs(NamedTuple):
     """A one-token tick's inputs shared by every layer on one device (Spec §9.6)."""
 
-    query_rotation: Rotation  # by -o_r(s) for the row's group's tail segments: cos/sin (R, St, 1, 1, h)
+    query_rotation: Rotation  # by -o_r(s) for the row's group's written tail segments: cos/sin (R, St, 1, 1, h)
     common_mask: Tensor | None  # (R, Lw): the common-window keys each row sees; None: all of them
-    tail_mask: Tensor  # (R, St·C): the tail keys each row sees, its group's blocks in order
+    tail_mask: Tensor  # (R, St·C): the written tail keys each row sees, its group's blocks in order
     active: Tensor  # (R,): 1 for rows that feed a token
     write_rotation: Rotation  # by -o_r(write): cos/sin (R, 1, h)
+    static: StaticTail | None = None  # the static tail's rotation and mask (None: no static segment)
     scatter_index: Tensor | None = None  # elements of the store's flat tail buffers the new K/V go to
 
 
@@ -197,11 +211,13 @@ class DecodeBuffers:
         self.write_sin.copy_(-self.sin[rows, write])
 
     def layer_inputs(self, window: int, commons: Int[Tensor, "R"], tails: Int[Tensor, "R St"], block: int,
-                     whole_common: bool = False) -> LayerInputs:
+                     whole_common: bool = False, statics: Int[Tensor, "R Ss"] | None = None,
+                     static_block: int = 0) -> LayerInputs:
         """The tick's inputs of :func:`decode_attention` shared by every layer on this device.
 
         ``commons``: the table index of each row's common segment (its group's); ``tails``: the table
-        indices of each row's group's tail segments, in block order. Returns the rotation by
+        indices of each row's group's written tail segments, in block order; ``statics``: those of its
+        static tail segments (None or no column: none), read ``static_block`` slots each. Returns the rotation by
         ``-o_r(s)`` of every row's query for each of its tail segments ``s`` (cos/sin
         ``(R, St, 1, 1, h)``), the keys each row sees (its group's common window of ``window`` slots,
         then ``block`` slots per tail segment of its group), which rows feed a token, and the
@@ -217,36 +233,43 @@ class DecodeBuffers:
             common_len = self.lengths[commons]
             common_mask = (torch.arange(window, device=self.device)[None, :] < common_len[:, None]) & active[:, None]
             common_mask[:, 0] |= ~active
-        local = torch.arange(block, device=self.device)
-        rows = torch.arange(tails.shape[0], device=self.device)[:, None]
-        tail_mask = self.visible[rows, tails][..., None] & (local[None, None, :] < self.lengths[tails][..., None])
-        query = Rotation(self.cos[rows, tails][:, :, None, None], -self.sin[rows, tails][:, :, None, None])
+        query, tail_mask = self._tail_inputs(tails, block)
+        static = None
+        if statics is not None and statics.shape[1]:
+            static = StaticTail(*self._tail_inputs(statics, static_block))
         write = Rotation(self.write_cos[:, None], self.write_sin[:, None])  # keys (R, Hkv, D) to local positions
-        return LayerInputs(query, common_mask, tail_mask.flatten(1), active.to(self.cos.dtype), write)
+        return LayerInputs(query, common_mask, tail_mask, active.to(self.cos.dtype), write, static)
+
+    def _tail_inputs(self, segments: Tensor, block: int) -> tuple[Rotation, Tensor]:
+        """The query rotation by ``-o_r(s)`` (cos/sin ``(R, S, 1, 1, h)``) and the key mask ``(R, S·block)``
+        of each row for the tail segments ``segments`` ``(R, S)`` of its group, ``block`` slots read each."""
+        local = torch.arange(block, device=self.device)
+        rows = torch.arange(segments.shape[0], device=self.device)[:, None]
+        mask = self.visible[rows, segments][..., None] & (local[None, None, :] < self.lengths[segments][..., None])
+        query = Rotation(self.cos[rows, segments][:, :, None, None], -self.sin[rows, segments][:, :, None, None])
+        return query, mask.flatten(1)
 
 
 def _tail_scores(qg: Tensor, k_tail: Tensor, query_rotation: Rotation, rope: RopeSpec) -> Tensor:
-    """Unscaled scores ``(P, Hkv, W·g, St·C)`` of the queries ``qg`` ``(P, W, Hkv, g, D)`` (accumulation
+    """Unscaled scores ``(P, Hkv, St, W·g, C)`` of the queries ``qg`` ``(P, W, Hkv, g, D)`` (accumulation
     dtype; ``P`` groups of ``W`` rows) against their group's tail blocks (``k_tail`` ``(P·Hkv, St, C, D)``,
     group-major): each row's query re-rotated once per tail segment by ``-o_r(s)`` (Spec §9.2), one
-    batched matmul over (group, head, segment), reading the tail in place."""
+    batched matmul over (group, head, segment), reading the tail in place. The scores stay block by
+    block, as the matmul writes them (no transposed copy)."""
     P, W, hkv, g, D = qg.shape
     st_n, block = k_tail.shape[1], k_tail.shape[2]
     qr = rope.apply(qg.reshape(P * W, 1, hkv, g, D), query_rotation)  # (R, St, Hkv, g, D)
     qr = qr.view(P, W, st_n, hkv, g, D).permute(0, 3, 2, 1, 4, 5).reshape(P, hkv, st_n, W * g, D)
     kt = k_tail.view(P, hkv, st_n, block, D)
-    st = torch.matmul(qr, kt.to(qg.dtype).transpose(-1, -2))  # (P, Hkv, St, W*g, C)
-    return st.transpose(2, 3).reshape(P, hkv, W * g, st_n * block)
+    return torch.matmul(qr, kt.to(qg.dtype).transpose(-1, -2))  # (P, Hkv, St, W*g, C)
 
 
 def _tail_values(p: Tensor, v_tail: Tensor) -> Tensor:
-    """``(P, Hkv, W·g, D)``: the tail's weights ``p`` ``(P, Hkv, W·g, St·C)`` applied to the values of
-    each group's tail blocks (``v_tail`` ``(P·Hkv, St, C, D)``)."""
-    P, hkv, rg, _ = p.shape
-    st_n, block = v_tail.shape[1], v_tail.shape[2]
-    pt = p.reshape(P, hkv, rg, st_n, block).transpose(2, 3)  # (P, Hkv, St, W*g, C)
-    vt = v_tail.view(P, hkv, st_n, block, v_tail.shape[3])
-    return torch.matmul(pt, vt.to(p.dtype)).sum(dim=2)
+    """``(P, Hkv, W·g, D)``: the tail's weights ``p`` ``(P, Hkv, St, W·g, C)`` (:func:`_tail_scores`'
+    layout) applied to the values of each group's tail blocks (``v_tail`` ``(P·Hkv, St, C, D)``)."""
+    P, hkv, st_n = p.shape[:3]
+    vt = v_tail.view(P, hkv, st_n, v_tail.shape[2], v_tail.shape[3])
+    return torch.matmul(p, vt.to(p.dtype)).sum(dim=2)
 
 
 #: scores more than this far below their row's maximum are exponentiated as if they were this far:
@@ -255,18 +278,15 @@ EXP_FLOOR = -80.0
 
 
 def _exp_below(x: Tensor, keep: Tensor | None) -> Tensor:
-    """``exp(x)`` in place for scores ``x`` ``(P, Hkv, W·g, K)`` already reduced by their row maximum
-    (so ``x <= 0``), with the keys ``keep`` ``(P, 1, W, 1, K)`` does not admit set to exactly 0.
+    """``exp(x)`` in place for scores ``x`` already reduced by their row maximum (so ``x <= 0``), with
+    the keys ``keep`` (broadcast against ``x``) does not admit set to exactly 0.
 
     ``torch.exp`` takes a slow path on CPU for arguments that underflow (``-inf`` included: about
     ten times the cost of a finite one), so masked scores are clamped to :data:`EXP_FLOOR` first and
     zeroed after; with no mask nothing is clamped."""
     if keep is None:
         return x.exp_()
-    P, hkv, rows, K = x.shape
-    e = x.clamp_(min=EXP_FLOOR).exp_()
-    e.view(P, hkv, keep.shape[2], -1, K).masked_fill_(~keep, 0.0)
-    return e
+    return x.clamp_(min=EXP_FLOOR).exp_().masked_fill_(~keep, 0.0)
 
 
 def decode_attention(
@@ -281,6 +301,9 @@ def decode_attention(
     active: Float[Tensor, "R"],
     rope: RopeSpec,
     scaling: float,
+    k_static: Float[Tensor, "PHkv Ss Cs D"] | None = None,
+    v_static: Float[Tensor, "PHkv Ss Cs D"] | None = None,
+    static: StaticTail | None = None,
 ) -> Float[Tensor, "R Hq 1 D"]:
     """One layer's attention for a one-token tick (Spec §9.6).
 
@@ -298,10 +321,13 @@ def decode_attention(
     ``t`` sees the relative position ``p - o_r(s) - t``. ``common_mask`` says which common-window
     keys each row sees (None: all of them, as when the window is exactly every group's common
     segment) and ``tail_mask`` (``T = St·C``) which tail keys, its group's blocks in order.
+    ``k_static`` / ``v_static`` (``Ss`` blocks of ``Cs`` slots per group and head) with ``static``
+    (their rotation and mask) are a second tail part read the same way: the static segments
+    (headers, separators), read only as far as the longest of them.
 
-    Both parts share one softmax, computed without joining them: the row maximum over both, then
-    ``exp`` in place and one sum per part, so the score row over the common window is written by its
-    matmul and read three more times, never copied (the scaling is applied to the queries). Rows with
+    Every part shares one softmax, computed without joining them: the row maximum over all, then
+    ``exp`` in place and one sum per part, so each score block is written by its matmul and read
+    three more times, never copied (the scaling is applied to the queries). Rows with
     ``active == 0`` (no new token) return zeros. Scores and the softmax are computed in float32
     (float64 for float64 inputs).
     """
@@ -316,16 +342,36 @@ def decode_attention(
     common_keep = None if common_mask is None else common_mask.view(P, 1, W, 1, -1)
     if common_keep is not None:
         sc.view(P, hkv, W, g, -1).masked_fill_(~common_keep, float("-inf"))
-    tail_keep = tail_mask.view(P, 1, W, 1, -1)
-    st = _tail_scores(qg, k_tail, query_rotation, rope)  # (P, Hkv, W*g, St*C)
-    st.view(P, hkv, W, g, -1).masked_fill_(~tail_keep, float("-inf"))
-    # one softmax over both parts: every row sees a key (an active row its own new one in the tail)
-    top = torch.maximum(sc.amax(dim=-1, keepdim=True), st.amax(dim=-1, keepdim=True))
-    pc, pt = _exp_below(sc.sub_(top), common_keep), _exp_below(st.sub_(top), tail_keep)
-    total = pc.sum(dim=-1, keepdim=True) + pt.sum(dim=-1, keepdim=True)
-    out = (torch.matmul(pc, v_common.to(acc)) + _tail_values(pt, v_tail)) / total  # (P, Hkv, W*g, D)
-    out = out.view(P, hkv, W, g, D).permute(0, 2, 1, 3, 4).reshape(R, Hq, 1, D) * active[:, None, None, None]
+    tails = [(k_tail, v_tail, query_rotation, tail_mask)]
+    if static is not None and k_static is not None and v_static is not None:
+        tails.append((k_static, v_static, static.rotation, static.mask))
+    # the tail parts' scores (P, Hkv, S, W*g, C), block by block, masked
+    parts = [_tail_part_scores(qg, k, rotation, mask, rope) for k, _, rotation, mask in tails]
+    # one softmax over every part: every row sees a key (an active row its own new one in the tail)
+    top = sc.amax(dim=-1, keepdim=True)  # (P, Hkv, W*g, 1)
+    for st, _ in parts:
+        top = torch.maximum(top, st.amax(dim=(2, 4), keepdim=True)[:, :, 0])
+    pc = _exp_below(sc.sub_(top).view(P, hkv, W, g, -1), common_keep).view_as(sc)
+    total = pc.sum(dim=-1, keepdim=True)
+    out = torch.matmul(pc, v_common.to(acc))  # (P, Hkv, W*g, D)
+    for (st, keep), (_, v, _, _) in zip(parts, tails):
+        st.sub_(top[:, :, None])
+        pt = _exp_below(st.view(keep.shape[0], hkv, *keep.shape[2:4], g, -1), keep).view_as(st)
+        total = total + pt.sum(dim=(2, 4), keepdim=True)[:, :, 0]
+        out = out + _tail_values(pt, v)
+    out = (out / total).view(P, hkv, W, g, D).permute(0, 2, 1, 3, 4).reshape(R, Hq, 1, D) * active[:, None, None, None]
     return out.to(q.dtype)
+
+
+def _tail_part_scores(qg: Tensor, k: Tensor, rotation: Rotation, mask: Tensor, rope: RopeSpec) -> tuple[Tensor, Tensor]:
+    """One tail part's scores ``(P, Hkv, S, W·g, C)`` (:func:`_tail_scores`) with the keys its ``mask``
+    ``(R, S·C)`` does not admit set to ``-inf``, and that mask as ``(P, 1, S, W, 1, C)``."""
+    P, W, hkv, g, _ = qg.shape
+    st = _tail_scores(qg, k, rotation, rope)
+    n, block = st.shape[2], st.shape[4]
+    keep = mask.view(P, W, n, block).transpose(1, 2)[:, None, :, :, None, :]
+    st.view(P, hkv, n, W, g, block).masked_fill_(~keep, float("-inf"))
+    return st, keep
 
 
 def prefix_attention(

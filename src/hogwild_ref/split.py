@@ -29,7 +29,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from .fast import _tail_scores, _tail_values
+from .fast import StaticTail, _tail_scores, _tail_values
 from .rope import RopeSpec, Rotation
 
 __all__ = ["KERNELS", "SPLIT_DTYPES", "common_attention", "decode_attention_split", "default_kernel", "kernel_for",
@@ -127,6 +127,9 @@ def decode_attention_split(
     rope: RopeSpec,
     scaling: float,
     kernel: str | None = None,
+    k_static: Float[Tensor, "Hkv Ss Cs D"] | None = None,
+    v_static: Float[Tensor, "Hkv Ss Cs D"] | None = None,
+    static: StaticTail | None = None,
 ) -> Float[Tensor, "R Hq 1 D"]:
     """:func:`~hogwild_ref.fast.decode_attention` with the common part split off (Spec §9.5, §9.6).
 
@@ -135,7 +138,8 @@ def decode_attention_split(
     non-causal attention of the ``R·g`` queries of each KV head over ``L`` keys
     (:func:`common_attention` with ``kernel``, default :func:`default_kernel` of ``q``'s device),
     which returns its natural-log log-sum-exp. The tail is scored as in ``decode_attention`` under
-    ``tail_mask`` (``T = St·C``), and the two parts are merged by their log-sum-exps
+    ``tail_mask`` (``T = St·C``), and with it the static tail (``k_static`` / ``v_static`` and
+    ``static``, as there); the parts are merged by their log-sum-exps
     (:func:`~hogwild_ref.attention.lse_merge`'s rule, §9.5). Rows with ``active == 0`` return zeros.
     One group only (one common segment opening every view).
     """
@@ -147,13 +151,22 @@ def decode_attention_split(
     # common part: queries of all rows as one sequence per KV head, fused kernel with LSE
     qc = qg.permute(1, 0, 2, 3).reshape(hkv, R * g, D)
     out_c, lse_c = common_attention(qc, k_common, v_common, scaling, kernel or default_kernel(q.device))
-    # tail: masked scores with their LSE
-    st = (_tail_scores(qg.to(acc)[None], k_tail, query_rotation, rope)[0] * scaling).view(hkv, R, g, -1)
-    st = st.masked_fill(~tail_mask[None, :, None, :], float("-inf")).view(hkv, R * g, -1)
-    lse_t = torch.logsumexp(st, dim=-1)  # -inf where a row sees no tail key
+    # tail parts: masked scores (hkv, S, R·g, C), block by block, with their LSE
+    parts = [(k_tail, v_tail, query_rotation, tail_mask)]
+    if static is not None and k_static is not None and v_static is not None:
+        parts.append((k_static, v_static, static.rotation, static.mask))
+    scores = []
+    for k, _, rotation, mask in parts:
+        st = _tail_scores(qg.to(acc)[None], k, rotation, rope)[0] * scaling
+        n, block = st.shape[1], st.shape[3]
+        keep = mask.view(R, n, block).transpose(0, 1)[None, :, :, None, :]  # (1, S, R, 1, C)
+        scores.append(st.view(hkv, n, R, g, block).masked_fill(~keep, float("-inf")).view(hkv, n, R * g, block))
+    lse_t = torch.logsumexp(torch.stack([torch.logsumexp(st, dim=(1, 3)) for st in scores]), dim=0)  # -inf: no tail key
     top = torch.maximum(lse_c, lse_t)  # lse_c is finite: the common part is never empty
     w_c, w_t = torch.exp(lse_c - top), torch.exp(lse_t - top)
-    p_t = torch.exp(st - top[..., None])  # the tail's weights on the merged scale (0 where masked)
-    out = (w_c[..., None] * out_c + _tail_values(p_t[None], v_tail)[0]) / (w_c + w_t)[..., None]
+    out = w_c[..., None] * out_c
+    for st, (_, v, _, _) in zip(scores, parts):  # each part's weights on the merged scale (0 where masked)
+        out = out + _tail_values(torch.exp(st - top[:, None, :, None])[None], v)[0]
+    out = out / (w_c + w_t)[..., None]
     out = out.view(hkv, R, g, D).permute(1, 0, 2, 3) * active[:, None, None, None]
     return out.reshape(R, Hq, 1, D).to(q.dtype)

@@ -52,7 +52,9 @@ class Storage:
         commons, tails = (self.groups.commons, self.groups.tails) if self.groups is not None else (None, None)
         #: table index of the segment that opens every view (one group), or None
         self.common = commons[0] if commons is not None and len(commons) == 1 else None
-        self.stores = [SegmentStore(caps, kv, head_dim, dtype, per_layer[i], commons, tails, keys_transposed)
+        # tail segments no one-token tick writes (headers, separators): the static part of the tail
+        static = [j for j in tails or () if table.segments[j].writer is None]
+        self.stores = [SegmentStore(caps, kv, head_dim, dtype, per_layer[i], commons, tails, keys_transposed, static)
                        for i in range(layers)]
         self.table = table
         self.rope = rope
@@ -151,17 +153,20 @@ class Storage:
     def decode_read_bytes(self, compiled: bool = False) -> int:
         """K/V bytes one one-token tick reads on the fast path (Spec §9.6): every layer's common windows
         (once for all rows of their group) and its tail blocks; 0 without the fast path's groups.
-        An eager tick reads the longest common segment exactly and each tail block up to its tail
-        window; a compiled one reads the rounded window and whole blocks."""
+        An eager tick reads the longest common segment exactly, each written tail block up to the
+        longest written tail segment and each static block up to the longest static one; a compiled
+        one reads the rounded window and whole blocks."""
         total = 0
+        lengths = [s.length for s in self.table.segments]
         for store in self.stores:
             if not store.commons:
                 return 0
-            lengths = [s.length for s in self.table.segments]
             L = max(lengths[j] for j in store.commons)
-            longest_tail = max((lengths[j] for j in store.tail_segments), default=0)
             window = common_window(L, store.capacities[store.commons[0]]) if compiled or L == 0 else L
-            block = store.block if compiled else tail_window(longest_tail, store.block)
-            slots = len(store.commons) * window + len(store.tail_segments) * block
+            slots = len(store.commons) * window
+            for part in (store.tail_segments, store.static_segments):
+                if part:
+                    longest = max(lengths[j] for j in part)
+                    slots += len(part) * (store.block if compiled else tail_window(longest, store.block))
             total += 2 * slots * store.kv_heads * store.head_dim * store.k_common.element_size()
         return total

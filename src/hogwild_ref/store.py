@@ -6,10 +6,12 @@ A plain class that knows nothing of transformers. Per layer, on that layer's dev
   group for one problem, ``P`` for a batch of problems, Spec §9.6) share one buffer
   ``(P, Hkv, cap, D)`` for keys and one for values, so the fast backend reads each group's window
   with one batched matmul;
-* every other segment (the *tail*: headers, separators, every worker's current step) has a block of
-  one common capacity ``C`` in a ``(P·Hkv, S_g, C, D)`` tensor (``S_g`` tail segments per group; row
-  ``g·Hkv + h`` is group ``g``'s head ``h``), so each group's tail is read by one batched matmul over
-  (group, head, segment) without a copy. One group: ``(Hkv, S_tail, C, D)``.
+* every other segment (the *tail*: every worker's current step, and the static headers and
+  separators) has a block of one common capacity ``C``. The blocks of the segments that ticks write
+  lie in a ``(P·Hkv, S_g, C, D)`` tensor (``S_g`` such segments per group; row ``g·Hkv + h`` is group
+  ``g``'s head ``h``), the static ones in a ``(P·Hkv, Z_g, C, D)`` tensor after it, so each part is
+  read by one batched matmul over (group, head, segment) without a copy, each up to its own longest
+  segment (a four-token header is not read as far as a long step). One group: ``(Hkv, S, C, D)``.
 
 On a CPU the keys lie transposed in memory — ``(D, cap + 1)`` per common head, ``(D, C)`` per tail
 block — and the views above are their transposes, so readers see the same shapes either way (Spec
@@ -62,12 +64,14 @@ class SegmentStore:
         common: table index of the segment that opens every view, or each group's common segment
             (:class:`~hogwild_ref.segments.DecodeGroups`), or None: then every segment has a buffer of
             its own capacity and the fast path does not apply.
-        tails: the tail's segments in block order (default: every other segment, in table order).
+        tails: the tail's segments (default: every other segment, in table order).
+        static: those of ``tails`` that no one-token tick writes (headers, separators); their blocks
+            form the static part of the tail, in ``tails`` order (default: none).
     """
 
     def __init__(self, capacities: Sequence[int], kv_heads: int, head_dim: int, dtype: torch.dtype, device: Any,
                  common: int | Sequence[int] | None = 0, tails: Sequence[int] | None = None,
-                 keys_transposed: bool | None = None):
+                 keys_transposed: bool | None = None, static: Sequence[int] = ()):
         self.kv_heads, self.head_dim, self.dtype, self.device = kv_heads, head_dim, dtype, torch.device(device)
         #: keys lie in memory with the head dimension first (Spec §9.6 "Storage"): ``(D, cap + 1)`` per
         #: common head, ``(D, C)`` per tail block, so that the fast path's score matmuls read them as
@@ -76,13 +80,18 @@ class SegmentStore:
         #: table index of each group's common segment (empty: no fast path)
         self.commons: tuple[int, ...] = () if common is None else (common,) if isinstance(common, int) else tuple(common)
         self._group_of = {j: b for b, j in enumerate(self.commons)}
-        #: table indices of the tail's segments, in block order
-        self.tail_segments = list(tails) if tails is not None else [j for j in range(len(capacities))
-                                                                    if j not in self._group_of]
+        tail = list(tails) if tails is not None else [j for j in range(len(capacities)) if j not in self._group_of]
+        fixed = set(static)
+        #: table indices of the written tail's segments, and of the static tail's, each in block order
+        #: (group by group)
+        self.tail_segments = [j for j in tail if j not in fixed]
+        self.static_segments = [j for j in tail if j in fixed]
         P = max(1, len(self.commons))
-        #: tail segments per group, and each tail segment's (group, block within the group)
-        self.group_tail = len(self.tail_segments) // P
-        self._block_of = {j: divmod(i, max(1, self.group_tail)) for i, j in enumerate(self.tail_segments)}
+        #: written and static tail segments per group
+        self.group_tail, self.group_static = len(self.tail_segments) // P, len(self.static_segments) // P
+        #: each tail segment's (static part?, group, block within the group's part)
+        self._block_of = {j: (False, *divmod(i, max(1, self.group_tail))) for i, j in enumerate(self.tail_segments)}
+        self._block_of |= {j: (True, *divmod(i, max(1, self.group_static))) for i, j in enumerate(self.static_segments)}
         self.generation = 0  # bumped by every re-allocation
         caps = [max(1, int(c)) for c in capacities]
         if not self.commons:  # no fast path: one buffer per segment at its own capacity
@@ -96,8 +105,10 @@ class SegmentStore:
         self.v_common: Tensor
         self.k_tail: Tensor
         self.v_tail: Tensor
+        self.k_static: Tensor
+        self.v_static: Tensor
         self._allocate_common(max(caps[j] for j in self.commons), keep=0)
-        self._allocate_tail(max([caps[j] for j in self.tail_segments], default=1), keep=0)
+        self._allocate_tail(max([caps[j] for j in tail], default=1), keep=0)
         self._index_segments()
 
     # ------------------------------------------------------------------ layout
@@ -121,28 +132,32 @@ class SegmentStore:
 
     def _allocate_tail(self, block: int, keep: int) -> None:
         """(Re-)allocate the tail with blocks of ``block`` slots, keeping the first ``keep`` of each block."""
-        H, D, n, P = self.kv_heads, self.head_dim, self.group_tail, len(self.commons)
-        # the tail is one flat buffer with one extra block at the end: the trash, where a row that
-        # feeds nothing writes in a one-token tick (outside every view, never read: Spec §3.4)
-        blocks = P * H * n
+        H, D, n, z, P = self.kv_heads, self.head_dim, self.group_tail, self.group_static, len(self.commons)
+        # the tail is one flat buffer: the written blocks, the static blocks, and one extra block at the
+        # end, the trash, where a row that feeds nothing writes in a one-token tick (outside every
+        # view, never read: Spec §3.4)
+        written, blocks = P * H * n, P * H * (n + z)
         v_buf = self._grown((blocks + 1, block, D), 1, keep)
-        v_tail = v_buf[:-1].view(P * H, n, block, D)
         k_buf, k_blocks = self._key_buffer((blocks + 1,), block, keep)
-        k_tail = k_blocks[:-1].view(P * H, n, block, D)
+        k_tail, v_tail = k_blocks[:written].view(P * H, n, block, D), v_buf[:written].view(P * H, n, block, D)
+        k_static = k_blocks[written:blocks].view(P * H, z, block, D)
+        v_static = v_buf[written:blocks].view(P * H, z, block, D)
         if keep:
             k_tail[:, :, :keep], v_tail[:, :, :keep] = self.k_tail[:, :, :keep], self.v_tail[:, :, :keep]
+            k_static[:, :, :keep], v_static[:, :, :keep] = self.k_static[:, :, :keep], self.v_static[:, :, :keep]
             k_blocks[-1].zero_()  # the trash block: no copy fills its first slots
             v_buf[-1].zero_()
         self._k_flat, self._v_flat, self.k_tail, self.v_tail = k_buf.view(-1), v_buf.view(-1), k_tail, v_tail
+        self.k_static, self.v_static = k_static, v_static
         self.trash = blocks * block
         self.block = block
-        for j in self.tail_segments:
+        for j in self._block_of:
             self.capacities[j] = block
 
     def _index_segments(self) -> None:
         """``keys[j]`` / ``values[j]``: views of segment ``j``'s slots in the current buffers."""
-        self.keys = [self._segment(self.k_common, self.k_tail, j) for j in range(len(self.capacities))]
-        self.values = [self._segment(self.v_common, self.v_tail, j) for j in range(len(self.capacities))]
+        self.keys = [self._segment(self.k_common, self.k_tail, self.k_static, j) for j in range(len(self.capacities))]
+        self.values = [self._segment(self.v_common, self.v_tail, self.v_static, j) for j in range(len(self.capacities))]
 
     def _zeros(self, *shape: int) -> Tensor:
         with torch.inference_mode(False):  # normal tensors even when re-allocated during a tick
@@ -168,16 +183,18 @@ class SegmentStore:
         buf = self._grown((*lead, length, self.head_dim), len(lead), keep)
         return buf, buf
 
-    def _segment(self, common: Tensor, tail: Tensor, j: int) -> Tensor:
+    def _segment(self, common: Tensor, tail: Tensor, static: Tensor, j: int) -> Tensor:
         if j in self._group_of:
             return common[self._group_of[j]]
-        g, b = self._block_of[j]
-        return tail[g * self.kv_heads : (g + 1) * self.kv_heads, b]
+        is_static, g, b = self._block_of[j]
+        return (static if is_static else tail)[g * self.kv_heads : (g + 1) * self.kv_heads, b]
 
     def slot(self, j: int, t: int) -> int:
-        """Index of local position ``t`` of tail segment ``j`` (head 0 of its group) in the flattened tail
-        ``(P·Hkv·S_g·C, D)``; head ``h`` is ``S_g·C`` rows further (:meth:`scatter_index`)."""
-        g, b = self._block_of[j]
+        """Index of local position ``t`` of written tail segment ``j`` (head 0 of its group) in the flattened
+        tail ``(P·Hkv·S_g·C, D)``; head ``h`` is ``S_g·C`` rows further (:meth:`scatter_index`)."""
+        static, g, b = self._block_of[j]
+        if static:
+            raise ValueError(f"segment {j} is static: one-token ticks write only the written tail (Spec §9.6)")
         return (g * self.kv_heads * self.group_tail + b) * self.block + t
 
     def reserve(self, j: int, size: int) -> bool:

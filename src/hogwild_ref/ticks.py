@@ -291,6 +291,7 @@ class DecodeTick(Tick):
         # eager ticks read each tail block up to the longest tail segment; a compiled step keeps the
         # block capacity, a shape that changes only when the store grows (Spec §9.6)
         self._tail_block = first.block if compiled else plan.tail_window
+        self._static_block = first.block if compiled else plan.static_window
         # a compiled step reads the rounded common window under a mask (a dynamic dimension); an eager
         # tick reads exactly the longest common segment, with no common mask when all are that long
         longest = max(plan.common_lengths)
@@ -307,10 +308,12 @@ class DecodeTick(Tick):
                 group = torch.arange(table.workers) // (table.workers // P)
                 commons = torch.tensor(store.commons, dtype=torch.long)[group].to(device)
                 tails = torch.tensor(store.tail_segments, dtype=torch.long).view(P, -1)[group].to(device)
-                storage.decode_buffers[device] = (buffers, commons, tails)
-            buffers, commons, tails = storage.decode_buffers[device]
+                statics = torch.tensor(store.static_segments, dtype=torch.long).view(P, -1)[group].to(device)
+                storage.decode_buffers[device] = (buffers, commons, tails, statics)
+            buffers, commons, tails, statics = storage.decode_buffers[device]
             buffers.load(plan)
-            inputs = buffers.layer_inputs(self._window, commons, tails, self._tail_block, whole_common=whole)
+            inputs = buffers.layer_inputs(self._window, commons, tails, self._tail_block, whole_common=whole,
+                                          statics=statics, static_block=self._static_block)
             inputs = inputs._replace(scatter_index=store.scatter_index(buffers.slots))
             if compiled:
                 assert inputs.common_mask is not None
@@ -327,6 +330,7 @@ class DecodeTick(Tick):
     def attend(self, layer: int, store: SegmentStore, q: Float[Tensor, "R Hq n D"], scaling: float) -> Float[Tensor, "R Hq n D"]:
         inputs = self._inputs[store.device]
         k_tail, v_tail = store.k_tail[:, :, : self._tail_block], store.v_tail[:, :, : self._tail_block]
+        k_static, v_static = store.k_static[:, :, : self._static_block], store.v_static[:, :, : self._static_block]
         P = store.k_common.shape[0]
         # the mask carries the window under torch.compile (a symbolic size); an eager tick knows it
         window = inputs.common_mask.shape[1] if inputs.common_mask is not None else self._window
@@ -335,7 +339,9 @@ class DecodeTick(Tick):
         if kernel and P == 1 and L > 0 and unsupported(kernel, store.device, store.dtype, q.shape[-1]) is None:
             return decode_attention_split(q, store.k_common[0, :, :L], store.v_common[0, :, :L], k_tail, v_tail,
                                           inputs.query_rotation, inputs.tail_mask, inputs.active, self.rope,
-                                          scaling, kernel)
+                                          scaling, kernel, k_static=k_static, v_static=v_static,
+                                          static=inputs.static)
         kc, vc = store.k_common[:, :, :window], store.v_common[:, :, :window]
         return decode_attention(q, kc, vc, k_tail, v_tail, inputs.query_rotation, inputs.common_mask,
-                                inputs.tail_mask, inputs.active, self.rope, scaling)
+                                inputs.tail_mask, inputs.active, self.rope, scaling, k_static=k_static, v_static=v_static,
+                                static=inputs.static)
