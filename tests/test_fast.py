@@ -235,8 +235,10 @@ def test_both_key_layouts_store_the_same_segments(keys_transposed):
     store.scatter(store.scatter_index(slots), new, -new)
     want[2] = torch.cat([want[2], new[:, :1]], dim=1)
     store.reserve(0, 11)  # the common buffers grow ...
-    store.reserve(3, 3)  # ... and the tail, through a static segment
-    assert store.capacities[0] == 11 and store.block == 4
+    store.reserve(2, 3)  # ... and the written tail ...
+    assert store.block == 4 and store.static_block == 2  # ... alone
+    store.reserve(3, 3)  # ... and the static tail, alone
+    assert store.capacities[0] == 11 and store.block == 4 and store.static_block == 4
     for j, k in want.items():
         n = k.shape[1]
         assert torch.equal(store.keys[j][:, :n], k) and torch.equal(store.values[j][:, :n], -k), j
@@ -263,7 +265,9 @@ def test_tail_parts_are_read_to_their_own_windows():
     assert (plan.tail_window, plan.static_window) == (80, 16)  # 71 and 3 tokens, rounded up to 16
     slots = 40 + 2 * 80 + 4 * 16  # the common segment exactly, then each part to its window
     assert storage.decode_read_bytes() == 2 * slots * 2 * rope.head_dim * 4  # keys and values, Hkv = 2, float32
-    assert storage.decode_read_bytes(compiled=True) == 2 * (64 + 6 * 128) * 2 * rope.head_dim * 4  # whole blocks
+    assert (store.block, store.static_block) == (128, 64)  # each part's capacity: its largest segment's
+    whole = 64 + 2 * 128 + 4 * 64  # a compiled step: the rounded common window, whole blocks
+    assert storage.decode_read_bytes(compiled=True) == 2 * whole * 2 * rope.head_dim * 4
 
 
 def test_store_growth_keeps_contents():

@@ -134,7 +134,7 @@ def plan_decode(table: SegmentTable, counts: Sequence[int], rope: RopeSpec, stor
         lengths=torch.tensor(lengths, dtype=torch.long),
         window=common_window(max(lengths[j] for j in store.commons), store.capacities[store.commons[0]]),
         tail_window=tail_window(max((lengths[j] for j in store.tail_segments), default=0), store.block),
-        static_window=tail_window(max((lengths[j] for j in store.static_segments), default=0), store.block),
+        static_window=tail_window(max((lengths[j] for j in store.static_segments), default=0), store.static_block),
         common_lengths=tuple(lengths[j] for j in store.commons),
     )
 

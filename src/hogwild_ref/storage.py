@@ -164,9 +164,9 @@ class Storage:
             L = max(lengths[j] for j in store.commons)
             window = common_window(L, store.capacities[store.commons[0]]) if compiled or L == 0 else L
             slots = len(store.commons) * window
-            for part in (store.tail_segments, store.static_segments):
+            for part, block in ((store.tail_segments, store.block), (store.static_segments, store.static_block)):
                 if part:
                     longest = max(lengths[j] for j in part)
-                    slots += len(part) * (store.block if compiled else tail_window(longest, store.block))
+                    slots += len(part) * (block if compiled else tail_window(longest, block))
             total += 2 * slots * store.kv_heads * store.head_dim * store.k_common.element_size()
         return total

@@ -6,18 +6,19 @@ A plain class that knows nothing of transformers. Per layer, on that layer's dev
   group for one problem, ``P`` for a batch of problems, Spec §9.6) share one buffer
   ``(P, Hkv, cap, D)`` for keys and one for values, so the fast backend reads each group's window
   with one batched matmul;
-* every other segment (the *tail*: every worker's current step, and the static headers and
-  separators) has a block of one common capacity ``C``. The blocks of the segments that ticks write
-  lie in a ``(P·Hkv, S_g, C, D)`` tensor (``S_g`` such segments per group; row ``g·Hkv + h`` is group
-  ``g``'s head ``h``), the static ones in a ``(P·Hkv, Z_g, C, D)`` tensor after it, so each part is
-  read by one batched matmul over (group, head, segment) without a copy, each up to its own longest
-  segment (a four-token header is not read as far as a long step). One group: ``(Hkv, S, C, D)``.
+* every other segment is the *tail*, in two parts. The segments that ticks write (every worker's
+  current step) have a block of one common capacity ``C`` each in a ``(P·Hkv, S_g, C, D)`` tensor
+  (``S_g`` such segments per group; row ``g·Hkv + h`` is group ``g``'s head ``h``); the static ones
+  (headers, separators) a block of their own capacity ``C_z`` each in a ``(P·Hkv, Z_g, C_z, D)``
+  tensor. Each part is read by one batched matmul over (group, head, segment) without a copy, up to
+  its own longest segment, and grows on its own: a long step does not make a four-token header
+  cost as many slots. One group: ``(Hkv, S, C, D)``.
 
 On a CPU the keys lie transposed in memory — ``(D, cap + 1)`` per common head, ``(D, C)`` per tail
 block — and the views above are their transposes, so readers see the same shapes either way (Spec
 §9.6 "Storage"). Keys are stored rotated at segment-local positions (Spec §2.1). Capacities start at what a run first
 needs; a write past a segment's capacity re-allocates only the part that filled (the common buffers, or
-the tail) with that capacity at least doubled (Spec §9.6), so memory follows the tokens held.
+one tail part) with that capacity at least doubled (Spec §9.6), so memory follows the tokens held.
 ``keys[j]`` / ``values[j]`` are views of segment ``j`` (table order).
 """
 
@@ -66,7 +67,8 @@ class SegmentStore:
             its own capacity and the fast path does not apply.
         tails: the tail's segments (default: every other segment, in table order).
         static: those of ``tails`` that no one-token tick writes (headers, separators); their blocks
-            form the static part of the tail, in ``tails`` order (default: none).
+            form the static part of the tail, in ``tails`` order, with a capacity of its own (default:
+            none).
     """
 
     def __init__(self, capacities: Sequence[int], kv_heads: int, head_dim: int, dtype: torch.dtype, device: Any,
@@ -95,7 +97,7 @@ class SegmentStore:
         self.generation = 0  # bumped by every re-allocation
         caps = [max(1, int(c)) for c in capacities]
         if not self.commons:  # no fast path: one buffer per segment at its own capacity
-            self.block = 0
+            self.block = self.static_block = 0
             self.capacities = caps
             self.keys = [self._zeros(kv_heads, c, head_dim) for c in caps]
             self.values = [self._zeros(kv_heads, c, head_dim) for c in caps]
@@ -108,7 +110,8 @@ class SegmentStore:
         self.k_static: Tensor
         self.v_static: Tensor
         self._allocate_common(max(caps[j] for j in self.commons), keep=0)
-        self._allocate_tail(max([caps[j] for j in tail], default=1), keep=0)
+        self._allocate_tail(max([caps[j] for j in self.tail_segments], default=1), keep=0)
+        self._allocate_static(max([caps[j] for j in self.static_segments], default=1), keep=0)
         self._index_segments()
 
     # ------------------------------------------------------------------ layout
@@ -131,27 +134,35 @@ class SegmentStore:
             self.capacities[j] = cap
 
     def _allocate_tail(self, block: int, keep: int) -> None:
-        """(Re-)allocate the tail with blocks of ``block`` slots, keeping the first ``keep`` of each block."""
-        H, D, n, z, P = self.kv_heads, self.head_dim, self.group_tail, self.group_static, len(self.commons)
-        # the tail is one flat buffer: the written blocks, the static blocks, and one extra block at the
-        # end, the trash, where a row that feeds nothing writes in a one-token tick (outside every
-        # view, never read: Spec §3.4)
-        written, blocks = P * H * n, P * H * (n + z)
+        """(Re-)allocate the written tail with blocks of ``block`` slots, keeping the first ``keep`` of each."""
+        H, D, n, P = self.kv_heads, self.head_dim, self.group_tail, len(self.commons)
+        # one flat buffer with one extra block at the end: the trash, where a row that feeds nothing
+        # writes in a one-token tick (outside every view, never read: Spec §3.4)
+        blocks = P * H * n
         v_buf = self._grown((blocks + 1, block, D), 1, keep)
+        v_tail = v_buf[:-1].view(P * H, n, block, D)
         k_buf, k_blocks = self._key_buffer((blocks + 1,), block, keep)
-        k_tail, v_tail = k_blocks[:written].view(P * H, n, block, D), v_buf[:written].view(P * H, n, block, D)
-        k_static = k_blocks[written:blocks].view(P * H, z, block, D)
-        v_static = v_buf[written:blocks].view(P * H, z, block, D)
+        k_tail = k_blocks[:-1].view(P * H, n, block, D)
         if keep:
             k_tail[:, :, :keep], v_tail[:, :, :keep] = self.k_tail[:, :, :keep], self.v_tail[:, :, :keep]
-            k_static[:, :, :keep], v_static[:, :, :keep] = self.k_static[:, :, :keep], self.v_static[:, :, :keep]
             k_blocks[-1].zero_()  # the trash block: no copy fills its first slots
             v_buf[-1].zero_()
         self._k_flat, self._v_flat, self.k_tail, self.v_tail = k_buf.view(-1), v_buf.view(-1), k_tail, v_tail
-        self.k_static, self.v_static = k_static, v_static
         self.trash = blocks * block
         self.block = block
-        for j in self._block_of:
+        for j in self.tail_segments:
+            self.capacities[j] = block
+
+    def _allocate_static(self, block: int, keep: int) -> None:
+        """(Re-)allocate the static tail with blocks of ``block`` slots, keeping the first ``keep`` of each."""
+        H, D, z, P = self.kv_heads, self.head_dim, self.group_static, len(self.commons)
+        v = self._grown((P * H, z, block, D), 2, keep)
+        k = self._key_buffer((P * H, z), block, keep)[1]
+        if keep:
+            k[:, :, :keep], v[:, :, :keep] = self.k_static[:, :, :keep], self.v_static[:, :, :keep]
+        self.k_static, self.v_static = k, v
+        self.static_block = block
+        for j in self.static_segments:
             self.capacities[j] = block
 
     def _index_segments(self) -> None:
@@ -201,8 +212,9 @@ class SegmentStore:
         """Make room for ``size`` tokens in segment ``j``; True when buffers were re-allocated.
 
         Growth is geometric (the capacity at least doubles, Spec §9.6) and touches only what filled:
-        the common segments' buffers (every group's: they share one capacity), the tail (every block grows to the new block size), or, without
-        a common segment, segment ``j``'s own buffers. What was stored is copied over.
+        the common segments' buffers (every group's: they share one capacity), one part of the tail
+        (the written or the static: every block of that part grows to the new block size), or,
+        without a common segment, segment ``j``'s own buffers. What was stored is copied over.
         """
         if size <= self.capacities[j]:
             return False
@@ -215,6 +227,9 @@ class SegmentStore:
                 self.keys[j], self.values[j], self.capacities[j] = k, v, new
             elif j in self._group_of:
                 self._allocate_common(new, keep=self.capacities[j])
+                self._index_segments()
+            elif self._block_of[j][0]:
+                self._allocate_static(new, keep=self.static_block)
                 self._index_segments()
             else:
                 self._allocate_tail(new, keep=self.block)
@@ -249,4 +264,5 @@ class SegmentStore:
         """Bytes held by the buffers (keys and values)."""
         if not self.commons:
             return sum(t.untyped_storage().nbytes() for t in (*self.keys, *self.values))
-        return sum(t.untyped_storage().nbytes() for t in (self.k_common, self.v_common, self._k_flat, self._v_flat))
+        buffers = (self.k_common, self.v_common, self._k_flat, self._v_flat, self.k_static, self.v_static)
+        return sum(t.untyped_storage().nbytes() for t in buffers)

@@ -291,7 +291,7 @@ class DecodeTick(Tick):
         # eager ticks read each tail block up to the longest tail segment; a compiled step keeps the
         # block capacity, a shape that changes only when the store grows (Spec §9.6)
         self._tail_block = first.block if compiled else plan.tail_window
-        self._static_block = first.block if compiled else plan.static_window
+        self._static_block = first.static_block if compiled else plan.static_window
         # a compiled step reads the rounded common window under a mask (a dynamic dimension); an eager
         # tick reads exactly the longest common segment, with no common mask when all are that long
         longest = max(plan.common_lengths)
