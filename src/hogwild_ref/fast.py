@@ -342,9 +342,7 @@ def decode_attention(
     common_keep = None if common_mask is None else common_mask.view(P, 1, W, 1, -1)
     if common_keep is not None:
         sc.view(P, hkv, W, g, -1).masked_fill_(~common_keep, float("-inf"))
-    tails = [(k_tail, v_tail, query_rotation, tail_mask)]
-    if static is not None and k_static is not None and v_static is not None:
-        tails.append((k_static, v_static, static.rotation, static.mask))
+    tails = _tail_parts(k_tail, v_tail, query_rotation, tail_mask, k_static, v_static, static)
     # the tail parts' scores (P, Hkv, S, W*g, C), block by block, masked
     parts = [_tail_part_scores(qg, k, rotation, mask, rope) for k, _, rotation, mask in tails]
     # one softmax over every part: every row sees a key (an active row its own new one in the tail)
@@ -356,11 +354,22 @@ def decode_attention(
     out = torch.matmul(pc, v_common.to(acc))  # (P, Hkv, W*g, D)
     for (st, keep), (_, v, _, _) in zip(parts, tails):
         st.sub_(top[:, :, None])
-        pt = _exp_below(st.view(keep.shape[0], hkv, *keep.shape[2:4], g, -1), keep).view_as(st)
+        pt = _exp_below(st.view(P, hkv, st.shape[2], W, g, -1), keep).view_as(st)
         total = total + pt.sum(dim=(2, 4), keepdim=True)[:, :, 0]
         out = out + _tail_values(pt, v)
     out = (out / total).view(P, hkv, W, g, D).permute(0, 2, 1, 3, 4).reshape(R, Hq, 1, D) * active[:, None, None, None]
     return out.to(q.dtype)
+
+
+def _tail_parts(k_tail: Tensor, v_tail: Tensor, query_rotation: Rotation, tail_mask: Tensor,
+                k_static: Tensor | None, v_static: Tensor | None, static: StaticTail | None
+                ) -> list[tuple[Tensor, Tensor, Rotation, Tensor]]:
+    """The tail parts a one-token tick attends to (Spec §9.6): ``(keys, values, query rotation, mask)``
+    of the written tail, then of the static tail when there is one."""
+    parts = [(k_tail, v_tail, query_rotation, tail_mask)]
+    if static is not None and k_static is not None and v_static is not None:
+        parts.append((k_static, v_static, static.rotation, static.mask))
+    return parts
 
 
 def _tail_part_scores(qg: Tensor, k: Tensor, rotation: Rotation, mask: Tensor, rope: RopeSpec) -> tuple[Tensor, Tensor]:

@@ -29,7 +29,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from .fast import StaticTail, _tail_scores, _tail_values
+from .fast import StaticTail, _tail_part_scores, _tail_parts, _tail_values
 from .rope import RopeSpec, Rotation
 
 __all__ = ["KERNELS", "SPLIT_DTYPES", "common_attention", "decode_attention_split", "default_kernel", "kernel_for",
@@ -152,15 +152,9 @@ def decode_attention_split(
     qc = qg.permute(1, 0, 2, 3).reshape(hkv, R * g, D)
     out_c, lse_c = common_attention(qc, k_common, v_common, scaling, kernel or default_kernel(q.device))
     # tail parts: masked scores (hkv, S, R·g, C), block by block, with their LSE
-    parts = [(k_tail, v_tail, query_rotation, tail_mask)]
-    if static is not None and k_static is not None and v_static is not None:
-        parts.append((k_static, v_static, static.rotation, static.mask))
-    scores = []
-    for k, _, rotation, mask in parts:
-        st = _tail_scores(qg.to(acc)[None], k, rotation, rope)[0] * scaling
-        n, block = st.shape[1], st.shape[3]
-        keep = mask.view(R, n, block).transpose(0, 1)[None, :, :, None, :]  # (1, S, R, 1, C)
-        scores.append(st.view(hkv, n, R, g, block).masked_fill(~keep, float("-inf")).view(hkv, n, R * g, block))
+    parts = _tail_parts(k_tail, v_tail, query_rotation, tail_mask, k_static, v_static, static)
+    scores = [_tail_part_scores(qg.to(acc)[None], k, rotation, mask, rope)[0][0] * scaling
+              for k, _, rotation, mask in parts]
     lse_t = torch.logsumexp(torch.stack([torch.logsumexp(st, dim=(1, 3)) for st in scores]), dim=0)  # -inf: no tail key
     top = torch.maximum(lse_c, lse_t)  # lse_c is finite: the common part is never empty
     w_c, w_t = torch.exp(lse_c - top), torch.exp(lse_t - top)
