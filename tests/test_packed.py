@@ -7,7 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hogwild_ref.engine import Engine
+from hogwild_ref.models import tiny_model
 from hogwild_ref.packed import PackedLinear, packing_available
+from hogwild_ref.scheduler import SchedulerConfig
 
 pytestmark = pytest.mark.skipif(not packing_available(), reason="this torch build has no MKL packed GEMM")
 
@@ -77,3 +80,42 @@ def test_not_reentrant() -> None:
     packed = PackedLinear(_model(), rows=2)
     with packed, pytest.raises(RuntimeError, match="not reentrant"):
         packed.__enter__()
+
+
+def test_a_weight_edited_in_place_is_not_served_from_the_stale_packed_copy() -> None:
+    model = _model()
+    lin = model[0]
+    packed = PackedLinear(model, rows=2)
+    assert packed.current()
+    with torch.no_grad():
+        lin.weight.mul_(2.0)  # as an ablation that edits a layer between runs does
+    assert not packed.current()
+    x = torch.randn(2, 24)
+    with packed, torch.profiler.profile() as prof:
+        y = lin(x)
+    assert not _ran_packed(prof)
+    assert torch.equal(y, torch.nn.functional.linear(x, lin.weight, lin.bias))
+    assert PackedLinear(model, rows=2).current()
+
+
+def test_an_engine_run_after_an_in_place_edit_uses_the_edited_weights(char_tokenizer) -> None:
+    """The engine keeps its packed copies between runs; an edit in place between runs packs again.
+    Oracle: a new engine on the edited model (same arithmetic, packed from scratch)."""
+    model = tiny_model("llama", seed=3, vocab_size=len(char_tokenizer))
+
+    def run(engine: Engine) -> list[torch.Tensor]:
+        return engine.run("What is 7 * 6?").logits
+
+    def engine() -> Engine:
+        sched = SchedulerConfig(max_ticks=6, eos_token_ids=frozenset())
+        return Engine(model, char_tokenizer, workers=4, layout="combined", backend="fast", scheduler=sched,
+                      record_logits=True, finisher=False)
+
+    kept = engine()
+    before = run(kept)
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight.mul_(3.0)
+    after, fresh = run(kept), run(engine())
+    assert len(after) == len(fresh) == len(before)
+    assert all(torch.equal(a, f) for a, f in zip(after, fresh))
+    assert not all(torch.equal(a, b) for a, b in zip(after, before))

@@ -232,7 +232,8 @@ class Forward:
         """MKL-packed linear weights for ``rows``-row ticks on the CPU (Spec §9.6), when enabled."""
         if not self.pack_weights or self.compile or rows < self._pack_rows:
             return None
-        if self._packed is None or self._packed.rows != rows:
+        if self._packed is None or self._packed.rows != rows or not self._packed.current():
+            self._packed = None  # the old copies go before the new ones are made
             self._packed = PackedLinear(self.model, rows)
         return self._packed
 

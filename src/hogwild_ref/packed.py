@@ -38,8 +38,9 @@ class PackedLinear:
 
     def __init__(self, model: Any, rows: int):
         self.rows = rows
-        #: (module, the weight that was packed, its packed copy) for every packable linear layer
-        self._layers: list[tuple[torch.nn.Module, Tensor, Tensor]] = []
+        #: (module, the weight that was packed, its packed copy, the weight's version counter then)
+        #: for every packable linear layer
+        self._layers: list[tuple[torch.nn.Module, Tensor, Tensor, int]] = []
         self._saved: list[Any] = []
         seen: set[int] = set()
         with torch.no_grad():
@@ -48,16 +49,22 @@ class PackedLinear:
                 if isinstance(module, torch.nn.Linear) and w is not None and w.dtype == torch.float32 \
                         and w.device.type == "cpu" and id(module) not in seen:
                     seen.add(id(module))
-                    self._layers.append((module, w, torch.ops.mkl._mkl_reorder_linear_weight(w.detach(), rows)))
+                    self._layers.append((module, w, torch.ops.mkl._mkl_reorder_linear_weight(w.detach(), rows),
+                                         w._version))
 
-    def _forward(self, module: torch.nn.Module, weight: Tensor, packed: Tensor,
+    def current(self) -> bool:
+        """Every layer still holds the weight that was packed, unchanged in place (its version counter):
+        else that layer answers from its own forward, and the caller packs the model again."""
+        return all(module.weight is w and w._version == v for module, w, _, v in self._layers)
+
+    def _forward(self, module: torch.nn.Module, weight: Tensor, packed: Tensor, version: int,
                  fallback: Callable[..., Tensor]) -> Callable[..., Tensor]:
         """``module``'s forward while entered: the packed product for ``rows`` float32 rows of the
-        weight that was packed, ``fallback`` (its own forward) for every other call."""
+        weight that was packed while it is unchanged, ``fallback`` (its own forward) for every other call."""
         rows = self.rows
 
         def forward(x: Tensor, *args: Any, **kwargs: Any) -> Tensor:  # x (..., d_in) -> (..., d_out)
-            if args or kwargs or module.weight is not weight or x.dtype != torch.float32 \
+            if args or kwargs or module.weight is not weight or weight._version != version or x.dtype != torch.float32 \
                     or x.numel() != rows * x.shape[-1]:
                 return fallback(x, *args, **kwargs)
             out = torch.ops.mkl._mkl_linear(x.reshape(rows, x.shape[-1]), packed, weight, module.bias, rows)
@@ -68,15 +75,15 @@ class PackedLinear:
     def __enter__(self) -> PackedLinear:
         if self._saved:
             raise RuntimeError("PackedLinear is already entered (it is not reentrant)")
-        for module, weight, packed in self._layers:
+        for module, weight, packed, version in self._layers:
             old = module.__dict__.get("forward", _MISSING)
             self._saved.append(old)
             fallback = old if old is not _MISSING else type(module).forward.__get__(module)
-            module.__dict__["forward"] = self._forward(module, weight, packed, fallback)
+            module.__dict__["forward"] = self._forward(module, weight, packed, version, fallback)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for (module, _, _), old in zip(self._layers, self._saved):
+        for (module, _, _, _), old in zip(self._layers, self._saved):
             if old is _MISSING:
                 module.__dict__.pop("forward", None)
             else:
