@@ -179,6 +179,36 @@ def test_a_problem_that_fails_is_recorded_and_the_others_go_on(smollm_tokenizer,
     assert results[0].ticks == results[2].ticks == 8
 
 
+def test_a_batch_switches_the_attention_implementation_once_and_restores_it(smollm_tokenizer, monkeypatch):
+    """As Engine.run: the model runs the "hogwild" attention for the whole batch (not switched per
+    forward), and its own implementation is back afterwards, also after an error."""
+    model = tiny_model("llama", seed=7, vocab_size=len(smollm_tokenizer))
+    before = model.config._attn_implementation
+    runner = BatchRunner(_engine(model, smollm_tokenizer, workers=2, layout="combined", ticks=6, finisher=True,
+                                 backend="fast"), [3, 6])
+    switches: list[str] = []
+    real = type(model).set_attn_implementation
+
+    def counted(self, name, *args, **kwargs):
+        switches.append(name)
+        return real(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "set_attn_implementation", counted)
+    runner.run([BatchItem(p) for p in PROBLEMS[:2]])
+    assert switches == ["hogwild", before]
+    assert model.config._attn_implementation == before
+
+    from hogwild_ref.run import RunLoop
+
+    def broken(self, runs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunLoop, "tick", broken)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run([BatchItem(PROBLEMS[0])])
+    assert model.config._attn_implementation == before
+
+
 # ---------------------------------------------------------------------- sampling: one code path, one device
 def test_sampled_batched_problems_equal_one_at_a_time_with_generators_on_the_engine_device(smollm_tokenizer, monkeypatch):
     """Temperature 0.6, fixed seeds: every problem of a batch samples exactly the tokens of its own

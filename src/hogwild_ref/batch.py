@@ -30,6 +30,7 @@ from torch import Tensor
 
 from .engine import Engine
 from .events import SnapshotEvent
+from .hf import use_hogwild_attention
 from .run import ProblemRun, RunLoop
 from .scheduler import Scheduler, extract_boxed
 from .segments import Segment, SegmentTable
@@ -146,6 +147,10 @@ class BatchRunner:
         """
         if not items:
             return []
+        with use_hogwild_attention(self.engine.model):  # switched once for the batch, restored at the end
+            return self._run(items, on_tick)
+
+    def _run(self, items: Sequence[BatchItem], on_tick: Callable[[int, int], None] | None) -> list[ItemResult]:
         eng = self.engine
         W = eng.workers
         t0 = time.perf_counter()
