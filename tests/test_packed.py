@@ -9,7 +9,7 @@ import torch
 
 from hogwild_ref.engine import Engine
 from hogwild_ref.models import tiny_model
-from hogwild_ref.packed import PackedLinear, packing_available
+from hogwild_ref.packed import PackedLinear, packable_bytes, packing_available
 from hogwild_ref.scheduler import SchedulerConfig
 
 pytestmark = pytest.mark.skipif(not packing_available(), reason="this torch build has no MKL packed GEMM")
@@ -119,3 +119,29 @@ def test_an_engine_run_after_an_in_place_edit_uses_the_edited_weights(char_token
     assert len(after) == len(fresh) == len(before)
     assert all(torch.equal(a, f) for a, f in zip(after, fresh))
     assert not all(torch.equal(a, b) for a, b in zip(after, before))
+
+
+def test_default_packing_gives_way_to_a_lack_of_memory(char_tokenizer, monkeypatch) -> None:
+    """By default the packed copy is made only when it takes at most half of the available memory;
+    otherwise the engine warns once and runs unpacked (the same arithmetic as pack_weights=False)."""
+    model = tiny_model("llama", seed=3, vocab_size=len(char_tokenizer))
+    need = packable_bytes(model)
+    assert need == sum(m.weight.numel() * 4 for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+    def run(pack: bool | None) -> tuple[list[torch.Tensor], bool]:
+        sched = SchedulerConfig(max_ticks=4, eos_token_ids=frozenset())
+        engine = Engine(model, char_tokenizer, workers=4, layout="combined", backend="fast", scheduler=sched,
+                        record_logits=True, finisher=False, pack_weights=pack)
+        with torch.profiler.profile() as prof:
+            logits = engine.run("What is 7 * 6?").logits
+        return logits, _ran_packed(prof)
+
+    monkeypatch.setattr("hogwild_ref.forward.available_memory", lambda: 2 * need - 1)
+    with pytest.warns(UserWarning, match="not packing the linear weights") as caught:
+        short, packed = run(None)
+    assert not packed and len([w for w in caught if "not packing" in str(w.message)]) == 1
+    unpacked, _ = run(False)
+    assert all(torch.equal(a, b) for a, b in zip(short, unpacked, strict=True))
+    assert run(True)[1]  # asked for: packed whatever the memory
+    monkeypatch.setattr("hogwild_ref.forward.available_memory", lambda: 2 * need)
+    assert run(None)[1]

@@ -11,6 +11,7 @@ runner, the compatibility proof, the conformance reference and the bench all cal
 from __future__ import annotations
 
 import contextlib
+import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -20,8 +21,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .hf import HogwildCache, cache_keyword, layer_devices, use_hogwild_attention
+from .limits import available_memory, gib
 from .models import sliding_window
-from .packed import PackedLinear, packing_available
+from .packed import PackedLinear, packable_bytes, packing_available
 from .parallel import check_compile, local_kv_heads, share_tokens
 from .plan import plan_tick
 from .rope import RopeSpec
@@ -44,7 +46,9 @@ class Forward:
             is the compile mode); None: the fast backend on CUDA, with CUDA graphs (Spec §9.6).
         pack_weights: run one-token ticks' float32 CPU linear layers on MKL-packed copies of the
             weights (:class:`~hogwild_ref.packed.PackedLinear`); None: with the fast backend on the CPU,
-            float32, ticks of at least 4 rows (at 2 rows MKL's plain product is faster, measured).
+            float32, ticks of at least 4 rows (at 2 rows MKL's plain product is faster, measured),
+            unless the copy would take more than half of the memory still available (then it warns
+            once and runs unpacked).
         planner: the general tick's planner (:func:`~hogwild_ref.plan.plan_tick`; the conformance suite's
             mutants replace it).
         split: eager one-token ticks attend to the common segment through a fused kernel that returns
@@ -79,6 +83,8 @@ class Forward:
         self.compile = compile
         #: rows a one-token tick needs before its linear layers run packed (explicit True: any)
         self._pack_rows = 1
+        #: packing was chosen by default, so it gives way to a lack of memory (:meth:`_packed_linear`)
+        self._pack_auto = pack_weights is None
         if pack_weights is None:
             pack_weights = (backend == "fast" and self.device.type == "cpu" and self.dtype == torch.float32
                             and packing_available())
@@ -234,8 +240,22 @@ class Forward:
             return None
         if self._packed is None or self._packed.rows != rows or not self._packed.current():
             self._packed = None  # the old copies go before the new ones are made
+            if self._pack_auto and not self._room_to_pack():
+                self.pack_weights = False
+                return None
             self._packed = PackedLinear(self.model, rows)
         return self._packed
+
+    def _room_to_pack(self) -> bool:
+        """Whether the packed copies (Spec §9.6, CPU linear layers) take at most half of the memory this
+        machine still has available; if not, say so once: the ticks run unpacked, slower, not killed."""
+        need, available = packable_bytes(self.model), available_memory()
+        if available is None or 2 * need <= available:
+            return True
+        warnings.warn(f"not packing the linear weights for one-token ticks: the packed copy needs about {gib(need)} "
+                      f"and this machine has {gib(available)} of memory available; ticks run unpacked (slower); free "
+                      "memory, or (library) pass pack_weights=True to pack anyway", stacklevel=2)
+        return False
 
     @property
     def _decode_step(self) -> Callable[..., Any]:

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-__all__ = ["PackedLinear", "packing_available"]
+__all__ = ["PackedLinear", "packable_bytes", "packing_available"]
 
 
 def packing_available() -> bool:
@@ -31,6 +31,21 @@ def packing_available() -> bool:
 
 
 _MISSING = object()
+
+
+def _packable(module: object) -> bool:
+    w = getattr(module, "weight", None)
+    return isinstance(module, torch.nn.Linear) and w is not None and w.dtype == torch.float32 \
+        and w.device.type == "cpu"
+
+
+def packable_bytes(model: Any) -> int:
+    """About the bytes :class:`PackedLinear` copies for ``model``: its float32 CPU linear weights."""
+    seen: dict[int, int] = {}
+    for module in model.modules():
+        if _packable(module):
+            seen[id(module)] = module.weight.numel() * 4
+    return sum(seen.values())
 
 
 class PackedLinear:
@@ -45,10 +60,9 @@ class PackedLinear:
         seen: set[int] = set()
         with torch.no_grad():
             for module in model.modules():
-                w = getattr(module, "weight", None)
-                if isinstance(module, torch.nn.Linear) and w is not None and w.dtype == torch.float32 \
-                        and w.device.type == "cpu" and id(module) not in seen:
+                if _packable(module) and id(module) not in seen:
                     seen.add(id(module))
+                    w = module.weight
                     self._layers.append((module, w, torch.ops.mkl._mkl_reorder_linear_weight(w.detach(), rows),
                                          w._version))
 
