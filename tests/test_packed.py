@@ -89,12 +89,14 @@ def test_a_weight_edited_in_place_is_not_served_from_the_stale_packed_copy() -> 
     assert packed.current()
     with torch.no_grad():
         lin.weight.mul_(2.0)  # as an ablation that edits a layer between runs does
+    model[2].weight.data = torch.randn(8, 40)  # new data under the same parameter
     assert not packed.current()
-    x = torch.randn(2, 24)
+    x, h = torch.randn(2, 24), torch.randn(2, 40)
     with packed, torch.profiler.profile() as prof:
-        y = lin(x)
+        y, z = lin(x), model[2](h)
     assert not _ran_packed(prof)
     assert torch.equal(y, torch.nn.functional.linear(x, lin.weight, lin.bias))
+    assert torch.equal(z, torch.nn.functional.linear(h, model[2].weight))
     assert PackedLinear(model, rows=2).current()
 
 

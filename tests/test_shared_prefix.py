@@ -73,12 +73,19 @@ def test_weights_changed_in_place_recompute_the_prefix(smollm_tokenizer):
         fwd.prefill(storage, prep.first, prep.static, 512, prep.shared)
         return storage.segment_kv(prep.first)[0][:, :, : prep.shared]
 
+    def oracle():  # no shared prefix at all
+        storage = fwd.storage(prep.table, eng.capacities(prep))
+        fwd.prefill(storage, prep.first, prep.static, 512, 0)
+        return storage.segment_kv(prep.first)[0][:, :, : prep.shared]
+
     before = first_keys()
+    k_proj = eng.model.model.layers[0].self_attn.k_proj
     with torch.no_grad():
-        eng.model.model.layers[0].self_attn.k_proj.weight.mul_(2.0)
-    after = first_keys()
-    storage = fwd.storage(prep.table, eng.capacities(prep))
-    fwd.prefill(storage, prep.first, prep.static, 512, 0)  # the oracle: no shared prefix at all
-    fresh = storage.segment_kv(prep.first)[0][:, :, : prep.shared]
+        k_proj.weight.mul_(2.0)
+    after, fresh = first_keys(), oracle()
     assert not torch.allclose(before[0], after[0])
     assert float((after - fresh).abs().max() / fresh.abs().max()) < KV_RTOL
+    k_proj.weight.data = k_proj.weight.data * 0.5  # new data under the same parameter: seen too
+    again, fresh = first_keys(), oracle()
+    assert not torch.allclose(after[0], again[0])
+    assert float((again - fresh).abs().max() / fresh.abs().max()) < KV_RTOL

@@ -23,7 +23,7 @@ from torch import Tensor
 from .hf import HogwildCache, cache_keyword, layer_devices, use_hogwild_attention
 from .limits import available_memory, gib
 from .models import sliding_window
-from .packed import PackedLinear, packable_bytes, packing_available
+from .packed import PackedLinear, packable_bytes, packing_available, tensor_state
 from .parallel import check_compile, local_kv_heads, share_tokens
 from .plan import plan_tick
 from .rope import RopeSpec
@@ -217,8 +217,8 @@ class Forward:
     def _shared_prefix(self, tokens: list[int], chunk: int) -> Storage:
         """A one-segment storage whose ``prompt`` holds the prefill of ``tokens`` (Spec §4.4, shared
         prefix): computed on the first call, then reused while the tokens, the chunk size and the
-        model's weights (their in-place version counters) stay the same. One prefix is kept."""
-        key = (tuple(tokens), chunk, tuple(p._version for p in self.model.parameters()))
+        model's weights (:func:`~hogwild_ref.packed.tensor_state`) stay the same. One prefix is kept."""
+        key = (tuple(tokens), chunk, tuple(tensor_state(p) for p in self.model.parameters()))
         if self._shared is not None and self._shared[0] == key:
             return self._shared[1]
         self._shared = None  # free the old prefix first

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-__all__ = ["PackedLinear", "packable_bytes", "packing_available"]
+__all__ = ["PackedLinear", "packable_bytes", "packing_available", "tensor_state"]
 
 
 def packing_available() -> bool:
@@ -31,6 +31,13 @@ def packing_available() -> bool:
 
 
 _MISSING = object()
+
+
+def tensor_state(t: Tensor) -> tuple[int, int]:
+    """What changes when a weight is edited in place (its version counter: ``torch.no_grad()`` ops,
+    ``load_state_dict``) or given new data (``weight.data = ...``: its data pointer). An edit through
+    ``weight.data`` in place changes neither and is not seen."""
+    return t._version, t.data_ptr()
 
 
 def _packable(module: object) -> bool:
@@ -53,9 +60,9 @@ class PackedLinear:
 
     def __init__(self, model: Any, rows: int):
         self.rows = rows
-        #: (module, the weight that was packed, its packed copy, the weight's version counter then)
+        #: (module, the weight that was packed, its packed copy, the weight's :func:`tensor_state` then)
         #: for every packable linear layer
-        self._layers: list[tuple[torch.nn.Module, Tensor, Tensor, int]] = []
+        self._layers: list[tuple[torch.nn.Module, Tensor, Tensor, tuple[int, int]]] = []
         self._saved: list[Any] = []
         seen: set[int] = set()
         with torch.no_grad():
@@ -64,21 +71,21 @@ class PackedLinear:
                     seen.add(id(module))
                     w = module.weight
                     self._layers.append((module, w, torch.ops.mkl._mkl_reorder_linear_weight(w.detach(), rows),
-                                         w._version))
+                                         tensor_state(w)))
 
     def current(self) -> bool:
-        """Every layer still holds the weight that was packed, unchanged in place (its version counter):
-        else that layer answers from its own forward, and the caller packs the model again."""
-        return all(module.weight is w and w._version == v for module, w, _, v in self._layers)
+        """Every layer still holds the weight that was packed, unchanged (:func:`tensor_state`): else that
+        layer answers from its own forward, and the caller packs the model again."""
+        return all(module.weight is w and tensor_state(w) == v for module, w, _, v in self._layers)
 
-    def _forward(self, module: torch.nn.Module, weight: Tensor, packed: Tensor, version: int,
+    def _forward(self, module: torch.nn.Module, weight: Tensor, packed: Tensor, state: tuple[int, int],
                  fallback: Callable[..., Tensor]) -> Callable[..., Tensor]:
         """``module``'s forward while entered: the packed product for ``rows`` float32 rows of the
         weight that was packed while it is unchanged, ``fallback`` (its own forward) for every other call."""
         rows = self.rows
 
         def forward(x: Tensor, *args: Any, **kwargs: Any) -> Tensor:  # x (..., d_in) -> (..., d_out)
-            if args or kwargs or module.weight is not weight or weight._version != version or x.dtype != torch.float32 \
+            if args or kwargs or module.weight is not weight or tensor_state(weight) != state or x.dtype != torch.float32 \
                     or x.numel() != rows * x.shape[-1]:
                 return fallback(x, *args, **kwargs)
             out = torch.ops.mkl._mkl_linear(x.reshape(rows, x.shape[-1]), packed, weight, module.bias, rows)
@@ -89,11 +96,11 @@ class PackedLinear:
     def __enter__(self) -> PackedLinear:
         if self._saved:
             raise RuntimeError("PackedLinear is already entered (it is not reentrant)")
-        for module, weight, packed, version in self._layers:
+        for module, weight, packed, state in self._layers:
             old = module.__dict__.get("forward", _MISSING)
             self._saved.append(old)
             fallback = old if old is not _MISSING else type(module).forward.__get__(module)
-            module.__dict__["forward"] = self._forward(module, weight, packed, version, fallback)
+            module.__dict__["forward"] = self._forward(module, weight, packed, state, fallback)
         return self
 
     def __exit__(self, *exc: object) -> None:
