@@ -222,3 +222,19 @@ def test_missing_subcommand_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit) as exc:
         main([])
     assert exc.value.code == 2
+
+
+def test_every_command_prints_a_warning_as_one_line(capsys, monkeypatch):
+    """A library warning during any command (here: eval's packing giving way to memory, raised from
+    inside the command) reaches stderr as ``warning: <message>``, not Python's file:line form."""
+    import warnings
+
+    from hogwild_ref import cli
+
+    def handler(args):
+        warnings.warn("not packing the linear weights: a test", UserWarning, stacklevel=1)
+        return 0
+
+    monkeypatch.setitem(cli.main.__globals__, "cmd_eval", handler)
+    assert main(["eval", "--limit", "1"]) == 0
+    assert capsys.readouterr().err == "warning: not packing the linear weights: a test\n"

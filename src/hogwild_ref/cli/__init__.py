@@ -8,11 +8,13 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from typing import Any, Iterator, NoReturn, Sequence
 
 from .bench import _add_bench, cmd_bench, cmd_bench_ticks
 from .conform import _add_conform, _print_conform_table, cmd_conform
 from .eval import _add_eval, cmd_eval
+from .common import show_warning
 from .generate import DEFAULT_PROBLEM, _add_generate, cmd_generate
 
 __all__ = ["DEFAULT_PROBLEM", "main", "cmd_bench", "cmd_bench_ticks", "cmd_conform", "cmd_eval", "cmd_generate",
@@ -50,7 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(handler: Any, args: argparse.Namespace) -> int:
     try:
-        return int(handler(args))
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning
+            return int(handler(args))
     except AssertionError:  # a failed internal check is a bug in hogwild_ref, not bad input
         import traceback
 

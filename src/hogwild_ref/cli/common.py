@@ -1,9 +1,16 @@
-"""Shared pieces of the command line: model loading and the device check, both before any work starts."""
+"""Shared pieces of the command line: model loading and the device check, both before any work starts, and
+the one-line form of warnings."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
+
+
+def show_warning(message: Any, *args: Any, **kwargs: Any) -> None:
+    """Every command prints a warning as one line, ``warning: <message>`` on stderr (no source line)."""
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any]:

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from ..settings import BACKENDS, DTYPES, LAYOUTS
-from .common import _check_device, _check_memory, _check_placement, _check_threads, _load, _model_shape
+from .common import show_warning, _check_device, _check_memory, _check_placement, _check_threads, _load, _model_shape
 
 DEFAULT_PROBLEM = (
     "A shop sells pencils at 3 dollars each and notebooks at 5 dollars each. "
@@ -131,7 +131,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always", ContextLengthWarning)
-            warnings.showwarning = _show_warning
+            warnings.showwarning = show_warning
             if args.json:
                 result = generate(model, tokenizer, args.problem, **kwargs)
             else:
@@ -155,10 +155,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     assert view is not None
     view.summary(result)
     return 0
-
-
-def _show_warning(message: Any, *args: Any, **kwargs: Any) -> None:
-    print(f"warning: {message}", file=sys.stderr)
 
 
 def _print_partial(console: Any, result: Any) -> None:
