@@ -40,19 +40,20 @@ def tensor_state(t: Tensor) -> tuple[int, int]:
     return t._version, t.data_ptr()
 
 
-def _packable(module: object) -> bool:
-    w = getattr(module, "weight", None)
-    return isinstance(module, torch.nn.Linear) and w is not None and w.dtype == torch.float32 \
-        and w.device.type == "cpu"
+def _packable_layers(model: Any) -> list[torch.nn.Linear]:
+    """The model's float32 CPU ``nn.Linear`` layers, each once: what :class:`PackedLinear` packs."""
+    layers: dict[int, torch.nn.Linear] = {}
+    for module in model.modules():
+        w = getattr(module, "weight", None)
+        if isinstance(module, torch.nn.Linear) and w is not None and w.dtype == torch.float32 \
+                and w.device.type == "cpu":
+            layers.setdefault(id(module), module)
+    return list(layers.values())
 
 
 def packable_bytes(model: Any) -> int:
     """About the bytes :class:`PackedLinear` copies for ``model``: its float32 CPU linear weights."""
-    seen: dict[int, int] = {}
-    for module in model.modules():
-        if _packable(module):
-            seen[id(module)] = module.weight.numel() * 4
-    return sum(seen.values())
+    return sum(module.weight.numel() * 4 for module in _packable_layers(model))
 
 
 class PackedLinear:
@@ -64,14 +65,11 @@ class PackedLinear:
         #: for every packable linear layer
         self._layers: list[tuple[torch.nn.Module, Tensor, Tensor, tuple[int, int]]] = []
         self._saved: list[Any] = []
-        seen: set[int] = set()
         with torch.no_grad():
-            for module in model.modules():
-                if _packable(module) and id(module) not in seen:
-                    seen.add(id(module))
-                    w = module.weight
-                    self._layers.append((module, w, torch.ops.mkl._mkl_reorder_linear_weight(w.detach(), rows),
-                                         tensor_state(w)))
+            for module in _packable_layers(model):
+                w = module.weight
+                self._layers.append((module, w, torch.ops.mkl._mkl_reorder_linear_weight(w.detach(), rows),
+                                     tensor_state(w)))
 
     def current(self) -> bool:
         """Every layer still holds the weight that was packed, unchanged (:func:`tensor_state`): else that

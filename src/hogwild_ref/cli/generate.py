@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from ..settings import BACKENDS, DTYPES, LAYOUTS
-from .common import show_warning, _check_device, _check_memory, _check_placement, _check_threads, _load, _model_shape
+from .common import _check_device, _check_memory, _check_placement, _check_threads, _load, _model_shape
 
 DEFAULT_PROBLEM = (
     "A shop sells pencils at 3 dollars each and notebooks at 5 dollars each. "
@@ -130,8 +130,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     view = None
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("always", ContextLengthWarning)
-            warnings.showwarning = show_warning
+            warnings.simplefilter("always", ContextLengthWarning)  # one line each (cli._run's show_warning)
             if args.json:
                 result = generate(model, tokenizer, args.problem, **kwargs)
             else:
