@@ -34,9 +34,10 @@ _MISSING = object()
 
 
 def tensor_state(t: Tensor) -> tuple[int, int]:
-    """What changes when a weight is edited in place (its version counter: ``torch.no_grad()`` ops,
-    ``load_state_dict``) or given new data (``weight.data = ...``: its data pointer). An edit through
-    ``weight.data`` in place changes neither and is not seen."""
+    """What changes when a weight is edited (Spec §9.6 "CPU linear layers", §4.4 shared prefix): its
+    version counter, in place (``torch.no_grad()`` ops, ``load_state_dict``), or its data pointer, given
+    new data (``weight.data = ...``). An edit through ``weight.data`` in place changes neither and is
+    not seen."""
     return t._version, t.data_ptr()
 
 
@@ -52,7 +53,8 @@ def _packable_layers(model: Any) -> list[torch.nn.Linear]:
 
 
 def packable_bytes(model: Any) -> int:
-    """About the bytes :class:`PackedLinear` copies for ``model``: its float32 CPU linear weights."""
+    """About the bytes :class:`PackedLinear` copies for ``model`` (Spec §9.6 "CPU linear layers"): its
+    float32 CPU linear weights."""
     return sum(module.weight.numel() * 4 for module in _packable_layers(model))
 
 
@@ -72,8 +74,8 @@ class PackedLinear:
                                      tensor_state(w)))
 
     def current(self) -> bool:
-        """Every layer still holds the weight that was packed, unchanged (:func:`tensor_state`): else that
-        layer answers from its own forward, and the caller packs the model again."""
+        """Every layer still holds the weight that was packed, unchanged (:func:`tensor_state`; Spec §9.6
+        "CPU linear layers"): else that layer answers from its own forward, and the caller packs again."""
         return all(module.weight is w and tensor_state(w) == v for module, w, _, v in self._layers)
 
     def _forward(self, module: torch.nn.Module, weight: Tensor, packed: Tensor, state: tuple[int, int],

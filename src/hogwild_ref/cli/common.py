@@ -9,7 +9,7 @@ from typing import Any
 
 
 def show_warning(message: Any, *args: Any, **kwargs: Any) -> None:
-    """Every command prints a warning as one line, ``warning: <message>`` on stderr (no source line)."""
+    """Every command prints a warning as one line, ``warning: <message>`` on stderr (Spec §11.7)."""
     print(f"warning: {message}", file=sys.stderr)
 
 
