@@ -109,6 +109,40 @@ def test_batched_problems_equal_one_at_a_time(family, layout, workers, backend, 
     assert worst <= LOGIT_RTOL, f"{layout}: logit error {worst:.2e}"
 
 
+def test_a_step_change_in_one_problem_leaves_the_other_problems_on_the_one_token_path(smollm_tokenizer):
+    """Spec §13.3 / §9.6: a forward in which one problem's rows feed several tokens (a step change, a
+    collaboration prompt) and every other problem's rows one runs as two forwards, the one-token
+    problems through the decode tick; the logits of every row equal the engine oracle's (Spec §11.4)."""
+    from hogwild_ref.forward import Forward
+    from hogwild_ref.segments import Row
+
+    model = tiny_model("llama", seed=11, vocab_size=len(smollm_tokenizer))
+    engine = _engine(model, smollm_tokenizer, workers=2, layout="combined", ticks=4, finisher=False, backend="fast")
+    preps = [engine.prepare(p) for p in PROBLEMS]
+    union, _ = union_tables([p.table for p in preps])
+    # one tick of one token per worker, then problem 1's worker 0 feeds three tokens and its worker 1
+    # none, while problems 0 and 2 feed one token per worker
+    ticks = [[[5], [6], [7], [8], [9], [10]], [[11], [12], [13, 14, 15], [], [16], [17]]]
+    got: dict[str, list[torch.Tensor]] = {}
+    for backend in ("fast", "oracle"):
+        forward = Forward(model, engine.rope, backend)
+        storage = forward.storage(union)
+        for b, prep in enumerate(preps):
+            own = forward.storage(prep.table)
+            forward.prefill(own, prep.first, prep.static)
+            storage.copy_from(own, f"p{b}/")
+        got[backend] = []
+        for feeds in ticks:
+            before = dict(forward.kinds)
+            got[backend].append(forward(storage, [Row(v, len(f)) for v, f in zip(union.views, feeds)], feeds))
+            kinds = {k: n - before.get(k, 0) for k, n in forward.kinds.items() if n != before.get(k, 0)}
+        if backend == "fast":
+            assert kinds == {"decode": 1, "grouped": 1}, kinds  # the last (mixed) forward, in two parts
+    for feeds, fast, oracle in zip(ticks, got["fast"], got["oracle"]):
+        fed = [r for r, f in enumerate(feeds) if f]  # a row that feeds nothing returns logits to be ignored
+        assert _rel_err(fast[fed], oracle[fed]) <= LOGIT_RTOL
+
+
 @pytest.mark.parametrize("backend", ["rotate_queries", "fast"])
 def test_batched_problems_with_stopped_workers_equal_one_at_a_time(backend, smollm_tokenizer):
     """Problems that end at different ticks (EOS) and zero-token rows inside a batch."""

@@ -139,6 +139,9 @@ class Forward:
         """
         if self.model.training:
             raise RuntimeError("the model is in training mode (dropout would apply); call model.eval() first")
+        parts = self.parts(storage, rows)
+        if parts is not None:
+            return self._in_parts(storage, rows, feeds, logits, parts)
         tick = self.tick(storage, rows)
         self._check_window(tick.max_position + 1)
         self.kinds[tick.kind] = self.kinds.get(tick.kind, 0) + 1
@@ -181,6 +184,38 @@ class Forward:
             return last[torch.tensor(decode.workers_of_rows, device=last.device)]
         kept = torch.tensor([i - (n - keep) for i in ends], device=out.logits.device)
         return out.logits[torch.arange(len(rows), device=out.logits.device), kept].float()
+
+    def parts(self, storage: Storage, rows: Sequence[Row]) -> tuple[list[int], list[int]] | None:
+        """A forward over several groups (Spec §9.6, §13.3) in which some groups' rows feed several
+        tokens and every row of the other groups at most one, as two forwards: the indices of the
+        rows that take the one-token path (:class:`~hogwild_ref.ticks.DecodeTick`) and of the rest
+        (:class:`~hogwild_ref.ticks.GroupedTick`); None when the forward is one tick.
+
+        No row sees another group's keys (Spec §3.3), so the split changes no result; each group's
+        rows take the path they take when the group's problem runs alone. Without it one problem's
+        step change sends every problem's rows through the per-group path, which costs several
+        one-token ticks (Spec §13.3, note on work).
+        """
+        if (self.backend != "fast" or all(row.new_tokens <= 1 for row in rows)
+                or not GroupedTick.applies(storage, rows)):
+            return None
+        several = {row.view[0] for row in rows if row.new_tokens > 1}  # each group's common segment opens its views
+        one = [r for r, row in enumerate(rows) if row.view[0] not in several]
+        if not one or not DecodeTick.applies(storage, [rows[r] for r in one]):
+            return None
+        return one, [r for r, row in enumerate(rows) if row.view[0] in several]
+
+    def _in_parts(self, storage: Storage, rows: Sequence[Row], feeds: Sequence[Sequence[int]], logits: bool,
+                  parts: tuple[list[int], list[int]]) -> Float[Tensor, "R V"] | None:
+        """:meth:`__call__` as one forward per part of :meth:`parts`, the logits put back in row order."""
+        out: Tensor | None = None
+        for idx in parts:
+            got = self(storage, [rows[r] for r in idx], [feeds[r] for r in idx], logits)
+            if got is not None:
+                if out is None:
+                    out = got.new_empty(len(rows), got.shape[1])
+                out[torch.tensor(idx, device=got.device)] = got
+        return out
 
     def prefill(self, storage: Storage, first: str | Sequence[str], static: Mapping[str, list[int]]
                 | Sequence[Mapping[str, list[int]]], chunk: int = 512, shared: int | Sequence[int] = 0) -> None:
