@@ -238,3 +238,19 @@ def test_every_command_prints_a_warning_as_one_line(capsys, monkeypatch):
     monkeypatch.setitem(cli.main.__globals__, "cmd_eval", handler)
     assert main(["eval", "--limit", "1"]) == 0
     assert capsys.readouterr().err == "warning: not packing the linear weights: a test\n"
+
+
+def test_bench_ticks_prints_its_table_whole_into_a_file(capsys, monkeypatch):
+    """Written to a file or a pipe (not a terminal), the wide ``bench ticks`` table keeps every header
+    and cell whole, where rich's default 80 columns cut them to an ellipsis."""
+    import hogwild_ref.bench
+
+    tiny = hogwild_ref.models.tiny_model("llama", seed=0, vocab_size=256)
+    monkeypatch.setattr(hogwild_ref.bench, "random_model", lambda name, dtype, device: tiny)
+    rc = main(["bench", "ticks", "--ctx", "32", "--workers", "2", "--problems", "2", "--steps", "1", "--threads", "1"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "…" not in out
+    for header in ("P runs alone", "batch/alone", "compiled HF step", "ratio (compiled)", "tick/floor", "peak mem"):
+        assert header in out, header
+    assert re.search(r"│ +32 │ 2 │ 2 │", out), out

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from ..settings import BACKENDS, DTYPES, LAYOUTS
-from .common import _check_device, _check_memory, _check_threads, _load, _model_shape
+from .common import _check_device, _check_memory, _check_threads, _load, _model_shape, table_console
 
 
 def _check_bench(args: argparse.Namespace, what: str) -> None:
@@ -149,9 +149,10 @@ def cmd_bench_ticks(args: argparse.Namespace) -> int:
                       f"{r.ratio:.2f}x", "-" if r.compiled_baseline_s_per_step is None else f"{r.compiled_baseline_s_per_step * 1e3:.1f} ms",
                       "-" if r.ratio_compiled is None else f"{r.ratio_compiled:.2f}x", f"{r.floor_s * 1e3:.1f} ms",
                       f"{r.ratio_floor:.2f}x", f"{r.baseline_ratio_floor:.2f}x", f"{r.peak_mem_bytes / 2**20:.0f} MiB")
-    Console().print(table)
+    console = table_console(table)
+    console.print(table)
     if results:
-        Console().print(f"floor = (weights {results[0].weight_bytes / 2**20:.0f} MiB + K/V read per tick) / read bandwidth "
+        console.print(f"floor = (weights {results[0].weight_bytes / 2**20:.0f} MiB + K/V read per tick) / read bandwidth "
                         f"{results[0].bandwidth / 1e9:.1f} GB/s, measured in this run")
     return 0
 
@@ -197,6 +198,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 table.add_column(key)
         for r in sel:
             table.add_row(*(f"{v:.3g}" if isinstance(v, float) else str(v) for k, v in r.items() if k != "bench"))
-        console.print(table)
+        table_console(table).print(table)
     return 0
 

@@ -13,6 +13,19 @@ def show_warning(message: Any, *args: Any, **kwargs: Any) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
+def table_console(table: Any) -> Any:
+    """A rich console on stdout that prints ``table`` whole: a terminal's own width, or, into a file or
+    a pipe, at least the table's natural width (rich's 80 columns there cut a wide table's headers and
+    cells to an ellipsis)."""
+    from rich.console import Console
+
+    console = Console()
+    if console.is_terminal:
+        return console
+    natural = Console(width=10_000).measure(table).maximum  # measured without a width limit
+    return Console(width=max(console.width, natural))
+
+
 def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     import torch
 
