@@ -168,6 +168,52 @@ def test_batched_problems_with_stopped_workers_equal_one_at_a_time(backend, smol
     assert any(len(t) < ticks for t in batched[0].tokens), "the chosen EOS did not stop a worker early"
 
 
+@pytest.mark.parametrize("backend", ["rotate_queries", "fast"])
+def test_a_batch_goes_on_with_its_live_problems_alone_once_half_have_ended(backend, smollm_tokenizer):
+    """Spec §13.3 (note on work): once at most half of a batch's problems still run, their rows are
+    the only ones computed (the live problems move into a storage of their own), and every problem
+    still equals its run alone, before and after the move."""
+    model = tiny_model("llama", seed=9, vocab_size=len(smollm_tokenizer))
+    ticks = 14
+    problems = [*PROBLEMS, "Name a prime above 10."]
+    # EOS: for problems 0 and 2, a token both workers sample at one tick of their runs alone and no
+    # worker of problems 1 and 3 ever samples, so that 0 and 2 end there and 1 and 3 run on
+    probes = [[w.tokens for w in _engine(model, smollm_tokenizer, workers=2, layout="combined", ticks=ticks,
+                                         finisher=False, backend=backend).run(p).workers] for p in problems]
+    others = {t for b in (1, 3) for tokens in probes[b] for t in tokens}
+    eos = frozenset(next(a for a, b in zip(*probes[p]) if a == b and a not in others) for p in (0, 2))
+    items = [BatchItem(p) for p in problems]
+    runner = BatchRunner(_engine(model, smollm_tokenizer, workers=2, layout="combined", ticks=ticks, finisher=True,
+                                 eos=eos, backend=backend), [5, ticks], record_logits=True)
+    forward, rows_per_forward = runner.engine.forward, []
+    plan_tick_of = forward.tick
+
+    def recording(storage, rows):  # how many worker rows the storage of every forward holds
+        rows_per_forward.append(storage.table.workers)
+        return plan_tick_of(storage, rows)
+
+    forward.tick = recording
+    batched = runner.run(items)
+    ends = [got.ticks for got in batched]
+    assert ends[0] < ticks and ends[2] < ticks and ends[1] == ends[3] == ticks, ends
+    assert max(rows_per_forward) == 8 and rows_per_forward[-1] == 4, rows_per_forward  # the last: after the move
+    for it, got in zip(items, batched):
+        ref = _engine(model, smollm_tokenizer, workers=2, layout="combined", ticks=ticks, finisher=False, eos=eos,
+                      backend=backend).run(it.problem)
+        assert got.error is None
+        assert got.tokens == [w.tokens for w in ref.workers], it.problem
+        assert got.ticks == ref.ticks
+        for a, b in zip(got.logits, ref.logits):
+            assert _rel_err(a, b) <= LOGIT_RTOL
+    # the answers at the budget after the move equal a batch that never moves (one problem per batch)
+    alone = BatchRunner(_engine(model, smollm_tokenizer, workers=2, layout="combined", ticks=ticks, finisher=True,
+                                eos=eos, backend=backend), [5, ticks])
+    for it, got in zip(items, batched):
+        ref_budgets = alone.run([it])[0].budgets
+        assert [(a.budget, a.ticks, a.answer, a.reason, a.tokens, a.finisher_tokens) for a in got.budgets] == \
+            [(a.budget, a.ticks, a.answer, a.reason, a.tokens, a.finisher_tokens) for a in ref_budgets]
+
+
 # ---------------------------------------------------------------------- snapshots + finisher
 @pytest.mark.parametrize("layout,backend", [("combined", "rotate_queries"), ("contiguous", "rotate_queries"),
                                             ("combined", "fast")])
