@@ -208,10 +208,11 @@ class BatchRunner:
     # ------------------------------------------------------------------ work follows the live problems
     def _compact(self, loop: RunLoop, runs: Sequence[ProblemRun], prefixes: dict[int, str]) -> None:
         """Once at most half of the problems in the loop's storage still run, move those into a storage
-        of their own (Spec §13.3, note on work): their segments are copied (ids and lengths kept, K/V
-        segment-local so copied as they are, Spec §2.1), their workers renumbered, and the old storage
-        freed. A tick runs every worker row of its storage, so without this a batch whose other
-        problems have ended costs a full batch per tick until its last problem ends."""
+        of their own (Spec §13.3, note on problems that end early): their segments are copied (ids and
+        lengths kept; stored K/V are segment-local, Spec §2.1, so copied as they are), their workers
+        renumbered, and the old storage freed. A tick runs every worker row of its storage, so without
+        this a batch whose other problems have ended costs a full batch per tick until its last
+        problem ends."""
         old, W = loop.storage, self.engine.workers
         held = old.table.workers // W
         live = [r for r in runs if r.active]
