@@ -214,6 +214,56 @@ def test_a_batch_goes_on_with_its_live_problems_alone_once_half_have_ended(backe
             [(a.budget, a.ticks, a.answer, a.reason, a.tokens, a.finisher_tokens) for a in ref_budgets]
 
 
+def test_a_budget_finisher_goes_on_with_the_problems_whose_answer_is_still_open(smollm_tokenizer, monkeypatch):
+    """Spec §13.3 (problems that end early) inside a budget's finisher (Spec §6.6, §13.2): once the
+    finishers of half of the problems have closed, the others decode in a storage of their own; every
+    problem's answers and finisher tokens equal its batch of one, and the runs go on unchanged."""
+    from hogwild_ref.run import RunLoop
+
+    model = tiny_model("llama", seed=7, vocab_size=len(smollm_tokenizer))
+    problems = [*PROBLEMS, "Name a prime above 10."]
+    closes: set[str] = set()  # the finishers that close after their first token, by prefix in the batch
+    real_finish = RunLoop.finish
+
+    def finish(self, runs, tokens, *, commit):
+        kept = [r.extract for r in runs]
+        for r in runs:
+            if r.prefix in closes:
+                r.extract = lambda text: "closed"
+        try:
+            return (yield from real_finish(self, runs, tokens, commit=commit))
+        finally:
+            for r, extract in zip(runs, kept):
+                r.extract = extract
+
+    monkeypatch.setattr(RunLoop, "finish", finish)
+    runner = BatchRunner(_engine(model, smollm_tokenizer, workers=2, layout="combined", ticks=9, finisher=True),
+                         [4, 9], record_logits=True)
+    forward, rows_per_forward = runner.engine.forward, []
+    plan_tick_of = forward.tick
+
+    def recording(storage, rows):
+        rows_per_forward.append(storage.table.workers)
+        return plan_tick_of(storage, rows)
+
+    forward.tick = recording
+    closes.update({"p0/", "p2/"})
+    batched = runner.run([BatchItem(p) for p in problems])
+    assert 4 in rows_per_forward, rows_per_forward  # the finisher's later ticks: problems 1 and 3 alone
+    assert 8 in rows_per_forward[rows_per_forward.index(4):], rows_per_forward  # then all four went on
+    forward.tick = plan_tick_of
+    for b, (problem, got) in enumerate(zip(problems, batched)):
+        closes.clear()
+        closes.update({"p0/"} if b in (0, 2) else set())
+        ref = runner.run([BatchItem(problem)])[0]
+        assert got.tokens == ref.tokens and got.ticks == ref.ticks
+        assert [(a.answer, a.reason, a.finisher_tokens) for a in got.budgets] == \
+            [(a.answer, a.reason, a.finisher_tokens) for a in ref.budgets]
+        assert all(len(a.finisher_tokens) == (1 if b in (0, 2) else 5) for a in got.budgets), got.budgets
+        for x, y in zip(got.logits, ref.logits):
+            assert _rel_err(x, y) <= LOGIT_RTOL
+
+
 # ---------------------------------------------------------------------- snapshots + finisher
 @pytest.mark.parametrize("layout,backend", [("combined", "rotate_queries"), ("contiguous", "rotate_queries"),
                                             ("combined", "fast")])

@@ -176,11 +176,10 @@ class BatchRunner:
         for b, it in enumerate(items):
             sched = Scheduler(W, eng.decode, eng.encode, self.scheduler_config)
             runs.append(eng.new_run(sched, union.views[b * W : (b + 1) * W], histories[b], b * W, it.seed, ids,
-                                    extract=self.extract, record_logits=self.record_logits))
+                                    extract=self.extract, record_logits=self.record_logits, prefix=f"p{b}/"))
         results = [ItemResult(it.problem, it.seed) for it in items]
         loop = RunLoop(eng.forward, storage, eng.sampling, isolate_errors=True)
-        del storage  # the loop holds it (and may replace it: _compact)
-        prefixes = {id(r): f"p{b}/" for b, r in enumerate(runs)}
+        del storage  # the loop holds it (and may replace it: RunLoop.compact)
         tick = 0
         over: set[int] = set()
         while any(r.active for r in runs):
@@ -200,39 +199,10 @@ class BatchRunner:
                     self._finish_item(r, res, t0)
             if on_tick is not None and ticked:
                 on_tick(tick, sum(r.active for r in runs))
-            self._compact(loop, runs, prefixes)
+            loop.compact([r for r in runs if r.active])  # work and memory follow the live problems (Spec §13.3)
         for r, res in zip(runs, results):
             res.logits = r.logits
         return results
-
-    # ------------------------------------------------------------------ work follows the live problems
-    def _compact(self, loop: RunLoop, runs: Sequence[ProblemRun], prefixes: dict[int, str]) -> None:
-        """Once at most half of the problems in the loop's storage still run, move those into a storage
-        of their own (Spec §13.3, note on problems that end early): their segments are copied (ids and
-        lengths kept; stored K/V are segment-local, Spec §2.1, so copied as they are), their workers
-        renumbered, and the old storage freed. A tick runs every worker row of its storage, so without
-        this a batch whose other problems have ended costs a full batch per tick until its last
-        problem ends."""
-        old, W = loop.storage, self.engine.workers
-        held = old.table.workers // W
-        live = [r for r in runs if r.active]
-        if not live or held < 2 or 2 * len(live) > held:
-            return
-        segments: list[Segment] = []
-        views: list[tuple[str, ...]] = []
-        for b, r in enumerate(live):
-            mine = [s for s in old.table.segments if s.id.startswith(prefixes[id(r)])]
-            segments += [replace(s, writer=None if s.writer is None else s.writer - r.base + b * W) for s in mine]
-            views += r.views
-        table = SegmentTable(tuple(segments), tuple(views), history=None, layout=old.table.layout)
-        caps = {s.id: old.stores[0].capacities[old.table.index(s.id)] for s in segments}
-        new = self.engine.forward.storage(table, caps)
-        for s in segments:
-            if s.length:
-                new.copy_segment(old, s.id, s.id)
-        for b, r in enumerate(live):
-            r.base = b * W
-        loop.storage = new
 
     # ------------------------------------------------------------------ budgets
     def _needs_finisher(self, r: ProblemRun) -> bool:

@@ -17,6 +17,7 @@ end of an engine run) or from a snapshot that is then restored (the batch runner
 from __future__ import annotations
 
 from collections import abc
+from dataclasses import replace
 from collections.abc import Callable, Iterable, Sequence
 from typing import cast
 
@@ -27,7 +28,7 @@ from .events import Event, FlushEvent, SnapshotEvent, StepEvent, TokenEvent
 from .forward import Forward
 from .sampling import SamplingConfig, sample_rows
 from .scheduler import Scheduler, Snapshot, extract_boxed
-from .segments import Row
+from .segments import Row, Segment, SegmentTable
 from .storage import Storage
 
 __all__ = ["ProblemRun", "RunLoop", "Transcript"]
@@ -76,15 +77,18 @@ class ProblemRun:
         segment_ids: the segments the transcript mirrors.
         extract: the answer rule's extraction (default :func:`~hogwild_ref.scheduler.extract_boxed`).
         record_logits: keep each tick's last-slot logits ``(W, V)`` (float32, on the CPU).
+        prefix: what this problem's segment ids start with in a union table (``p{b}/``, Spec §13.3);
+            empty when the storage holds this problem alone.
     """
 
     def __init__(self, scheduler: Scheduler, views: Sequence[tuple[str, ...]], history: str | None, base: int,
                  seed: int, device: torch.device, decode: Callable[[Sequence[int]], str], segment_ids: Iterable[str],
-                 *, extract: Callable[[str], str | None] = extract_boxed, record_logits: bool = False):
+                 *, extract: Callable[[str], str | None] = extract_boxed, record_logits: bool = False,
+                 prefix: str = ""):
         self.sched = scheduler
         self.workers = len(views)
         self.views = [tuple(v) for v in views]
-        self.history, self.base = history, base
+        self.history, self.base, self.prefix = history, base, prefix
         self.decode, self.extract = decode, extract
         self.generators = [Generator(device=device).manual_seed(seed + w) for w in range(self.workers)]
         self.feeds: list[list[int]] = scheduler.initial_feeds()
@@ -210,6 +214,41 @@ class RunLoop:
             run.active = False
             return []
 
+    def compact(self, live: Sequence[ProblemRun]) -> bool:
+        """When the runs ``live`` (problems of a union table, Spec §13.3) hold at most half of the
+        storage's worker rows, go on with them in a storage of their own; True when moved.
+
+        A one-token tick computes every worker row of its storage, so without this the rows of
+        problems that have ended (or whose finisher has closed) are computed until the last problem
+        ends (Spec §13.3, note on problems that end early). Their segments are copied as they are
+        (ids and lengths kept; stored K/V are segment-local, Spec §2.1), their workers renumbered in
+        order (each run's ``base``), and the old storage is dropped from the loop. No row sees
+        another problem's keys (Spec §3.3), so no run changes.
+        """
+        old = self.storage
+        rows = sum(r.workers for r in live)
+        if not live or any(not r.prefix for r in live) or 2 * rows > old.table.workers:
+            return False
+        segments: list[Segment] = []
+        views: list[tuple[str, ...]] = []
+        bases, base = [], 0
+        for r in live:
+            mine = [s for s in old.table.segments if s.id.startswith(r.prefix)]
+            segments += [replace(s, writer=None if s.writer is None else s.writer - r.base + base) for s in mine]
+            views += r.views
+            bases.append(base)
+            base += r.workers
+        table = SegmentTable(tuple(segments), tuple(views), history=None, layout=old.table.layout)
+        caps = {s.id: old.stores[0].capacities[old.table.index(s.id)] for s in segments}
+        new = self.forward.storage(table, caps)
+        for s in segments:
+            if s.length:
+                new.copy_segment(old, s.id, s.id)
+        for r, b in zip(live, bases):
+            r.base = b
+        self.storage = new
+        return True
+
     def tick(self, runs: Sequence[ProblemRun]) -> list[tuple[ProblemRun, list[Event]]]:
         """One whole tick of every active run: :meth:`sample`, then :meth:`commit` of each run."""
         return [(r, r.token_events(sampled) + self.commit(r, sampled, logits)) for r, sampled, logits in self.sample(runs)]
@@ -228,7 +267,7 @@ class RunLoop:
         first_sampled = {id(r): bool(r.last_token(0)) for r in runs}
         produced: dict[int, list[int]] = {id(r): [] for r in runs}
         answers: dict[int, str | None] = {id(r): None for r in runs}
-        saved = self.storage.table
+        saved, home, bases = self.storage.table, self.storage, [r.base for r in runs]
         live = list(runs)
         try:
             for step in range(tokens):
@@ -251,8 +290,13 @@ class RunLoop:
                     answers[key] = r.extract(r.decode(fin[key] + produced[key]))
                     if answers[key] is None and tok not in r.sched.eos:
                         still.append(r)
+                if not commit and len(still) < len(live):
+                    self.compact(still)  # the finishers that closed leave the rows computed (Spec §13.3)
                 live = still
         finally:
-            if not commit:
+            if not commit:  # the snapshot's own storage and table again (Spec §13.2)
+                self.storage = home
+                for r, b in zip(runs, bases):
+                    r.base = b
                 self.storage.table = saved
         return {key: (answers[key], produced[key]) for key in answers}
