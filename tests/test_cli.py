@@ -254,3 +254,29 @@ def test_bench_ticks_prints_its_table_whole_into_a_file(capsys, monkeypatch):
     for header in ("P runs alone", "batch/alone", "compiled HF step", "ratio (compiled)", "tick/floor", "peak mem"):
         assert header in out, header
     assert re.search(r"│ +32 │ 2 │ 2 │", out), out
+
+
+def test_eval_from_the_library_and_from_the_command_line_share_every_default(tmp_path, monkeypatch):
+    """``EvalConfig()`` (the library) and ``hogwild-ref eval`` with no options describe the same
+    evaluation: the library's default backend was once the general ``rotate_queries`` path while the
+    command's was ``fast``, so the same evaluation ran several times slower from Python."""
+    import dataclasses
+
+    import hogwild_ref.cli.eval as cli_eval
+    import hogwild_ref.evaluation as evaluation
+    from hogwild_ref.evaluation import EvalConfig
+
+    seen = []
+
+    def stop(model, tokenizer, cfg, out, **kwargs):
+        seen.append(cfg)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluation, "run_eval", stop)
+    monkeypatch.setattr(cli_eval, "_load", lambda args: (None, None))
+    main(["eval", "--out", str(tmp_path / "out")])
+    assert len(seen) == 1
+    library = EvalConfig()
+    for f in dataclasses.fields(EvalConfig):
+        if f.name != "model":  # the command names the checkpoint and dtype it loaded
+            assert getattr(seen[0], f.name) == getattr(library, f.name), f.name

@@ -55,7 +55,7 @@ class EvalConfig:
     seeds: tuple[int, ...] = (0,)
     limit: int | None = None
     layout: str = "combined"
-    backend: str = "rotate_queries"
+    backend: str = "fast"
     prompts: str = "default"
     temperature: float = 0.0
     top_p: float | None = None
