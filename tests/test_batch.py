@@ -27,6 +27,19 @@ def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
 
 
+def _watch_ticks(forward, see):
+    """Call ``see(storage, tick)`` on every tick ``forward`` plans; returns its own planner."""
+    plan = forward.tick
+
+    def watched(storage, rows):
+        tick = plan(storage, rows)
+        see(storage, tick)
+        return tick
+
+    forward.tick = watched
+    return plan
+
+
 def chunk_boundary(text: str) -> bool:
     """A step boundary that fires often on any text (random models never write '.\\n\\n')."""
     return len(text) >= 12
@@ -85,15 +98,8 @@ def test_batched_problems_equal_one_at_a_time(family, layout, workers, backend, 
     runner = BatchRunner(_engine(model, smollm_tokenizer, workers=workers, layout=layout, ticks=ticks, finisher=False,
                                  backend=backend), [ticks], finisher=False, record_logits=True)
     forward, union_kinds = runner.engine.forward, []
-    plan_tick_of = forward.tick
-
-    def recording(storage, rows):  # the kind of every tick over the union (prefills run per problem)
-        tick = plan_tick_of(storage, rows)
-        if storage.table.workers > workers:
-            union_kinds.append(tick.kind)
-        return tick
-
-    forward.tick = recording
+    # the kind of every tick over the union (prefills run per problem)
+    _watch_ticks(forward, lambda storage, tick: union_kinds.append(tick.kind) if storage.table.workers > workers else None)
     batched = runner.run(items)
     if backend == "fast":  # block-diagonal ticks over the union (Spec §9.6, §13.3), never the general path
         assert union_kinds.count("decode") > 0 and set(union_kinds) <= {"decode", "grouped"}, union_kinds
@@ -186,13 +192,8 @@ def test_a_batch_goes_on_with_its_live_problems_alone_once_half_have_ended(backe
     runner = BatchRunner(_engine(model, smollm_tokenizer, workers=2, layout="combined", ticks=ticks, finisher=True,
                                  eos=eos, backend=backend), [5, ticks], record_logits=True)
     forward, rows_per_forward = runner.engine.forward, []
-    plan_tick_of = forward.tick
-
-    def recording(storage, rows):  # how many worker rows the storage of every forward holds
-        rows_per_forward.append(storage.table.workers)
-        return plan_tick_of(storage, rows)
-
-    forward.tick = recording
+    # how many worker rows the storage of every forward holds
+    _watch_ticks(forward, lambda storage, tick: rows_per_forward.append(storage.table.workers))
     batched = runner.run(items)
     ends = [got.ticks for got in batched]
     assert ends[0] < ticks and ends[2] < ticks and ends[1] == ends[3] == ticks, ends
@@ -240,13 +241,7 @@ def test_a_budget_finisher_goes_on_with_the_problems_whose_answer_is_still_open(
     runner = BatchRunner(_engine(model, smollm_tokenizer, workers=2, layout="combined", ticks=9, finisher=True),
                          [4, 9], record_logits=True)
     forward, rows_per_forward = runner.engine.forward, []
-    plan_tick_of = forward.tick
-
-    def recording(storage, rows):
-        rows_per_forward.append(storage.table.workers)
-        return plan_tick_of(storage, rows)
-
-    forward.tick = recording
+    plan_tick_of = _watch_ticks(forward, lambda storage, tick: rows_per_forward.append(storage.table.workers))
     closes.update({"p0/", "p2/"})
     batched = runner.run([BatchItem(p) for p in problems])
     assert 4 in rows_per_forward, rows_per_forward  # the finisher's later ticks: problems 1 and 3 alone
