@@ -71,7 +71,8 @@ class ProblemRun:
         scheduler: the problem's scheduler (Spec §6).
         views: each worker's view in the storage's table (a union table names its segments ``p{b}/...``).
         history: the problem's history segment in that table (None: no steps, contiguous layout).
-        base: the storage's worker index of this problem's worker 0 (``b * W`` in a union table).
+        base: the storage's worker index of this problem's worker 0 (``b * W`` in a union table;
+            renumbered when :meth:`RunLoop.compact` moves the problem into a smaller storage).
         seed: worker ``w`` samples with a generator seeded ``seed + w`` on ``device`` (the model's device).
         decode: token ids -> text.
         segment_ids: the segments the transcript mirrors.
@@ -260,7 +261,9 @@ class RunLoop:
         Worker 0 is fed its last token and the finisher text, then decodes until the answer closes,
         an EOS, or ``tokens`` tokens. ``commit``: the tokens stay (transcript, ``finisher_tokens``,
         events); else the storage's table is restored afterwards (K/V written past the restored
-        lengths are overwritten later). Returns ``{id(run): (answer, tokens)}``.
+        lengths are overwritten later), and so are the loop's storage and every run's ``base`` when
+        the finisher went on in a smaller storage once others closed (:meth:`compact`). Returns
+        ``{id(run): (answer, tokens)}``.
         """
         fin = {id(r): r.sched.finisher_feed() for r in runs}
         feeds = {id(r): r.last_token(0) + fin[id(r)] for r in runs}
