@@ -60,6 +60,7 @@ FLOORS: dict[str, int] = {
     "plan": 2,
     "attention": 2,
     "fast": 2,
+    "extend": 2,
     "split": 2,
     "ticks": 2,
     "storage": 2,

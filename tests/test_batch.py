@@ -101,8 +101,10 @@ def test_batched_problems_equal_one_at_a_time(family, layout, workers, backend, 
     # the kind of every tick over the union (prefills run per problem)
     _watch_ticks(forward, lambda storage, tick: union_kinds.append(tick.kind) if storage.table.workers > workers else None)
     batched = runner.run(items)
-    if backend == "fast":  # block-diagonal ticks over the union (Spec §9.6, §13.3), never the general path
-        assert union_kinds.count("decode") > 0 and set(union_kinds) <= {"decode", "grouped"}, union_kinds
+    if backend == "fast":  # block-diagonal ticks over the union (Spec §9.6, §13.3), never the general path;
+        # step changes (several tokens per worker) as extend ticks, only the static prefill per group
+        assert union_kinds.count("decode") > 0 and union_kinds.count("extend") > 0, union_kinds
+        assert set(union_kinds) <= {"decode", "extend", "grouped"}, union_kinds
     worst = 0.0
     for it, got in zip(items, batched):
         ref = _engine(model, smollm_tokenizer, workers=workers, layout=layout, ticks=ticks, finisher=False,
@@ -132,7 +134,7 @@ def test_a_step_change_in_one_problem_leaves_the_other_problems_on_the_one_token
         [[11], [12], [13, 14, 15], [], [16], [17]],  # problem 1: worker 0 three tokens, worker 1 none
         [[18, 19], [20], [21], [22, 23], [24], [25]],  # problems 0 and 1 several tokens, problem 2 one
     ]
-    expected_kinds = [{"decode": 1}, {"decode": 1, "grouped": 1}, {"grouped": 1}]
+    expected_kinds = [{"decode": 1}, {"decode": 1, "extend": 1}, {"extend": 1}]
     got: dict[str, list[torch.Tensor]] = {}
     for backend in ("fast", "oracle"):
         forward = Forward(model, engine.rope, backend)

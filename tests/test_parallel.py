@@ -27,6 +27,7 @@ import pytest
 import torch
 
 import hogwild_ref.forward as forward_mod
+import hogwild_ref.ticks as ticks_mod
 from hogwild_ref.engine import Engine
 from hogwild_ref.events import FlushEvent
 from hogwild_ref.fast import DecodeBuffers
@@ -121,8 +122,13 @@ def test_device_map_keeps_each_layer_on_its_device_and_copies_the_plan_once_per_
     # the layers report two devices: layers 0-1 on "cpu", 2-3 on "cpu:0" (another key, the same memory)
     fake = [torch.device("cpu")] * 2 + [torch.device("cpu", 0)] * 2
     monkeypatch.setattr(forward_mod, "layer_devices", lambda model: list(fake))
-    copies = {"plan": 0, "buffers": 0}
+    copies = {"plan": 0, "buffers": 0, "extend": 0}
     to, load_buffers, call, storage = TickPlan.to, DecodeBuffers.load, Forward.__call__, Forward.storage
+    extend_to = ticks_mod._to_device
+
+    def extend_to_device(inputs, device):
+        copies["extend"] += 1
+        return extend_to(inputs, device)
 
     def plan_to(self, device):
         copies["plan"] += 1
@@ -140,8 +146,9 @@ def test_device_map_keeps_each_layer_on_its_device_and_copies_the_plan_once_per_
         out = call(self, st, rows, feeds, logits)
         kind = _last_kind(self)
         # a general tick plans on the home device (one copy) and copies to the others; a one-token tick loads
-        # its host plan into each device's buffers
-        made = (copies["buffers"] - before["buffers"]) if kind == "decode" else 1 + copies["plan"] - before["plan"]
+        # its host plan into each device's buffers; an extend tick moves its host plan's inputs to each device
+        made = ((copies["buffers"] - before["buffers"]) if kind == "decode" else
+                (copies["extend"] - before["extend"]) if kind == "extend" else 1 + copies["plan"] - before["plan"])
         per_tick.append((kind, made))
         return out
 
@@ -152,6 +159,7 @@ def test_device_map_keeps_each_layer_on_its_device_and_copies_the_plan_once_per_
 
     monkeypatch.setattr(TickPlan, "to", plan_to)
     monkeypatch.setattr(DecodeBuffers, "load", buffers_load)
+    monkeypatch.setattr(ticks_mod, "_to_device", extend_to_device)
     monkeypatch.setattr(Forward, "__call__", counted_call)
     monkeypatch.setattr(Forward, "storage", recorded_storage)
     result, flushes = _run(spread, tok)
@@ -164,7 +172,7 @@ def test_device_map_keeps_each_layer_on_its_device_and_copies_the_plan_once_per_
     run_storage = [st for st in storages if st.table.workers == 4][-1]  # not the shared prompt prefix's (Spec §4.4)
     assert set(run_storage.decode_buffers) == {torch.device("cpu"), torch.device("cpu", 0)}
     kinds = {k for k, _ in per_tick}
-    assert {"general", "prefill", "decode"} <= kinds
+    assert {"general", "prefill", "decode", "extend"} <= kinds
     # the host plan is copied once per device per tick: 2 devices, 4 layers
     assert all(made == 2 for _, made in per_tick), per_tick
     assert flushes == ref_flushes

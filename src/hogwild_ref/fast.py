@@ -290,21 +290,21 @@ def _exp_below(x: Tensor, keep: Tensor | None) -> Tensor:
 
 
 def decode_attention(
-    q: Float[Tensor, "R Hq 1 D"],
+    q: Float[Tensor, "R Hq n D"],
     k_common: Float[Tensor, "P Hkv Lw D"],
     v_common: Float[Tensor, "P Hkv Lw D"],
     k_tail: Float[Tensor, "PHkv St C D"],
     v_tail: Float[Tensor, "PHkv St C D"],
     query_rotation: Rotation,
     common_mask: Bool[Tensor, "R Lw"] | None,
-    tail_mask: Bool[Tensor, "R T"],
-    active: Float[Tensor, "R"],
+    tail_mask: Bool[Tensor, "R T"] | Bool[Tensor, "R n T"],
+    active: Float[Tensor, "R"] | Float[Tensor, "R n"],
     rope: RopeSpec,
     scaling: float,
     k_static: Float[Tensor, "PHkv Ss Cs D"] | None = None,
     v_static: Float[Tensor, "PHkv Ss Cs D"] | None = None,
     static: StaticTail | None = None,
-) -> Float[Tensor, "R Hq 1 D"]:
+) -> Float[Tensor, "R Hq n D"]:
     """One layer's attention for a one-token tick (Spec §9.6).
 
     The rows come in ``P`` groups of ``W = R / P`` consecutive rows (one group for one problem; a
@@ -325,17 +325,22 @@ def decode_attention(
     (their rotation and mask) are a second tail part read the same way: the static segments
     (headers, separators), read only as far as the longest of them.
 
+    A row may feed ``n > 1`` tokens (an extend tick, :mod:`~hogwild_ref.extend`): its ``n`` query slots
+    are read like ``n`` more query heads of the row (same rotations, same common keys), and
+    ``tail_mask`` ``(R, n, T)`` and ``active`` ``(R, n)`` then say per slot what it sees (its own write
+    segment causally, Spec §3.3) and whether it holds a token.
+
     Every part shares one softmax, computed without joining them: the row maximum over all, then
     ``exp`` in place and one sum per part, so each score block is written by its matmul and read
     three more times, never copied (the scaling is applied to the queries). Rows with
     ``active == 0`` (no new token) return zeros. Scores and the softmax are computed in float32
     (float64 for float64 inputs).
     """
-    R, Hq, _, D = q.shape
+    R, Hq, n, D = q.shape
     P, hkv = k_common.shape[0], k_common.shape[1]
-    W, g = R // P, Hq // hkv
+    W, g = R // P, Hq // hkv * n  # a row's n query slots are read as n times its heads (R, Hkv, g·n, D)
     acc = torch.promote_types(q.dtype, torch.float32)
-    qg = (q.to(acc) * scaling).view(P, W, hkv, g, D)
+    qg = (q.to(acc) * scaling).reshape(P, W, hkv, g, D)
     # common part: one batched matmul per (group, KV head) over the group's rows' queries, no rotation
     qk = qg.permute(0, 2, 1, 3, 4).reshape(P, hkv, W * g, D)
     sc = torch.matmul(qk, k_common.to(acc).transpose(-1, -2))  # (P, Hkv, W*g, Lw)
@@ -357,7 +362,7 @@ def decode_attention(
         pt = _exp_below(st.view(P, hkv, st.shape[2], W, g, -1), keep).view_as(st)
         total = total + pt.sum(dim=(2, 4), keepdim=True)[:, :, 0]
         out = out + _tail_values(pt, v)
-    out = (out / total).view(P, hkv, W, g, D).permute(0, 2, 1, 3, 4).reshape(R, Hq, 1, D) * active[:, None, None, None]
+    out = (out / total).view(P, hkv, W, g, D).permute(0, 2, 1, 3, 4).reshape(R, Hq, n, D) * active.view(R, 1, -1, 1)
     return out.to(q.dtype)
 
 
@@ -374,11 +379,18 @@ def _tail_parts(k_tail: Tensor, v_tail: Tensor, query_rotation: Rotation, tail_m
 
 def _tail_part_scores(qg: Tensor, k: Tensor, rotation: Rotation, mask: Tensor, rope: RopeSpec) -> tuple[Tensor, Tensor]:
     """One tail part's scores ``(P, Hkv, S, W·g, C)`` (:func:`_tail_scores`) with the keys its ``mask``
-    ``(R, S·C)`` does not admit set to ``-inf``, and that mask as ``(P, 1, S, W, 1, C)``."""
+    does not admit set to ``-inf``, and that mask as ``(P, 1, S, W, 1, C)`` (``mask`` ``(R, S·C)``: one
+    per row) or ``(P, 1, S, W, g, C)`` (``mask`` ``(R, n, S·C)``: one per query slot of a row's ``n``,
+    its ``g = heads·n`` query columns ordered head-major)."""
     P, W, hkv, g, _ = qg.shape
     st = _tail_scores(qg, k, rotation, rope)
     n, block = st.shape[2], st.shape[4]
-    keep = mask.view(P, W, n, block).transpose(1, 2)[:, None, :, :, None, :]
+    if mask.dim() == 2:
+        keep = mask.view(P, W, n, block).transpose(1, 2)[:, None, :, :, None, :]
+    else:  # per query slot: (R, slots, S·C) -> (P, 1, S, W, heads·slots, C)
+        slots = mask.shape[1]
+        per = mask.view(P, W, 1, slots, n, block).expand(P, W, g // slots, slots, n, block)
+        keep = per.reshape(P, W, g, n, block).permute(0, 3, 1, 2, 4)[:, None]
     st.view(P, hkv, n, W, g, block).masked_fill_(~keep, float("-inf"))
     return st, keep
 

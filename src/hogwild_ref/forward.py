@@ -30,7 +30,7 @@ from .rope import RopeSpec
 from .segments import Row, SegmentTable, contiguous, prompt_segment
 from .split import kernel_for
 from .storage import Storage
-from .ticks import DecodeTick, GeneralTick, GroupedTick, OracleTick, Planner, PrefillTick, Tick
+from .ticks import DecodeTick, ExtendTick, GeneralTick, GroupedTick, OracleTick, Planner, PrefillTick, Tick
 
 __all__ = ["Forward"]
 
@@ -98,7 +98,7 @@ class Forward:
         self._shared: tuple[tuple[Any, ...], Storage] | None = None
         self._compiled_step: Callable[..., Any] | None = None
         self._caches: weakref.WeakKeyDictionary[Storage, HogwildCache] = weakref.WeakKeyDictionary()
-        #: how many forwards each tick kind served (``general``, ``prefill``, ``decode``, ``oracle``)
+        #: how many forwards each tick kind served (``general``, ``prefill``, ``grouped``, ``decode``, ``extend``, ``oracle``)
         self.kinds: dict[str, int] = {}
 
     # ------------------------------------------------------------------ storage
@@ -123,6 +123,9 @@ class Forward:
             for w, row in zip(workers, rows):
                 counts[w] = row.new_tokens
             return DecodeTick(storage, counts, self.rope, bool(self.compile), self.split, workers)
+        grid = ExtendTick.workers(storage, rows) if self.backend == "fast" else None
+        if grid is not None:  # worker rows of some groups feed several tokens (Spec §9.6, "Several tokens")
+            return ExtendTick(storage, rows, self.rope, grid)
         if self.backend == "fast" and PrefillTick.applies(storage, rows):
             return PrefillTick(storage, rows, self.rope, "rotate_queries", self.device, self.planner)
         if self.backend == "fast" and GroupedTick.applies(storage, rows):
@@ -189,16 +192,17 @@ class Forward:
         """A forward over several groups (Spec §9.6, §13.3) in which some groups' rows feed several
         tokens and every row of the other groups at most one, as two forwards: the indices of the
         rows that take the one-token path (:class:`~hogwild_ref.ticks.DecodeTick`) and of the rest
-        (:class:`~hogwild_ref.ticks.GroupedTick`); None when the forward is one tick.
+        (an :class:`~hogwild_ref.ticks.ExtendTick` when they are a grid of worker rows); None when
+        the forward is one tick.
 
         No row sees another group's keys (Spec §3.3), so the split changes no result; each group's
         rows take the path they take when the group's problem runs alone. Without it one problem's
-        step change sends every problem's rows through the per-group path, which costs several
-        one-token ticks (Spec §13.3, note on work). The split is made when at least two groups, and
-        at least as many as feed several tokens, feed one: the one-token tick runs every worker's
-        row, so for fewer it costs more than it saves (measured: 8 problems of 2 workers, 512-token
-        prompts, one problem's worker feeding 8 tokens: 446 ms split against 757 ms in one forward;
-        6 problems feeding 8 tokens: 1042 against 976 ms).
+        step change pads every problem's rows to its new-token count (Spec §13.3, note on work).
+        The split is made when at least two groups, and at least as many as feed several tokens,
+        feed one: the one-token tick runs every worker's row, so for fewer it costs more than it
+        saves (measured on one CPU thread: 8 problems of 2 workers, 512-token prompts, worker 0 of
+        some problems feeding 8 tokens: for one problem 372 ms split against 568 ms in one extend
+        tick, for two 441 against 573, for four 579 against 583).
         """
         if (self.backend != "fast" or all(row.new_tokens <= 1 for row in rows)
                 or not GroupedTick.applies(storage, rows)):

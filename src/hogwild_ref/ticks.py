@@ -15,6 +15,8 @@ kind              when                                                          
                        over its own segments (block-diagonal)                                §9.6, §13.3
 :class:`DecodeTick`    every worker row feeds at most one token (fast backend): host plan copied
                        into in-place device buffers, the common window read once for all rows      §9.6
+:class:`ExtendTick`    worker rows of a grid of groups feed any number of tokens (fast backend): the
+                       one-token tick's attention with each row's slots as more query heads        §9.6
 :class:`OracleTick`    the engine oracle: position-0 keys, views assembled from scratch         §11.4
 ================  ========================================================================  ==========
 
@@ -25,22 +27,23 @@ model's ``position_ids``) and ``max_position``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from .attention import BACKENDS
+from .extend import ExtendPlan, extend_grid, plan_extend
 from .fast import DecodeBuffers, LayerInputs, decode_attention, plan_decode, prefix_attention
 from .plan import TickPlan, plan_tick
-from .rope import RopeSpec
+from .rope import RopeSpec, Rotation
 from .segments import Row, Segment, SegmentTable
 from .split import decode_attention_split, kernel_for, unsupported
 from .storage import Storage
 from .store import SegmentKV, SegmentStore
 
-__all__ = ["DecodeTick", "GeneralTick", "GroupedTick", "OracleTick", "Planner", "PrefillTick", "Tick"]
+__all__ = ["DecodeTick", "ExtendTick", "GeneralTick", "GroupedTick", "OracleTick", "Planner", "PrefillTick", "Tick"]
 
 #: builds a general tick's plan: ``(table, rows, rope, device) -> TickPlan`` (:func:`~hogwild_ref.plan.plan_tick`)
 Planner = Callable[[SegmentTable, Sequence[Row], RopeSpec, Any], TickPlan]
@@ -345,3 +348,89 @@ class DecodeTick(Tick):
         return decode_attention(q, kc, vc, k_tail, v_tail, inputs.query_rotation, inputs.common_mask,
                                 inputs.tail_mask, inputs.active, self.rope, scaling, k_static=k_static, v_static=v_static,
                                 static=inputs.static)
+
+
+class ExtendTick(Tick):
+    """Worker rows that feed any number of tokens, over the fast path's storage (Spec §9.6, "Several
+    tokens"): the rows are a grid — the same local workers in each of some groups (:func:`~hogwild_ref.extend.extend_grid`),
+    in worker order — planned by :func:`~hogwild_ref.extend.plan_extend` and attended by
+    :func:`~hogwild_ref.fast.decode_attention` with each row's query slots as more query heads: each
+    group's common window read once, the tail re-rotated per segment. The grid's groups' common, tail
+    and static blocks are read in place when the grid holds every group, else gathered. Eager only
+    (its plan is made per tick, no static buffers).
+    """
+
+    kind = "extend"
+
+    @staticmethod
+    def workers(storage: Storage, rows: Sequence[Row]) -> list[int] | None:
+        """The worker of each row when the rows are a grid of worker views over the fast path's storage
+        (Spec §9.6), in worker order; else None."""
+        groups = storage.groups
+        if groups is None or not rows:
+            return None
+        worker = {view: w for w, view in enumerate(storage.table.views)}
+        ws = [worker.get(row.view, -1) for row in rows]
+        if -1 in ws or extend_grid(ws, storage.table.workers // len(groups.commons)) is None:
+            return None
+        return ws
+
+    def __init__(self, storage: Storage, rows: Sequence[Row], rope: RopeSpec, workers: Sequence[int]):
+        table = storage.table
+        counts = {w: row.new_tokens for w, row in zip(workers, rows, strict=True)}
+        for w, c in counts.items():
+            if c:
+                sid = table.write_segment(w)
+                storage.reserve(sid, table.length(sid) + c)
+        first = storage.stores[0]
+        self.plan: ExtendPlan = plan_extend(table, counts, rope, first)
+        self.rope = rope
+        self.table = self.plan.table
+        self.positions = self.plan.positions
+        self.max_position = int(self.positions.max())
+        self.seq_length = max(self.table.view_length(w) for w in workers)
+        P = len(first.commons)
+        #: the grid's groups, as an index into the store's groups (None: every group, read in place)
+        self._groups = None if self.plan.groups == tuple(range(P)) else torch.tensor(self.plan.groups)
+        self._inputs: dict[torch.device, tuple[LayerInputs, Tensor, Tensor | None]] = {}
+        for store in storage.stores:
+            if store.device not in self._inputs:
+                inputs = _to_device(self.plan.inputs, store.device)
+                groups = None if self._groups is None else self._groups.to(store.device)
+                self._inputs[store.device] = (inputs, store.scatter_index(self.plan.slots.flatten().to(store.device)), groups)
+
+    def write(self, layer: int, store: SegmentStore, k: Float[Tensor, "R Hkv n D"], v: Float[Tensor, "R Hkv n D"]) -> None:
+        inputs, index, _ = self._inputs[store.device]
+        local = self.rope.apply(k, inputs.write_rotation)  # to segment-local positions (Spec §2.1)
+        R, hkv, n, D = k.shape
+        store.scatter(index, local.transpose(0, 1).reshape(hkv, R * n, D), v.transpose(0, 1).reshape(hkv, R * n, D))
+
+    def attend(self, layer: int, store: SegmentStore, q: Float[Tensor, "R Hq n D"], scaling: float) -> Float[Tensor, "R Hq n D"]:
+        inputs, _, groups = self._inputs[store.device]
+        plan = self.plan
+        kc, vc = store.k_common[:, :, : plan.window], store.v_common[:, :, : plan.window]
+        kt, vt = store.k_tail[:, :, : plan.tail_window], store.v_tail[:, :, : plan.tail_window]
+        ks, vs = store.k_static[:, :, : plan.static_window], store.v_static[:, :, : plan.static_window]
+        if groups is not None:  # some groups only: gather theirs (Spec §9.6, block-diagonal)
+            kc, vc = kc[groups], vc[groups]
+            kt, vt, ks, vs = (_gather(x, groups, store.kv_heads) for x in (kt, vt, ks, vs))
+        return decode_attention(q, kc, vc, kt, vt, inputs.query_rotation, inputs.common_mask, inputs.tail_mask,
+                                inputs.active, self.rope, scaling, k_static=ks, v_static=vs, static=inputs.static)
+
+
+def _gather(blocks: Tensor, groups: Tensor, heads: int) -> Tensor:
+    """Tail blocks ``(P·Hkv, S, C, D)`` (group-major) of ``groups`` only: ``(G·Hkv, S, C, D)``."""
+    return blocks.unflatten(0, (-1, heads))[groups].flatten(0, 1)
+
+
+def _to_device(inputs: LayerInputs, device: torch.device) -> LayerInputs:
+    """``inputs`` (host tensors) on ``device``."""
+    def move(x: Any) -> Any:
+        if isinstance(x, Tensor):
+            return x.to(device, non_blocking=True)
+        if isinstance(x, Rotation):
+            return Rotation(move(x.cos), move(x.sin))
+        if isinstance(x, tuple):
+            return type(x)(*(move(y) for y in x))
+        return x
+    return cast(LayerInputs, move(inputs))

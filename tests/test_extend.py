@@ -1,0 +1,149 @@
+"""Extend ticks (Spec §9.6 "Several tokens", :mod:`hogwild_ref.extend`) against independent oracles.
+
+* One layer: a grid of worker rows feeding 0..5 tokens each, written then attended through
+  :class:`~hogwild_ref.ticks.ExtendTick` exactly as the model drives it, against the dense float64
+  attention oracle (Spec §9.1) over the plan of Spec §3.6, for hypothesis-drawn tables of one problem
+  and unions of several (every worker, or some workers of some problems), within Spec §10.
+* Whole runs: a batch's step changes and finishers take extend ticks, and every problem's tokens and
+  logits equal the engine oracle's (tests/test_batch.py, tests/test_fast.py).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from hogwild_ref.attention import TOLERANCES, oracle
+from hogwild_ref.batch import union_tables
+from hogwild_ref.extend import extend_grid
+from hogwild_ref.plan import plan_tick
+from hogwild_ref.segments import Row, common_segment, decode_groups
+from hogwild_ref.storage import Storage
+from hogwild_ref.ticks import ExtendTick
+from strategies import preset_tables
+from test_attention import ROPES
+from test_fast import DEVICE, HEADS, _layer_config
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def check_extend_layer(table, counts, rope_name, hkv, group, dtype, seed, slack=3):
+    """One extend tick of one layer over ``table`` in which worker ``w`` feeds ``counts[w]`` tokens
+    (the workers of ``counts`` form a grid) vs the dense oracle of the same rows."""
+    rope = ROPES[rope_name]
+    workers = sorted(counts)
+    rows = [Row(table.views[w], counts[w]) for w in workers]
+    plan = plan_tick(table, rows, rope=rope)  # the oracle's plan: post-write lengths, positions, causal mask
+    g = torch.Generator().manual_seed(seed)
+    R, D, hq = len(rows), rope.head_dim, hkv * group
+    n = max(1, max(counts.values()))
+
+    def rnd(*shape):  # representable in dtype, kept in float64 for the oracle
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype).to(torch.float64)
+
+    q_pre = rnd(R, hq, n, D)
+    k_pre = [rnd(hkv, L, D) for L in plan.sizes]
+    vals = [rnd(hkv, L, D) for L in plan.sizes]
+    scaling = D**-0.5
+    ref = oracle(rope.rotate(q_pre, 0), [rope.rotate(k, 0) for k in k_pre], vals, plan, rope, scaling)
+
+    caps = {s.id: plan.table.length(s.id) + slack for s in table.segments}
+    storage = Storage(_layer_config(hq, hkv, D), table, rope, dtype, DEVICE, caps)
+    store = storage.stores[0]
+    for buf in (store.k_common, store.k_tail, store.k_static):  # unused capacity holds large finite garbage:
+        buf.fill_(1e4)  # reading it past a mask shows
+    for buf in (store.v_common, store.v_tail, store.v_static):
+        buf.fill_(-1e4)
+    for j, seg in enumerate(table.segments):
+        if seg.length:
+            local = rope.rotate(k_pre[j][:, : seg.length].to(dtype), torch.arange(seg.length))
+            store.write(j, 0, local.to(DEVICE), vals[j][:, : seg.length].to(dtype).to(DEVICE))
+    assert ExtendTick.workers(storage, rows) == workers
+    tick = ExtendTick(storage, rows, rope, workers)
+    assert tick.table == plan.table
+    real = torch.arange(n)[None, :] < torch.tensor([counts[w] for w in workers])[:, None]  # (R, n)
+    assert tick.positions[real].tolist() == plan.positions[:, :n][real].tolist()
+
+    def new(src, r, rotate):  # the new token i of row r: its K (rotated to its view position) or V; NaN in padding
+        j, t0, c = plan.write_indices[r], plan.write_starts[r], counts[workers[r]]
+        out = torch.full((hkv, n, D), float("nan"), dtype=dtype)
+        if c:
+            x = src[j][:, t0 : t0 + c].to(dtype)
+            out[:, :c] = rope.rotate(x, plan.positions[r, :c]) if rotate else x
+        return out
+
+    k_new = torch.stack([new(k_pre, r, True) for r in range(R)])
+    v_new = torch.stack([new(vals, r, False) for r in range(R)])
+    q = rope.rotate(q_pre.to(dtype), plan.positions[:, None, :n])
+    with torch.inference_mode():
+        tick.write(0, store, k_new.to(DEVICE), v_new.to(DEVICE))
+        out = tick.attend(0, store, q.to(DEVICE), scaling).cpu()
+    assert out.shape == q.shape and out.dtype == dtype
+    slots = real[:, None, :].expand(R, hq, n)
+    assert (out.permute(0, 2, 1, 3)[~real] == 0).all(), "padding slots and zero-token rows see nothing (Spec §3.4)"
+    if not real.any():
+        return
+    want, got = ref[:, :, :n][slots].double(), out[slots].double()
+    assert torch.isfinite(got).all()
+    e = float((got - want).abs().max() / want.abs().max())
+    assert e <= TOLERANCES[dtype], f"extend {dtype}: error {e:.3e} > {TOLERANCES[dtype]:.0e}"
+    # every new key landed at its segment-local position (Spec §3.2)
+    for r in range(R):
+        j, t0, c = plan.write_indices[r], plan.write_starts[r], counts[workers[r]]
+        for t in range(t0, t0 + c):
+            stored = store.keys[j][:, t].cpu().double()
+            local = rope.rotate(k_pre[j][:, t : t + 1], torch.tensor(t))[:, 0]
+            assert float((stored - local).abs().max()) <= 50 * TOLERANCES[dtype] * float(local.abs().max())
+
+
+COUNTS = st.integers(0, 5)
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    data=st.data(),
+    table=preset_tables(min_workers=1, max_workers=6, max_length=9),
+    rope=st.sampled_from(list(ROPES)),
+    heads=HEADS,
+    dtype=st.sampled_from([torch.float64, torch.float32]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_extend_layer_matches_oracle(data, table, rope, heads, dtype, seed):
+    """One problem, every worker a row feeding 0..5 tokens (step changes next to one-token rows)."""
+    assume(common_segment(table) is not None)
+    counts = {w: data.draw(COUNTS, label="count") for w in range(table.workers)}
+    check_extend_layer(table, counts, rope, *heads, dtype, seed)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    data=st.data(),
+    table=preset_tables(min_workers=1, max_workers=4, max_length=9),
+    problems=st.integers(2, 4),
+    rope=st.sampled_from(list(ROPES)),
+    heads=HEADS,
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_extend_layer_matches_oracle_on_a_grid_of_a_union(data, table, problems, rope, heads, seed):
+    """P problems side by side (Spec §13.3): the rows are some workers of some problems (the finisher's
+    worker 0 of the live ones, or every worker of those that changed step); each reads only its own
+    problem's keys, gathered when the grid leaves problems out."""
+    assume(common_segment(table) is not None)
+    tables = [table] + [table.with_lengths({s.id: data.draw(st.integers(0, 9), label="length") for s in table.segments})
+                        for _ in range(problems - 1)]
+    union, _ = union_tables(tables)
+    assert decode_groups(union) is not None
+    W = table.workers
+    groups = data.draw(st.lists(st.integers(0, problems - 1), min_size=1, unique=True), label="groups")
+    locals_ = data.draw(st.lists(st.integers(0, W - 1), min_size=1, unique=True), label="locals")
+    counts = {b * W + j: data.draw(COUNTS, label="count") for b in sorted(groups) for j in sorted(locals_)}
+    check_extend_layer(union, counts, rope, *heads, torch.float64, seed)
+
+
+def test_extend_grid_takes_only_whole_grids_in_worker_order():
+    assert extend_grid([0, 2, 4], 2) == ((0, 1, 2), (0,))
+    assert extend_grid([2, 3, 6, 7], 2) == ((1, 3), (0, 1))
+    assert extend_grid([0, 3], 2) is None  # worker 0 of group 0 and worker 1 of group 1: not every pair
+    assert extend_grid([2, 0], 2) is None  # not in worker order
