@@ -22,7 +22,7 @@ from hogwild_ref.plan import plan_tick
 from hogwild_ref.segments import Row, common_segment, decode_groups
 from hogwild_ref.storage import Storage
 from hogwild_ref.ticks import ExtendTick
-from strategies import preset_tables
+from strategies import any_tables, preset_tables
 from test_attention import ROPES
 from test_fast import DEVICE, HEADS, _layer_config
 
@@ -112,6 +112,22 @@ COUNTS = st.integers(0, 5)
 )
 def test_extend_layer_matches_oracle(data, table, rope, heads, dtype, seed):
     """One problem, every worker a row feeding 0..5 tokens (step changes next to one-token rows)."""
+    assume(common_segment(table) is not None)
+    counts = {w: data.draw(COUNTS, label="count") for w in range(table.workers)}
+    check_extend_layer(table, counts, rope, *heads, dtype, seed)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.data(),
+    table=any_tables(max_workers=5, max_length=6),
+    rope=st.sampled_from(list(ROPES)),
+    heads=HEADS,
+    dtype=st.sampled_from([torch.float64, torch.float32]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_extend_layer_matches_oracle_explicit_tables(data, table, rope, heads, dtype, seed):
+    """Explicit tables whose views share a first static segment: static segments anywhere in a view."""
     assume(common_segment(table) is not None)
     counts = {w: data.draw(COUNTS, label="count") for w in range(table.workers)}
     check_extend_layer(table, counts, rope, *heads, dtype, seed)
