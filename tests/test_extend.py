@@ -10,11 +10,14 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+import hogwild_ref.ticks as ticks_mod
 from hogwild_ref.attention import TOLERANCES, oracle
 from hogwild_ref.batch import union_tables
 from hogwild_ref.extend import extend_grid
@@ -29,9 +32,10 @@ from test_fast import DEVICE, HEADS, _layer_config
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def check_extend_layer(table, counts, rope_name, hkv, group, dtype, seed, slack=3):
+def check_extend_layer(table, counts, rope_name, hkv, group, dtype, seed, slack=3, score_bytes=None):
     """One extend tick of one layer over ``table`` in which worker ``w`` feeds ``counts[w]`` tokens
-    (the workers of ``counts`` form a grid) vs the dense oracle of the same rows."""
+    (the workers of ``counts`` form a grid) vs the dense oracle of the same rows; ``score_bytes``:
+    the tick's score budget (:data:`~hogwild_ref.ticks.EXTEND_SCORE_BYTES`; 1: one group at a time)."""
     rope = ROPES[rope_name]
     workers = sorted(counts)
     rows = [Row(table.views[w], counts[w]) for w in workers]
@@ -77,7 +81,8 @@ def check_extend_layer(table, counts, rope_name, hkv, group, dtype, seed, slack=
     k_new = torch.stack([new(k_pre, r, True) for r in range(R)])
     v_new = torch.stack([new(vals, r, False) for r in range(R)])
     q = rope.rotate(q_pre.to(dtype), plan.positions[:, None, :n])
-    with torch.inference_mode():
+    budget = ticks_mod.EXTEND_SCORE_BYTES if score_bytes is None else score_bytes
+    with torch.inference_mode(), mock.patch.object(ticks_mod, "EXTEND_SCORE_BYTES", budget):
         tick.write(0, store, k_new.to(DEVICE), v_new.to(DEVICE))
         out = tick.attend(0, store, q.to(DEVICE), scaling).cpu()
     assert out.shape == q.shape and out.dtype == dtype
@@ -141,11 +146,13 @@ def test_extend_layer_matches_oracle_explicit_tables(data, table, rope, heads, d
     rope=st.sampled_from(list(ROPES)),
     heads=HEADS,
     seed=st.integers(0, 2**31 - 1),
+    one_at_a_time=st.booleans(),
 )
-def test_extend_layer_matches_oracle_on_a_grid_of_a_union(data, table, problems, rope, heads, seed):
+def test_extend_layer_matches_oracle_on_a_grid_of_a_union(data, table, problems, rope, heads, seed, one_at_a_time):
     """P problems side by side (Spec §13.3): the rows are some workers of some problems (the finisher's
     worker 0 of the live ones, or every worker of those that changed step); each reads only its own
-    problem's keys, gathered when the grid leaves problems out."""
+    problem's keys, gathered when the grid leaves problems out, and attended one problem at a time
+    when the score budget is exceeded (``one_at_a_time``: a budget of 1 byte)."""
     assume(common_segment(table) is not None)
     tables = [table] + [table.with_lengths({s.id: data.draw(st.integers(0, 9), label="length") for s in table.segments})
                         for _ in range(problems - 1)]
@@ -155,7 +162,7 @@ def test_extend_layer_matches_oracle_on_a_grid_of_a_union(data, table, problems,
     groups = data.draw(st.lists(st.integers(0, problems - 1), min_size=1, unique=True), label="groups")
     locals_ = data.draw(st.lists(st.integers(0, W - 1), min_size=1, unique=True), label="locals")
     counts = {b * W + j: data.draw(COUNTS, label="count") for b in sorted(groups) for j in sorted(locals_)}
-    check_extend_layer(union, counts, rope, *heads, torch.float64, seed)
+    check_extend_layer(union, counts, rope, *heads, torch.float64, seed, score_bytes=1 if one_at_a_time else None)
 
 
 def test_extend_grid_takes_only_whole_grids_in_worker_order():

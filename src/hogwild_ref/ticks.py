@@ -35,7 +35,7 @@ from torch import Tensor
 
 from .attention import BACKENDS
 from .extend import ExtendPlan, extend_grid, plan_extend
-from .fast import DecodeBuffers, LayerInputs, decode_attention, plan_decode, prefix_attention
+from .fast import DecodeBuffers, LayerInputs, StaticTail, decode_attention, plan_decode, prefix_attention
 from .plan import TickPlan, plan_tick
 from .rope import RopeSpec, Rotation
 from .segments import Row, Segment, SegmentTable
@@ -43,7 +43,7 @@ from .split import decode_attention_split, kernel_for, unsupported
 from .storage import Storage
 from .store import SegmentKV, SegmentStore
 
-__all__ = ["DecodeTick", "ExtendTick", "GeneralTick", "GroupedTick", "OracleTick", "Planner", "PrefillTick", "Tick"]
+__all__ = ["EXTEND_SCORE_BYTES", "DecodeTick", "ExtendTick", "GeneralTick", "GroupedTick", "OracleTick", "Planner", "PrefillTick", "Tick"]
 
 #: builds a general tick's plan: ``(table, rows, rope, device) -> TickPlan`` (:func:`~hogwild_ref.plan.plan_tick`)
 Planner = Callable[[SegmentTable, Sequence[Row], RopeSpec, Any], TickPlan]
@@ -356,8 +356,10 @@ class ExtendTick(Tick):
     in worker order — planned by :func:`~hogwild_ref.extend.plan_extend` and attended by
     :func:`~hogwild_ref.fast.decode_attention` with each row's query slots as more query heads: each
     group's common window read once, the tail re-rotated per segment. The grid's groups' common, tail
-    and static blocks are read in place when the grid holds every group, else gathered. Eager only
-    (its plan is made per tick, no static buffers).
+    and static blocks are read in place when the grid holds every group, else gathered. Groups are
+    attended a few at a time when all at once would take more than :data:`EXTEND_SCORE_BYTES` of
+    scores (long contexts, many problems, many new tokens). Eager only (its plan is made per tick, no
+    static buffers).
     """
 
     kind = "extend"
@@ -406,7 +408,25 @@ class ExtendTick(Tick):
         store.scatter(index, local.transpose(0, 1).reshape(hkv, R * n, D), v.transpose(0, 1).reshape(hkv, R * n, D))
 
     def attend(self, layer: int, store: SegmentStore, q: Float[Tensor, "R Hq n D"], scaling: float) -> Float[Tensor, "R Hq n D"]:
+        """The grid's attention, groups at a time so that the score tensors stay within
+        :data:`EXTEND_SCORE_BYTES` (every group at once when they fit)."""
         inputs, _, groups = self._inputs[store.device]
+        plan = self.plan
+        G, L = len(plan.groups), len(plan.locals)
+        keys = plan.window + store.group_tail * plan.tail_window + store.group_static * plan.static_window
+        per_group = torch.promote_types(q.dtype, torch.float32).itemsize * q.shape[1] * q.shape[2] * L * keys
+        step = max(1, EXTEND_SCORE_BYTES // per_group)
+        if step >= G:
+            return self._attend(store, q, scaling, inputs, groups)
+        out = torch.empty_like(q)
+        for g0 in range(0, G, step):
+            rows = slice(g0 * L, min(G, g0 + step) * L)
+            chunk = torch.tensor(plan.groups[g0 : g0 + step], device=store.device)
+            out[rows] = self._attend(store, q[rows], scaling, _rows(inputs, rows), chunk)
+        return out
+
+    def _attend(self, store: SegmentStore, q: Tensor, scaling: float, inputs: LayerInputs, groups: Tensor | None) -> Tensor:
+        """:func:`~hogwild_ref.fast.decode_attention` of the rows of ``groups`` (None: every group)."""
         plan = self.plan
         kc, vc = store.k_common[:, :, : plan.window], store.v_common[:, :, : plan.window]
         kt, vt = store.k_tail[:, :, : plan.tail_window], store.v_tail[:, :, : plan.tail_window]
@@ -416,6 +436,21 @@ class ExtendTick(Tick):
             kt, vt, ks, vs = (_gather(x, groups, store.kv_heads) for x in (kt, vt, ks, vs))
         return decode_attention(q, kc, vc, kt, vt, inputs.query_rotation, inputs.common_mask, inputs.tail_mask,
                                 inputs.active, self.rope, scaling, k_static=ks, v_static=vs, static=inputs.static)
+
+
+#: the most an extend tick's score tensors take at once (one layer); more groups are attended in turns
+EXTEND_SCORE_BYTES = 256 * 2**20
+
+
+def _rows(inputs: LayerInputs, rows: slice) -> LayerInputs:
+    """The per-row layer inputs of ``rows`` (an extend tick's attention, a chunk of groups)."""
+    static = inputs.static
+    if static is not None:
+        static = StaticTail(Rotation(static.rotation.cos[rows], static.rotation.sin[rows]), static.mask[rows])
+    return inputs._replace(
+        query_rotation=Rotation(inputs.query_rotation.cos[rows], inputs.query_rotation.sin[rows]),
+        common_mask=None if inputs.common_mask is None else inputs.common_mask[rows],
+        tail_mask=inputs.tail_mask[rows], active=inputs.active[rows], static=static)
 
 
 def _gather(blocks: Tensor, groups: Tensor, heads: int) -> Tensor:
