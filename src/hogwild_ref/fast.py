@@ -305,7 +305,7 @@ def decode_attention(
     v_static: Float[Tensor, "PHkv Ss Cs D"] | None = None,
     static: StaticTail | None = None,
 ) -> Float[Tensor, "R Hq n D"]:
-    """One layer's attention for a one-token tick (Spec §9.6).
+    """One layer's attention for a one-token tick, or an extend tick's (Spec §9.6).
 
     The rows come in ``P`` groups of ``W = R / P`` consecutive rows (one group for one problem; a
     group per problem in a batch, Spec §13.3); group ``b`` reads only its own common window
