@@ -32,10 +32,11 @@ from test_fast import DEVICE, HEADS, _layer_config
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def check_extend_layer(table, counts, rope_name, hkv, group, dtype, seed, slack=3, score_bytes=None):
+def check_extend_layer(table, counts, rope_name, hkv, group, dtype, seed, slack=3, score_bytes=None, keys_transposed=None):
     """One extend tick of one layer over ``table`` in which worker ``w`` feeds ``counts[w]`` tokens
     (the workers of ``counts`` form a grid) vs the dense oracle of the same rows; ``score_bytes``:
-    the tick's score budget (:data:`~hogwild_ref.ticks.EXTEND_SCORE_BYTES`; 1: one group at a time)."""
+    the tick's score budget (:data:`~hogwild_ref.ticks.EXTEND_SCORE_BYTES`; 1: one group at a time);
+    ``keys_transposed``: the store's key layout (default: the device's)."""
     rope = ROPES[rope_name]
     workers = sorted(counts)
     rows = [Row(table.views[w], counts[w]) for w in workers]
@@ -54,7 +55,7 @@ def check_extend_layer(table, counts, rope_name, hkv, group, dtype, seed, slack=
     ref = oracle(rope.rotate(q_pre, 0), [rope.rotate(k, 0) for k in k_pre], vals, plan, rope, scaling)
 
     caps = {s.id: plan.table.length(s.id) + slack for s in table.segments}
-    storage = Storage(_layer_config(hq, hkv, D), table, rope, dtype, DEVICE, caps)
+    storage = Storage(_layer_config(hq, hkv, D), table, rope, dtype, DEVICE, caps, keys_transposed=keys_transposed)
     store = storage.stores[0]
     for buf in (store.k_common, store.k_tail, store.k_static):  # unused capacity holds large finite garbage:
         buf.fill_(1e4)  # reading it past a mask shows
@@ -68,7 +69,7 @@ def check_extend_layer(table, counts, rope_name, hkv, group, dtype, seed, slack=
     tick = ExtendTick(storage, rows, rope, workers)
     assert tick.table == plan.table
     real = torch.arange(n)[None, :] < torch.tensor([counts[w] for w in workers])[:, None]  # (R, n)
-    assert tick.positions[real].tolist() == plan.positions[:, :n][real].tolist()
+    assert tick.positions.tolist() == plan.positions.tolist()  # padding slots too (Spec §3.6)
 
     def new(src, r, rotate):  # the new token i of row r: its K (rotated to its view position) or V; NaN in padding
         j, t0, c = plan.write_indices[r], plan.write_starts[r], counts[workers[r]]
@@ -82,9 +83,16 @@ def check_extend_layer(table, counts, rope_name, hkv, group, dtype, seed, slack=
     v_new = torch.stack([new(vals, r, False) for r in range(R)])
     q = rope.rotate(q_pre.to(dtype), plan.positions[:, None, :n])
     budget = ticks_mod.EXTEND_SCORE_BYTES if score_bytes is None else score_bytes
+    stored = [(store.keys[j].clone(), store.values[j].clone()) for j in range(len(table.segments))]
     with torch.inference_mode(), mock.patch.object(ticks_mod, "EXTEND_SCORE_BYTES", budget):
         tick.write(0, store, k_new.to(DEVICE), v_new.to(DEVICE))
         out = tick.attend(0, store, q.to(DEVICE), scaling).cpu()
+    # only the new tokens' slots were written: padding slots and zero-token rows write the trash (Spec §3.4)
+    written = {(plan.write_indices[r], t) for r in range(R)
+               for t in range(plan.write_starts[r], plan.write_starts[r] + counts[workers[r]])}
+    for j, (k_old, v_old) in enumerate(stored):
+        same = [t for t in range(k_old.shape[1]) if (j, t) not in written]
+        assert torch.equal(store.keys[j][:, same], k_old[:, same]) and torch.equal(store.values[j][:, same], v_old[:, same])
     assert out.shape == q.shape and out.dtype == dtype
     slots = real[:, None, :].expand(R, hq, n)
     assert (out.permute(0, 2, 1, 3)[~real] == 0).all(), "padding slots and zero-token rows see nothing (Spec §3.4)"
@@ -112,14 +120,16 @@ COUNTS = st.integers(0, 5)
     table=preset_tables(min_workers=1, max_workers=6, max_length=9),
     rope=st.sampled_from(list(ROPES)),
     heads=HEADS,
-    dtype=st.sampled_from([torch.float64, torch.float32]),
+    dtype=st.sampled_from([torch.float64, torch.float32, torch.bfloat16]),
     seed=st.integers(0, 2**31 - 1),
 )
 def test_extend_layer_matches_oracle(data, table, rope, heads, dtype, seed):
-    """One problem, every worker a row feeding 0..5 tokens (step changes next to one-token rows)."""
+    """One problem, some or every worker a row feeding 0..5 tokens (step changes next to one-token
+    rows; the finisher's worker 0 alone), keys stored either way."""
     assume(common_segment(table) is not None)
-    counts = {w: data.draw(COUNTS, label="count") for w in range(table.workers)}
-    check_extend_layer(table, counts, rope, *heads, dtype, seed)
+    workers = data.draw(st.lists(st.integers(0, table.workers - 1), min_size=1, unique=True), label="workers")
+    counts = {w: data.draw(COUNTS, label="count") for w in sorted(workers)}
+    check_extend_layer(table, counts, rope, *heads, dtype, seed, keys_transposed=data.draw(st.booleans(), label="layout"))
 
 
 @settings(max_examples=60, deadline=None)
@@ -170,3 +180,16 @@ def test_extend_grid_takes_only_whole_grids_in_worker_order():
     assert extend_grid([2, 3, 6, 7], 2) == ((1, 3), (0, 1))
     assert extend_grid([0, 3], 2) is None  # worker 0 of group 0 and worker 1 of group 1: not every pair
     assert extend_grid([2, 0], 2) is None  # not in worker order
+
+
+def test_extend_positions_go_to_the_models_device():
+    """The tick's positions are the model's ``position_ids``: on the device it takes its inputs on, as
+    every other tick's (found in review: they stayed on the host, which fails on a GPU)."""
+    from hogwild_ref.segments import combined
+
+    rope = ROPES[next(iter(ROPES))]
+    table = combined(2, prompt_length=5, others_header=2, separator=1, own_header=2)
+    storage = Storage(_layer_config(2, 1, rope.head_dim), table, rope, torch.float32, "cpu")
+    rows = [Row(table.views[0], 3), Row(table.views[1], 1)]
+    tick = ExtendTick(storage, rows, rope, [0, 1], device="meta")
+    assert tick.positions.device.type == "meta" and tuple(tick.positions.shape) == (2, 3)

@@ -10,8 +10,8 @@ the engine (:class:`~hogwild_ref.run.RunLoop`: one forward of every live row, on
 each problem's scheduler), so a problem's run equals its :meth:`Engine.run <hogwild_ref.engine.Engine.run>`
 (tokens identical, sampled ones too: every problem's generators live on the model's device, seeded
 as the engine seeds them; logits within Spec §10). With the fast backend the union falls into one
-group per problem (Spec §9.6): one-token ticks read each problem's own common window, and every other
-forward (the prefills, step changes, the finisher's first tick) runs per problem
+group per problem (Spec §9.6): one-token ticks and extend ticks (step changes, the finisher's first
+tick) read each problem's own common window, and the prefills run per problem
 (:class:`~hogwild_ref.ticks.GroupedTick`), so a batch costs ``P`` problems' attention, not ``P^2``.
 
 Every run is also *snapshotted* at each requested budget: at the end of that tick the s1-style

@@ -49,7 +49,8 @@ class ExtendPlan:
         locals: the grid's local workers, ascending; row ``r`` is worker
             ``groups[r // len(locals)] · W + locals[r % len(locals)]``.
         counts: each row's new-token count (0: a zero-token row of the grid).
-        positions: ``(R, n)`` view position of each row's new tokens (0 in padding slots).
+        positions: ``(R, n)`` view position of each row's new tokens (padding slots: the row's last real
+            position; zero-token rows: 0), on the host.
         slots: ``(R, n)`` tail slot of each new token (:meth:`SegmentStore.slot`); ``-1`` in padding slots.
         window: the common window (the grid's longest common segment, at least 1 slot).
         tail_window: slots of each written tail block read (:func:`~hogwild_ref.fast.tail_window`).
@@ -95,7 +96,8 @@ def plan_extend(table: SegmentTable, counts: Mapping[int, int], rope: RopeSpec, 
         view, c, b = after.views[w], counts[w], w // size
         sid = view[-1]
         j, start, offs = after.index(sid), table.length(sid), view_offsets(after, view)
-        positions.append([offs[sid] + start + i if i < c else 0 for i in range(n)])
+        # a padding slot takes its row's last real position; a zero-token row 0 (Spec §3.6)
+        positions.append([offs[sid] + start + min(i, c - 1) if c else 0 for i in range(n)])
         slots.append([store.slot(j, start + i) if i < c else -1 for i in range(n)])
         write_offsets.append(offs[sid])
         starts.append(start)

@@ -158,8 +158,9 @@ class LayerInputs(NamedTuple):
 
     query_rotation: Rotation  # by -o_r(s) for the row's group's written tail segments: cos/sin (R, St, 1, 1, h)
     common_mask: Tensor | None  # (R, Lw): the common-window keys each row sees; None: all of them
-    tail_mask: Tensor  # (R, St·C): the written tail keys each row sees, its group's blocks in order
-    active: Tensor  # (R,): 1 for rows that feed a token
+    tail_mask: Tensor  # (R, St·C): the written tail keys each row sees, its group's blocks in order ((R, n, St·C)
+    # in an extend tick: per query slot)
+    active: Tensor  # (R,): 1 for rows that feed a token ((R, n) in an extend tick: per query slot)
     write_rotation: Rotation  # by -o_r(write): cos/sin (R, 1, h)
     static: StaticTail | None = None  # the static tail's rotation and mask (None: no static segment)
     scatter_index: Tensor | None = None  # elements of the store's flat tail buffers the new K/V go to

@@ -125,7 +125,7 @@ class Forward:
             return DecodeTick(storage, counts, self.rope, bool(self.compile), self.split, workers)
         grid = ExtendTick.workers(storage, rows) if self.backend == "fast" else None
         if grid is not None:  # worker rows of some groups feed several tokens (Spec §9.6, "Several tokens")
-            return ExtendTick(storage, rows, self.rope, grid)
+            return ExtendTick(storage, rows, self.rope, grid, self.device)
         if self.backend == "fast" and PrefillTick.applies(storage, rows):
             return PrefillTick(storage, rows, self.rope, "rotate_queries", self.device, self.planner)
         if self.backend == "fast" and GroupedTick.applies(storage, rows):

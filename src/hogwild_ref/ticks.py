@@ -357,9 +357,9 @@ class ExtendTick(Tick):
     :func:`~hogwild_ref.fast.decode_attention` with each row's query slots as more query heads: each
     group's common window read once, the tail re-rotated per segment. The grid's groups' common, tail
     and static blocks are read in place when the grid holds every group, else gathered. Groups are
-    attended a few at a time when all at once would take more than :data:`EXTEND_SCORE_BYTES` of
-    scores (long contexts, many problems, many new tokens). Eager only (its plan is made per tick, no
-    static buffers).
+    attended a few at a time (each turn gathering its groups) when all at once would take more than
+    :data:`EXTEND_SCORE_BYTES` of scores (long contexts, many problems, many new tokens); one group's
+    own scores are never split. Eager only (its plan is made per tick, no static buffers).
     """
 
     kind = "extend"
@@ -377,7 +377,9 @@ class ExtendTick(Tick):
             return None
         return ws
 
-    def __init__(self, storage: Storage, rows: Sequence[Row], rope: RopeSpec, workers: Sequence[int]):
+    def __init__(self, storage: Storage, rows: Sequence[Row], rope: RopeSpec, workers: Sequence[int], device: Any = "cpu"):
+        """``workers``: :meth:`workers` of ``rows``; ``device``: where the model takes its inputs
+        (``positions`` goes there, the model's ``position_ids``)."""
         table = storage.table
         counts = {w: row.new_tokens for w, row in zip(workers, rows, strict=True)}
         for w, c in counts.items():
@@ -388,8 +390,8 @@ class ExtendTick(Tick):
         self.plan: ExtendPlan = plan_extend(table, counts, rope, first)
         self.rope = rope
         self.table = self.plan.table
-        self.positions = self.plan.positions
-        self.max_position = int(self.positions.max())
+        self.max_position = int(self.plan.positions.max())
+        self.positions = self.plan.positions.to(device)
         self.seq_length = max(self.table.view_length(w) for w in workers)
         P = len(first.commons)
         #: the grid's groups, as an index into the store's groups (None: every group, read in place)
@@ -408,8 +410,8 @@ class ExtendTick(Tick):
         store.scatter(index, local.transpose(0, 1).reshape(hkv, R * n, D), v.transpose(0, 1).reshape(hkv, R * n, D))
 
     def attend(self, layer: int, store: SegmentStore, q: Float[Tensor, "R Hq n D"], scaling: float) -> Float[Tensor, "R Hq n D"]:
-        """The grid's attention, groups at a time so that the score tensors stay within
-        :data:`EXTEND_SCORE_BYTES` (every group at once when they fit)."""
+        """The grid's attention: every group at once when their scores fit :data:`EXTEND_SCORE_BYTES`,
+        else as few groups a turn as keep a turn within it (at least one)."""
         inputs, _, groups = self._inputs[store.device]
         plan = self.plan
         G, L = len(plan.groups), len(plan.locals)
