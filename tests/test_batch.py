@@ -117,6 +117,33 @@ def test_batched_problems_equal_one_at_a_time(family, layout, workers, backend, 
     assert worst <= LOGIT_RTOL, f"{layout}: logit error {worst:.2e}"
 
 
+def test_problems_with_the_same_prompt_are_prefilled_once(smollm_tokenizer):
+    """Spec §13.3 (the same prompt twice): two items of one problem (self-consistency samples, several
+    seeds) share one prefill, the second one's prompt and static segments are copies of the first's, and
+    every item's run still equals its run alone."""
+    model = tiny_model("llama", seed=7, vocab_size=len(smollm_tokenizer))
+    ticks = 10
+    items = [BatchItem(PROBLEMS[0], seed=1), BatchItem(PROBLEMS[1], seed=2), BatchItem(PROBLEMS[0], seed=3)]
+    runner = BatchRunner(_engine(model, smollm_tokenizer, workers=2, layout="combined", ticks=ticks, finisher=False,
+                                 backend="fast"), [ticks], finisher=False, record_logits=True)
+    forward, prefilled = runner.engine.forward, set()
+    prefill = forward._prefill
+
+    def watched(storage, views, feeds, chunk):
+        prefilled.update(v[0].split("/")[0] for v in views if "/" in v[0])  # the union's problems
+        return prefill(storage, views, feeds, chunk)
+
+    forward._prefill = watched
+    batched = runner.run(items)
+    assert prefilled == {"p0", "p1"}, prefilled  # problem 2 is problem 0's prompt: copied, not computed
+    for it, got in zip(items, batched):
+        ref = _engine(model, smollm_tokenizer, workers=2, layout="combined", ticks=ticks, finisher=False,
+                      seed=it.seed, backend="fast").run(it.problem)
+        assert got.error is None and got.tokens == [w.tokens for w in ref.workers]
+        for a, b in zip(got.logits, ref.logits, strict=True):
+            assert _rel_err(a, b) <= LOGIT_RTOL
+
+
 def test_a_step_change_in_one_problem_leaves_the_other_problems_on_the_one_token_path(smollm_tokenizer):
     """Spec §9.6 (groups): a forward in which one problem's rows feed several tokens (a step change, a
     collaboration prompt) and two other problems' rows one each runs as two forwards, the one-token

@@ -243,6 +243,10 @@ class Forward:
         template's, the same for every problem (Spec §4.4, shared prefix). Their K/V are computed
         once, as a chunk of their own, kept for the next call with the same tokens and weights, and
         copied into each problem's prompt segment; the rest of the prompt is prefilled after them.
+
+        Problems whose prompt and static texts are all the same (the samples of self-consistency,
+        one problem under several seeds) are prefilled once: the others' segments are copies of the
+        first one's (Spec §13.3, "the same prompt twice").
         """
         firsts = [first] if isinstance(first, str) else list(first)
         statics = [static] if isinstance(static, Mapping) else list(static)
@@ -251,14 +255,24 @@ class Forward:
         if len(shares) != len(firsts) or any(not 0 <= n < max(len(f), 1) for n, f in zip(shares, feeds)):
             raise ValueError(f"shared must give 0 <= n < prompt length per problem; got {shares} for prompts "
                              f"of {[len(f) for f in feeds]} tokens")
-        for f, feed, n in zip(firsts, feeds, shares):
-            if n:
-                held = self._shared_prefix(feed[:n], chunk)
-                storage.copy_segment(held, prompt_segment(held.table), f)
-        self._prefill(storage, [(f,) for f in firsts], [feed[n:] for feed, n in zip(feeds, shares)], chunk)
-        others = [((f, sid), st[sid]) for f, st in zip(firsts, statics) for sid in st if sid != f and st[sid]]
+        rest = {b: [sid for sid in st if sid != f] for b, (f, st) in enumerate(zip(firsts, statics))}
+        first_of: dict[tuple[Any, ...], int] = {}
+        same = {b: first_of.setdefault((tuple(feeds[b]), shares[b], tuple(tuple(statics[b][s]) for s in rest[b])), b)
+                for b in range(len(firsts))}  # each problem's first problem with the same texts
+        todo = [b for b in range(len(firsts)) if same[b] == b]
+        for b in todo:
+            if shares[b]:
+                held = self._shared_prefix(feeds[b][: shares[b]], chunk)
+                storage.copy_segment(held, prompt_segment(held.table), firsts[b])
+        self._prefill(storage, [(firsts[b],) for b in todo], [feeds[b][shares[b]:] for b in todo], chunk)
+        others = [((firsts[b], sid), statics[b][sid]) for b in todo for sid in rest[b] if statics[b][sid]]
         if others:
             self._prefill(storage, [view for view, _ in others], [feed for _, feed in others], chunk)
+        for b, a in same.items():  # stored K/V are segment-local (Spec §2.1): a copy is the prefill
+            if a != b:
+                for src, dst in zip([firsts[a], *rest[a]], [firsts[b], *rest[b]], strict=True):
+                    if storage.table.length(src):
+                        storage.copy_segment(storage, src, dst)
 
     def _shared_prefix(self, tokens: list[int], chunk: int) -> Storage:
         """A one-segment storage whose ``prompt`` holds the prefill of ``tokens`` (Spec §4.4, shared
