@@ -27,10 +27,9 @@ import pytest
 import torch
 
 import hogwild_ref.forward as forward_mod
-import hogwild_ref.ticks as ticks_mod
 from hogwild_ref.engine import Engine
 from hogwild_ref.events import FlushEvent
-from hogwild_ref.fast import DecodeBuffers
+from hogwild_ref.fast import DecodeBuffers, LayerInputs
 from hogwild_ref.forward import Forward
 from hogwild_ref.models import load, tiny_config, tiny_model
 from hogwild_ref.parallel import check_compile, check_tensor_parallel, local_kv_heads
@@ -124,7 +123,7 @@ def test_device_map_keeps_each_layer_on_its_device_and_copies_the_plan_once_per_
     monkeypatch.setattr(forward_mod, "layer_devices", lambda model: list(fake))
     copies = {"plan": 0, "buffers": 0, "extend": 0}
     to, load_buffers, call, storage = TickPlan.to, DecodeBuffers.load, Forward.__call__, Forward.storage
-    extend_to = ticks_mod._to_device
+    extend_to = LayerInputs.to
 
     def extend_to_device(inputs, device):
         copies["extend"] += 1
@@ -159,7 +158,7 @@ def test_device_map_keeps_each_layer_on_its_device_and_copies_the_plan_once_per_
 
     monkeypatch.setattr(TickPlan, "to", plan_to)
     monkeypatch.setattr(DecodeBuffers, "load", buffers_load)
-    monkeypatch.setattr(ticks_mod, "_to_device", extend_to_device)
+    monkeypatch.setattr(LayerInputs, "to", extend_to_device)
     monkeypatch.setattr(Forward, "__call__", counted_call)
     monkeypatch.setattr(Forward, "storage", recorded_storage)
     result, flushes = _run(spread, tok)

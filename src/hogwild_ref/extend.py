@@ -22,7 +22,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from .fast import LayerInputs, StaticTail, tail_window
+from .fast import LayerInputs, StaticTail, common_keys, tail_window
 from .rope import RopeSpec, Rotation
 from .segments import SegmentTable, TableError, view_offsets
 from .store import SegmentStore
@@ -48,7 +48,6 @@ class ExtendPlan:
         groups: the grid's groups (indices into the store's groups), ascending.
         locals: the grid's local workers, ascending; row ``r`` is worker
             ``groups[r // len(locals)] · W + locals[r % len(locals)]``.
-        counts: each row's new-token count (0: a zero-token row of the grid).
         positions: ``(R, n)`` view position of each row's new tokens (padding slots: the row's last real
             position; zero-token rows: 0), on the host.
         slots: ``(R, n)`` tail slot of each new token (:meth:`SegmentStore.slot`); ``-1`` in padding slots.
@@ -56,20 +55,17 @@ class ExtendPlan:
         tail_window: slots of each written tail block read (:func:`~hogwild_ref.fast.tail_window`).
         static_window: slots of each static tail block read.
         inputs: the tick's layer inputs on the host (masks ``(R, Lw)``, ``(R, n, St·C)``, ``(R, Ss·Cs)``).
-        common_lengths: each grid group's common segment length.
     """
 
     table: SegmentTable
     groups: tuple[int, ...]
     locals: tuple[int, ...]
-    counts: tuple[int, ...]
     positions: Int[Tensor, "R n"]
     slots: Int[Tensor, "R n"]
     window: int
     tail_window: int
     static_window: int
     inputs: LayerInputs
-    common_lengths: tuple[int, ...]
 
 
 def plan_extend(table: SegmentTable, counts: Mapping[int, int], rope: RopeSpec, store: SegmentStore) -> ExtendPlan:
@@ -119,11 +115,8 @@ def plan_extend(table: SegmentTable, counts: Mapping[int, int], rope: RopeSpec, 
     active_rows = torch.tensor([counts[w] > 0 for w in workers])
     count_t = torch.tensor([counts[w] for w in workers])
     slot_i = torch.arange(n)
-    # the common window: every slot of an active row sees its group's whole common segment; a zero-token
-    # row sees slot 0 only, so that its softmax stays finite (its output is zeroed)
-    common_len = torch.tensor(commons).repeat_interleave(len(locals_))
-    common_mask = (torch.arange(window)[None, :] < common_len[:, None]) & active_rows[:, None]
-    common_mask[:, 0] |= ~active_rows
+    # the common window: every slot of an active row sees its group's whole common segment
+    common_mask = common_keys(window, torch.tensor(commons).repeat_interleave(len(locals_)), active_rows)
     # the written tail: segments of the view at their post-write lengths; the row's own one causally
     tail_len = torch.tensor([[lengths[k] for k in tails[b * gt : (b + 1) * gt]] for b in groups]).repeat_interleave(
         len(locals_), dim=0)
@@ -149,5 +142,5 @@ def plan_extend(table: SegmentTable, counts: Mapping[int, int], rope: RopeSpec, 
         write_rotation=Rotation(rot_w.cos[:, None, None], -rot_w.sin[:, None, None]),  # keys (R, Hkv, n, D)
         static=static,
     )
-    return ExtendPlan(after, groups, locals_, tuple(counts[w] for w in workers), torch.tensor(positions, dtype=torch.long),
-                      torch.tensor(slots, dtype=torch.long), window, C, Cs, inputs, tuple(commons))
+    return ExtendPlan(after, groups, locals_, torch.tensor(positions, dtype=torch.long), torch.tensor(slots, dtype=torch.long),
+                      window, C, Cs, inputs)

@@ -36,7 +36,7 @@ from .rope import RopeSpec, Rotation
 from .segments import SegmentTable, TableError, view_offsets
 from .store import SegmentStore
 
-__all__ = ["TAIL_QUANTUM", "WINDOW_QUANTUM", "DecodeBuffers", "DecodePlan", "LayerInputs", "StaticTail", "common_window",
+__all__ = ["TAIL_QUANTUM", "WINDOW_QUANTUM", "DecodeBuffers", "DecodePlan", "LayerInputs", "StaticTail", "common_keys", "common_window",
            "decode_attention", "plan_decode", "prefix_attention", "tail_window"]
 
 #: the common window is the common segment's length rounded up to a multiple of this
@@ -152,6 +152,10 @@ class StaticTail(NamedTuple):
     rotation: Rotation
     mask: Tensor
 
+    def to(self, device: torch.device | str) -> StaticTail:
+        """These tensors on ``device``."""
+        return StaticTail(self.rotation.to(device), self.mask.to(device, non_blocking=True))
+
 
 class LayerInputs(NamedTuple):
     """A one-token tick's inputs shared by every layer on one device (Spec §9.6)."""
@@ -164,6 +168,23 @@ class LayerInputs(NamedTuple):
     write_rotation: Rotation  # by -o_r(write): cos/sin (R, 1, h)
     static: StaticTail | None = None  # the static tail's rotation and mask (None: no static segment)
     scatter_index: Tensor | None = None  # elements of the store's flat tail buffers the new K/V go to
+
+    def to(self, device: torch.device | str) -> LayerInputs:
+        """These inputs on ``device`` (an extend tick's host inputs, once per layer device per tick, Spec §11.8)."""
+        def move(x: Tensor | None) -> Tensor | None:
+            return None if x is None else x.to(device, non_blocking=True)
+        return LayerInputs(self.query_rotation.to(device), move(self.common_mask), self.tail_mask.to(device, non_blocking=True),
+                           self.active.to(device, non_blocking=True), self.write_rotation.to(device),
+                           None if self.static is None else self.static.to(device), move(self.scatter_index))
+
+
+def common_keys(window: int, lengths: Int[Tensor, "R"], active: Bool[Tensor, "R"]) -> Bool[Tensor, "R Lw"]:
+    """The common-window keys each row sees (Spec §9.6): the first ``lengths[r]`` of ``window`` for a row
+    that feeds a token; slot 0 alone for one that does not, so that its softmax stays finite (its
+    output is zeroed by ``active``)."""
+    mask = (torch.arange(window, device=lengths.device)[None, :] < lengths[:, None]) & active[:, None]
+    mask[:, 0] |= ~active
+    return mask
 
 
 class DecodeBuffers:
@@ -231,9 +252,7 @@ class DecodeBuffers:
         active = self.visible.any(dim=1)
         common_mask = None
         if not whole_common:
-            common_len = self.lengths[commons]
-            common_mask = (torch.arange(window, device=self.device)[None, :] < common_len[:, None]) & active[:, None]
-            common_mask[:, 0] |= ~active
+            common_mask = common_keys(window, self.lengths[commons], active)
         query, tail_mask = self._tail_inputs(tails, block)
         static = None
         if statics is not None and statics.shape[1]:

@@ -73,7 +73,7 @@ class TickPlan:
         rot = self.query_rotation
         return replace(self, positions=self.positions.to(device), offsets=self.offsets.to(device),
                        write_offset=self.write_offset.to(device), key_mask=self.key_mask.to(device),
-                       query_rotation=None if rot is None else Rotation(rot.cos.to(device), rot.sin.to(device)))
+                       query_rotation=None if rot is None else rot.to(device))
 
     @property
     def num_rows(self) -> int:

@@ -43,6 +43,10 @@ class Rotation:
     cos: Tensor
     sin: Tensor
 
+    def to(self, device: torch.device | str) -> Rotation:
+        """This rotation's cos/sin on ``device`` (one copy per layer device per tick, Spec §11.8)."""
+        return Rotation(self.cos.to(device, non_blocking=True), self.sin.to(device, non_blocking=True))
+
 
 @dataclass(frozen=True)
 class RopeSpec:

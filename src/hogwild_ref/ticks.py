@@ -26,8 +26,8 @@ model's ``position_ids``) and ``max_position``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, cast
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -235,6 +235,24 @@ class OracleTick(GeneralTick):
         return k
 
 
+def _worker_rows(storage: Storage, rows: Sequence[Row]) -> list[int] | None:
+    """The worker whose view each row is (Spec §3.1), or None when a row is no worker's view or two rows
+    are one worker's."""
+    worker = {view: w for w, view in enumerate(storage.table.views)}
+    ws = [worker.get(row.view, -1) for row in rows]
+    return ws if -1 not in ws and len(set(ws)) == len(ws) else None
+
+
+def _reserve_writes(storage: Storage, counts: Mapping[int, int]) -> None:
+    """Room in storage for worker ``w``'s ``counts[w]`` new tokens in its write segment (Spec §9.6: the
+    fast path's slots are planned after any re-allocation)."""
+    table = storage.table
+    for w, c in counts.items():
+        if c:
+            sid = table.write_segment(w)
+            storage.reserve(sid, table.length(sid) + c)
+
+
 class DecodeTick(Tick):
     """Every worker row feeds 0 or 1 token (Spec §9.6): the host plan (:func:`~hogwild_ref.fast.plan_decode`)
     is copied into the storage's per-device buffers in place (static addresses for compiled steps),
@@ -262,12 +280,9 @@ class DecodeTick(Tick):
         fast path's groups (a common segment opening every view, or each group's views), every row is
         a distinct worker's view and feeds at most one token. Workers without a row feed nothing
         (zero-token rows, Spec §3.4): problems of a batch that ended, the finisher's worker-0 rows."""
-        table = storage.table
         if storage.groups is None or any(row.new_tokens not in (0, 1) for row in rows):
             return None
-        worker = {view: w for w, view in enumerate(table.views)}
-        ws = [worker.get(row.view, -1) for row in rows]
-        return ws if -1 not in ws and len(set(ws)) == len(ws) else None
+        return _worker_rows(storage, rows)
 
     @staticmethod
     def applies(storage: Storage, rows: Sequence[Row]) -> bool:
@@ -279,10 +294,7 @@ class DecodeTick(Tick):
         table = storage.table
         #: the worker of each of the caller's rows (:meth:`workers`); the tick itself runs every worker's row
         self.workers_of_rows = list(workers) if workers is not None else list(range(table.workers))
-        for w, c in enumerate(counts):
-            if c:
-                sid = table.write_segment(w)
-                storage.reserve(sid, table.length(sid) + c)
+        _reserve_writes(storage, dict(enumerate(counts)))
         first = storage.stores[0]
         plan = plan_decode(table, counts, rope, first)
         self.rope = rope
@@ -371,23 +383,18 @@ class ExtendTick(Tick):
         groups = storage.groups
         if groups is None or not rows:
             return None
-        worker = {view: w for w, view in enumerate(storage.table.views)}
-        ws = [worker.get(row.view, -1) for row in rows]
-        if -1 in ws or extend_grid(ws, storage.table.workers // len(groups.commons)) is None:
+        ws = _worker_rows(storage, rows)
+        if ws is None or extend_grid(ws, storage.table.workers // len(groups.commons)) is None:
             return None
         return ws
 
     def __init__(self, storage: Storage, rows: Sequence[Row], rope: RopeSpec, workers: Sequence[int], device: Any = "cpu"):
         """``workers``: :meth:`workers` of ``rows``; ``device``: where the model takes its inputs
         (``positions`` goes there, the model's ``position_ids``)."""
-        table = storage.table
         counts = {w: row.new_tokens for w, row in zip(workers, rows, strict=True)}
-        for w, c in counts.items():
-            if c:
-                sid = table.write_segment(w)
-                storage.reserve(sid, table.length(sid) + c)
+        _reserve_writes(storage, counts)
         first = storage.stores[0]
-        self.plan: ExtendPlan = plan_extend(table, counts, rope, first)
+        self.plan: ExtendPlan = plan_extend(storage.table, counts, rope, first)
         self.rope = rope
         self.table = self.plan.table
         self.max_position = int(self.plan.positions.max())
@@ -397,11 +404,10 @@ class ExtendTick(Tick):
         #: the grid's groups, as an index into the store's groups (None: every group, read in place)
         self._groups = None if self.plan.groups == tuple(range(P)) else torch.tensor(self.plan.groups)
         self._inputs: dict[torch.device, tuple[LayerInputs, Tensor, Tensor | None]] = {}
-        for store in storage.stores:
-            if store.device not in self._inputs:
-                inputs = _to_device(self.plan.inputs, store.device)
-                groups = None if self._groups is None else self._groups.to(store.device)
-                self._inputs[store.device] = (inputs, store.scatter_index(self.plan.slots.flatten().to(store.device)), groups)
+        for device in storage.devices:  # the host plan moved once per device per tick (Spec §11.8)
+            store = next(st for st in storage.stores if st.device == device)
+            groups = None if self._groups is None else self._groups.to(device)
+            self._inputs[device] = (self.plan.inputs.to(device), store.scatter_index(self.plan.slots.flatten().to(device)), groups)
 
     def write(self, layer: int, store: SegmentStore, k: Float[Tensor, "R Hkv n D"], v: Float[Tensor, "R Hkv n D"]) -> None:
         inputs, index, _ = self._inputs[store.device]
@@ -458,16 +464,3 @@ def _rows(inputs: LayerInputs, rows: slice) -> LayerInputs:
 def _gather(blocks: Tensor, groups: Tensor, heads: int) -> Tensor:
     """Tail blocks ``(P·Hkv, S, C, D)`` (group-major) of ``groups`` only: ``(G·Hkv, S, C, D)``."""
     return blocks.unflatten(0, (-1, heads))[groups].flatten(0, 1)
-
-
-def _to_device(inputs: LayerInputs, device: torch.device) -> LayerInputs:
-    """``inputs`` (host tensors) on ``device``."""
-    def move(x: Any) -> Any:
-        if isinstance(x, Tensor):
-            return x.to(device, non_blocking=True)
-        if isinstance(x, Rotation):
-            return Rotation(move(x.cos), move(x.sin))
-        if isinstance(x, tuple):
-            return type(x)(*(move(y) for y in x))
-        return x
-    return cast(LayerInputs, move(inputs))
