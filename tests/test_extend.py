@@ -27,7 +27,7 @@ from hogwild_ref.storage import Storage
 from hogwild_ref.ticks import ExtendTick
 from strategies import any_tables, preset_tables
 from test_attention import ROPES
-from test_fast import DEVICE, HEADS, _layer_config
+from test_fast import DEVICE, HEADS, _layer_config, filled_storage
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -54,17 +54,8 @@ def check_extend_layer(table, counts, rope_name, hkv, group, dtype, seed, slack=
     scaling = D**-0.5
     ref = oracle(rope.rotate(q_pre, 0), [rope.rotate(k, 0) for k in k_pre], vals, plan, rope, scaling)
 
-    caps = {s.id: plan.table.length(s.id) + slack for s in table.segments}
-    storage = Storage(_layer_config(hq, hkv, D), table, rope, dtype, DEVICE, caps, keys_transposed=keys_transposed)
+    storage = filled_storage(table, plan, rope, dtype, hkv, group, k_pre, vals, slack, keys_transposed)
     store = storage.stores[0]
-    for buf in (store.k_common, store.k_tail, store.k_static):  # unused capacity holds large finite garbage:
-        buf.fill_(1e4)  # reading it past a mask shows
-    for buf in (store.v_common, store.v_tail, store.v_static):
-        buf.fill_(-1e4)
-    for j, seg in enumerate(table.segments):
-        if seg.length:
-            local = rope.rotate(k_pre[j][:, : seg.length].to(dtype), torch.arange(seg.length))
-            store.write(j, 0, local.to(DEVICE), vals[j][:, : seg.length].to(dtype).to(DEVICE))
     assert ExtendTick.workers(storage, rows) == workers
     tick = ExtendTick(storage, rows, rope, workers)
     assert tick.table == plan.table

@@ -44,6 +44,27 @@ def _layer_config(hq: int, hkv: int, head_dim: int) -> types.SimpleNamespace:
                                  head_dim=head_dim, hidden_size=hq * head_dim)
 
 
+def filled_storage(table, plan, rope, dtype, hkv, group, k_pre, vals, slack, keys_transposed=None) -> Storage:
+    """One layer's storage for ``table`` (capacity: the post-write lengths of ``plan`` plus ``slack``)
+    holding segment ``j``'s keys ``k_pre[j]`` (rotated to local positions, Spec §2.1) and values
+    ``vals[j]``, every unused slot large finite garbage (reading one past a mask shows)."""
+    D = rope.head_dim
+    caps = {s.id: plan.table.length(s.id) + slack for s in table.segments}
+    storage = Storage(_layer_config(hkv * group, hkv, D), table, rope, dtype, DEVICE, caps, keys_transposed=keys_transposed)
+    store = storage.stores[0]
+    if keys_transposed is not None:
+        assert store.keys_transposed == keys_transposed
+    for buf in (store.k_common, store.k_tail, store.k_static):
+        buf.fill_(1e4)
+    for buf in (store.v_common, store.v_tail, store.v_static):
+        buf.fill_(-1e4)
+    for j, seg in enumerate(table.segments):
+        if seg.length:
+            local = rope.rotate(k_pre[j][:, : seg.length].to(dtype), torch.arange(seg.length))
+            store.write(j, 0, local.to(DEVICE), vals[j][:, : seg.length].to(dtype).to(DEVICE))
+    return storage
+
+
 def check_fast_layer(table, counts, rope_name, hkv, group, dtype, seed, slack, split=True, keys_transposed=None):
     """One tick of one layer through the cache's fast path vs the dense oracle, and the same tick through
     the split path (``split``: the tick's option, True: the device's kernel); ``rope_name``: a name of
@@ -62,19 +83,8 @@ def check_fast_layer(table, counts, rope_name, hkv, group, dtype, seed, slack, s
     scaling = D**-0.5
     ref = oracle(rope.rotate(q_pre, 0), [rope.rotate(k, 0) for k in k_pre], vals, plan, rope, scaling)
 
-    caps = {s.id: plan.table.length(s.id) + slack for s in table.segments}
-    storage = Storage(_layer_config(hq, hkv, D), table, rope, dtype, DEVICE, caps, keys_transposed=keys_transposed)
+    storage = filled_storage(table, plan, rope, dtype, hkv, group, k_pre, vals, slack, keys_transposed)
     store = storage.stores[0]
-    if keys_transposed is not None:
-        assert store.keys_transposed == keys_transposed
-    for buf in (store.k_common, store.k_tail):  # unused capacity holds large finite garbage:
-        buf.fill_(1e4)  # reading it past a mask shows
-    for buf in (store.v_common, store.v_tail):
-        buf.fill_(-1e4)
-    for j, seg in enumerate(table.segments):
-        if seg.length:
-            local = rope.rotate(k_pre[j][:, : seg.length].to(dtype), torch.arange(seg.length))
-            store.write(j, 0, local.to(DEVICE), vals[j][:, : seg.length].to(dtype).to(DEVICE))
     assert DecodeTick.applies(storage, table.rows(counts))
     tick = DecodeTick(storage, counts, rope)
     positions = tick.positions
