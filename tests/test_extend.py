@@ -35,7 +35,8 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 def check_extend_layer(table, counts, rope_name, hkv, group, dtype, seed, slack=3, score_bytes=None, keys_transposed=None):
     """One extend tick of one layer over ``table`` in which worker ``w`` feeds ``counts[w]`` tokens
     (the workers of ``counts`` form a grid) vs the dense oracle of the same rows; ``score_bytes``:
-    the tick's score budget (:data:`~hogwild_ref.ticks.EXTEND_SCORE_BYTES`; 1: one group at a time);
+    the tick's score budget (:data:`~hogwild_ref.ticks.EXTEND_SCORE_BYTES`; 1: one query slot of one
+    group at a time);
     ``keys_transposed``: the store's key layout (default: the device's)."""
     rope = ROPES[rope_name]
     workers = sorted(counts)
@@ -75,9 +76,23 @@ def check_extend_layer(table, counts, rope_name, hkv, group, dtype, seed, slack=
     q = rope.rotate(q_pre.to(dtype), plan.positions[:, None, :n])
     budget = ticks_mod.EXTEND_SCORE_BYTES if score_bytes is None else score_bytes
     stored = [(store.keys[j].clone(), store.values[j].clone()) for j in range(len(table.segments))]
-    with torch.inference_mode(), mock.patch.object(ticks_mod, "EXTEND_SCORE_BYTES", budget):
+    turns = []  # each attention turn's (rows, query slots)
+    attend_turn = tick._attend
+
+    def one_turn(store, q, *args):
+        turns.append((q.shape[0], q.shape[2]))
+        return attend_turn(store, q, *args)
+
+    with torch.inference_mode(), mock.patch.object(ticks_mod, "EXTEND_SCORE_BYTES", budget), \
+            mock.patch.object(tick, "_attend", one_turn):
         tick.write(0, store, k_new.to(DEVICE), v_new.to(DEVICE))
         out = tick.attend(0, store, q.to(DEVICE), scaling).cpu()
+    per_group = table.workers // len(decode_groups(table).commons)
+    locals_ = len({w % per_group for w in workers})  # each group's rows: the grid's local workers
+    if score_bytes == 1:  # the least a turn takes: one query slot of one group's rows
+        assert turns == [(locals_, 1)] * (R // locals_ * n), turns
+    else:
+        assert sum(rows * slots for rows, slots in turns) == R * n, turns
     # only the new tokens' slots were written: padding slots and zero-token rows write the trash (Spec §3.4)
     written = {(plan.write_indices[r], t) for r in range(R)
                for t in range(plan.write_starts[r], plan.write_starts[r] + counts[workers[r]])}
@@ -103,6 +118,8 @@ def check_extend_layer(table, counts, rope_name, hkv, group, dtype, seed, slack=
 
 
 COUNTS = st.integers(0, 5)
+#: extend score budgets: the default (one turn here), 1 byte (one query slot of one group a turn), a few slots a turn
+BUDGETS = st.sampled_from([None, 1, 2**11, 2**13])
 
 
 @settings(max_examples=120, deadline=None)
@@ -116,11 +133,13 @@ COUNTS = st.integers(0, 5)
 )
 def test_extend_layer_matches_oracle(data, table, rope, heads, dtype, seed):
     """One problem, some or every worker a row feeding 0..5 tokens (step changes next to one-token
-    rows; the finisher's worker 0 alone), keys stored either way."""
+    rows; the finisher's worker 0 alone), keys stored either way, its query slots attended in turns
+    when the score budget is small."""
     assume(common_segment(table) is not None)
     workers = data.draw(st.lists(st.integers(0, table.workers - 1), min_size=1, unique=True), label="workers")
     counts = {w: data.draw(COUNTS, label="count") for w in sorted(workers)}
-    check_extend_layer(table, counts, rope, *heads, dtype, seed, keys_transposed=data.draw(st.booleans(), label="layout"))
+    check_extend_layer(table, counts, rope, *heads, dtype, seed, keys_transposed=data.draw(st.booleans(), label="layout"),
+                       score_bytes=data.draw(BUDGETS, label="score bytes"))
 
 
 @settings(max_examples=60, deadline=None)

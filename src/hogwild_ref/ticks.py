@@ -370,8 +370,9 @@ class ExtendTick(Tick):
     group's common window read once, the tail re-rotated per segment. The grid's groups' common, tail
     and static blocks are read in place when the grid holds every group, else gathered. Groups are
     attended a few at a time (each turn gathering its groups) when all at once would take more than
-    :data:`EXTEND_SCORE_BYTES` of scores (long contexts, many problems, many new tokens); one group's
-    own scores are never split. Eager only (its plan is made per tick, no static buffers).
+    :data:`EXTEND_SCORE_BYTES` of scores (long contexts, many problems, many new tokens), and one
+    group's query slots a few at a time when its scores alone would. Eager only (its plan is made per
+    tick, no static buffers).
     """
 
     kind = "extend"
@@ -417,20 +418,26 @@ class ExtendTick(Tick):
 
     def attend(self, layer: int, store: SegmentStore, q: Float[Tensor, "R Hq n D"], scaling: float) -> Float[Tensor, "R Hq n D"]:
         """The grid's attention: every group at once when their scores fit :data:`EXTEND_SCORE_BYTES`,
-        else as few groups a turn as keep a turn within it (at least one)."""
+        else in turns that each keep within it: as many groups a turn as fit, and when one group's
+        scores alone do not, that group's query slots a few at a time (each slot's softmax is its own,
+        so a turn's slots attend as they would together; at least one slot of one group a turn)."""
         inputs, _, groups = self._inputs[store.device]
         plan = self.plan
-        G, L = len(plan.groups), len(plan.locals)
+        G, L, n = len(plan.groups), len(plan.locals), q.shape[2]
         keys = plan.window + store.group_tail * plan.tail_window + store.group_static * plan.static_window
-        per_group = torch.promote_types(q.dtype, torch.float32).itemsize * q.shape[1] * q.shape[2] * L * keys
-        step = max(1, EXTEND_SCORE_BYTES // per_group)
-        if step >= G:
+        per_slot = torch.promote_types(q.dtype, torch.float32).itemsize * q.shape[1] * L * keys  # one slot of one group
+        slots = min(n, max(1, EXTEND_SCORE_BYTES // per_slot))
+        step = max(1, EXTEND_SCORE_BYTES // (per_slot * n)) if slots == n else 1
+        if slots == n and step >= G:
             return self._attend(store, q, scaling, inputs, groups)
         out = torch.empty_like(q)
         for g0 in range(0, G, step):
             rows = slice(g0 * L, min(G, g0 + step) * L)
-            chunk = torch.tensor(plan.groups[g0 : g0 + step], device=store.device)
-            out[rows] = self._attend(store, q[rows], scaling, _rows(inputs, rows), chunk)
+            chunk = groups if step >= G else torch.tensor(plan.groups[g0 : g0 + step], device=store.device)
+            mine = inputs if step >= G else _rows(inputs, rows)
+            for s0 in range(0, n, slots):
+                part = slice(s0, s0 + slots)
+                out[rows, :, part] = self._attend(store, q[rows, :, part], scaling, _slots(mine, part), chunk)
         return out
 
     def _attend(self, store: SegmentStore, q: Tensor, scaling: float, inputs: LayerInputs, groups: Tensor | None) -> Tensor:
@@ -448,6 +455,12 @@ class ExtendTick(Tick):
 
 #: the most an extend tick's score tensors take at once (one layer); more groups are attended in turns
 EXTEND_SCORE_BYTES = 256 * 2**20
+
+
+def _slots(inputs: LayerInputs, slots: slice) -> LayerInputs:
+    """An extend tick's layer inputs for some of its query slots: only the tail mask ``(R, n, T)`` and
+    ``active`` ``(R, n)`` are per slot (every slot of a row sees the same common window and static tail)."""
+    return inputs._replace(tail_mask=inputs.tail_mask[:, slots], active=inputs.active[:, slots])
 
 
 def _rows(inputs: LayerInputs, rows: slice) -> LayerInputs:
