@@ -158,6 +158,42 @@ def test_static_prefill_rows_equal_plain_decoding_of_prompt_plus_segment(smollm)
         assert int(got[r].argmax()) == int(plain.argmax())
 
 
+def test_the_output_layer_of_a_several_token_tick_takes_its_rows_contiguous(smollm):
+    """Spec §11.1: rows of unequal lengths that return logits make the causal LM slice the kept slots
+    out of the hidden states (a strided view); Forward hands the output layer a contiguous copy (on the
+    CPU a linear layer runs one product per row of a strided 3-D input) and takes its hook off after
+    the call. The logits are a plain forward's."""
+    model, tok = smollm
+    engine = Engine(model, tok, workers=2, layout="combined", finisher=False)
+    prep = engine.prepare("What is 6 * 7?")
+    first, static = prep.first, prep.static
+    from hogwild_ref.forward import Forward
+    from hogwild_ref.segments import Row
+
+    others = [sid for sid in static if sid != first]
+    assert len({len(static[sid]) for sid in others}) > 1, "rows of unequal lengths"
+    head = model.get_output_embeddings()
+    inputs = []
+
+    def spy(x):
+        inputs.append(x)
+        return type(head).forward(head, x)
+
+    forward = Forward(model, engine.rope, "fast")
+    storage = forward.storage(prep.table)
+    forward(storage, [Row((first,), len(static[first]))], [static[first]], logits=False)
+    head.forward = spy
+    try:
+        got = forward(storage, [Row((first, sid), len(static[sid])) for sid in others], [static[sid] for sid in others])
+    finally:
+        del head.forward
+    assert len(inputs) == 1 and inputs[0].shape[0] == len(others) and inputs[0].is_contiguous()
+    assert not head._forward_pre_hooks
+    for r, sid in enumerate(others):
+        plain = _plain_logits(model, static[first] + static[sid])[-1]
+        assert _rel_err(got[r], plain) <= LOGIT_RTOL, sid
+
+
 def test_chunked_prefill_equals_one_row(smollm_tokenizer):
     """Prefilling in chunks (Engine(prefill_chunk=...)) gives the same run as one long row."""
     model = tiny_model("qwen2", seed=4, vocab_size=len(smollm_tokenizer))

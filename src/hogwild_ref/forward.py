@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .hf import HogwildCache, cache_keyword, layer_devices, use_hogwild_attention
+from .hf import HogwildCache, cache_keyword, contiguous_head_input, layer_devices, use_hogwild_attention
 from .limits import available_memory, gib
 from .models import sliding_window
 from .packed import PackedLinear, packable_bytes, packing_available, tensor_state
@@ -170,10 +170,12 @@ class Forward:
             ends = [max(len(f), 1) - 1 for f in feeds]
             keep = n - min(ends) if logits else 1
             kwargs["logits_to_keep"] = keep
-        packed = self._packed_linear(ids.shape[0]) if decode is not None else None
+        # one-token ticks: their linears may run packed; the others' output layer takes a slice of slots
+        around = (self._packed_linear(ids.shape[0]) if decode is not None else contiguous_head_input(self.model)) \
+            or contextlib.nullcontext()
         step = self._decode_step if decode is not None else self.model
         try:
-            with use_hogwild_attention(self.model), torch.inference_mode(), packed or contextlib.nullcontext():
+            with use_hogwild_attention(self.model), torch.inference_mode(), around:
                 out = step(input_ids=ids.to(self.device, non_blocking=True), position_ids=tick.positions, **kwargs)
         finally:
             cache.tick = None

@@ -30,7 +30,8 @@ from transformers.cache_utils import Cache, DynamicLayer
 from .storage import Storage
 from .ticks import Tick
 
-__all__ = ["ATTN_IMPLEMENTATION", "HogwildCache", "cache_keyword", "eos_token_ids", "layer_devices", "use_hogwild_attention"]
+__all__ = ["ATTN_IMPLEMENTATION", "HogwildCache", "cache_keyword", "contiguous_head_input", "eos_token_ids", "layer_devices",
+           "use_hogwild_attention"]
 
 ATTN_IMPLEMENTATION = "hogwild"
 
@@ -111,6 +112,27 @@ def use_hogwild_attention(model: Any) -> Iterator[None]:
     finally:
         if previous is not None:
             model.set_attn_implementation(previous)
+
+
+@contextmanager
+def contiguous_head_input(model: Any) -> Iterator[None]:
+    """Hand the output layer a contiguous input for the duration (Spec §11.1).
+
+    A causal LM slices the slots whose logits it returns out of the hidden states
+    (``hidden[:, -keep:]``): a strided view when the rows have more slots than that, as in a tick
+    that feeds several tokens. On the CPU a linear layer over a strided 3-D input runs one product
+    per row (measured, 1 thread, a 49152 x 576 output layer: 8 rows ~8x one contiguous product),
+    so the rows are copied together first (a few KiB); the values are the same.
+    """
+    head = model.get_output_embeddings()
+    if head is None:
+        yield
+        return
+    handle = head.register_forward_pre_hook(lambda _module, args: (args[0].contiguous(), *args[1:]))
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def cache_keyword(model: Any) -> str:
