@@ -161,8 +161,8 @@ def test_static_prefill_rows_equal_plain_decoding_of_prompt_plus_segment(smollm)
 def test_the_output_layer_of_a_several_token_tick_takes_its_rows_contiguous(smollm):
     """Spec §11.1: rows of unequal lengths that return logits make the causal LM slice the kept slots
     out of the hidden states (a strided view); Forward hands the output layer a contiguous copy (on the
-    CPU a linear layer runs one product per row of a strided 3-D input) and takes its hook off after
-    the call. The logits are a plain forward's."""
+    CPU a linear layer with a frozen weight runs one product per row of a strided 3-D input) and takes
+    its hook off after the call. The logits are a plain forward's."""
     model, tok = smollm
     engine = Engine(model, tok, workers=2, layout="combined", finisher=False)
     prep = engine.prepare("What is 6 * 7?")

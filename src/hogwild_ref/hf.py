@@ -120,9 +120,12 @@ def contiguous_head_input(model: Any) -> Iterator[None]:
 
     A causal LM slices the slots whose logits it returns out of the hidden states
     (``hidden[:, -keep:]``): a strided view when the rows have more slots than that, as in a tick
-    that feeds several tokens. On the CPU a linear layer over a strided 3-D input runs one product
-    per row (measured, 1 thread, a 49152 x 576 output layer: 8 rows ~8x one contiguous product),
-    so the rows are copied together first (a few KiB); the values are the same.
+    that feeds several tokens. On the CPU, when the layer's weight does not require grad (a model
+    frozen with ``requires_grad_(False)``, as inference code often does), a linear layer over a
+    strided 3-D input runs one product per row: measured, 1 thread, SmolLM2's 49152 x 576 output
+    layer, 8 rows 42 against 20 ms, 16 rows 73 against 16 ms; the first tick of 8 problems x 2
+    workers 445 against 384 ms. So the rows are copied together first (a few KiB); the values are
+    the same.
     """
     head = model.get_output_embeddings()
     if head is None:
