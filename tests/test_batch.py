@@ -145,21 +145,22 @@ def test_problems_with_the_same_prompt_are_prefilled_once(smollm_tokenizer):
 
 
 def test_a_step_change_in_one_problem_leaves_the_other_problems_on_the_one_token_path(smollm_tokenizer):
-    """Spec §9.6 (groups): a forward in which one problem's rows feed several tokens (a step change, a
-    collaboration prompt) and two other problems' rows one each runs as two forwards, the one-token
-    problems through the decode tick; with most problems feeding several tokens it stays one. The
-    logits of every row equal the engine oracle's (Spec §11.4) either way."""
+    """Spec §9.6 (groups): a forward in which one problem of eight feeds several tokens (a step change,
+    a collaboration prompt) and the seven others' rows one each runs as two forwards, the one-token
+    problems through the decode tick; with two problems of eight feeding several tokens it stays one
+    (packed). The logits of every row equal the engine oracle's (Spec §11.4) either way."""
     from hogwild_ref.forward import Forward
     from hogwild_ref.segments import Row
 
     model = tiny_model("llama", seed=11, vocab_size=len(smollm_tokenizer))
     engine = _engine(model, smollm_tokenizer, workers=2, layout="combined", ticks=4, finisher=False, backend="fast")
-    preps = [engine.prepare(p) for p in PROBLEMS]
+    preps = [engine.prepare(PROBLEMS[b % len(PROBLEMS)]) for b in range(8)]
     union, _ = union_tables([p.table for p in preps])
+    ones = [[t] for t in range(30, 42)]  # one token each for problems 2..7
     ticks = [
-        [[5], [6], [7], [8], [9], [10]],  # one token per worker
-        [[11], [12], [13, 14, 15], [], [16], [17]],  # problem 1: worker 0 three tokens, worker 1 none
-        [[18, 19], [20], [21], [22, 23], [24], [25]],  # problems 0 and 1 several tokens, problem 2 one
+        [[t] for t in range(5, 21)],  # one token per worker
+        [[11], [12], [13, 14, 15], [], *ones],  # problem 1: worker 0 three tokens, worker 1 none
+        [[18, 19], [20], [21], [22, 23], *ones],  # problems 0 and 1 several tokens, the others one
     ]
     expected_kinds = [{"decode": 1}, {"decode": 1, "extend": 1}, {"extend": 1}]
     got: dict[str, list[torch.Tensor]] = {}

@@ -159,7 +159,7 @@ def test_static_prefill_rows_equal_plain_decoding_of_prompt_plus_segment(smollm)
 
 
 def test_the_output_layer_of_a_several_token_tick_takes_its_rows_contiguous(smollm):
-    """Spec §11.1: rows of unequal lengths that return logits make the causal LM slice the kept slots
+    """Spec §11.2 (item 5): rows of unequal lengths that return logits make the causal LM slice the kept slots
     out of the hidden states (a strided view); Forward hands the output layer a contiguous copy (on the
     CPU a linear layer with a frozen weight runs one product per row of a strided 3-D input) and takes
     its hook off after the call. The logits are a plain forward's."""
@@ -179,7 +179,7 @@ def test_the_output_layer_of_a_several_token_tick_takes_its_rows_contiguous(smol
         inputs.append(x)
         return type(head).forward(head, x)
 
-    forward = Forward(model, engine.rope, "fast")
+    forward = Forward(model, engine.rope, "fast", pack_slots=False)  # packed, the output layer reads one slot a row
     storage = forward.storage(prep.table)
     forward(storage, [Row((first,), len(static[first]))], [static[first]], logits=False)
     head.forward = spy

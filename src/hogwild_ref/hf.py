@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.cache_utils import Cache, DynamicLayer
@@ -30,10 +31,48 @@ from transformers.cache_utils import Cache, DynamicLayer
 from .storage import Storage
 from .ticks import Tick
 
-__all__ = ["ATTN_IMPLEMENTATION", "HogwildCache", "cache_keyword", "contiguous_head_input", "eos_token_ids", "layer_devices",
-           "use_hogwild_attention"]
+__all__ = ["ATTN_IMPLEMENTATION", "HogwildCache", "Packing", "cache_keyword", "contiguous_head_input", "eos_token_ids",
+           "layer_devices", "use_hogwild_attention"]
 
 ATTN_IMPLEMENTATION = "hogwild"
+
+
+class Packing:
+    """A tick's real slots run as one packed sequence (Spec §11.2, "Packed slots"): the model's
+    token-wise layers see ``(1, N)`` tokens, slot ``slots[i]`` of row ``rows[i]`` at packed index
+    ``i``, while the tick still writes and attends ``(R, n)`` rows, the padding slots zero.
+
+    Args:
+        rows, slots: ``(N,)`` each, on the host.
+        shape: the tick's ``(R, n)``.
+    """
+
+    def __init__(self, rows: Tensor, slots: Tensor, shape: tuple[int, int]):
+        self.shape = shape
+        self._index = {rows.device: (rows, slots)}
+
+    @property
+    def index(self) -> tuple[Tensor, Tensor]:
+        """``(rows, slots)`` on the host."""
+        return self._on(torch.device("cpu"))
+
+    def _on(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        if device not in self._index:  # a layer on another device (Spec §11.8)
+            rows, slots = next(iter(self._index.values()))
+            self._index[device] = (rows.to(device), slots.to(device))
+        return self._index[device]
+
+    def unpack(self, x: Float[Tensor, "1 H N D"]) -> Float[Tensor, "R H n D"]:
+        """The packed heads as the tick's rows, padding slots zero (laid out as the model's own ``(R, n)`` heads)."""
+        rows, slots = self._on(x.device)
+        out = x.new_zeros(*self.shape, x.shape[1], x.shape[3])
+        out[rows, slots] = x[0].transpose(0, 1)
+        return out.transpose(1, 2)
+
+    def pack(self, y: Float[Tensor, "R H n D"]) -> Float[Tensor, "1 H N D"]:
+        """The rows' real slots as the packed sequence."""
+        rows, slots = self._on(y.device)
+        return y.transpose(1, 2)[rows, slots].transpose(0, 1)[None]
 
 
 class HogwildCache(Cache):
@@ -49,6 +88,8 @@ class HogwildCache(Cache):
         super().__init__(layers=[DynamicLayer() for _ in storage.stores])
         self.storage = storage
         self.tick: Tick | None = None
+        #: set for a forward whose model runs on the tick's real slots only (:class:`Packing`)
+        self.packing: Packing | None = None
 
     def _tick(self) -> Tick:
         if self.tick is None:
@@ -56,14 +97,18 @@ class HogwildCache(Cache):
         return self.tick
 
     def update(self, key_states: Tensor, value_states: Tensor, layer_idx: int, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
-        """Hand the layer's new K/V ``(R, Hkv, n, D)`` to the tick (Spec §3.2); returns them unchanged
-        (the attention function reads the store)."""
-        self._tick().write(layer_idx, self.storage.stores[layer_idx], key_states, value_states)
+        """Hand the layer's new K/V ``(R, Hkv, n, D)`` (packed: ``(1, Hkv, N, D)``) to the tick (Spec §3.2);
+        returns them unchanged (the attention function reads the store)."""
+        k, v = (key_states, value_states) if self.packing is None else (self.packing.unpack(key_states), self.packing.unpack(value_states))
+        self._tick().write(layer_idx, self.storage.stores[layer_idx], k, v)
         return key_states, value_states
 
     def attend(self, layer_idx: int, query: Tensor, scaling: float) -> Tensor:
-        """The tick's attention for this layer (Spec §9)."""
-        return self._tick().attend(layer_idx, self.storage.stores[layer_idx], query, scaling)
+        """The tick's attention for this layer (Spec §9), packed as the query came."""
+        if self.packing is None:
+            return self._tick().attend(layer_idx, self.storage.stores[layer_idx], query, scaling)
+        out = self._tick().attend(layer_idx, self.storage.stores[layer_idx], self.packing.unpack(query), scaling)
+        return self.packing.pack(out)
 
     def get_seq_length(self, layer_idx: int | None = 0, *args: Any, **kwargs: Any) -> int:
         """Informational (the forward step always passes explicit position ids): the longest view, or 0 in
@@ -116,7 +161,7 @@ def use_hogwild_attention(model: Any) -> Iterator[None]:
 
 @contextmanager
 def contiguous_head_input(model: Any) -> Iterator[None]:
-    """Hand the output layer a contiguous input for the duration (Spec §11.1).
+    """Hand the output layer a contiguous input for the duration (Spec §11.2, item 5).
 
     A causal LM slices the slots whose logits it returns out of the hidden states
     (``hidden[:, -keep:]``): a strided view when the rows have more slots than that, as in a tick
