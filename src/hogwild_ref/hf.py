@@ -43,7 +43,8 @@ class Packing:
     ``i``, while the tick still writes and attends ``(R, n)`` rows, the padding slots zero.
 
     Args:
-        rows, slots: ``(N,)`` each, on the host.
+        rows: ``(N,)``, on the host: each packed token's row.
+        slots: ``(N,)``, on the host: its slot in that row.
         shape: the tick's ``(R, n)``.
     """
 
