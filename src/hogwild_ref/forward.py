@@ -183,7 +183,7 @@ class Forward:
                 ids = ids[rows_i, slots_i][None]
                 positions = positions[rows_i.to(positions.device), slots_i.to(positions.device)][None]
                 last = torch.cumsum(torch.tensor(ends) + 1, 0) - 1
-                kwargs["logits_to_keep"] = last.to(self.output_device) if logits else 1
+                kwargs["logits_to_keep"] = last if logits else 1  # host indices: valid for hidden states on any device
         # one-token ticks: their linears may run packed; the others' output layer takes a slice of slots
         around = (self._packed_linear(ids.shape[0]) if decode is not None else contiguous_head_input(self.model)) \
             or contextlib.nullcontext()
