@@ -73,7 +73,7 @@ fi
 
 stage "fast-path exactness tests on CUDA"
 if [ "$cuda" = 1 ]; then
-    timeout -k 5 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_fast.py tests/test_extend.py >"$OUT/tests.log" 2>&1
+    timeout -k 5 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_fast.py tests/test_extend.py tests/test_packing.py >"$OUT/tests.log" 2>&1
     tests=$?
 else
     echo "skipped: no CUDA" >"$OUT/tests.log"

@@ -3,7 +3,8 @@ feed unequal numbers of tokens runs the model's token-wise layers on the real sl
 ``(1, N)`` sequence, and gives the tick the same ``(R, n)`` rows as before. The oracle is the same
 forward on every padded slot (``Forward(pack_slots=False)``, itself checked against the dense oracle
 in ``test_fast.py``, ``test_extend.py`` and ``test_batch.py``): logits within Spec §10 and every
-segment's stored K/V alike, while the model's embedding layer saw exactly the real slots."""
+segment's stored K/V alike, while the model's embedding layer saw exactly the real slots. The models
+run on ``HOGWILD_TEST_DEVICE`` (default the CPU; ``benchmarks/gpu.sh`` runs this file on CUDA)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from hogwild_ref.engine import Engine
 from hogwild_ref.forward import Forward
 from hogwild_ref.models import tiny_model
 from hogwild_ref.segments import Row
+from test_fast import DEVICE
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -44,9 +46,9 @@ def _same_storage(a, b):
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
-def test_packed_forwards_equal_padded_ones_for_one_problem(family, smollm_tokenizer):
-    model = tiny_model(family, seed=3, vocab_size=len(smollm_tokenizer))
-    engine = Engine(model, smollm_tokenizer, workers=3, layout="combined", finisher=False)
+def test_packed_forwards_equal_padded_ones_for_one_problem(family, char_tokenizer):
+    model = tiny_model(family, seed=3, vocab_size=len(char_tokenizer)).to(DEVICE)
+    engine = Engine(model, char_tokenizer, workers=3, layout="combined", finisher=False)
     prep = engine.prepare("What is 6 * 7?")
     first, static = prep.first, prep.static
     others = [sid for sid in static if sid != first]
@@ -74,11 +76,11 @@ def test_packed_forwards_equal_padded_ones_for_one_problem(family, smollm_tokeni
     _same_storage(*stores)
 
 
-def test_packed_prefill_of_a_union_equals_the_padded_one(smollm_tokenizer):
+def test_packed_prefill_of_a_union_equals_the_padded_one(char_tokenizer):
     """Three problems' prompts of unequal lengths prefilled side by side (Spec §13.3, a grouped tick),
     then their static rows; every segment of the union stored alike."""
-    model = tiny_model("llama", seed=5, vocab_size=len(smollm_tokenizer))
-    engine = Engine(model, smollm_tokenizer, workers=2, layout="combined", finisher=False)
+    model = tiny_model("llama", seed=5, vocab_size=len(char_tokenizer)).to(DEVICE)
+    engine = Engine(model, char_tokenizer, workers=2, layout="combined", finisher=False)
     preps = [engine.prepare(p) for p in ("Add 3 and 4.", "What is 12 + 30? Think step by step, please.", "Count.")]
     union, _ = union_tables([p.table for p in preps])
     firsts = [f"p{b}/{p.first}" for b, p in enumerate(preps)]
@@ -89,7 +91,7 @@ def test_packed_prefill_of_a_union_equals_the_padded_one(smollm_tokenizer):
     for f in (packed, padded):
         st = f.storage(union, {sid: len(ids) for s in statics for sid, ids in s.items()})
         seen.clear()
-        f.prefill(st, firsts, statics)
+        f.prefill(st, firsts, statics, chunk=4096)  # each part in one forward
         stores.append(st)
         calls.append(list(seen))
     assert packed.kinds.get("grouped") and padded.kinds.get("grouped")
