@@ -159,10 +159,10 @@ def test_static_prefill_rows_equal_plain_decoding_of_prompt_plus_segment(smollm)
 
 
 def test_the_output_layer_of_a_several_token_tick_takes_its_rows_contiguous(smollm):
-    """Spec §11.2 (item 5): rows of unequal lengths that return logits make the causal LM slice the kept slots
-    out of the hidden states (a strided view); Forward hands the output layer a contiguous copy (on the
-    CPU a linear layer with a frozen weight runs one product per row of a strided 3-D input) and takes
-    its hook off after the call. The logits are a plain forward's."""
+    """Spec §11.2 (item 5): rows of unequal lengths that return logits; Forward gives the causal LM the
+    kept slots as indices, so the output layer takes them as one contiguous copy, not a strided slice
+    of the hidden states (on the CPU a linear layer with a frozen weight runs one product per row of
+    a strided 3-D input), and leaves no hook on it. The logits are a plain forward's."""
     model, tok = smollm
     engine = Engine(model, tok, workers=2, layout="combined", finisher=False)
     prep = engine.prepare("What is 6 * 7?")

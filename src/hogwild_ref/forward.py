@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .hf import HogwildCache, Packing, cache_keyword, contiguous_head_input, layer_devices, use_hogwild_attention
+from .hf import HogwildCache, Packing, cache_keyword, layer_devices, use_hogwild_attention
 from .limits import available_memory, gib
 from .models import sliding_window
 from .packed import PackedLinear, packable_bytes, packing_available, tensor_state
@@ -175,22 +175,21 @@ class Forward:
                     ids[r, : len(f)] = torch.tensor(f, dtype=torch.long)
             ends = [max(len(f), 1) - 1 for f in feeds]  # each row's last slot (slot 0 for a row without tokens)
             packing = self._packing(ends, n)
-            if packing is None:  # the output layer runs only from the earliest last slot on
+            # the output layer runs only on the slots whose logits are returned, given as host indices (valid
+            # for hidden states on any device): an index gathers them into one contiguous copy, where a count
+            # slices a strided view (Spec §11.2, item 5)
+            if packing is None:  # from the earliest last slot on
                 keep = n - min(ends) if logits else 1
-                kwargs["logits_to_keep"] = keep
+                kwargs["logits_to_keep"] = torch.arange(n - keep, n)
             else:  # the token-wise layers run on the real slots only, the output layer on each row's last one
-                rows_i, slots_i = packing.index
-                ids = ids[rows_i, slots_i][None]
-                positions = positions[rows_i.to(positions.device), slots_i.to(positions.device)][None]
-                last = torch.cumsum(torch.tensor(ends) + 1, 0) - 1
-                kwargs["logits_to_keep"] = last if logits else 1  # host indices: valid for hidden states on any device
-        # one-token ticks: their linears may run packed; the others' output layer takes a slice of slots
-        around = (self._packed_linear(ids.shape[0]) if decode is not None else contiguous_head_input(self.model)) \
-            or contextlib.nullcontext()
+                ids = ids[packing.on(ids.device)][None]
+                positions = positions[packing.on(positions.device)][None]
+                kwargs["logits_to_keep"] = packing.last if logits else packing.last[-1:]
+        packed = self._packed_linear(ids.shape[0]) if decode is not None else None
         step = self._decode_step if decode is not None else self.model
         cache.packing = packing
         try:
-            with use_hogwild_attention(self.model), torch.inference_mode(), around:
+            with use_hogwild_attention(self.model), torch.inference_mode(), packed or contextlib.nullcontext():
                 out = step(input_ids=ids.to(self.device, non_blocking=True), position_ids=positions, **kwargs)
         finally:
             cache.tick, cache.packing = None, None
@@ -212,13 +211,10 @@ class Forward:
         ``ends`` of ``n``: with the fast backend, when any slot would be padding; else None (measured,
         one CPU thread: 8 prompts of 154-176 tokens prefill in 2.81-2.95 s packed against 2.89-3.12 s
         padded, their static rows of 4-11 tokens in 0.93-1.00 against 1.08-1.20 s)."""
-        real = sum(e + 1 for e in ends)
-        if self.backend != "fast" or not self.pack_slots or real == len(ends) * n:
+        counts = [e + 1 for e in ends]
+        if self.backend != "fast" or not self.pack_slots or sum(counts) == len(counts) * n:
             return None
-        counts = torch.tensor(ends) + 1
-        rows = torch.repeat_interleave(torch.arange(len(ends)), counts)
-        slots = torch.arange(real) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-        return Packing(rows, slots, (len(ends), n))
+        return Packing(counts, n)
 
     def parts(self, storage: Storage, rows: Sequence[Row]) -> tuple[list[int], list[int]] | None:
         """A forward over several groups (Spec §9.6, §13.3) in which some groups' rows feed several

@@ -18,7 +18,7 @@ Importing this module registers the two functions; it has no other side effect.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -31,49 +31,48 @@ from transformers.cache_utils import Cache, DynamicLayer
 from .storage import Storage
 from .ticks import Tick
 
-__all__ = ["ATTN_IMPLEMENTATION", "HogwildCache", "Packing", "cache_keyword", "contiguous_head_input", "eos_token_ids",
-           "layer_devices", "use_hogwild_attention"]
+__all__ = ["ATTN_IMPLEMENTATION", "HogwildCache", "Packing", "cache_keyword", "eos_token_ids", "layer_devices",
+           "use_hogwild_attention"]
 
 ATTN_IMPLEMENTATION = "hogwild"
 
 
 class Packing:
     """A tick's real slots run as one packed sequence (Spec §11.2, "Packed slots"): the model's
-    token-wise layers see ``(1, N)`` tokens, slot ``slots[i]`` of row ``rows[i]`` at packed index
-    ``i``, while the tick still writes and attends ``(R, n)`` rows, the padding slots zero.
+    token-wise layers see ``(1, N)`` tokens, row ``r``'s ``counts[r]`` slots one after the other, while
+    the tick still writes and attends ``(R, n)`` rows, the padding slots zero.
 
     Args:
-        rows: ``(N,)``, on the host: each packed token's row.
-        slots: ``(N,)``, on the host: its slot in that row.
-        shape: the tick's ``(R, n)``.
+        counts: the slots each row runs (at least 1: a row without tokens keeps its slot 0).
+        n: the tick's width.
     """
 
-    def __init__(self, rows: Tensor, slots: Tensor, shape: tuple[int, int]):
-        self.shape = shape
+    def __init__(self, counts: Sequence[int], n: int):
+        c = torch.tensor(counts)
+        starts = torch.cumsum(c, 0) - c
+        self.shape = (len(counts), n)
+        #: the packed index of each row's last slot, on the host (the output layer's ``logits_to_keep``)
+        self.last = starts + c - 1
+        rows = torch.repeat_interleave(torch.arange(len(counts)), c)
+        slots = torch.arange(int(c.sum())) - torch.repeat_interleave(starts, c)
         self._index = {rows.device: (rows, slots)}
 
-    @property
-    def index(self) -> tuple[Tensor, Tensor]:
-        """``(rows, slots)`` on the host."""
-        return self._on(torch.device("cpu"))
-
-    def _on(self, device: torch.device) -> tuple[Tensor, Tensor]:
-        if device not in self._index:  # a layer on another device (Spec §11.8)
+    def on(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Each packed token's ``(row, slot)`` index ``(N,)``, on ``device`` (copied once per device, Spec §11.8)."""
+        if device not in self._index:
             rows, slots = next(iter(self._index.values()))
             self._index[device] = (rows.to(device), slots.to(device))
         return self._index[device]
 
     def unpack(self, x: Float[Tensor, "1 H N D"]) -> Float[Tensor, "R H n D"]:
         """The packed heads as the tick's rows, padding slots zero (laid out as the model's own ``(R, n)`` heads)."""
-        rows, slots = self._on(x.device)
         out = x.new_zeros(*self.shape, x.shape[1], x.shape[3])
-        out[rows, slots] = x[0].transpose(0, 1)
+        out[self.on(x.device)] = x[0].transpose(0, 1)
         return out.transpose(1, 2)
 
     def pack(self, y: Float[Tensor, "R H n D"]) -> Float[Tensor, "1 H N D"]:
         """The rows' real slots as the packed sequence."""
-        rows, slots = self._on(y.device)
-        return y.transpose(1, 2)[rows, slots].transpose(0, 1)[None]
+        return y.transpose(1, 2)[self.on(y.device)].transpose(0, 1)[None]
 
 
 class HogwildCache(Cache):
@@ -158,30 +157,6 @@ def use_hogwild_attention(model: Any) -> Iterator[None]:
     finally:
         if previous is not None:
             model.set_attn_implementation(previous)
-
-
-@contextmanager
-def contiguous_head_input(model: Any) -> Iterator[None]:
-    """Hand the output layer a contiguous input for the duration (Spec §11.2, item 5).
-
-    A causal LM slices the slots whose logits it returns out of the hidden states
-    (``hidden[:, -keep:]``): a strided view when the rows have more slots than that, as in a tick
-    that feeds several tokens. On the CPU, when the layer's weight does not require grad (a model
-    frozen with ``requires_grad_(False)``, as inference code often does), a linear layer over a
-    strided 3-D input runs one product per row: measured, 1 thread, SmolLM2's 49152 x 576 output
-    layer, 8 rows 42 against 20 ms, 16 rows 73 against 16 ms; the first tick of 8 problems x 2
-    workers 445 against 384 ms. So the rows are copied together first (a few KiB); the values are
-    the same.
-    """
-    head = model.get_output_embeddings()
-    if head is None:
-        yield
-        return
-    handle = head.register_forward_pre_hook(lambda _module, args: (args[0].contiguous(), *args[1:]))
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 def cache_keyword(model: Any) -> str:
