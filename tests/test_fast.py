@@ -47,7 +47,9 @@ def _layer_config(hq: int, hkv: int, head_dim: int) -> types.SimpleNamespace:
 def filled_storage(table, plan, rope, dtype, hkv, group, k_pre, vals, slack, keys_transposed=None) -> Storage:
     """One layer's storage for ``table`` (capacity: the post-write lengths of ``plan`` plus ``slack``)
     holding segment ``j``'s keys ``k_pre[j]`` (rotated to local positions, Spec §2.1) and values
-    ``vals[j]``, every unused slot large finite garbage (reading one past a mask shows)."""
+    ``vals[j]``, every unused slot large finite garbage (reading one past a mask shows): keys of 1e4,
+    values of a quarter of the dtype's largest, so that even the weight ``exp(-80)`` a masked key would
+    get unzeroed (Spec §9.6) shows in float32 and bfloat16."""
     D = rope.head_dim
     caps = {s.id: plan.table.length(s.id) + slack for s in table.segments}
     storage = Storage(_layer_config(hkv * group, hkv, D), table, rope, dtype, DEVICE, caps, keys_transposed=keys_transposed)
@@ -57,7 +59,7 @@ def filled_storage(table, plan, rope, dtype, hkv, group, k_pre, vals, slack, key
     for buf in (store.k_common, store.k_tail, store.k_static):
         buf.fill_(1e4)
     for buf in (store.v_common, store.v_tail, store.v_static):
-        buf.fill_(-1e4)
+        buf.fill_(-torch.finfo(dtype).max / 4)
     for j, seg in enumerate(table.segments):
         if seg.length:
             local = rope.rotate(k_pre[j][:, : seg.length].to(dtype), torch.arange(seg.length))
