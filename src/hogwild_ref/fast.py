@@ -312,8 +312,8 @@ def _exp_below(x: Tensor, keep: Tensor | None) -> Tensor:
 
 
 def _admitted(keep: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """A boolean key mask as the two float tensors the softmax applies (same shape, broadcast against
-    the scores): ``0``/``-inf`` added to the scores before their maximum (exact: ``s + 0 == s``), and
+    """A boolean key mask as the two float tensors the softmax applies (Spec §9.6; same shape,
+    broadcast against the scores): ``0``/``-inf`` added to the scores before their maximum (exact: ``s + 0 == s``), and
     ``1``/``0`` multiplied into their exponentials (:func:`_exp_below`). Built from the mask's few
     elements once per part, they replace two ``masked_fill`` calls that broadcast the mask over the
     heads (on the CPU about 70 us each for 8 problems of 2 workers and a 576-key window, against
