@@ -1,6 +1,7 @@
 """packed.PackedLinear (Spec §9.6, CPU linear layers): while entered, a float32 CPU linear layer called
-with exactly ``rows`` rows answers from its packed weight; every other call, and everything after
-exit, is the module's own forward. The oracle is ``torch.nn.functional.linear`` on the same weight."""
+with a row count of the pack's size (``pack_size``) answers from its packed weight, zero rows added up
+to that size; every other call, and everything after exit, is the module's own forward. The oracle is
+``torch.nn.functional.linear`` on the same weight."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 
 from hogwild_ref.engine import Engine
 from hogwild_ref.models import tiny_model
-from hogwild_ref.packed import PackedLinear, packable_bytes, packing_available
+from hogwild_ref.packed import PackedLinear, pack_size, packable_bytes, packing_available
 from hogwild_ref.scheduler import SchedulerConfig
 
 pytestmark = pytest.mark.skipif(not packing_available(), reason="this torch build has no MKL packed GEMM")
@@ -28,20 +29,47 @@ def test_packed_rows_match_linear_and_other_rows_are_untouched() -> None:
     model = _model()
     lin = model[0]
     packed = PackedLinear(model, rows=4)
-    x4, x3 = torch.randn(4, 1, 24), torch.randn(3, 24)
+    x4, x5 = torch.randn(4, 1, 24), torch.randn(5, 24)
     with packed:
         assert "forward" in lin.__dict__
         y4 = lin(x4)
         with torch.profiler.profile() as prof:
-            y3 = lin(x3)
+            y5 = lin(x5)
         assert not _ran_packed(prof)
         with torch.profiler.profile() as prof:
             lin(x4)
         assert _ran_packed(prof)
     torch.testing.assert_close(y4, torch.nn.functional.linear(x4, lin.weight, lin.bias), rtol=1e-6, atol=1e-6)
-    assert torch.equal(y3, torch.nn.functional.linear(x3, lin.weight, lin.bias))
+    assert torch.equal(y5, torch.nn.functional.linear(x5, lin.weight, lin.bias))
     assert y4.shape == (4, 1, 40)
     assert "forward" not in lin.__dict__ and "forward" not in model[2].__dict__
+
+
+def test_pack_sizes() -> None:
+    """3 rows are packed for 4 and 5-7 rows for 8 (measured faster padded, docstring of ``pack_size``);
+    every other count for itself."""
+    assert [pack_size(n) for n in range(1, 18)] == [1, 2, 4, 4, 8, 8, 8, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]
+
+
+@pytest.mark.parametrize("rows", [3, 6])
+def test_counts_of_one_pack_size_are_served_padded(rows: int) -> None:
+    """One pack serves every row count of its size, zero rows added and their outputs dropped; a
+    count of another size is the module's own forward."""
+    model = _model()
+    lin, out = model[0], model[2]
+    packed = PackedLinear(model, rows=rows)
+    assert packed.size == pack_size(rows)
+    served = [n for n in range(1, 12) if pack_size(n) == packed.size]
+    assert rows in served and packed.size in served and len(served) > 1
+    for n in range(1, 12):
+        x = torch.randn(1, n, 24) if n % 2 else torch.randn(n, 24)  # leading dims flattened into rows
+        with packed, torch.profiler.profile() as prof:
+            y = lin(x)
+            z = out(torch.relu(y))
+        assert _ran_packed(prof) == (n in served), n
+        assert y.shape == (*x.shape[:-1], 40) and z.shape == (*x.shape[:-1], 8)
+        torch.testing.assert_close(y, torch.nn.functional.linear(x, lin.weight, lin.bias), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(z, torch.nn.functional.linear(torch.relu(y), out.weight), rtol=1e-6, atol=1e-6)
 
 
 def test_exit_restores_on_error_and_keeps_an_instance_forward() -> None:

@@ -23,7 +23,7 @@ from torch import Tensor
 from .hf import HogwildCache, Packing, cache_keyword, layer_devices, use_hogwild_attention
 from .limits import available_memory, gib
 from .models import sliding_window
-from .packed import PackedLinear, packable_bytes, packing_available, tensor_state
+from .packed import PackedLinear, pack_size, packable_bytes, packing_available, tensor_state
 from .parallel import check_compile, local_kv_heads, share_tokens
 from .plan import plan_tick
 from .rope import RopeSpec
@@ -325,10 +325,11 @@ class Forward:
 
     # ------------------------------------------------------------------ helpers
     def _packed_linear(self, rows: int) -> PackedLinear | None:
-        """MKL-packed linear weights for ``rows``-row ticks on the CPU (Spec §9.6), when enabled."""
+        """MKL-packed linear weights for ``rows``-row ticks on the CPU (Spec §9.6), when enabled; one pack
+        serves every row count of its :func:`~hogwild_ref.packed.pack_size` (5 to 8 rows: one pack for 8)."""
         if not self.pack_weights or self.compile or rows < self._pack_rows:
             return None
-        if self._packed is None or self._packed.rows != rows or not self._packed.current():
+        if self._packed is None or self._packed.size != pack_size(rows) or not self._packed.current():
             self._packed = None  # the old copies go before the new ones are made
             if self._pack_auto and not self._room_to_pack():
                 self.pack_weights = False
