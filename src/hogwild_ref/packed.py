@@ -9,8 +9,8 @@ pack than from a larger one with zero rows added, so those are packed for more r
 (:func:`pack_size`).
 
 :class:`PackedLinear` is a context manager: while it is entered, each float32 CPU ``nn.Linear`` of
-the model answers a call with exactly ``rows`` rows from its packed weight, and every other call as
-usual. It does so by shadowing the module's ``forward`` on the instance for the duration of the
+the model answers a call whose row count packs to the copy's size (:func:`pack_size`) from its packed
+weight, and every other call as usual. It does so by shadowing the module's ``forward`` on the instance for the duration of the
 block (restored on exit, also on an error): no module is replaced, hooks still run, and no other
 torch call pays for it (a ``TorchFunctionMode`` would see every tensor operation of the step, about
 six thousand a tick for a 30-layer model, in Python). The packed copies cost one more copy of the
@@ -83,7 +83,6 @@ class PackedLinear:
     row count of that pack size is served, with zero rows added up to it (their outputs dropped)."""
 
     def __init__(self, model: Any, rows: int):
-        self.rows = rows
         #: the rows the weights are packed for (:func:`pack_size`)
         self.size = pack_size(rows)
         #: (module, the weight that was packed, its packed copy, the weight's :func:`tensor_state` then)
