@@ -271,6 +271,15 @@ def test_eval_config_rejects_bad_input():
         EvalConfig(sc_temperature=0.0)
     with pytest.raises(ValueError, match="batch must be"):
         EvalConfig(batch=0)
+    # the run settings each unit hands the engine, refused when the config is made, not after the model loads
+    for bad, needle in [({"seeds": (0, -3)}, "seeds must be >= 0; got -3"),
+                        ({"finisher_tokens": 0}, "finisher_tokens must be >= 1; got 0"),
+                        ({"collab_every": 0}, "collab_every must be >= 1; got 0"),
+                        ({"temperature": -0.5}, "temperature must be >= 0"),
+                        ({"top_p": 0.0}, r"top_p must be in \(0, 1\]; got 0.0")]:
+        with pytest.raises(ValueError, match=needle):
+            EvalConfig(**bad)
+    assert EvalConfig(collab_every=None, top_p=1.0, temperature=0.7).collab_every is None
 
 
 @pytest.mark.slow

@@ -26,6 +26,12 @@ def table_console(table: Any) -> Any:
     return Console(width=max(console.width, natural))
 
 
+def _check_collab_every(value: int | None) -> None:
+    """``--collab-every``: a token count, 0 to turn the collaboration prompt off (Spec §6.4, §11.7)."""
+    if value is not None and value < 0:
+        raise ValueError(f"--collab-every must be >= 0 (0 disables the collaboration prompt); got {value}")
+
+
 def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     import torch
 

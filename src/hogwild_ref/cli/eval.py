@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..settings import BACKENDS, DTYPES, LAYOUTS
-from .common import _load
+from .common import _check_collab_every, _load
 
 def _add_eval(sub: Any) -> None:
     p = sub.add_parser(
@@ -48,6 +48,21 @@ def _add_eval(sub: Any) -> None:
                    help="under torchrun: how long ranks wait for each other, e.g. for the slowest at the end (default 1440)")
 
 
+def _check_flags(args: argparse.Namespace) -> None:
+    """The run-setting flags, named as flags, before anything loads (Spec §11.7); :class:`~hogwild_ref.evaluation.EvalConfig`
+    checks the same settings for library callers."""
+    from ..checks import check_int, check_sampling
+    from ..limits import check_threads
+
+    for seed in args.seeds:
+        check_int("seeds", seed, 0, cli=True)
+    check_int("finisher_tokens", args.finisher_tokens, 1, cli=True)
+    _check_collab_every(args.collab_every)
+    check_sampling(args.temperature, None, args.top_p, cli=True)
+    if args.threads is not None:
+        check_threads(args.threads)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     import re
     from contextlib import nullcontext
@@ -62,6 +77,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..evaluation.results import OutDirLock
     from ..evaluation.runner import check_inputs
 
+    _check_flags(args)
     if not args.dist_timeout > 0:
         raise ValueError(f"--dist-timeout must be a positive number of minutes; got {args.dist_timeout}")
     model_name = args.model or "SmolLM2-135M-Instruct (embedded GGUF)"

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from ..settings import BACKENDS, DTYPES, LAYOUTS
-from .common import _check_device, _check_memory, _check_placement, _check_threads, _load, _model_shape
+from .common import _check_collab_every, _check_device, _check_memory, _check_placement, _check_threads, _load, _model_shape
 
 DEFAULT_PROBLEM = (
     "A shop sells pencils at 3 dollars each and notebooks at 5 dollars each. "
@@ -64,8 +64,7 @@ def _generate_settings(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.max_steps is not None:
         args.max_ticks = args.max_steps
-    if args.collab_every is not None and args.collab_every < 0:
-        raise ValueError(f"--collab-every must be >= 0 (0 disables the collaboration prompt); got {args.collab_every}")
+    _check_collab_every(args.collab_every)
     check_problem(args.problem)
     settings = Settings.from_flags(
         workers=args.workers, layout=args.layout, backend=args.backend, max_ticks=args.max_ticks, seed=args.seed,

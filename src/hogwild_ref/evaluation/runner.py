@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..batch import BatchItem, BatchRunner, ItemResult
+from ..checks import check_int, check_sampling
 from ..engine import Engine
 from ..prompts import PRESETS
 from ..settings import Settings
@@ -81,6 +82,12 @@ class EvalConfig:
             raise ValueError(f"budgets must be tick counts >= 1; got {list(self.budgets)}")
         if not self.seeds:
             raise ValueError("give at least one seed")
+        for seed in self.seeds:  # the run settings a unit passes to the engine, checked as it checks them (Spec §11.7)
+            check_int("seeds", seed, 0)
+        check_int("finisher_tokens", self.finisher_tokens, 1)
+        if self.collab_every is not None:
+            check_int("collab_every", self.collab_every, 1, fix=" (tokens between collaboration prompts; None: off)")
+        check_sampling(self.temperature, None, self.top_p)
         if len(set(self.seeds)) != len(self.seeds):
             dup = next(s for s in self.seeds if self.seeds.count(s) > 1)
             raise ValueError(f"--seeds repeats seed {dup}; give each seed once (a repeated seed reruns the same units)")
