@@ -162,6 +162,23 @@ def test_context_beyond_max_position_embeddings_is_warned_up_front(smollm_tokeni
     assert any(issubclass(w.category, ContextLengthWarning) and "64" in str(w.message) for w in caught)
 
 
+@pytest.mark.parametrize("positions,warned", [(12, 1), (1 << 16, 0)])
+def test_a_batch_beyond_max_position_embeddings_is_warned_once_per_runner(smollm_tokenizer, positions, warned):
+    from hogwild_ref.batch import BatchItem, BatchRunner
+
+    model = tiny_model("llama", vocab_size=len(smollm_tokenizer), max_position_embeddings=positions)
+    engine = Engine(model, smollm_tokenizer, workers=2, scheduler=SchedulerConfig(eos_token_ids=frozenset()), finisher=False)
+    problem = len(smollm_tokenizer("Add 2 and 5.")["input_ids"])  # the prompt holds the problem and more
+    assert problem + 2 * 3 > 12  # so 2 workers x 3 ticks pass 12 positions, and stay far below 2^16
+    runner = BatchRunner(engine, [3], finisher=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):  # two batches of one runner: one warning
+            runner.run([BatchItem("Add 1 and 2.", 0), BatchItem("Add 2 and 5.", 0)])
+    hits = [w for w in caught if issubclass(w.category, ContextLengthWarning)]
+    assert len(hits) == warned and all(str(positions) in str(w.message) for w in hits)
+
+
 # ---------------------------------------------------------------------- interruption
 def _interrupt_after(n):
     count = [0]

@@ -116,6 +116,9 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("collab-every-negative", lambda t: ["--collab-every", "-1"], "--collab-every must be >= 0 (0 disables"),
     ("temperature-negative", lambda t: ["--temperature", "-1"], "--temperature must be >= 0 (0 is greedy)"),
     ("top-p-above-1", lambda t: ["--top-p", "2"], "--top-p must be in (0, 1]; got 2.0"),
+    ("budget-beyond-context", lambda t: ["--budgets", "64", "9000"],
+     "--budgets 9000 cannot be spent: every tick adds a token to each worker's view and the model has 8192 positions"),
+    ("finisher-beyond-context", lambda t: ["--finisher-tokens", "9000"], "--finisher-tokens 9000 is beyond the model's 8192"),
     ("threads-0", lambda t: ["--threads", "0"], "--threads must be >= 1; got 0"),
     ("threads-negative", lambda t: ["--threads", "-2"], "--threads must be >= 1; got -2"),
     ("threads-beyond-cores", lambda t: ["--threads", "100000"], "more than the"),
@@ -168,6 +171,23 @@ def test_bad_eval_input_is_refused_before_the_model_loads(name, build, needle, t
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert "Traceback" not in err
     assert needle in lines[0], lines[0]
+
+
+def test_a_budget_past_the_models_positions_is_warned_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    def stop(*a: Any, **k: Any) -> Any:
+        raise RuntimeError("stopped at the model")
+
+    monkeypatch.setattr(hogwild_ref.models, "load", stop)
+    # 4 workers x 2100 ticks + 24 finisher tokens pass the embedded SmolLM2's 8192 positions (its config.json)
+    argv = BASE[:1] + ["--workers", "4", "--budgets", "2100", "--no-progress", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0] == ("warning: this run may reach about 8424 positions (prompt + workers x budget), beyond the "
+                        "model's max_position_embeddings of 8192; quality degrades past it: lower the budget "
+                        "(--budgets) or the number of workers"), lines
+    assert lines[-1] == "error: RuntimeError: stopped at the model"
+    assert main(argv[:-4] + ["2000", "--no-progress", "--out", str(tmp_path / "o")]) == 2  # 4 x 2000 + 24: no warning
+    assert [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning")] == []
 
 
 def test_the_case_table_is_large():

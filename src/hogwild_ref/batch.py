@@ -135,6 +135,7 @@ class BatchRunner:
         self.record_logits = record_logits
         self.extract = extract
         self.scheduler_config = replace(engine.scheduler_config, max_ticks=budgets[-1], snapshot_ticks=tuple(budgets))
+        self._warned = False  # the context warning (Spec §11.7) was given
 
     # ------------------------------------------------------------------ public
     def run(self, items: Sequence[BatchItem], on_tick: Callable[[int, int], None] | None = None) -> list[ItemResult]:
@@ -156,6 +157,8 @@ class BatchRunner:
         t0 = time.perf_counter()
         # the engine's own prompt rendering and static segments, so a problem's run is its Engine.run
         prepared = [eng.prepare(it.problem) for it in items]
+        if not self._warned:  # once per runner, for the longest problem of its first batch that passes
+            self._warned = eng.warn_context(prepared, self.scheduler_config.max_ticks) is not None
         union, histories = union_tables([p.table for p in prepared])
         caps = {f"p{b}/{sid}": c for b, prep in enumerate(prepared) for sid, c in eng.capacities(prep).items()}
         storage = eng.forward.storage(union, caps)

@@ -149,14 +149,15 @@ def context_bound(prompt_tokens: int, workers: int, max_ticks: int | None, finis
     return prompt_tokens + workers * max_ticks + finisher_tokens
 
 
-def warn_context(bound: int | None, limit: int | None, *, cli: bool = False) -> str | None:
-    """Warn (and return the message) when ``bound`` passes the model's ``max_position_embeddings``."""
+def warn_context(bound: int | None, limit: int | None, *, cli: bool = False, budget: str = "max_ticks") -> str | None:
+    """Warn (and return the message) when ``bound`` passes the model's ``max_position_embeddings``;
+    ``budget`` names the setting that holds the budget (``budgets`` for an evaluation)."""
     if bound is None or limit is None or bound <= limit:
         return None
     message = (
         f"this run may reach about {bound} positions (prompt + workers x budget), beyond the model's "
         f"max_position_embeddings of {limit}; quality degrades past it: lower the budget "
-        f"({_name('max_ticks', cli)}) or the number of workers"
+        f"({_name(budget, cli)}) or the number of workers"
     )
     warnings.warn(message, ContextLengthWarning, stacklevel=3)
     return message

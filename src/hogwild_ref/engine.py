@@ -185,6 +185,14 @@ class Engine:
             static.update({sid: self.encode(text) for sid, text in prompts_mod.segment_texts(templates, self.workers).items()})
         return Prepared(table, first, static, shared if shared >= SHARED_MIN else 0)
 
+    def warn_context(self, prepared: Sequence[Prepared], max_ticks: int | None) -> str | None:
+        """Warn (and return the message) when a run of the longest of ``prepared`` that spends ``max_ticks``
+        would pass the model's ``max_position_embeddings`` (Spec §11.7, :func:`~hogwild_ref.checks.context_bound`)."""
+        fin = self.settings.finisher_tokens if self.settings.finisher else 0
+        bounds = [context_bound(sum(map(len, p.static.values())), self.workers, max_ticks, fin) for p in prepared]
+        return warn_context(max((b for b in bounds if b is not None), default=None),
+                            getattr(self.model.config, "max_position_embeddings", None))
+
     def capacities(self, prepared: Prepared) -> dict[str, int]:
         """Slots to reserve per segment when a run starts (Spec §9.6): what the prompt and a first stretch
         of the run need, never the budget.
@@ -253,9 +261,7 @@ class Engine:
         check_problem(problem)
         prep = self.prepare(problem)
         s = self.settings
-        bound = context_bound(sum(map(len, prep.static.values())), self.workers, self.scheduler_config.max_ticks,
-                              s.finisher_tokens if s.finisher else 0)
-        warn_context(bound, getattr(self.model.config, "max_position_embeddings", None))
+        self.warn_context([prep], self.scheduler_config.max_ticks)
         storage = self.forward.storage(prep.table, self.capacities(prep))
         sched = Scheduler(self.workers, self.decode, self.encode, self.scheduler_config)
         run = self.new_run(sched, prep.table.views, prep.table.history, 0, s.seed, [seg.id for seg in prep.table.segments],

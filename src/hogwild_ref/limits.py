@@ -161,13 +161,14 @@ def auto_threads(default: int, load: float | None = None, cores: int | None = No
 
 
 def check_budget(context: int | None, max_ticks: int | None, finisher_tokens: int, finisher: bool, *,
-                 cli: bool = True) -> None:
+                 cli: bool = True, flag: str = "--max-ticks") -> None:
     """The command line refuses a budget or a finisher longer than the model's ``context`` (Spec §6.5,
     §11.7): every tick adds one token to each worker's view, so such a budget cannot be spent within the
-    model's positions. (The library only warns: storage grows on demand and a run may end early.)"""
+    model's positions. (The library only warns: storage grows on demand and a run may end early.)
+    ``flag`` is the budget's flag (``--budgets`` for ``eval``, whose largest budget is checked)."""
     if context is None:
         return
-    ticks, fin = ("--max-ticks ", "--finisher-tokens ") if cli else ("max_ticks=", "finisher_tokens=")
+    ticks, fin = (f"{flag} ", "--finisher-tokens ") if cli else ("max_ticks=", "finisher_tokens=")
     if max_ticks is not None and max_ticks > context:
         raise SettingsError(
             f"{ticks}{max_ticks} cannot be spent: every tick adds a token to each worker's view and the model "

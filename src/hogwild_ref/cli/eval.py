@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..settings import BACKENDS, DTYPES, LAYOUTS
-from .common import _check_collab_every, _load
+from .common import _check_collab_every, _load, _model_shape
 
 def _add_eval(sub: Any) -> None:
     p = sub.add_parser(
@@ -51,12 +51,18 @@ def _add_eval(sub: Any) -> None:
 def _check_flags(args: argparse.Namespace) -> None:
     """The run-setting flags, named as flags, before anything loads (Spec §11.7); :class:`~hogwild_ref.evaluation.EvalConfig`
     checks the same settings for library callers."""
-    from ..checks import check_int, check_sampling
-    from ..limits import check_threads
+    from ..checks import check_int, check_sampling, context_bound, warn_context
+    from ..limits import check_budget, check_threads
 
     for seed in args.seeds:
         check_int("seeds", seed, 0, cli=True)
     check_int("finisher_tokens", args.finisher_tokens, 1, cli=True)
+    shape = _model_shape(args.model)  # from the config alone; None where that cannot be read cheaply
+    if args.budgets and min(args.budgets) >= 1:  # (a budget below 1 is EvalConfig's to refuse)
+        check_budget(shape and shape.context, max(args.budgets), args.finisher_tokens, True, flag="--budgets")
+        if shape is not None and args.workers and min(args.workers) >= 1:  # the prompt not counted: a lower bound
+            warn_context(context_bound(0, max(args.workers), max(args.budgets), args.finisher_tokens), shape.context,
+                         cli=True, budget="budgets")
     _check_collab_every(args.collab_every)
     check_sampling(args.temperature, None, args.top_p, cli=True)
     if args.threads is not None:
