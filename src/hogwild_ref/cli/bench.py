@@ -23,6 +23,8 @@ def _check_bench(args: argparse.Namespace, what: str) -> None:
         check_int("contexts", ctx, 1, cli=True, fix=" (context lengths in tokens)")
     for w in args.workers or ():
         check_int("workers", w, 1, cli=True)
+    for p in args.problems or ():
+        check_int("problems", p, 1, cli=True, fix=" (problems per batch)")
     _check_device(args.device)
     if what == "ticks":
         if args.split:
@@ -39,7 +41,8 @@ def _check_bench(args: argparse.Namespace, what: str) -> None:
         cuda = (args.device or "").startswith("cuda")
         if not cuda:  # CPU: the weights and the largest case's K/V live in this machine's memory
             dtype = args.dtype or "float32"
-            tokens = max(args.contexts or [1024, 4096]) + max(args.workers or [1, 2, 4, 8]) * 64
+            # every problem of the largest batch holds the largest case's K/V
+            tokens = (max(args.contexts or [1024, 4096]) + max(args.workers or [1, 2, 4, 8]) * 64) * max(args.problems or [1])
             _check_memory(shape, dtype, tokens, f"bench ticks --model {name} ({dtype}, {tokens} positions)",
                           "choose a smaller --model (smollm2-135m), --dtype bfloat16, or a machine with more memory")
     elif what in ("engine", "all") and args.model not in (None, "default", "smollm2", "embedded"):
