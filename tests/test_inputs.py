@@ -309,3 +309,10 @@ def test_engine_keywords_override_a_settings_object_and_unknown_ones_are_refused
         Engine(model, smollm_tokenizer, base, wokers=2)
     result = hogwild_ref.generate(model, smollm_tokenizer, "Add 1 and 2.", settings=base)
     assert result.ticks <= 5 and len(result.workers) == 3 and result.settings["seed"] == 9 and result.settings["max_ticks"] == 5
+    # generate's own keywords (workers, layout, max_ticks: positional parameters too) override it as well
+    result = hogwild_ref.generate(model, smollm_tokenizer, "Add 1 and 2.", 2, "interleaved", 3, settings=base, seed=4)
+    assert (len(result.workers), result.layout, result.settings["max_ticks"], result.settings["seed"]) == (2, "interleaved", 3, 4)
+    assert result.ticks <= 3 and result.settings["finisher"] is False  # the rest as the object says
+    # and without a settings object, the unset ones are Settings' defaults
+    result = hogwild_ref.generate(model, smollm_tokenizer, "Add 1 and 2.", max_ticks=2, finisher=False)
+    assert (len(result.workers), result.layout) == (Settings().workers, Settings().layout) == (2, "combined")

@@ -380,9 +380,9 @@ def generate(
     model: Any,
     tokenizer: Any,
     problem: str,
-    workers: int = 2,
-    layout: str = "combined",
-    max_ticks: int | None = 256,
+    workers: int = _UNSET,
+    layout: str = _UNSET,
+    max_ticks: int | None = _UNSET,
     *,
     settings: Settings | None = None,
     templates: prompts_mod.PromptTemplates | None = None,
@@ -395,7 +395,9 @@ def generate(
     ``max_ticks`` is the budget in ticks (batched forward passes, the paper's budget), not in
     reasoning steps. Every other setting is a keyword named like a field of
     :class:`~hogwild_ref.settings.Settings` (``backend``, ``temperature``, ``seed``, ``snapshots``, ...),
-    or a whole ``settings`` object; the rest go to :class:`Engine`. Every setting is checked before the
+    or a whole ``settings`` object, which the keywords given (``workers``, ``layout`` and ``max_ticks``
+    included) override; unset, they are the defaults of :class:`~hogwild_ref.settings.Settings`
+    (2 workers, the combined layout, 256 ticks). The rest go to :class:`Engine`. Every setting is checked before the
     model runs (Spec §11.7); the model is proven compatible once (Spec §11.6). ``max_steps`` is the
     deprecated name of ``max_ticks`` (removed in 0.3). Ctrl-C raises :class:`GenerationInterrupted`
     carrying the partial result.
@@ -406,9 +408,10 @@ def generate(
         max_ticks = max_steps
     check_problem(problem)
     names = {f.name for f in fields(Settings)}
-    chosen = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+    given: dict[str, Any] = {"workers": workers, "layout": layout, "max_ticks": max_ticks}
+    chosen = {k: v for k, v in given.items() if v is not _UNSET} | {k: kwargs.pop(k) for k in list(kwargs) if k in names}
     if settings is None:
-        settings = Settings(workers=workers, layout=layout, max_ticks=max_ticks, **chosen)
+        settings = Settings(**chosen)
     elif chosen:
         settings = replace(settings, **chosen)
     engine = Engine(model, tokenizer, settings, templates=templates, **kwargs)
