@@ -119,6 +119,9 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("budget-beyond-context", lambda t: ["--budgets", "64", "9000"],
      "--budgets 9000 cannot be spent: every tick adds a token to each worker's view and the model has 8192 positions"),
     ("finisher-beyond-context", lambda t: ["--finisher-tokens", "9000"], "--finisher-tokens 9000 is beyond the model's 8192"),
+    ("device-cuda", lambda t: ["--device", "cuda:99"], "--device cuda:99: "),  # no CUDA here, or not 100 devices
+    ("device-unknown", lambda t: ["--device", "foo"], "--device 'foo' is not a torch device"),
+    ("model-missing", lambda t: ["--model", str(t / "no-model")], "does not exist"),
     ("threads-0", lambda t: ["--threads", "0"], "--threads must be >= 1; got 0"),
     ("threads-negative", lambda t: ["--threads", "-2"], "--threads must be >= 1; got -2"),
     ("threads-beyond-cores", lambda t: ["--threads", "100000"], "more than the"),

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..settings import BACKENDS, DTYPES, LAYOUTS
-from .common import _check_collab_every, _load, _model_shape
+from .common import _check_collab_every, _check_device, _load, _model_shape
 
 def _add_eval(sub: Any) -> None:
     p = sub.add_parser(
@@ -67,6 +67,11 @@ def _check_flags(args: argparse.Namespace) -> None:
     check_sampling(args.temperature, None, args.top_p, cli=True)
     if args.threads is not None:
         check_threads(args.threads)
+    _check_device(args.device)
+    if args.model not in (None, "default", "smollm2", "embedded"):
+        from ..models import resolve_source
+
+        resolve_source(args.model)  # a path that does not exist, before anything loads
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
