@@ -253,6 +253,24 @@ def test_a_crashing_problem_is_recorded_and_the_others_finish(tiny, tmp_path, mo
     assert run_eval(model, tok, _cfg(), tmp_path, progress=False, plot=False).ran_units == 0
     retried = run_eval(model, tok, _cfg(retry_errors=True), tmp_path, progress=False, plot=False)
     assert retried.ran_units == 3 and all(r["error"] is None for r in retried.rows)
+    on_disk = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert len(on_disk) == 18 and all(r["error"] is None for r in on_disk)  # the error rows replaced, not kept beside
+
+
+def test_an_added_budget_leaves_one_row_per_key(tiny, tmp_path):
+    model, tok = tiny
+    first = run_eval(model, tok, _cfg(limit=2), tmp_path, progress=False, plot=False)
+    assert len(first.rows) == 2 * 3 * 2  # 2 problems x (1 worker, 2 workers, self-consistency) x 2 budgets
+    more = run_eval(model, tok, _cfg(limit=2, budgets=(3, 6, 8)), tmp_path, progress=False, plot=False)
+    assert more.ran_units == 6  # every unit misses its budget-8 row, so every unit runs again
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    keys = [(r["method"], r["problem_id"], r["workers"], r["seed"], r["budget"]) for r in map(json.loads, lines)]
+    assert len(lines) == len(set(keys)) == 2 * 3 * 3
+    # the rerun's rows of the first budgets are the first run's (greedy, and self-consistency with the same seeds),
+    # but for the unit's generated tokens, which count the tokens up to the largest budget (Spec §13.5)
+    def answers(rows):
+        return _stable({k: v for k, v in r.items() if k != "unit_tokens"} for r in rows)
+    assert answers(r for r in more.rows if r["budget"] != 8) == answers(first.rows)
 
 
 def test_eval_refuses_to_mix_settings_in_one_directory(tiny, tmp_path):

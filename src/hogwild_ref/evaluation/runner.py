@@ -366,6 +366,7 @@ def _run_eval(model: Any, tokenizer: Any, cfg: EvalConfig, out: Path, progress: 
             for p in shards:
                 p.unlink()
         found = {row_key(r): r for r in merged}
+    _one_row_per_key(out / "results.jsonl", wanted)
     rows = [found[k] for k in wanted if k in found]
     cells = summarise(rows)
     files["summary_md"] = out / "summary.md"
@@ -384,6 +385,14 @@ def _run_eval(model: Any, tokenizer: Any, cfg: EvalConfig, out: Path, progress: 
         files["png"], files["svg"] = png, svg
     return EvalReport(rows=rows, cells=cells, files=files, ran_units=ran, skipped_units=len(units) - ran,
                       seconds=time.perf_counter() - t0, problems=len(problems))
+
+
+def _one_row_per_key(path: Path, order: Sequence[Any]) -> None:
+    """Rewrite ``path`` with one row per key when a later row replaced an earlier one there (a unit rerun
+    for an added budget rewrites the rows of the budgets it had; a retried error), Spec §13.5."""
+    rows = read_rows(path)
+    if len(rows) > len({row_key(r) for r in rows}):
+        write_rows(path, merge_rows([rows], order))
 
 
 def _run_chunk(runner: BatchRunner, chunk: list[Unit], budgets: list[int], bar: _Progress,
