@@ -381,6 +381,7 @@ def test_sigterm_during_eval_keeps_whole_rows_and_a_rerun_resumes(helper, tmp_pa
     assert text.endswith("\n")
     rows = [json.loads(line) for line in text.splitlines()]  # every line whole and valid JSON
     assert rows and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == f"interrupted: {len(rows)} rows kept in {results}; rerun the same command to resume"
     # the rerun, in this process with the helper's model (same seed, same tokenizer): it resumes
     model = tiny_model("llama", seed=2, vocab_size=len(smollm_tokenizer))
     monkeypatch.setattr(hogwild_ref.models, "load", lambda *a, **k: (model, smollm_tokenizer))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from ..settings import BACKENDS, DTYPES, LAYOUTS
@@ -74,6 +75,21 @@ def _check_flags(args: argparse.Namespace) -> None:
         resolve_source(args.model)  # a path that does not exist, before anything loads
 
 
+def _say_interrupted(out: Any, place: Any) -> None:
+    """One line on an interrupted evaluation: the rows this process's results file holds, and how to go on."""
+    from ..evaluation.results import row_key
+    from ..evaluation.shards import read_rows, shard_name
+
+    path = out / ("results.jsonl" if place.world == 1 else shard_name(place.rank, place.world))
+    kept: int | str
+    try:
+        kept = len({row_key(r) for r in read_rows(path)})
+    except (OSError, ValueError):  # unreadable: say where it is all the same
+        kept = "its"
+    who = "" if place.world == 1 else f"rank {place.rank}: "
+    print(f"interrupted: {who}{kept} rows kept in {path}; rerun the same command to resume", file=sys.stderr)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     import re
     from contextlib import nullcontext
@@ -122,6 +138,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if place.rank != 0:
             return 2  # rank 0 says it, once
         raise
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the rows of every finished batch are on disk (Spec §13.5)
+        _say_interrupted(out, place)
+        return 130
     if place.rank != 0:
         return 0
     console.print(f"{report.problems} problems x {len(cfg.seeds)} seeds: {report.ran_units} units run, "
