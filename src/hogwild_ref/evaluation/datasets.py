@@ -29,7 +29,8 @@ set it for every problem.
 Everything is checked here, before any model loads: malformed JSON (with its line), bytes that
 are not UTF-8, CSV files, folders that are not ``save_to_disk`` folders, unknown columns (listing
 the ones there are), empty datasets and splits, empty problems, duplicate ids, gold answers that are
-not text, numbers or lists of them, and problems over :data:`MAX_PROBLEM_BYTES`.
+not text, numbers or lists of them, problems over :data:`MAX_PROBLEM_BYTES`, and a split asked of a
+source that has none.
 
 Built-in sets are generated deterministically in code, so the pipeline runs without downloads:
 ``builtin:arith`` — bundles of 5 independent one-step arithmetic word problems answered together
@@ -237,6 +238,8 @@ def _disk_records(path: Path, fields: Mapping[str, str], split: str | None) -> l
         ds, what = ds[split], f"split {split!r} of {path}"
         if len(ds) == 0:
             raise ValueError(f"{what} is empty; choose another split ({', '.join(splits)})")
+    elif split is not None:
+        raise ValueError(f"{path} holds one dataset, not splits, so --split {split} does not apply; leave --split out")
     return _table_records(ds.to_list(), ds.column_names, fields, what)
 
 
@@ -246,6 +249,9 @@ def _load_file(path: Path, fields: Mapping[str, str], split: str | None, kind: s
     elif not path.is_file():
         raise FileNotFoundError(f"dataset {str(path)!r} does not exist; give a .jsonl/.json/.parquet file, a "
                                 "save_to_disk folder, or builtin:arith")
+    elif split is not None:
+        raise ValueError(f"--split applies to save_to_disk folders of several splits; {path} is one file, so "
+                         "leave --split out (or give the split's own file)")
     elif path.suffix.lower() in (".csv", ".tsv"):
         raise ValueError(f"{path}: CSV is not read; convert it to JSON Lines (e.g. pandas: "
                          "pd.read_csv(f).to_json(out, orient='records', lines=True)) or parquet")
@@ -336,6 +342,8 @@ def load_dataset(spec: str, limit: int | None = None, *, fields: Mapping[str, st
             raise ValueError(f"unknown built-in dataset {spec!r}; choose builtin:arith or builtin:arith-K (K = 1..10 questions)")
         if fields:
             raise ValueError("--field applies to dataset files, not to built-in sets")
+        if split is not None:
+            raise ValueError("--split applies to save_to_disk folders of several splits, not to built-in sets")
         problems = builtin_arith(int(m.group(1) or 5))
         if kind == "math":
             problems = [Problem(p.id, p.problem, p.answer, "math") for p in problems]
