@@ -196,6 +196,9 @@ def test_a_budget_past_the_models_positions_is_warned_before_the_model_loads(tmp
     assert lines[-1] == "error: RuntimeError: stopped at the model"
     assert main(argv[:-4] + ["2000", "--no-progress", "--out", str(tmp_path / "o")]) == 2  # 4 x 2000 + 24: no warning
     assert [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning")] == []
+    monkeypatch.setenv("RANK", "1")  # under torchrun only rank 0 says it
+    assert main(argv) == 2
+    assert [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning")] == []
 
 
 def test_the_case_table_is_large():

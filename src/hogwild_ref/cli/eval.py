@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -61,7 +62,8 @@ def _check_flags(args: argparse.Namespace) -> None:
     shape = _model_shape(args.model)  # from the config alone; None where that cannot be read cheaply
     if args.budgets and min(args.budgets) >= 1:  # (a budget below 1 is EvalConfig's to refuse)
         check_budget(shape and shape.context, max(args.budgets), args.finisher_tokens, True, flag="--budgets")
-        if shape is not None and args.workers and min(args.workers) >= 1:  # the prompt not counted: a lower bound
+        rank_zero = os.environ.get("RANK", "0") == "0"  # under torchrun, said once
+        if shape is not None and args.workers and min(args.workers) >= 1 and rank_zero:  # the prompt not counted: a lower bound
             warn_context(context_bound(0, max(args.workers), max(args.budgets), args.finisher_tokens), shape.context,
                          cli=True, budget="budgets")
     _check_collab_every(args.collab_every)
