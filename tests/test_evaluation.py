@@ -273,6 +273,36 @@ def test_an_added_budget_leaves_one_row_per_key(tiny, tmp_path):
     assert answers(r for r in more.rows if r["budget"] != 8) == answers(first.rows)
 
 
+def test_a_failing_rerun_for_an_added_budget_keeps_the_rows_it_had(tiny, tmp_path, monkeypatch):
+    model, tok = tiny
+    from hogwild_ref.engine import Engine
+
+    first = run_eval(model, tok, _cfg(limit=1, self_consistency=False, budgets=(3,)), tmp_path, progress=False, plot=False)
+    assert len(first.rows) == 2 and all(r["error"] is None for r in first.rows)
+
+    def fails(self, problem):
+        raise RuntimeError("out of memory at the larger budget")
+
+    monkeypatch.setattr(Engine, "prepare", fails)
+    more = run_eval(model, tok, _cfg(limit=1, self_consistency=False, budgets=(3, 6)), tmp_path, progress=False, plot=False)
+    assert more.ran_units == 2
+    on_disk = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert len(on_disk) == 4
+    assert sorted(json.dumps(r, sort_keys=True) for r in on_disk if r["budget"] == 3) == \
+        sorted(json.dumps(r, sort_keys=True) for r in first.rows)  # the good rows, untouched
+    assert all(r["error"] == "RuntimeError: out of memory at the larger budget" for r in on_disk if r["budget"] == 6)
+
+
+def test_a_split_recorded_for_a_source_without_splits_does_not_block_a_resume(tmp_path):
+    from hogwild_ref.evaluation.runner import check_inputs
+
+    cfg = _cfg(limit=1)
+    (tmp_path / "config.json").write_text(json.dumps(cfg.identity() | {"split": "test"}))  # as earlier versions wrote it
+    assert len(check_inputs(cfg, tmp_path)) == 1  # the same problems: builtin sets have no split to choose
+    with pytest.raises(ValueError, match="finisher_tokens: 3 there, 4 now"):  # a real difference still refused
+        check_inputs(_cfg(limit=1, finisher_tokens=4), tmp_path)
+
+
 def test_eval_refuses_to_mix_settings_in_one_directory(tiny, tmp_path):
     model, tok = tiny
     run_eval(model, tok, _cfg(budgets=(2,), workers=(1,), self_consistency=False, limit=1), tmp_path, progress=False, plot=False)
@@ -290,14 +320,14 @@ def test_eval_config_rejects_bad_input():
     with pytest.raises(ValueError, match="batch must be"):
         EvalConfig(batch=0)
     # the run settings each unit hands the engine, refused when the config is made, not after the model loads
-    for bad, needle in [({"seeds": (0, -3)}, "seeds must be >= 0; got -3"),
-                        ({"finisher_tokens": 0}, "finisher_tokens must be >= 1; got 0"),
+    for bad, needle in [({"finisher_tokens": 0}, "finisher_tokens must be >= 1; got 0"),
                         ({"collab_every": 0}, "collab_every must be >= 1; got 0"),
                         ({"temperature": -0.5}, "temperature must be >= 0"),
                         ({"top_p": 0.0}, r"top_p must be in \(0, 1\]; got 0.0")]:
         with pytest.raises(ValueError, match=needle):
             EvalConfig(**bad)
     assert EvalConfig(collab_every=None, top_p=1.0, temperature=0.7).collab_every is None
+    assert EvalConfig(seeds=(-1, 0)).seeds == (-1, 0)  # seeds of any sign (folders made with them resume)
 
 
 @pytest.mark.slow

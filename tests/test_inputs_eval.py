@@ -111,7 +111,6 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("limit-0", lambda t: ["--limit", "0"], "--limit must be >= 1"),
     ("out-is-a-file", lambda t: ["--out", _bytes(t, "f.txt", b"x")], "is a file; give a directory"),
     ("duplicate-seeds", lambda t: ["--seeds", "0", "0"], "--seeds repeats seed 0"),
-    ("negative-seed", lambda t: ["--seeds", "0", "-1"], "--seeds must be >= 0; got -1"),
     ("finisher-tokens-0", lambda t: ["--finisher-tokens", "0"], "--finisher-tokens must be >= 1; got 0"),
     ("collab-every-negative", lambda t: ["--collab-every", "-1"], "--collab-every must be >= 0 (0 disables"),
     ("temperature-negative", lambda t: ["--temperature", "-1"], "--temperature must be >= 0 (0 is greedy)"),

@@ -56,8 +56,6 @@ def _check_flags(args: argparse.Namespace) -> None:
     from ..checks import check_int, check_sampling, context_bound, warn_context
     from ..limits import check_budget, check_threads
 
-    for seed in args.seeds:
-        check_int("seeds", seed, 0, cli=True)
     check_int("finisher_tokens", args.finisher_tokens, 1, cli=True)
     shape = _model_shape(args.model)  # from the config alone; None where that cannot be read cheaply
     if args.budgets and min(args.budgets) >= 1:  # (a budget below 1 is EvalConfig's to refuse)

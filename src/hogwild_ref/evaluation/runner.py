@@ -82,8 +82,8 @@ class EvalConfig:
             raise ValueError(f"budgets must be tick counts >= 1; got {list(self.budgets)}")
         if not self.seeds:
             raise ValueError("give at least one seed")
-        for seed in self.seeds:  # the run settings a unit passes to the engine, checked as it checks them (Spec §11.7)
-            check_int("seeds", seed, 0)
+        # the run settings a unit passes to the engine, checked as it checks them (Spec §11.7); seeds may be
+        # negative (they seed the batch's generators, as earlier versions took them)
         check_int("finisher_tokens", self.finisher_tokens, 1)
         if self.collab_every is not None:
             check_int("collab_every", self.collab_every, 1, fix=" (tokens between collaboration prompts; None: off)")
@@ -219,6 +219,8 @@ def _check_identity(path: Path, cfg: EvalConfig, *, write: bool = True) -> None:
         if not isinstance(old, dict):
             raise ValueError(f"{path} is not an evaluation's config.json; use another --out directory")
         diff = {k: (old.get(k), v) for k, v in ident.items() if old.get(k) != v}
+        if "split" in diff and diff["split"][1] is None:  # the dataset loaded without a split: the recorded one chose
+            del diff["split"]  # nothing (a file, a built-in set, a one-split folder; ignored then, refused now)
         if diff:
             what = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
             raise ValueError(f"{path.parent} holds results made with other settings ({what}); "
@@ -313,7 +315,7 @@ def _run_eval(model: Any, tokenizer: Any, cfg: EvalConfig, out: Path, progress: 
     progress = progress and group.rank == 0
     budgets = sorted(set(cfg.budgets))
 
-    def prepare() -> tuple[list[Problem], list[Unit], list[Unit], ResultsLog]:
+    def prepare() -> tuple[list[Problem], list[Unit], list[Unit], ResultsLog, dict[Any, dict[str, Any]]]:
         problems = list(given) if given is not None else cfg.load_problems()
         if group.rank == 0:
             _check_identity(out / "config.json", cfg)
@@ -325,9 +327,9 @@ def _run_eval(model: Any, tokenizer: Any, cfg: EvalConfig, out: Path, progress: 
         owners = assign([u.workers for u in units], group.world)
         todo = [u for u, r in zip(units, owners) if r == group.rank
                 and not all(is_done(known.get(k), cfg.retry_errors) for k in u.keys(budgets))]
-        return problems, units, todo, log
+        return problems, units, todo, log, known
 
-    problems, units, todo, log = group.agree(prepare)
+    problems, units, todo, log, known = group.agree(prepare)
     groups: dict[tuple[str, int, int], list[Unit]] = {}
     for u in todo:
         groups.setdefault((u.method, u.workers, u.seed), []).append(u)
@@ -340,7 +342,9 @@ def _run_eval(model: Any, tokenizer: Any, cfg: EvalConfig, out: Path, progress: 
             runner = BatchRunner(engine, budgets, extract=extract_answer)
             for start in range(0, len(us), cfg.batch):
                 chunk = us[start : start + cfg.batch]
-                log.append(_run_chunk(runner, chunk, budgets, bar, on_unit, f"{method} W={W} seed={seed}", checker))
+                rows = _run_chunk(runner, chunk, budgets, bar, on_unit, f"{method} W={W} seed={seed}", checker)
+                # a unit run again for an added budget keeps the rows it has (an error now never replaces them)
+                log.append([r for r in rows if not is_done(known.get(row_key(r)), cfg.retry_errors)])
                 bar.units_done(len(chunk))
     finally:
         bar.close()
@@ -388,8 +392,8 @@ def _run_eval(model: Any, tokenizer: Any, cfg: EvalConfig, out: Path, progress: 
 
 
 def _one_row_per_key(path: Path, order: Sequence[Any]) -> None:
-    """Rewrite ``path`` with one row per key when a later row replaced an earlier one there (a unit rerun
-    for an added budget rewrites the rows of the budgets it had; a retried error), Spec §13.5."""
+    """Rewrite ``path`` with one row per key when a later row replaced an earlier one there (a retried
+    error's row; a file written before reruns kept the rows they had), Spec §13.5."""
     rows = read_rows(path)
     if len(rows) > len({row_key(r) for r in rows}):
         write_rows(path, merge_rows([rows], order))
