@@ -195,9 +195,40 @@ def test_a_budget_past_the_models_positions_is_warned_before_the_model_loads(tmp
     assert lines[-1] == "error: RuntimeError: stopped at the model"
     assert main(argv[:-4] + ["2000", "--no-progress", "--out", str(tmp_path / "o")]) == 2  # 4 x 2000 + 24: no warning
     assert [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning")] == []
-    monkeypatch.setenv("RANK", "1")  # under torchrun only rank 0 says it
+    import hogwild_ref.evaluation.shards as shards
+
+    monkeypatch.setattr(shards, "place_from_env", lambda env: shards.Place(1, 2, 1, 2))  # under torchrun only rank 0 says it
     assert main(argv) == 2
     assert [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning")] == []
+
+
+def test_the_context_warning_is_said_once_for_a_whole_evaluation(tmp_path, capsys, monkeypatch, smollm_tokenizer):
+    from hogwild_ref.models import tiny_model
+
+    model = tiny_model("llama", seed=2, vocab_size=len(smollm_tokenizer), max_position_embeddings=16)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(model.config.to_json_string())  # what the CLI reads before loading
+    monkeypatch.setattr(hogwild_ref.models, "load", lambda *a, **k: (model, smollm_tokenizer))
+    argv = ["eval", "--model", str(tmp_path / "model"), "--dataset", "builtin:arith-2", "--limit", "1", "--workers", "2",
+            "--budgets", "4", "8", "--finisher-tokens", "3", "--prompts", "compact", "--collab-every", "0",
+            "--no-progress", "--threads", "1", "--out", str(tmp_path / "o")]
+    assert main(argv) == 0
+    # 2 workers x 8 ticks + 3 finisher tokens pass 16 positions; the runners (1 worker, 2 workers, self-consistency),
+    # each past them with its prompt too, do not say it again
+    assert [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning")] == [
+        "warning: this run may reach about 19 positions (prompt + workers x budget), beyond the model's "
+        "max_position_embeddings of 16; quality degrades past it: lower the budget (--budgets) or the number of workers"]
+
+
+def test_an_interrupted_evaluation_counts_the_rows_of_its_file_and_shards(tmp_path, capsys):
+    from hogwild_ref.cli.eval import _say_interrupted
+    from hogwild_ref.evaluation.shards import shard_name
+
+    _jsonl(tmp_path / "results.jsonl", [_row(), _row(budget=8)])
+    _jsonl(tmp_path / shard_name(1, 2), [_row(budget=8), _row(problem_id="b")])  # one key in both files
+    _say_interrupted(tmp_path)
+    assert capsys.readouterr().err.strip() == (f"interrupted: 3 rows kept in {tmp_path / 'results.jsonl'} and 1 rank "
+                                               "shard(s) beside it; rerun the same command to resume")
 
 
 def test_the_case_table_is_large():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from typing import Any
 
 from ..settings import BACKENDS, DTYPES, LAYOUTS
@@ -50,20 +51,21 @@ def _add_eval(sub: Any) -> None:
                    help="under torchrun: how long ranks wait for each other, e.g. for the slowest at the end (default 1440)")
 
 
-def _check_flags(args: argparse.Namespace) -> None:
+def _check_flags(args: argparse.Namespace, rank: int) -> bool:
     """The run-setting flags, named as flags, before anything loads (Spec §11.7); :class:`~hogwild_ref.evaluation.EvalConfig`
-    checks the same settings for library callers."""
+    checks the same settings for library callers. Returns whether it warned that the budget may pass the
+    model's positions (rank 0 only)."""
     from ..checks import check_int, check_sampling, context_bound, warn_context
     from ..limits import check_budget, check_threads
 
+    warned = False
     check_int("finisher_tokens", args.finisher_tokens, 1, cli=True)
     shape = _model_shape(args.model)  # from the config alone; None where that cannot be read cheaply
     if args.budgets and min(args.budgets) >= 1:  # (a budget below 1 is EvalConfig's to refuse)
         check_budget(shape and shape.context, max(args.budgets), args.finisher_tokens, True, flag="--budgets")
-        rank_zero = os.environ.get("RANK", "0") == "0"  # under torchrun, said once
-        if shape is not None and args.workers and min(args.workers) >= 1 and rank_zero:  # the prompt not counted: a lower bound
-            warn_context(context_bound(0, max(args.workers), max(args.budgets), args.finisher_tokens), shape.context,
-                         cli=True, budget="budgets")
+        if shape is not None and args.workers and min(args.workers) >= 1 and rank == 0:  # the prompt not counted: a lower bound
+            warned = warn_context(context_bound(0, max(args.workers), max(args.budgets), args.finisher_tokens),
+                                  shape.context, cli=True, budget="budgets") is not None
     _check_collab_every(args.collab_every)
     check_sampling(args.temperature, None, args.top_p, cli=True)
     if args.threads is not None:
@@ -73,21 +75,23 @@ def _check_flags(args: argparse.Namespace) -> None:
         from ..models import resolve_source
 
         resolve_source(args.model)  # a path that does not exist, before anything loads
+    return warned
 
 
-def _say_interrupted(out: Any, place: Any) -> None:
-    """One line on an interrupted evaluation: the rows this process's results file holds, and how to go on."""
+def _say_interrupted(out: Any) -> None:
+    """One line on an interrupted evaluation: the rows its results file and any rank shards hold, and how
+    to go on (Spec §13.5, §13.6)."""
     from ..evaluation.results import row_key
-    from ..evaluation.shards import read_rows, shard_name
+    from ..evaluation.shards import read_rows, shard_paths
 
-    path = out / ("results.jsonl" if place.world == 1 else shard_name(place.rank, place.world))
-    kept: int | str
+    shards = shard_paths(out)
     try:
-        kept = len({row_key(r) for r in read_rows(path)})
-    except (OSError, ValueError):  # unreadable: say where it is all the same
-        kept = "its"
-    who = "" if place.world == 1 else f"rank {place.rank}: "
-    print(f"interrupted: {who}{kept} rows kept in {path}; rerun the same command to resume", file=sys.stderr)
+        kept = len({row_key(r) for p in [out / "results.jsonl", *shards] for r in read_rows(p)})
+    except (OSError, ValueError):  # unreadable: say where they are all the same
+        print(f"interrupted: the rows kept are in {out}; rerun the same command to resume", file=sys.stderr)
+        return
+    where = f"{out / 'results.jsonl'}" + (f" and {len(shards)} rank shard(s) beside it" if shards else "")
+    print(f"interrupted: {kept} rows kept in {where}; rerun the same command to resume", file=sys.stderr)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -104,7 +108,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..evaluation.results import OutDirLock
     from ..evaluation.runner import check_inputs
 
-    _check_flags(args)
+    from ..checks import ContextLengthWarning
+    from ..evaluation.shards import place_from_env
+
+    rank = place_from_env(os.environ).rank
+    if _check_flags(args, rank) or rank != 0:  # said once, up front, by rank 0: the runners need not repeat it
+        warnings.filterwarnings("ignore", category=ContextLengthWarning)
     if not args.dist_timeout > 0:
         raise ValueError(f"--dist-timeout must be a positive number of minutes; got {args.dist_timeout}")
     model_name = args.model or "SmolLM2-135M-Instruct (embedded GGUF)"
@@ -139,7 +148,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             return 2  # rank 0 says it, once
         raise
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the rows of every finished batch are on disk (Spec §13.5)
-        _say_interrupted(out, place)
+        if place.rank == 0:
+            _say_interrupted(out)
         return 130
     if place.rank != 0:
         return 0
