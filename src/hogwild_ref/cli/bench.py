@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from ..settings import BACKENDS, DTYPES, LAYOUTS
-from .common import _check_device, _check_memory, _check_threads, _load, _model_shape, table_console
+from .common import _check_device, _check_memory, _check_model_source, _check_threads, _load, _model_shape, table_console
 
 
 def _check_bench(args: argparse.Namespace, what: str) -> None:
@@ -33,10 +33,7 @@ def _check_bench(args: argparse.Namespace, what: str) -> None:
         if name in MODEL_SHAPES:
             shape = shape_from_config({k: v for k, v in MODEL_SHAPES[name].items() if k != "family"})
         else:
-            if name != "embedded":
-                from ..models import resolve_source
-
-                resolve_source(name)
+            _check_model_source(name)
             shape = _model_shape(name)
         cuda = (args.device or "").startswith("cuda")
         if not cuda:  # CPU: the weights and the largest case's K/V live in this machine's memory
@@ -45,10 +42,8 @@ def _check_bench(args: argparse.Namespace, what: str) -> None:
             tokens = (max(args.contexts or [1024, 4096]) + max(args.workers or [1, 2, 4, 8]) * 64) * max(args.problems or [1])
             _check_memory(shape, dtype, tokens, f"bench ticks --model {name} ({dtype}, {tokens} positions)",
                           "choose a smaller --model (smollm2-135m), --dtype bfloat16, or a machine with more memory")
-    elif what in ("engine", "all") and args.model not in (None, "default", "smollm2", "embedded"):
-        from ..models import resolve_source
-
-        resolve_source(args.model)
+    elif what in ("engine", "all"):
+        _check_model_source(args.model)
     _check_threads(args)
 
 def _check_split(args: argparse.Namespace) -> None:

@@ -26,6 +26,19 @@ def table_console(table: Any) -> Any:
     return Console(width=max(console.width, natural))
 
 
+#: what ``--model`` calls the embedded model (anything else is a local path or a hub id)
+EMBEDDED_NAMES = (None, "default", "smollm2", "embedded")
+
+
+def _check_model_source(model: str | None) -> None:
+    """``--model``: a local path that does not exist, or is not a model, is refused before anything loads
+    (:func:`~hogwild_ref.models.resolve_source`); the embedded model's names and hub ids pass."""
+    if model not in EMBEDDED_NAMES:
+        from ..models import resolve_source
+
+        resolve_source(model)
+
+
 def _check_collab_every(value: int | None) -> None:
     """``--collab-every``: a token count, 0 to turn the collaboration prompt off (Spec §6.4, §11.7)."""
     if value is not None and value < 0:
@@ -98,7 +111,7 @@ def _model_shape(model: str | None) -> Any:
 
     from ..limits import EMBEDDED_SHAPE, read_config
 
-    if model in (None, "default", "smollm2", "embedded"):
+    if model in EMBEDDED_NAMES:
         return EMBEDDED_SHAPE
     path = Path(model).expanduser()
     if path.is_dir():

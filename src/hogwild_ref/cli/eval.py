@@ -9,7 +9,7 @@ import warnings
 from typing import Any
 
 from ..settings import BACKENDS, DTYPES, LAYOUTS
-from .common import _check_collab_every, _check_device, _load, _model_shape
+from .common import _check_collab_every, _check_device, _check_model_source, _load, _model_shape
 
 def _add_eval(sub: Any) -> None:
     p = sub.add_parser(
@@ -71,10 +71,7 @@ def _check_flags(args: argparse.Namespace, rank: int) -> bool:
     if args.threads is not None:
         check_threads(args.threads)
     _check_device(args.device)
-    if args.model not in (None, "default", "smollm2", "embedded"):
-        from ..models import resolve_source
-
-        resolve_source(args.model)  # a path that does not exist, before anything loads
+    _check_model_source(args.model)
     return warned
 
 
@@ -102,13 +99,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
+    from ..checks import ContextLengthWarning
     from ..evaluation import EvalConfig, run_eval
     from ..evaluation.datasets import parse_fields
     from ..evaluation.distributed import RankError, process_group, rank_setup
     from ..evaluation.results import OutDirLock
     from ..evaluation.runner import check_inputs
-
-    from ..checks import ContextLengthWarning
     from ..evaluation.shards import place_from_env
 
     rank = place_from_env(os.environ).rank

@@ -8,7 +8,8 @@ import sys
 from typing import Any
 
 from ..settings import BACKENDS, DTYPES, LAYOUTS
-from .common import _check_collab_every, _check_device, _check_memory, _check_placement, _check_threads, _load, _model_shape
+from .common import (_check_collab_every, _check_device, _check_memory, _check_model_source, _check_placement, _check_threads,
+                     _load, _model_shape)
 
 DEFAULT_PROBLEM = (
     "A shop sells pencils at 3 dollars each and notebooks at 5 dollars each. "
@@ -77,10 +78,7 @@ def _generate_settings(args: argparse.Namespace) -> dict[str, Any]:
         check_threads(args.threads)
     _check_device(args.device)
     _check_placement(args)
-    if args.model not in (None, "default", "smollm2"):
-        from ..models import resolve_source
-
-        resolve_source(args.model)
+    _check_model_source(args.model)
     shape = _model_shape(args.model)
     check_budget(shape and shape.context, settings.max_ticks, settings.finisher_tokens, settings.finisher)
     _check_memory(shape, args.dtype, 0, f"--model {args.model or 'the embedded model'} "

@@ -370,7 +370,8 @@ def _run_eval(model: Any, tokenizer: Any, cfg: EvalConfig, out: Path, progress: 
             for p in shards:
                 p.unlink()
         found = {row_key(r): r for r in merged}
-    _one_row_per_key(out / "results.jsonl", wanted)
+    if not shards:  # (a merge has just written one row per key)
+        _one_row_per_key(out / "results.jsonl", wanted)
     rows = [found[k] for k in wanted if k in found]
     cells = summarise(rows)
     files["summary_md"] = out / "summary.md"
