@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import shlex
 import sys
 from typing import Any
 
 LEVEL_NAMES = ["rope", "attention", "model"]
+#: the longest --adapter-timeout (seconds): a week
+MAX_ADAPTER_TIMEOUT = 7 * 24 * 3600
 
 
 def _opt(suppress: bool, default: Any) -> Any:
@@ -118,9 +122,14 @@ def _make_adapter(args: argparse.Namespace, levels: Any) -> tuple[Any, Any, str]
     if args.adapter_cmd is not None:
         from ..conformance.external import CommandAdapter
 
-        if args.adapter_timeout <= 0:
-            raise ValueError(f"--adapter-timeout must be > 0 seconds; got {args.adapter_timeout:g}")
-        adapter = CommandAdapter(args.adapter_cmd, timeout=args.adapter_timeout, levels=levels)
+        if not 0 < args.adapter_timeout <= MAX_ADAPTER_TIMEOUT:  # nan fails this too
+            raise ValueError(f"--adapter-timeout must be a number of seconds > 0 and <= {MAX_ADAPTER_TIMEOUT} "
+                             f"(a week); got {args.adapter_timeout:g}")
+        try:
+            argv = shlex.split(args.adapter_cmd)
+        except ValueError as exc:
+            raise ValueError(f"--adapter-cmd {args.adapter_cmd!r} is not a valid command line: {exc}") from None
+        adapter = CommandAdapter(argv, timeout=args.adapter_timeout, levels=levels)
         return adapter, adapter, name
     return load_adapter(name), None, name
 
@@ -134,6 +143,14 @@ def cmd_conform(args: argparse.Namespace) -> int:
     action = args.action or "run"
     if action in ("export", "score") and (args.adapter or args.adapter_cmd):
         return _error(f"conform {action} takes no adapter: export writes the inputs, score reads the outputs in DIR")
+    if action in ("export", "score") and not args.dir.strip():
+        return _error(f"conform {action} needs a directory: give DIR (e.g. conform {action} hogwild-exchange)")
+    if action == "score" and Path(args.dir).exists() and not Path(args.dir).is_dir():
+        return _error(f"{args.dir} is a file; conform score reads the directory that conform export wrote")
+    if action == "export" and Path(args.dir).exists() and not Path(args.dir).is_dir():
+        return _error(f"{args.dir} is a file; conform export writes a directory: give a new or existing directory")
+    if args.level:  # a level given twice runs (and is exported, regenerated) once
+        args.level = list(dict.fromkeys(args.level))
     if action == "fuzz":
         return cmd_fuzz(args)
     try:
@@ -169,17 +186,23 @@ def cmd_conform(args: argparse.Namespace) -> int:
             adapter, closer, name = _make_adapter(args, levels or tuple(LEVEL_NAMES))
             if scope is not None:
                 adapter = _Scoped(adapter, scope)
-        report = run(adapter, directory, levels, on_result=results.append)
+        # with --json, stdout carries the report only: what an in-process adapter prints goes to stderr
+        with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+            report = run(adapter, directory, levels, on_result=results.append)
     except FileNotFoundError as exc:
         return _error(str(exc))
     except KeyboardInterrupt:  # Ctrl-C (and SIGTERM, which the CLI maps to it): stop the adapter, keep what ran
         if closer is not None:
             closer.close(kill=True)
             closer = None
-        if results and not args.json:
+        if results:
             from ..conformance.report import Report
 
-            _print_conform_table(Report(results, directory), f"{name} (interrupted)")
+            partial = Report(results, directory)
+            if args.json:
+                print(json.dumps(partial.to_json_dict() | {"interrupted": True}))
+            else:
+                _print_conform_table(partial, f"{name} (interrupted)")
         raise
     finally:
         if closer is not None:

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -181,6 +182,7 @@ class CommandAdapter:
             raise ValueError("--adapter-cmd is empty; give the command that starts your adapter")
         self.timeout = timeout
         self.gone: str | None = None
+        self._stray: list[str] = []  # stdout lines since the last reply that were not reply objects
         self._tmp = tempfile.TemporaryDirectory(prefix="hogwild-conform-")
         try:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=cwd)
@@ -196,7 +198,7 @@ class CommandAdapter:
             self.supported_levels, self.scope = check_hello_reply(reply, where)
         except AdapterProcessError as exc:
             self.close(kill=True)
-            hint = f"; {STALL_HINT}" if "no reply" in str(exc) else ""
+            hint = f"; {STALL_HINT}" if "no reply" in str(exc) and not self._stray else ""
             raise ValueError(f"{where} did not answer the hello request: {exc}{hint}") from exc
         except (AdapterError, ValueError) as exc:
             self.close(kill=True)
@@ -238,7 +240,9 @@ class CommandAdapter:
             try:
                 line = self._lines.get(timeout=self.timeout)
             except queue.Empty:
-                raise self._give_up(f"no reply to {what} within {self.timeout:g} s; the adapter was stopped") from None
+                stray = (f"; meanwhile it printed {len(self._stray)} line(s) that are not JSON reply objects (last: "
+                         f"{self._stray[-1][:60]!r}): a reply is one JSON object on one line (Spec §12.7)") if self._stray else ""
+                raise self._give_up(f"no reply to {what} within {self.timeout:g} s; the adapter was stopped{stray}") from None
             if line is None:
                 try:
                     status: int | None = self.proc.wait(timeout=5)
@@ -256,7 +260,9 @@ class CommandAdapter:
             if not isinstance(reply, dict):
                 if text:
                     print(f"[adapter stdout] {text}", file=sys.stderr)
+                    self._stray.append(text)
                 continue
+            self._stray.clear()
             if request.get("id") is not None and reply.get("id") != request["id"]:
                 raise self._give_up(f"reply for {reply.get('id')!r} while waiting for {request['id']!r}")
             if request.get("id") is not None and "skip" in reply:
@@ -336,15 +342,21 @@ def export_vectors(out_dir: Path | str, vectors_dir: Path | str | None = None,
 
 
 def _json_lines(path: Path) -> list[dict[str, Any]]:
-    """The JSON objects of a JSON-lines file (other lines are ignored, as the live runner does)."""
-    out = []
+    """The JSON objects of a JSON-lines file. Other lines are ignored, as the live runner does, with one
+    warning that counts them (so a damaged file is not taken for an adapter that replied nothing)."""
+    out, ignored = [], []
     for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
         try:
             item = json.loads(line)
         except json.JSONDecodeError:
-            continue
+            item = None
         if isinstance(item, dict):
             out.append(item)
+        elif line.strip():
+            ignored.append(line.strip())
+    if ignored:
+        warnings.warn(f"{path}: {len(ignored)} line(s) are not JSON objects and were ignored (first: {ignored[0][:60]!r})",
+                      stacklevel=2)
     return out
 
 

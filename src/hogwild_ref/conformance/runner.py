@@ -67,6 +67,10 @@ def load_adapter(spec: str) -> Any:
     module_name, sep, factory_name = spec.partition(":")
     if not sep or not module_name or not factory_name:
         raise ValueError(f"--adapter must look like 'package.module:factory'; got {spec!r}")
+    if module_name.endswith(".py") or "/" in module_name or "\\" in module_name:
+        stem = Path(module_name).stem
+        raise ValueError(f"--adapter takes a module name, not a file: run from the folder that holds it and pass "
+                         f"--adapter {stem}:{factory_name} (or use --adapter-cmd for a script)")
     cwd = os.getcwd()
     if cwd not in sys.path and "" not in sys.path:
         sys.path.insert(0, cwd)
@@ -74,13 +78,26 @@ def load_adapter(spec: str) -> Any:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ValueError(f"cannot import adapter module {module_name!r}: {exc}") from exc
+    except (Exception, SystemExit) as exc:  # the module's own code failed (syntax, a name, an assertion, exit)
+        raise ValueError(f"cannot import adapter module {module_name!r}: it raised {_raised(exc)}") from exc
     factory = getattr(module, factory_name, None)
     if factory is None or not callable(factory):
         raise ValueError(f"module {module_name!r} has no callable {factory_name!r}")
     try:
         return factory()
-    except Exception as exc:  # the adapter's own failure: a usage error of the runner (exit 2)
-        raise ValueError(f"adapter factory {spec!r} raised {type(exc).__name__}: {exc}") from exc
+    except (Exception, SystemExit) as exc:  # the adapter's own failure: a usage error of the runner (exit 2)
+        raise ValueError(f"adapter factory {spec!r} raised {_raised(exc)}") from exc
+
+
+def _raised(exc: BaseException, where: bool = True, whole: bool = False) -> str:
+    """An exception as text: its type, its message (its first line unless ``whole``) and (``where``)
+    the file and line that raised it (for an adapter's exception: in the adapter's code)."""
+    message = [str(exc).strip()] if whole else str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}{': ' + message[0] if message and message[0] else ''}"
+    frame = traceback.extract_tb(exc.__traceback__)[-1] if where and exc.__traceback__ else None
+    if frame is None or isinstance(exc, SyntaxError):  # a SyntaxError's message names its file and line
+        return text
+    return f"{text} (at {Path(frame.filename).name}:{frame.lineno})"
 
 
 # ---------------------------------------------------------------------- measures
@@ -104,6 +121,8 @@ def _diff(out: Any, expected: Tensor, mask: Tensor | None = None) -> tuple[Tenso
         raise VectorMismatch(f"expected a tensor, got {type(out).__name__}")
     if tuple(out.shape) != tuple(expected.shape):
         raise VectorMismatch(f"shape {tuple(out.shape)} != expected {tuple(expected.shape)}")
+    if not out.is_floating_point():  # Spec §12.3: outputs have a floating dtype (a complex one would lose its imaginary part)
+        raise VectorMismatch(f"dtype {str(out.dtype).removeprefix('torch.')}: outputs must have a real floating dtype")
     a = out.detach().to("cpu", torch.float64)
     b = expected.to(torch.float64)
     if mask is not None:
@@ -313,8 +332,11 @@ def call_adapter(adapter: Any, vector: Vector) -> Any:
 def check_version(vector: Vector, path: Path | None = None) -> None:
     """Refuse vectors of a format version this runner does not read (Spec §12.2), naming the fix."""
     version = vector.meta.get("version")
+    where = f"{path}: " if path is not None else ""
+    if version is None:
+        raise VersionError(f"{where}no format version: not a conformance vector (Spec §12.2); pass --vectors with a copy "
+                           f"of spec/vectors/{FORMAT}")
     if version not in READABLE_VERSIONS:
-        where = f"{path}: " if path is not None else ""
         raise VersionError(
             f"{where}vector format version {version!r}, but this runner reads versions "
             f"{', '.join(map(str, READABLE_VERSIONS))} (current: version {SPEC_VERSION}, spec/vectors/{FORMAT}); "
@@ -349,11 +371,9 @@ def run_vector(adapter: Any, vector: Vector, scope: Mapping[str, list[str]] | No
     except SkipVector as exc:
         return VectorResult(name, level, "skipped", None, tol, message=str(exc) or "skipped by the adapter",
                             seconds=time.perf_counter() - t0)
-    except Exception as exc:  # noqa: BLE001 -- an adapter's exception fails only its vector (Spec §12.3)
-        where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-        at = f" (at {Path(where.filename).name}:{where.lineno})" if where is not None else ""
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 -- an adapter's exception (sys.exit too) fails only its vector (Spec §12.3)
         return VectorResult(name, level, "failed", None, tol, failure="raised",
-                            message=f"{type(exc).__name__}: {exc}{at}", seconds=time.perf_counter() - t0)
+                            message=_raised(exc, whole=True), seconds=time.perf_counter() - t0)
     outputs = SCORES[level](vector, got)
     # the measured output closest to failing (outputs that could not be compared are reported apart)
     worst = max((o for k, o in outputs.items() if k != "tokens" and o.err is not None),
@@ -380,7 +400,7 @@ def vector_paths(directory: Path | str | None, levels: Sequence[str] | None) -> 
     directory = Path(directory) if directory is not None else default_vectors_dir()
     if not directory.is_dir():
         raise FileNotFoundError(f"vector directory {directory} does not exist; pass --vectors DIR")
-    levels = list(levels) if levels else list(LEVELS)
+    levels = list(dict.fromkeys(levels)) if levels else list(LEVELS)  # a level given twice runs once
     for level in levels:
         if level not in LEVELS:
             raise ValueError(f"unknown level {level!r}; choose from {', '.join(LEVELS)}")
@@ -391,8 +411,15 @@ def vector_paths(directory: Path | str | None, levels: Sequence[str] | None) -> 
 
 
 def load_checked(path: Path) -> Vector:
-    """Load a vector, check its format version and that its level matches its directory."""
-    vector = load_vector(path)
+    """Load a vector, check its format version and that its level matches its directory; a file that
+    cannot be read as a vector raises ValueError naming it."""
+    try:
+        vector = load_vector(path)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # malformed JSON, a damaged safetensors file, ...
+        raise ValueError(f"{path}: not a readable conformance vector ({_raised(exc, where=False)}); "
+                         f"pass --vectors with a copy of spec/vectors/{FORMAT} (or rewrite it: --regenerate)") from None
     check_version(vector, path)
     if vector.level != path.parent.name:
         raise ValueError(f"{path}: level {vector.level!r} does not match its directory")
