@@ -58,6 +58,12 @@ CLI_CASES = [
     (["--prompts-file", "{d}/list.json"], "table"), (["--prompts-file", "{d}/noproblem.toml"], "{problem}"),
     (["--prompts-file", "{d}/finisher.toml"], "boxed"), (["--prompts-file", "{d}/notes.txt"], ".toml or .json"),
     (["--prompts", "compactest"], "--prompts"), (["--bogus-flag"], "--bogus-flag"), (["--workers"], "--workers"),
+    # found by newcomers: each reached the model (or a traceback) before
+    (["--workers", "100000"], "--workers 1024 or less"), (["--seed", "18446744073709551615"], "give a seed <="),
+    (["--device", "xpu"], "no xpu device"), (["--device", "meta"], "meta device"),
+    (["--device-map", "{}"], "places no module"), (["--device-map", '{"": "cuda:0"}'], "CUDA is not available"),
+    (["--device-map", '{"": "disk"}'], "not a torch device"), (["--max-ticks", "5", "--max-steps", "3"], "--max-ticks only"),
+    (["What is \udcff\udcfe 2+3?"], "not valid text"),
 ]
 
 
@@ -123,7 +129,8 @@ LIBRARY_CASES = [
     (dict(snapshots=5), "snapshots"), (dict(finisher_tokens=0), "finisher_tokens"), (dict(seed=1.5), "seed"),
     (dict(collab_every=0), "collab_every"), (dict(layout="diagonal"), "layout"), (dict(backend="nope"), "backend"),
     (dict(problem=""), "empty"), (dict(problem=" \n\t"), "empty"), (dict(problem=None), "string"),
-    (dict(problem=123), "string"),
+    (dict(problem=123), "string"), (dict(workers=1025), "1024 or less"), (dict(seed=2**64 - 1), "give a seed <="),
+    (dict(problem="2 + 3 \udcff"), "not valid text"),
 ]
 
 
@@ -316,3 +323,76 @@ def test_engine_keywords_override_a_settings_object_and_unknown_ones_are_refused
     # and without a settings object, the unset ones are Settings' defaults
     result = hogwild_ref.generate(model, smollm_tokenizer, "Add 1 and 2.", max_ticks=2, finisher=False)
     assert (len(result.workers), result.layout) == (Settings().workers, Settings().layout) == (2, "combined")
+
+
+# ---------------------------------------------------------------------- found by newcomers
+class _Untouchable:
+    def __getattr__(self, name):
+        raise AssertionError(f"the model was used ({name}) for invalid arguments")
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    (dict(settings="x"), TypeError, "settings must be a hogwild_ref.Settings"),
+    (dict(settings={"workers": 1}), TypeError, "got dict"),
+    (dict(templates="compact"), TypeError, "templates must be a PromptTemplates object"),
+    (dict(templates="class"), TypeError, "got PromptTemplates"),
+    (dict(on_event="x"), TypeError, "on_event must be a function"),
+    (dict(max_steps=1, max_ticks=3), TypeError, "both max_steps and max_ticks"),
+    (dict(table="T", layout="combined"), ValueError, "both a layout and an explicit table"),
+    (dict(tokenizer=None), TypeError, "needs the model's tokenizer"),
+])
+def test_library_arguments_of_the_wrong_kind_are_named(smollm_tokenizer, kwargs, error, words):
+    from hogwild_ref.prompts import PromptTemplates
+    from hogwild_ref.segments import make_layout
+
+    kwargs = dict(kwargs)
+    if kwargs.get("templates") == "class":
+        kwargs["templates"] = PromptTemplates
+    if kwargs.get("table") == "T":
+        kwargs["table"] = make_layout("combined", 2, 4)
+    tokenizer = kwargs.pop("tokenizer", smollm_tokenizer)
+    model = _Untouchable() if "on_event" not in kwargs else tiny_model("llama", vocab_size=len(smollm_tokenizer))
+    with pytest.raises(error, match=words):
+        hogwild_ref.generate(model, tokenizer, "What is 1 + 1?", **kwargs)
+
+
+def test_a_numpy_worker_count_runs_like_an_int(smollm_tokenizer):
+    import numpy
+
+    model = tiny_model("llama", vocab_size=len(smollm_tokenizer))
+    a = hogwild_ref.generate(model, smollm_tokenizer, "Add 1 and 2.", workers=numpy.int64(2), max_ticks=2, finisher=False)
+    b = hogwild_ref.generate(model, smollm_tokenizer, "Add 1 and 2.", workers=2, max_ticks=2, finisher=False)
+    assert [w.tokens for w in a.workers] == [w.tokens for w in b.workers] and len(a.workers) == 2
+
+
+def test_a_prompt_alone_beyond_the_context_says_so_not_lower_the_budget(smollm_tokenizer):
+    model = tiny_model("llama", vocab_size=len(smollm_tokenizer), max_position_embeddings=64)
+    engine = Engine(model, smollm_tokenizer, workers=2, max_ticks=1, finisher=False)
+    with pytest.warns(ContextLengthWarning) as caught:
+        next(engine.stream("Add 1 and 2. " * 20))
+    message = str(caught[0].message)
+    assert message.startswith("the prompt alone is ") and "max_position_embeddings of 64" in message
+    assert "shorten the problem" in message and "budget" not in message
+
+
+def test_the_embedded_model_names_all_load_it_and_a_missing_device_is_refused(monkeypatch):
+    import torch
+
+    from hogwild_ref.cli.common import _check_model_source
+    from hogwild_ref.models import EMBEDDED_NAMES
+
+    assert "embedded" in EMBEDDED_NAMES
+    monkeypatch.setattr(hogwild_ref.models, "resolve_source", lambda name: pytest.fail(f"looked up {name!r}"))
+    for name in EMBEDDED_NAMES:
+        _check_model_source(name)  # never a path or a hub id
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device cuda: CUDA is not available"):
+            hogwild_ref.models.load(None, device="cuda")
+
+
+def test_cli_output_into_a_file_ends_the_progress_line(capsys, monkeypatch, smollm):
+    monkeypatch.setattr(hogwild_ref.models, "load", lambda *a, **k: smollm)
+    assert main(["generate", "What is 2 + 3?", "--max-ticks", "2", "--device", "cpu", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    bar = next(line for line in out.splitlines() if line.startswith("ticks "))
+    assert "Hogwild run" not in bar and "Hogwild run" in out

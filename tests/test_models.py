@@ -147,7 +147,7 @@ def test_default_model_path_missing_package_names_the_install_command(monkeypatc
         default_model_path()
 
 
-@pytest.mark.parametrize("name", [None, "default", "smollm2"])
+@pytest.mark.parametrize("name", [None, "default", "smollm2", "embedded"])
 def test_load_routes_to_the_default(monkeypatch, name):
     calls = []
     sentinel = (object(), object())
@@ -157,8 +157,8 @@ def test_load_routes_to_the_default(monkeypatch, name):
         return sentinel
 
     monkeypatch.setattr(models, "load_default", fake_default)
-    assert models.load(name, torch.bfloat16, "meta") is sentinel
-    assert calls == [(torch.bfloat16, "meta")]
+    assert models.load(name, torch.bfloat16, "cpu") is sentinel
+    assert calls == [(torch.bfloat16, "cpu")]
 
 
 def test_load_missing_path_names_the_path():

@@ -36,6 +36,12 @@ class ContextLengthWarning(UserWarning):
     """The run may reach positions beyond the model's ``max_position_embeddings`` (Spec §11.7)."""
 
 
+#: the most workers of one run (Spec §2.2: a table holds segments and views for every worker, each
+#: view naming every worker's segments, so its size and every tick's plan grow with W^2)
+MAX_WORKERS = 1024
+#: the largest seed a torch generator takes (Spec §11.5: worker w is seeded seed + w)
+MAX_SEED = 2**64 - 1
+
 def _name(name: str, cli: bool) -> str:
     return "--" + name.replace("_", "-") if cli else name
 
@@ -61,11 +67,17 @@ def _check_real(name: str, value: Any, cli: bool) -> float:
 
 
 def check_problem(problem: Any) -> str:
-    """The problem must be a non-empty string with some non-whitespace text."""
+    """The problem must be a non-empty string with some non-whitespace text, encodable as UTF-8 (a
+    command-line argument with bytes that are not UTF-8 arrives holding lone surrogates)."""
     if not isinstance(problem, str):
         raise SettingsError(f"the problem must be a string of text; got {type(problem).__name__}")
     if not problem.strip():
         raise SettingsError("the problem is empty; give the problem text to solve")
+    try:
+        problem.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise SettingsError(f"the problem is not valid text: {problem[exc.start:exc.end]!r} at character {exc.start} "
+                            "(bytes that are not UTF-8?); give the problem as UTF-8 text") from None
     return problem
 
 
@@ -113,6 +125,10 @@ def check_settings(
     """
     check_problem(problem)
     check_int("workers", workers, 1, cli=cli)
+    if workers > MAX_WORKERS:
+        raise SettingsError(f"{_name('workers', cli)} {workers} is more than the {MAX_WORKERS} workers supported: the "
+                            f"segment table and every tick's plan grow with the square of the worker count (Spec §2.2); "
+                            f"give {_name('workers', cli)} {MAX_WORKERS} or less")
     if layout not in LAYOUTS:
         raise SettingsError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     if backend not in backends:
@@ -134,6 +150,9 @@ def check_settings(
     if collab_every is not None:
         check_int("collab_every", collab_every, 1, cli=cli, fix=" (tokens between collaboration prompts)")
     check_int("seed", seed, 0, cli=cli)
+    if seed + workers - 1 > MAX_SEED:  # worker w samples with a generator seeded seed + w (Spec §11.5)
+        raise SettingsError(f"{_name('seed', cli)} {seed} is too large: worker w samples with the seed {seed} + w, "
+                            f"which must stay <= 2^64 - 1; give a seed <= {MAX_SEED - workers + 1}")
     check_sampling(temperature, top_k, top_p, min_p, cli=cli)
 
 
@@ -149,9 +168,17 @@ def context_bound(prompt_tokens: int, workers: int, max_ticks: int | None, finis
     return prompt_tokens + workers * max_ticks + finisher_tokens
 
 
-def warn_context(bound: int | None, limit: int | None, *, cli: bool = False, budget: str = "max_ticks") -> str | None:
+def warn_context(bound: int | None, limit: int | None, *, cli: bool = False, budget: str = "max_ticks",
+                 prompt: int | None = None) -> str | None:
     """Warn (and return the message) when ``bound`` passes the model's ``max_position_embeddings``;
-    ``budget`` names the setting that holds the budget (``budgets`` for an evaluation)."""
+    ``budget`` names the setting that holds the budget (``budgets`` for an evaluation). When the
+    ``prompt`` alone (its tokens in a worker's view) passes it, the warning says so: no budget helps."""
+    if limit is not None and prompt is not None and prompt > limit:
+        message = (f"the prompt alone is {prompt} tokens in a worker's view (the problem, the prompt templates and "
+                   f"every worker's headers), beyond the model's max_position_embeddings of {limit}; quality "
+                   "degrades past it: shorten the problem, or use fewer workers")
+        warnings.warn(message, ContextLengthWarning, stacklevel=3)
+        return message
     if bound is None or limit is None or bound <= limit:
         return None
     message = (

@@ -121,6 +121,11 @@ class Engine:
         if scheduler is not None:  # the scheduler's budget is the run's (checked here, Spec §11.7)
             overrides.setdefault("max_ticks", scheduler.max_ticks)
             overrides.setdefault("snapshots", ())
+        if settings is not None and not isinstance(settings, Settings):
+            raise TypeError(f"settings must be a hogwild_ref.Settings (e.g. Settings(workers=2)); got {type(settings).__name__}")
+        if templates is not None and not isinstance(templates, prompts_mod.PromptTemplates):
+            raise TypeError("templates must be a PromptTemplates object (e.g. PromptTemplates.compact()); got "
+                            f"{templates.__name__ if isinstance(templates, type) else type(templates).__name__}")
         base = settings or Settings(max_ticks=None)
         self.settings = replace(base, **overrides) if overrides else base  # checked (Spec §11.7), before the model runs
         s = self.settings
@@ -190,8 +195,10 @@ class Engine:
         would pass the model's ``max_position_embeddings`` (Spec §11.7, :func:`~hogwild_ref.checks.context_bound`)."""
         fin = self.settings.finisher_tokens if self.settings.finisher else 0
         bounds = [context_bound(sum(map(len, p.static.values())), self.workers, max_ticks, fin) for p in prepared]
+        # the prompt's tokens in the longest view: the static segments it holds
+        prompt = max(sum(len(p.static[s]) for s in view if s in p.static) for p in prepared for view in p.table.views)
         return warn_context(max((b for b in bounds if b is not None), default=None),
-                            getattr(self.model.config, "max_position_embeddings", None))
+                            getattr(self.model.config, "max_position_embeddings", None), prompt=prompt)
 
     def capacities(self, prepared: Prepared) -> dict[str, int]:
         """Slots to reserve per segment when a run starts (Spec §9.6): what the prompt and a first stretch
@@ -332,6 +339,8 @@ class Engine:
         :class:`~hogwild_ref.events.EventCallbackError` carrying the partial result (the callback's
         exception is its ``__cause__``).
         """
+        if on_event is not None and not callable(on_event):
+            raise TypeError(f"on_event must be a function called with each event, or None; got {type(on_event).__name__}")
         events = self.stream(problem)
         try:
             for event in events:
@@ -402,6 +411,11 @@ def generate(
     deprecated name of ``max_ticks`` (removed in 0.3). Ctrl-C raises :class:`GenerationInterrupted`
     carrying the partial result.
     """
+    if max_steps is not _UNSET and max_ticks is not _UNSET:
+        raise TypeError("generate() got both max_steps and max_ticks; pass max_ticks only (max_steps is its deprecated name)")
+    if "table" in kwargs and layout is not _UNSET:
+        raise ValueError("generate() got both a layout and an explicit table; the table's views are the layout "
+                         "(Spec §4.5): pass one of them")
     if max_steps is not _UNSET:
         warnings.warn("generate(max_steps=...) is deprecated: the budget counts ticks, pass max_ticks=... "
                       "(max_steps will be removed in hogwild_ref 0.3)", DeprecationWarning, stacklevel=2)
@@ -414,5 +428,7 @@ def generate(
         settings = Settings(**chosen)
     elif chosen:
         settings = replace(settings, **chosen)
+    if tokenizer is None:  # after the settings' checks (Spec §11.7), before the model runs
+        raise TypeError("generate() needs the model's tokenizer (e.g. model, tokenizer = hogwild_ref.load(...))")
     engine = Engine(model, tokenizer, settings, templates=templates, **kwargs)
     return engine.run(problem, on_event)

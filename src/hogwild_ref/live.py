@@ -40,6 +40,8 @@ class LiveView:
     def __exit__(self, *exc: Any) -> None:
         self.live.update(self._render())
         self.live.__exit__(*exc)
+        if not self.live.console.is_terminal:  # into a file or a pipe the last frame ends without a newline
+            self.live.console.line()
 
     def on_event(self, event: Event) -> None:
         if isinstance(event, TokenEvent):

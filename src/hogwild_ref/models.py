@@ -21,8 +21,11 @@ from .rope import RopeError, RopeSpec
 
 __all__ = [
     "DEFAULT_GGUF",
+    "EMBEDDED_NAMES",
     "SUPPORTED_FAMILIES",
     "UnsupportedModelError",
+    "check_device",
+    "check_device_map",
     "check_supported",
     "check_vocabulary",
     "default_model_path",
@@ -45,6 +48,9 @@ ALLOW_UNTESTED = "hogwild_allow_untested"
 class UnsupportedModelError(ValueError):
     """The model cannot run under Hogwild exactly (Spec §11.3)."""
 
+
+#: what ``name_or_path`` (and ``--model``) calls the embedded model
+EMBEDDED_NAMES = (None, "default", "smollm2", "embedded")
 
 def default_model_path() -> tuple[Path, str]:
     """(directory, file name) of the embedded GGUF; raises with the install command when missing."""
@@ -156,9 +162,11 @@ def load(
     loads, a family without a plan or heads that do not divide by the number of processes).
     """
     placement = _placement(device_map, tp_plan)
+    if not placement:
+        check_device(device)
     if tp_plan is not None:
         check_tensor_parallel(_config_of(name_or_path), world_size())
-    if name_or_path in (None, "default", "smollm2"):
+    if name_or_path in EMBEDDED_NAMES:
         return load_default(dtype, device, **placement)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -188,15 +196,48 @@ def _placement(device_map: str | dict[str, Any] | None, tp_plan: str | None) -> 
     if device_map is not None:
         if not isinstance(device_map, (str, dict)):
             raise ValueError(f"device_map must be 'auto' or a dict of module name -> device, not {device_map!r}")
+        check_device_map(device_map)
         return {"device_map": device_map}
     return {}
+
+
+def check_device_map(device_map: str | dict[str, Any], what: str = "device_map") -> None:
+    """A dict ``device_map`` places at least one module, each on a device this machine has (Spec §11.8)."""
+    if not isinstance(device_map, dict):
+        return
+    if not device_map:
+        raise ValueError(f"{what} {{}} places no module; give module name -> device pairs, or auto")
+    for module, dev in device_map.items():  # an int is a CUDA device index, as transformers reads it
+        check_device(f"cuda:{dev}" if isinstance(dev, int) and not isinstance(dev, bool) else dev,
+                     what=f"{what} entry {module!r}:")
+
+
+def check_device(device: Any, what: str = "device") -> None:
+    """Refuse a device torch does not know or this machine does not have, before anything loads (torch
+    itself fails such a device late, some with an assertion): ``what`` names the setting (``--device``)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"{what} {device!r} is not a torch device; use cpu, cuda, cuda:0, mps, ...") from None
+    if dev.type == "meta":
+        raise ValueError(f"{what} {device}: the meta device holds no weights to run; use cpu or cuda")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{what} {device}: CUDA is not available on this machine; use cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"{what} {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{what} {device}: MPS is not available on this machine; use cpu")
+    backend = getattr(torch, dev.type, None) if dev.type not in ("cpu", "cuda", "mps") else None
+    available = getattr(backend, "is_available", None)
+    if dev.type not in ("cpu", "cuda", "mps") and not (callable(available) and available()):
+        raise ValueError(f"{what} {device}: this torch build has no {dev.type} device on this machine; use cpu")
 
 
 def _config_of(name_or_path: str | None) -> Any:
     """The model's config alone (no weights): of the embedded model, a directory, a .gguf file or a hub id."""
     from transformers import AutoConfig
 
-    if name_or_path in (None, "default", "smollm2"):
+    if name_or_path in EMBEDDED_NAMES:
         cached = converted_dir()
         if (cached / "config.json").is_file():
             return AutoConfig.from_pretrained(cached)

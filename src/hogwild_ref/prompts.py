@@ -14,6 +14,7 @@ again. (This is deliberately *not* :meth:`str.format`: ``{{`` is not an escape.)
 
 from __future__ import annotations
 
+import numbers
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -103,8 +104,9 @@ def default_names(workers: int) -> tuple[str, ...]:
     Raises:
         ValueError: if ``workers < 1``.
     """
-    if not isinstance(workers, int) or isinstance(workers, bool):
+    if not isinstance(workers, numbers.Integral) or isinstance(workers, bool):
         raise TypeError(f"workers must be an int, got {type(workers).__name__}")
+    workers = int(workers)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}; pass the number of parallel workers")
     return tuple(

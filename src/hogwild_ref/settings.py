@@ -82,6 +82,11 @@ class Settings:
         if not isinstance(self.finisher, bool):
             raise SettingsError(f"finisher must be True or False; got {self.finisher!r}")
         check_int("prefill_chunk", self.prefill_chunk, 1, cli=cli)
+        for name in ("workers", "max_ticks", "finisher_tokens", "collab_every", "seed", "top_k", "prefill_chunk"):
+            value = getattr(self, name)  # an integer of another type (numpy.int64) is stored as int
+            if value is not None and type(value) is not int:
+                object.__setattr__(self, name, int(value))
+        object.__setattr__(self, "snapshots", tuple(int(t) for t in self.snapshots))
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

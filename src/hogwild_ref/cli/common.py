@@ -26,13 +26,11 @@ def table_console(table: Any) -> Any:
     return Console(width=max(console.width, natural))
 
 
-#: what ``--model`` calls the embedded model (anything else is a local path or a hub id)
-EMBEDDED_NAMES = (None, "default", "smollm2", "embedded")
-
-
 def _check_model_source(model: str | None) -> None:
     """``--model``: a local path that does not exist, or is not a model, is refused before anything loads
     (:func:`~hogwild_ref.models.resolve_source`); the embedded model's names and hub ids pass."""
+    from ..models import EMBEDDED_NAMES
+
     if model not in EMBEDDED_NAMES:
         from ..models import resolve_source
 
@@ -77,6 +75,10 @@ def _parse_device_map(value: str | None) -> str | dict[str, str] | None:
 def _check_placement(args: argparse.Namespace) -> None:
     """``--device-map`` and ``--tp-plan`` against ``--device`` and each other, before loading (Spec §11.8)."""
     args.device_map = _parse_device_map(getattr(args, "device_map", None))
+    if args.device_map is not None:
+        from ..models import check_device_map
+
+        check_device_map(args.device_map, what="--device-map")
     given = [name for name, v in (("--device", args.device), ("--device-map", args.device_map),
                                   ("--tp-plan", getattr(args, "tp_plan", None))) if v is not None]
     if len(given) > 1:
@@ -88,18 +90,9 @@ def _check_device(device: str | None) -> None:
     """Refuse a device torch does not know or this machine does not have, before loading."""
     if device is None:
         return
-    import torch
+    from ..models import check_device
 
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"--device {device!r} is not a torch device; use cpu, cuda, cuda:0, mps, ...") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {device}: MPS is not available on this machine; use --device cpu")
+    check_device(device, what="--device")
 
 
 
@@ -110,6 +103,7 @@ def _model_shape(model: str | None) -> Any:
     from pathlib import Path
 
     from ..limits import EMBEDDED_SHAPE, read_config
+    from ..models import EMBEDDED_NAMES
 
     if model in EMBEDDED_NAMES:
         return EMBEDDED_SHAPE

@@ -22,7 +22,7 @@ def _add_generate(sub: Any) -> None:
     p.add_argument("problem", nargs="?", default=DEFAULT_PROBLEM, help="the problem (default: a small arithmetic problem)")
     p.add_argument("--workers", "-w", type=int, default=2, help="number of workers W >= 1 (default 2)")
     p.add_argument("--layout", choices=LAYOUTS, default="combined")
-    p.add_argument("--max-ticks", type=int, default=256,
+    p.add_argument("--max-ticks", type=int, default=None,
                    help="budget in ticks (batched forward passes), the paper's budget (default 256; 0: the finisher answers at once, Spec §6.5)")
     p.add_argument("--max-steps", type=int, default=None, help="deprecated name of --max-ticks")
     p.add_argument("--model", default=None, help="HF id, local directory or .gguf path (default: embedded SmolLM2-135M-Instruct)")
@@ -63,8 +63,12 @@ def _generate_settings(args: argparse.Namespace) -> dict[str, Any]:
     from ..prompts import PRESETS, load_templates
     from ..settings import Settings
 
+    if args.max_steps is not None and args.max_ticks is not None:
+        raise ValueError("--max-steps is the deprecated name of --max-ticks; give --max-ticks only")
     if args.max_steps is not None:
         args.max_ticks = args.max_steps
+    elif args.max_ticks is None:
+        args.max_ticks = 256
     _check_collab_every(args.collab_every)
     check_problem(args.problem)
     settings = Settings.from_flags(
