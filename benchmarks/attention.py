@@ -1,20 +1,12 @@
-"""One layer's decode attention per backend vs single-sequence SDPA (see README.md)."""
+"""One layer's decode attention per backend vs single-sequence SDPA (see README.md).
 
-import argparse
-import json
+A thin wrapper over ``hogwild-ref bench attention`` (the same flags, checks and output; ``--json`` for
+one JSON object): ``python benchmarks/attention.py --threads 1 --contexts 1024 4096 --workers 4``.
+"""
 
-import torch
+import sys
 
-from hogwild_ref.bench import as_rows, bench_attention, machine
+from hogwild_ref.cli import main
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--contexts", type=int, nargs="+", default=[1024, 4096])
-    ap.add_argument("--workers", type=int, default=4)
-    ap.add_argument("--threads", type=int, default=None)
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(machine())
-    for row in as_rows(bench_attention(args.contexts, args.workers)):
-        print(json.dumps(row))
+    sys.exit(main(["bench", "attention", *sys.argv[1:]]))

@@ -10,21 +10,30 @@ pairing and the measured errors), ``refused`` (the reason), or ``not built`` (no
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
-from hogwild_ref.survey import survey
+from hogwild_ref.survey import rope_families, survey
 
 
 def main(argv: list[str]) -> int:
-    as_json = "--json" in argv
-    families = [a for a in argv if not a.startswith("--")] or None
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("families", nargs="*", metavar="FAMILY",
+                        help="model types to survey (default: every RoPE decoder family of the installed transformers)")
+    parser.add_argument("--json", action="store_true", help="print one JSON list instead of a line per family")
+    args = parser.parse_args(argv)
+    known = rope_families()
+    unknown = [f for f in args.families if f not in known]
+    if unknown:
+        parser.error(f"not a RoPE decoder family of the installed transformers: {', '.join(unknown)} "
+                     f"(known: {', '.join(known)})")
     rows = []
-    for row in survey(families):
+    for row in survey(args.families or None):
         rows.append(row)
-        if not as_json:
+        if not args.json:
             print(f"{row['family']:<22} {row['outcome']:<9} {row['detail']}", flush=True)
-    if as_json:
+    if args.json:
         print(json.dumps(rows, indent=1))
     return 0
 

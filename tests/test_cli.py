@@ -280,3 +280,23 @@ def test_eval_from_the_library_and_from_the_command_line_share_every_default(tmp
     for f in dataclasses.fields(EvalConfig):
         if f.name != "model":  # the command names the checkpoint and dtype it loaded
             assert getattr(seen[0], f.name) == getattr(library, f.name), f.name
+
+
+def test_bench_all_interrupted_during_the_engine_keeps_the_attention_results(capsys, monkeypatch):
+    """Ctrl-C (or SIGTERM) in ``bench all`` after the attention part finished: its results are printed
+    (``--json``: the one object, marked interrupted), then ``interrupted``, exit 130."""
+    import hogwild_ref.bench as bench
+    import hogwild_ref.cli.bench as cli_bench
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "bench_attention", lambda *a, **k: ["measured"])
+    monkeypatch.setattr(bench, "as_rows", lambda results: [{"case": r} for r in results])
+    monkeypatch.setattr(bench, "bench_engine", stop)
+    monkeypatch.setattr(cli_bench, "_load", lambda args: (None, None))
+    assert main(["bench", "all", "--json", "--threads", "1"]) == 130
+    out, err = capsys.readouterr()
+    data = json.loads(out)
+    assert data["results"] == [{"bench": "attention", "case": "measured"}] and data["interrupted"] is True
+    assert err.strip().splitlines()[-1] == "interrupted"

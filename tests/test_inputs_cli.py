@@ -97,6 +97,14 @@ CLI_CASES = [
     (["bench", "attention", "--contexts", "0"], "--contexts"),
     (["bench", "all", "--threads", "-2"], "--threads"),
     (["bench", "attention", "--device", "cuda"], "CUDA"),
+    # found by a newcomer: an engine run that cannot end within the model's positions, flags silently ignored
+    (["bench", "engine", "--ticks", "1000000000", "--workers", "1"], "--ticks 1000000000 cannot be spent"),
+    (["bench", "--contexts", "32", "--backend", "fast", "--layout", "interleaved"],
+     "bench all does not use --layout, --backend (for bench ticks); drop them"),
+    (["bench", "attention", "--model", "x"], "bench attention does not use --model (for bench engine and bench ticks); drop it"),
+    (["bench", "engine", "--contexts", "64"], "bench engine does not use --contexts"),
+    (["bench", "ticks", "--ticks", "5"], "bench ticks does not use --ticks (for bench engine)"),
+    (["bench", "attention", "--problems", "2"], "does not use --problems"),
 ]
 
 

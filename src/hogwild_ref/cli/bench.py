@@ -14,9 +14,18 @@ def _check_bench(args: argparse.Namespace, what: str) -> None:
     """Every bench flag before anything is built or loaded (Spec §11.7): counts, threads, device, and a model
     whose weights and K/V must exceed this machine's memory (refused with the numbers)."""
     from ..bench import MODEL_SHAPES
-    from ..checks import check_int
-    from ..limits import shape_from_config
+    from ..checks import SettingsError, check_int
+    from ..limits import check_budget, shape_from_config
 
+    unused = [flag for flag, dest, users in SCOPED_FLAGS if getattr(args, dest) is not None and what not in users]
+    if unused:
+        users = sorted({u for flag, _, us in SCOPED_FLAGS if flag in unused for u in us if u != "all"})
+        them = "them" if len(unused) > 1 else "it"
+        raise SettingsError(f"bench {what} does not use {', '.join(unused)} (for bench {' and bench '.join(users)}); "
+                            f"drop {them}, or run that benchmark")
+    for _, dest, _ in SCOPED_FLAGS:  # the defaults of the flags this benchmark uses
+        if getattr(args, dest) is None:
+            setattr(args, dest, SCOPED_DEFAULTS[dest])
     check_int("steps", args.steps, 1, cli=True, fix=" (timed ticks per case)")
     check_int("ticks", args.ticks, 1, cli=True, fix=" (ticks per engine run)")
     for ctx in args.contexts or ():
@@ -44,6 +53,9 @@ def _check_bench(args: argparse.Namespace, what: str) -> None:
                           "choose a smaller --model (smollm2-135m), --dtype bfloat16, or a machine with more memory")
     elif what in ("engine", "all"):
         _check_model_source(args.model)
+        shape = _model_shape(args.model)
+        # an engine run of W workers spends --ticks ticks: past the model's positions it cannot (Spec §11.7)
+        check_budget(shape and shape.context, args.ticks, 1, False, flag="--ticks")
     _check_threads(args)
 
 def _check_split(args: argparse.Namespace) -> None:
@@ -62,6 +74,22 @@ def _check_split(args: argparse.Namespace) -> None:
         raise SettingsError("--split times eager ticks (a compiled step keeps the score-row path): add --compile no")
 
 
+#: (flag, dest, the benchmarks that use it): a flag given to another benchmark is refused, not ignored
+SCOPED_FLAGS = (
+    ("--ticks", "ticks", ("engine", "all")),
+    ("--problems", "problems", ("ticks",)),
+    ("--steps", "steps", ("ticks",)),
+    ("--layout", "layout", ("ticks",)),
+    ("--backend", "backend", ("ticks",)),
+    ("--compile", "compile", ("ticks",)),
+    ("--split", "split", ("ticks",)),
+    ("--contexts", "contexts", ("ticks", "attention", "all")),
+    ("--model", "model", ("ticks", "engine", "all")),
+)
+SCOPED_DEFAULTS: dict[str, Any] = {"ticks": 32, "problems": [1], "steps": 10, "layout": "combined", "backend": "fast",
+                                   "compile": "auto", "split": False, "contexts": None, "model": None}
+
+
 def _add_bench(sub: Any) -> None:
     p = sub.add_parser("bench", help="benchmarks: Hogwild ticks vs a plain decode step, one layer's attention, end-to-end ticks/s")
     p.add_argument("what", nargs="?", choices=["ticks", "attention", "engine", "all"], default="all",
@@ -74,15 +102,15 @@ def _add_bench(sub: Any) -> None:
                    help="context lengths (ticks: 1024 4096; attention: 1024 4096)")
     p.add_argument("--workers", type=int, nargs="+", default=None,
                    help="W values (ticks: 1 2 4 8; engine: 1 2 4; attention uses the largest)")
-    p.add_argument("--ticks", type=int, default=32, help="engine: ticks per run")
-    p.add_argument("--problems", type=int, nargs="+", default=[1], metavar="P",
+    p.add_argument("--ticks", type=int, default=None, help="engine: ticks per run (default 32)")
+    p.add_argument("--problems", type=int, nargs="+", default=None, metavar="P",
                    help="ticks: problems per batch (P > 1: P problems side by side, compared with P one-problem runs)")
-    p.add_argument("--steps", type=int, default=10, help="ticks: timed ticks per case (after 3 warm-up ticks)")
-    p.add_argument("--layout", choices=LAYOUTS, default="combined", help="ticks: layout")
-    p.add_argument("--backend", choices=[b for b in BACKENDS if b != "oracle"], default="fast", help="ticks: backend")
-    p.add_argument("--compile", choices=["auto", "yes", "no"], default="auto",
-                   help="ticks: compile the fast path (auto: on CUDA only)")
-    p.add_argument("--split", nargs="?", const=True, default=False, metavar="KERNEL",
+    p.add_argument("--steps", type=int, default=None, help="ticks: timed ticks per case (after 3 warm-up ticks; default 10)")
+    p.add_argument("--layout", choices=LAYOUTS, default=None, help="ticks: layout (default combined)")
+    p.add_argument("--backend", choices=[b for b in BACKENDS if b != "oracle"], default=None, help="ticks: backend (default fast)")
+    p.add_argument("--compile", choices=["auto", "yes", "no"], default=None,
+                   help="ticks: compile the fast path (auto, the default: on CUDA only)")
+    p.add_argument("--split", nargs="?", const=True, default=None, metavar="KERNEL",
                    help="ticks: also time each one-problem case through the split common part (a fused kernel "
                         "with its LSE, merged by Spec §9.5), alternating with the score-row path on the same "
                         "storage; KERNEL: cpu_flash or flex (default: cpu_flash on CPU, flex on CUDA); eager "
@@ -94,7 +122,8 @@ def _add_bench(sub: Any) -> None:
                    help="default: float32 on CPU, bfloat16 on CUDA (engine: float32)")
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--json", action="store_true", help="print JSON lines")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON: bench ticks one line per case, attention / engine / all one object")
 
 
 def cmd_bench_ticks(args: argparse.Namespace) -> int:
@@ -158,9 +187,8 @@ def cmd_bench_ticks(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import torch
     from rich.console import Console
-    from rich.table import Table
 
-    from ..bench import as_rows, bench_attention, bench_engine, machine
+    from ..bench import as_rows, bench_attention, bench_engine
 
     what = args.what_flag or args.what
     _check_bench(args, what)
@@ -171,20 +199,35 @@ def cmd_bench(args: argparse.Namespace) -> int:
     console = Console()
     rows: list[dict[str, Any]] = []
     workers = args.workers or [1, 2, 4]
-    if what in ("attention", "all"):
-        with console.status("attention ..."):
-            dtype = getattr(torch, args.dtype) if args.dtype else None
-            rows += [{"bench": "attention"} | r for r in as_rows(
-                bench_attention(args.contexts or [1024, 4096], max(workers), dtype=dtype, device=args.device))]
-    if what in ("engine", "all"):
-        args.dtype = args.dtype or "float32"
-        with console.status("loading model ..."):
-            model, tokenizer = _load(args)
-        with console.status("engine ..."):
-            rows += [{"bench": "engine"} | r for r in as_rows(bench_engine(model, tokenizer, workers, args.ticks))]
-    if args.json:
-        print(json.dumps({"machine": machine(), "results": rows}))
-        return 0
+    try:
+        if what in ("attention", "all"):
+            with console.status("attention ..."):
+                dtype = getattr(torch, args.dtype) if args.dtype else None
+                rows += [{"bench": "attention"} | r for r in as_rows(
+                    bench_attention(args.contexts or [1024, 4096], max(workers), dtype=dtype, device=args.device))]
+        if what in ("engine", "all"):
+            args.dtype = args.dtype or "float32"
+            with console.status("loading model ..."):
+                model, tokenizer = _load(args)
+            with console.status("engine ..."):
+                rows += [{"bench": "engine"} | r for r in as_rows(bench_engine(model, tokenizer, workers, args.ticks))]
+    except KeyboardInterrupt:  # Ctrl-C / SIGTERM: the parts that finished are kept (printed), then "interrupted"
+        if rows:
+            _print_rows(console, rows, args.json, interrupted=True)
+        raise
+    _print_rows(console, rows, args.json)
+    return 0
+
+
+def _print_rows(console: Any, rows: list[dict[str, Any]], as_json: bool, interrupted: bool = False) -> None:
+    """The attention / engine results: one JSON object, or a table per benchmark."""
+    from rich.table import Table
+
+    from ..bench import machine
+
+    if as_json:
+        print(json.dumps({"machine": machine(), "results": rows} | ({"interrupted": True} if interrupted else {})))
+        return
     console.print(f"machine: {machine()}")
     for kind in ("attention", "engine"):
         sel = [r for r in rows if r["bench"] == kind]
@@ -197,5 +240,3 @@ def cmd_bench(args: argparse.Namespace) -> int:
         for r in sel:
             table.add_row(*(f"{v:.3g}" if isinstance(v, float) else str(v) for k, v in r.items() if k != "bench"))
         table_console(table).print(table)
-    return 0
-
