@@ -300,3 +300,23 @@ def test_bench_all_interrupted_during_the_engine_keeps_the_attention_results(cap
     data = json.loads(out)
     assert data["results"] == [{"bench": "attention", "case": "measured"}] and data["interrupted"] is True
     assert err.strip().splitlines()[-1] == "interrupted"
+
+
+@pytest.mark.parametrize("message, line", [
+    ("Couldn't instantiate the backend tokenizer from one of:\n(1) a serialization file,\n(2) a slow tokenizer\n"
+     "You need to have sentencepiece installed.",
+     "error: Couldn't instantiate the backend tokenizer from one of: (1) a serialization file,; (2) a slow tokenizer; "
+     "You need to have sentencepiece installed."),
+    ("first line\nsecond line", "error: first line"),
+])
+def test_an_error_whose_first_line_announces_a_list_keeps_the_list(capsys, monkeypatch, message, line):
+    """transformers' tokenizer error is a first line ending with a colon and the reasons below it: the
+    one-line error once kept only "...from one of:" (a newcomer's report); other messages keep their first line."""
+    import hogwild_ref.cli as cli
+
+    def broken(args):
+        raise ValueError(message)
+
+    monkeypatch.setattr(cli, "cmd_generate", broken)
+    assert main(["generate", "x"]) == 2
+    assert capsys.readouterr().err.strip() == line

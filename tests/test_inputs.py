@@ -63,7 +63,7 @@ CLI_CASES = [
     (["--device", "xpu"], "no xpu device"), (["--device", "meta"], "meta device"),
     (["--device-map", "{}"], "places no module"), (["--device-map", '{"": "cuda:0"}'], "CUDA is not available"),
     (["--device-map", '{"": "disk"}'], "not a torch device"), (["--max-ticks", "5", "--max-steps", "3"], "--max-ticks only"),
-    (["What is \udcff\udcfe 2+3?"], "not valid text"),
+    (["What is \udcff\udcfe 2+3?"], "not valid text"), (["--prompts-file", "{d}"], "is a directory"),
 ]
 
 
@@ -127,7 +127,7 @@ LIBRARY_CASES = [
     (dict(workers=0), "workers"), (dict(workers=True), "workers"), (dict(workers=1.0), "workers"),
     (dict(snapshots=[5], max_ticks=4), "beyond the budget"), (dict(snapshots=[0]), "snapshots"),
     (dict(snapshots=5), "snapshots"), (dict(finisher_tokens=0), "finisher_tokens"), (dict(seed=1.5), "seed"),
-    (dict(collab_every=0), "collab_every"), (dict(layout="diagonal"), "layout"), (dict(backend="nope"), "backend"),
+    (dict(collab_every=0), "None turns them off"), (dict(layout="diagonal"), "layout"), (dict(backend="nope"), "backend"),
     (dict(problem=""), "empty"), (dict(problem=" \n\t"), "empty"), (dict(problem=None), "string"),
     (dict(problem=123), "string"), (dict(workers=1025), "1024 or less"), (dict(seed=2**64 - 1), "give a seed <="),
     (dict(problem="2 + 3 \udcff"), "not valid text"),

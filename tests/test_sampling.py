@@ -239,3 +239,28 @@ def test_engine_top_k_one_is_greedy(tiny_llama, smollm_tokenizer):
     for w, worker in enumerate(greedy.workers):
         for t, token in enumerate(worker.tokens):
             assert token == int(greedy.logits[t][w].argmax())
+
+
+# ---------------------------------------------------------------------- extremes (found by a newcomer)
+@given(distinct_logits(), st.sampled_from([1e-30, 1e-44, 1e-300, 5e-324]))
+def test_a_temperature_too_small_for_float32_samples_the_argmax(xs, temperature):
+    """``logits / 1e-300`` overflows (or 1e-300 rounds to 0 in float32): every probability was NaN and
+    sampling raised. The limit of a vanishing temperature is greedy: the largest logit, always."""
+    logits = torch.tensor(xs)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        assert sample(logits, SamplingConfig(temperature=temperature), g) == int(logits.argmax())
+    assert sample(logits - 1e3, SamplingConfig(temperature=temperature), g) == int(logits.argmax())  # all negative
+
+
+@given(distinct_logits(), st.sampled_from([0.5, 1.0, 2.0]))
+def test_a_top_p_below_float32_keeps_the_most_likely_token(xs, temperature):
+    logits = torch.tensor(xs)
+    out = filter_logits(logits, SamplingConfig(temperature=temperature, top_p=1e-300))
+    assert torch.isfinite(out).sum() == 1 and int(out.argmax()) == int(logits.argmax())
+
+
+@given(distinct_logits(), st.floats(min_value=0.01, max_value=100.0))
+def test_an_ordinary_temperature_divides_exactly_as_before(xs, temperature):
+    logits = torch.tensor(xs)  # the guard for tiny temperatures leaves the plain quotient bit for bit
+    assert torch.equal(filter_logits(logits, SamplingConfig(temperature=temperature)), logits / temperature)

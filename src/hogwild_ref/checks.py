@@ -148,7 +148,8 @@ def check_settings(
             )
     check_int("finisher_tokens", finisher_tokens, 1, cli=cli)
     if collab_every is not None:
-        check_int("collab_every", collab_every, 1, cli=cli, fix=" (tokens between collaboration prompts)")
+        check_int("collab_every", collab_every, 1, cli=cli, fix=" (tokens between collaboration prompts; 0 turns them off)"
+                  if cli else " (tokens between collaboration prompts; None turns them off)")
     check_int("seed", seed, 0, cli=cli)
     if seed + workers - 1 > MAX_SEED:  # worker w samples with a generator seeded seed + w (Spec §11.5)
         raise SettingsError(f"{_name('seed', cli)} {seed} is too large: worker w samples with the seed {seed} + w, "

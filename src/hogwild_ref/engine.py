@@ -75,6 +75,9 @@ class Engine:
         tokenizer: its tokenizer (a chat template is used when it has one).
         settings: the run's :class:`~hogwild_ref.settings.Settings` (workers, layout, backend, budget,
             sampling, seed, finisher, prefill chunk); keywords named like its fields override it.
+            Without one, the engine has no budget (``max_ticks=None``: a run ends at a boxed answer,
+            every worker's end of sequence or the model's positions), unlike ``Settings()`` and
+            :func:`generate`, whose budget is 256 ticks: pass ``max_ticks=`` to bound it.
         templates: prompt texts (Spec §7).
         scheduler: scheduler settings (Spec §6), used as given (its budget and snapshots replace the
             settings'); its ``eos_token_ids``, when left unset (None), are the tokenizer's

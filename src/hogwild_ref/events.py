@@ -159,8 +159,9 @@ class EventCallbackError(RuntimeError):
     """An ``on_event`` callback raised during :meth:`Engine.run <hogwild_ref.engine.Engine.run>`: the run
     stops there and keeps its partial result, as for Ctrl-C (Spec §6.5).
 
-    ``result`` holds what each worker wrote up to the last completed tick, ``reason == "interrupted"``;
-    the callback's own exception is ``__cause__``.
+    ``result`` holds what each worker wrote up to the last completed tick, ``reason == "interrupted"``
+    (raised on the last event, :class:`DoneEvent`, the run is already complete: ``result`` is the
+    whole result, with its own reason); the callback's own exception is ``__cause__``.
     """
 
     def __init__(self, result: HogwildResult | None, error: BaseException):

@@ -288,6 +288,8 @@ def load_templates(path: str, base: PromptTemplates | None = None) -> PromptTemp
     from pathlib import Path
 
     file = Path(path).expanduser()
+    if file.is_dir():
+        raise ValueError(f"prompt file {path!r} is a directory; give a .toml or .json file of template texts")
     if not file.is_file():
         raise ValueError(f"prompt file {path!r} does not exist; give a .toml or .json file of template texts")
     if file.suffix not in (".toml", ".json"):

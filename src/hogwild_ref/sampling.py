@@ -37,8 +37,17 @@ class SamplingConfig:
 
 
 def filter_logits(logits: Float[Tensor, "V"], cfg: SamplingConfig) -> Float[Tensor, "V"]:
-    """Temperature, then top-k, top-p (nucleus) and min-p filtering (removed entries set to -inf)."""
-    x = logits.float() / cfg.temperature
+    """Temperature, then top-k, top-p (nucleus) and min-p filtering (removed entries set to -inf).
+
+    A temperature so small that ``logits / temperature`` has no finite maximum (it overflows, or the
+    temperature rounds to 0 in float32: ``1e-300``) would make every probability NaN; the logits are
+    then divided after subtracting their maximum, in float64 (the same distribution, its largest
+    entry 0). The choice is taken on the device, with no host sync; otherwise the plain quotient is
+    kept bit for bit."""
+    t = logits.float()
+    x = t / cfg.temperature
+    steep = ((t - t.max()).double() / cfg.temperature).float()
+    x = torch.where(torch.isfinite(x.max()), x, steep)
     if cfg.top_k is not None and cfg.top_k < x.numel():
         kth = torch.topk(x, cfg.top_k).values[-1]
         x = x.masked_fill(x < kth, float("-inf"))
@@ -46,6 +55,7 @@ def filter_logits(logits: Float[Tensor, "V"], cfg: SamplingConfig) -> Float[Tens
         sorted_x, order = torch.sort(x, descending=True)
         probs = sorted_x.softmax(-1)
         drop = probs.cumsum(-1) - probs >= cfg.top_p  # keep the smallest prefix reaching top_p
+        drop[0] = False  # which holds the most likely token (a top_p below float32's range would drop it)
         x = x.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
     if cfg.min_p is not None and cfg.min_p > 0:
         probs = x.softmax(-1)

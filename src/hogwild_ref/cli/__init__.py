@@ -110,9 +110,13 @@ def _broken_pipe() -> int:
 
 
 def _one_line(exc: BaseException) -> str:
-    """The exception as one line: its message's first line, prefixed with the type where that helps."""
-    text = str(exc).strip().splitlines()
+    """The exception as one line: its message's first line, prefixed with the type where that helps; a
+    first line that ends with a colon announces the lines after it (a list of reasons), which are kept,
+    joined by "; "."""
+    text = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     message = text[0] if text else type(exc).__name__
+    if message.endswith(":") and len(text) > 1:
+        message = f"{message} {'; '.join(text[1:])}"
     if isinstance(exc, (OSError, RuntimeError)) and not isinstance(exc, ValueError):
         return f"{type(exc).__name__}: {message}"
     return message
