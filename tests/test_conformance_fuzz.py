@@ -160,3 +160,18 @@ def test_cli_fuzz_stops_at_once_when_the_adapter_hangs(tmp_path: Path, capsys) -
                "--adapter-timeout", "1", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert rc == 1 and "rope: stopped after 1 cases" in err and "the adapter was gone: no reply" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--hogwild-adapter", "no_such_module_xyz:make"], "cannot import adapter module 'no_such_module_xyz'"),
+    (["--hogwild-adapter", "test_conformance:double_scaling", "--hogwild-xfail", "XF"],
+     "names vectors that are not in the run: rope/no-such-vector"),
+])
+def test_pytest_plugin_usage_errors_are_said_once(tmp_path: Path, args: list[str], message: str) -> None:
+    """A bad adapter or xfail file ends the session with one line and status 4, not one error per
+    vector (49 of them) or a collection traceback (a newcomer's report)."""
+    (tmp_path / "xf.txt").write_text("rope/no-such-vector\n")
+    proc = _pytest(tmp_path, *[str(tmp_path / "xf.txt") if a == "XF" else a for a in args], "--hogwild-level", "rope")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 4, out[-3000:]
+    assert out.count(message) == 1 and "Traceback" not in out and " error" not in out.lower().replace("usage error", "")

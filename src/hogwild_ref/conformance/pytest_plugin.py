@@ -57,23 +57,40 @@ def read_xfail_file(path: Path | str) -> dict[str, str]:
     return out
 
 
-def pytest_generate_tests(metafunc: Any) -> None:
-    if "hogwild_vector_path" not in metafunc.fixturenames:
-        return
+def _usage_error(message: str) -> Any:
+    """End the session at once with one line and pytest's usage-error status (4): a bad option is said
+    once, not as a collection traceback or one error per vector."""
+    pytest.exit(f"hogwild conformance: {message}", returncode=pytest.ExitCode.USAGE_ERROR)
+
+
+def _vectors(config: Any) -> tuple[list[Path], list[str], dict[str, str]]:
+    """The run's vector files, their ids and the known defects (``--hogwild-xfail``), checked."""
     from .runner import vector_paths
 
-    config = metafunc.config
-    directory = config.getoption("hogwild_vectors")
     try:
-        _, paths = vector_paths(directory, config.getoption("hogwild_level"))
-    except (FileNotFoundError, ValueError) as exc:
+        _, paths = vector_paths(config.getoption("hogwild_vectors"), config.getoption("hogwild_level"))
+        xfail_file = config.getoption("hogwild_xfail")
+        known = read_xfail_file(xfail_file) if xfail_file else {}
+    except (OSError, ValueError) as exc:
         raise pytest.UsageError(f"hogwild conformance: {exc}") from None
-    xfail_file = config.getoption("hogwild_xfail")
-    known = read_xfail_file(xfail_file) if xfail_file else {}
     ids = [f"{p.parent.name}/{p.stem}" for p in paths]
     unknown = sorted(set(known) - set(ids))
     if unknown:
-        raise pytest.UsageError(f"{xfail_file} names vectors that are not in the run: {', '.join(unknown)}")
+        raise pytest.UsageError(f"hogwild conformance: {xfail_file} names vectors that are not in the run: "
+                                f"{', '.join(unknown)}")
+    return paths, ids, known
+
+
+def pytest_configure(config: Any) -> None:
+    """A bad ``--hogwild-xfail`` file or vector directory is a usage error said once, before collection."""
+    if config.getoption("hogwild_xfail") or config.getoption("hogwild_vectors"):
+        _vectors(config)
+
+
+def pytest_generate_tests(metafunc: Any) -> None:
+    if "hogwild_vector_path" not in metafunc.fixturenames:
+        return
+    paths, ids, known = _vectors(metafunc.config)
     params = [pytest.param(p, id=vid, marks=[pytest.mark.xfail(reason=known[vid], strict=True)] if vid in known else [])
               for p, vid in zip(paths, ids)]
     metafunc.parametrize("hogwild_vector_path", params)
@@ -84,14 +101,17 @@ def hogwild_adapter(pytestconfig: Any) -> Iterator[Any]:
     """The adapter under test, started once per session (and stopped at its end)."""
     cmd, factory = pytestconfig.getoption("hogwild_adapter_cmd"), pytestconfig.getoption("hogwild_adapter")
     if cmd and factory:
-        raise pytest.UsageError("give --hogwild-adapter-cmd or --hogwild-adapter, not both")
+        _usage_error("give --hogwild-adapter-cmd or --hogwild-adapter, not both")
     if not cmd and not factory:
         pytest.skip("no adapter: pass --hogwild-adapter-cmd CMD or --hogwild-adapter MODULE:FACTORY")
     if cmd:
         from .external import CommandAdapter
 
-        adapter = CommandAdapter(cmd, timeout=pytestconfig.getoption("hogwild_adapter_timeout"),
-                                 levels=pytestconfig.getoption("hogwild_level") or ("rope", "attention", "model"))
+        try:
+            adapter = CommandAdapter(cmd, timeout=pytestconfig.getoption("hogwild_adapter_timeout"),
+                                     levels=pytestconfig.getoption("hogwild_level") or ("rope", "attention", "model"))
+        except ValueError as exc:  # it does not start, or refuses the hello
+            _usage_error(str(exc))
         try:
             yield adapter
         finally:
@@ -99,7 +119,11 @@ def hogwild_adapter(pytestconfig: Any) -> Iterator[Any]:
     else:
         from .runner import load_adapter
 
-        yield load_adapter(factory)
+        try:
+            adapter = load_adapter(factory)
+        except ValueError as exc:  # not importable, or its factory raised
+            _usage_error(str(exc))
+        yield adapter
 
 
 def test_hogwild_vector(hogwild_vector_path: Path, hogwild_adapter: Any) -> None:
