@@ -392,7 +392,17 @@ def test_the_embedded_model_names_all_load_it_and_a_missing_device_is_refused(mo
 
 def test_cli_output_into_a_file_ends_the_progress_line(capsys, monkeypatch, smollm):
     monkeypatch.setattr(hogwild_ref.models, "load", lambda *a, **k: smollm)
-    assert main(["generate", "What is 2 + 3?", "--max-ticks", "2", "--device", "cpu", "--threads", "1"]) == 0
+    assert main(["generate", "What is 2 + 3?", "--max-ticks", "2", "--device", "cpu", "--threads", "1",
+                 "--snapshots", "2", "1", "2"]) == 0
     out = capsys.readouterr().out
     bar = next(line for line in out.splitlines() if line.startswith("ticks "))
     assert "Hogwild run" not in bar and "Hogwild run" in out
+    # --snapshots without --json: each requested tick's answer is a row of the summary, each tick once
+    assert [line.split("│")[1].strip() for line in out.splitlines() if "snapshot, tick" in line] == \
+        ["snapshot, tick 1", "snapshot, tick 2"]
+
+
+def test_snapshot_ticks_are_kept_once_each_in_order():
+    from hogwild_ref import Settings
+
+    assert Settings(max_ticks=8, snapshots=[4, 2, 4]).snapshots == (2, 4)

@@ -83,4 +83,6 @@ class LiveView:
         table.add_row("speed", f"{result.ticks / gen_seconds:.1f} ticks/s, {tokens / gen_seconds:.1f} tokens/s")
         table.add_row("stopped by", str(result.reason))
         table.add_row("answer", result.answer if result.answer is not None else "(none)")
+        for snap in result.snapshots:  # --snapshots: the answer in the history at each requested tick (Spec §6.5)
+            table.add_row(f"snapshot, tick {snap.tick}", snap.answer if snap.answer is not None else "(none)")
         self.console.print(table)

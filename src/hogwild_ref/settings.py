@@ -86,7 +86,8 @@ class Settings:
             value = getattr(self, name)  # an integer of another type (numpy.int64) is stored as int
             if value is not None and type(value) is not int:
                 object.__setattr__(self, name, int(value))
-        object.__setattr__(self, "snapshots", tuple(int(t) for t in self.snapshots))
+        # each requested tick once, in order: a snapshot is taken once per tick (Spec §6.5)
+        object.__setattr__(self, "snapshots", tuple(sorted({int(t) for t in self.snapshots})))
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
