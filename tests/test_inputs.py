@@ -406,3 +406,17 @@ def test_snapshot_ticks_are_kept_once_each_in_order():
     from hogwild_ref import Settings
 
     assert Settings(max_ticks=8, snapshots=[4, 2, 4]).snapshots == (2, 4)
+
+
+def test_the_cli_context_warning_names_the_flag(capsys, monkeypatch, smollm_tokenizer):
+    """Under ``generate`` the warning said "lower the budget (max_ticks)", the library's name (a
+    newcomer's report); the command line's run names its flag."""
+    problem = "What is 2 + 3?"
+    prep = Engine(tiny_model("llama", vocab_size=len(smollm_tokenizer)), smollm_tokenizer, workers=2).prepare(problem)
+    prompt = max(sum(len(prep.static[s]) for s in view if s in prep.static) for view in prep.table.views)
+    model = tiny_model("llama", vocab_size=len(smollm_tokenizer), max_position_embeddings=prompt + 8)
+    monkeypatch.setattr(hogwild_ref.models, "load", lambda *a, **k: (model, smollm_tokenizer))
+    assert main(["generate", problem, "--json", "--max-ticks", "6", "--workers", "2", "--device", "cpu",
+                 "--threads", "1", "--allow-untested"]) == 0
+    err = capsys.readouterr().err
+    assert "lower the budget (--max-ticks) or the number of workers" in err, err

@@ -8,10 +8,12 @@ flags instead (``cli=True``: ``--max-ticks`` rather than ``max_ticks``).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import numbers
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "check_sampling",
     "check_settings",
     "context_bound",
+    "flag_names",
     "warn_context",
 ]
 
@@ -169,11 +172,27 @@ def context_bound(prompt_tokens: int, workers: int, max_ticks: int | None, finis
     return prompt_tokens + workers * max_ticks + finisher_tokens
 
 
+_FLAG_NAMES: contextvars.ContextVar[bool] = contextvars.ContextVar("hogwild_flag_names", default=False)
+
+
+@contextlib.contextmanager
+def flag_names() -> Iterator[None]:
+    """Within this block the library's run-time warnings name command-line flags (``--max-ticks``):
+    the CLI runs the library inside it."""
+    token = _FLAG_NAMES.set(True)
+    try:
+        yield
+    finally:
+        _FLAG_NAMES.reset(token)
+
+
 def warn_context(bound: int | None, limit: int | None, *, cli: bool = False, budget: str = "max_ticks",
                  prompt: int | None = None) -> str | None:
     """Warn (and return the message) when ``bound`` passes the model's ``max_position_embeddings``;
-    ``budget`` names the setting that holds the budget (``budgets`` for an evaluation). When the
-    ``prompt`` alone (its tokens in a worker's view) passes it, the warning says so: no budget helps."""
+    ``budget`` names the setting that holds the budget (``budgets`` for an evaluation), as its flag
+    when ``cli`` or inside :func:`flag_names` (the command line's run). When the ``prompt`` alone (its
+    tokens in a worker's view) passes it, the warning says so: no budget helps."""
+    cli = cli or _FLAG_NAMES.get()
     if limit is not None and prompt is not None and prompt > limit:
         message = (f"the prompt alone is {prompt} tokens in a worker's view (the problem, the prompt templates and "
                    f"every worker's headers), beyond the model's max_position_embeddings of {limit}; quality "

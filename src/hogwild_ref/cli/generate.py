@@ -107,7 +107,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from ..checks import ContextLengthWarning
+    from ..checks import ContextLengthWarning, flag_names
     from ..engine import GenerationInterrupted, generate
     from ..live import LiveView
     from ..parallel import is_main_process
@@ -130,7 +130,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         model, tokenizer = _load(args)
     view = None
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), flag_names():  # the warnings name --max-ticks, not max_ticks
             warnings.simplefilter("always", ContextLengthWarning)  # one line each (cli._run's show_warning)
             if args.json:
                 result = generate(model, tokenizer, args.problem, **kwargs)
