@@ -417,6 +417,7 @@ def test_the_cli_context_warning_names_the_flag(capsys, monkeypatch, smollm_toke
     model = tiny_model("llama", vocab_size=len(smollm_tokenizer), max_position_embeddings=prompt + 8)
     monkeypatch.setattr(hogwild_ref.models, "load", lambda *a, **k: (model, smollm_tokenizer))
     assert main(["generate", problem, "--json", "--max-ticks", "6", "--workers", "2", "--device", "cpu",
-                 "--threads", "1", "--allow-untested"]) == 0
-    err = capsys.readouterr().err
+                 "--threads", "1", "--allow-untested", "--model", "embedded"]) == 0
+    out, err = capsys.readouterr()
     assert "lower the budget (--max-ticks) or the number of workers" in err, err
+    assert json.loads(out)["model"] == "SmolLM2-135M-Instruct (embedded GGUF)"  # not "embedded"

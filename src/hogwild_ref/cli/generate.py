@@ -59,6 +59,7 @@ def _add_generate(sub: Any) -> None:
 def _generate_settings(args: argparse.Namespace) -> dict[str, Any]:
     """Check every generate flag before anything loads (Spec §11.7); return generate()'s keywords."""
     from ..checks import check_int, check_problem
+    from ..models import EMBEDDED_NAMES
     from ..limits import check_budget, check_prompts_file_size, check_threads
     from ..prompts import PRESETS, load_templates
     from ..settings import Settings
@@ -97,7 +98,7 @@ def _generate_settings(args: argparse.Namespace) -> dict[str, Any]:
     return dict(
         settings=settings,
         allow_untested=args.allow_untested,
-        model_name=args.model or "SmolLM2-135M-Instruct (embedded GGUF)",
+        model_name="SmolLM2-135M-Instruct (embedded GGUF)" if args.model in EMBEDDED_NAMES else args.model,
         templates=templates,
     )
 
