@@ -320,3 +320,30 @@ def test_an_error_whose_first_line_announces_a_list_keeps_the_list(capsys, monke
     monkeypatch.setattr(cli, "cmd_generate", broken)
     assert main(["generate", "x"]) == 2
     assert capsys.readouterr().err.strip() == line
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_bench_ticks_interrupted_keeps_the_cases_measured(capsys, monkeypatch, as_json):
+    """Ctrl-C in ``bench ticks`` after the first case: that case is printed (a JSON line as it is
+    measured with --json, the table without), then ``interrupted``, exit 130."""
+    import hogwild_ref.bench as bench
+
+    real = bench._time_problems
+    calls = [0]
+
+    def second_interrupts(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "_time_problems", second_interrupts)
+    argv = ["bench", "ticks", "--ctx", "32", "--workers", "1", "2", "--steps", "1", "--threads", "1", "--compile", "no"]
+    assert main(argv + (["--json"] if as_json else [])) == 130
+    out, err = capsys.readouterr()
+    if as_json:
+        lines = out.strip().splitlines()
+        assert len(lines) == 1 and json.loads(lines[0])["workers"] == 1
+    else:
+        assert re.search(r"│ +32 │ 1 │", out) and not re.search(r"│ +32 │ 2 │", out), out
+    assert err.strip().splitlines()[-1] == "interrupted"

@@ -299,7 +299,8 @@ def _baseline_step(model: Any, ctx: int, steps: int, warmup: int, compiled: bool
 def bench_ticks(model: Any, *, workers: Sequence[int] = (1, 2, 4, 8), contexts: Sequence[int] = (1024, 4096),
                 layout: str = "combined", backend: str = "fast", steps: int = 10, warmup: int = 3,
                 compile: bool | str | None = None, problems: Sequence[int] = (1,), split: bool | str = False,
-                progress: Callable[[str], None] | None = None) -> list[TickTiming]:
+                progress: Callable[[str], None] | None = None,
+                on_result: Callable[[TickTiming], None] | None = None) -> list[TickTiming]:
     """Seconds per Hogwild tick for every (ctx, W, P), next to HF's single-sequence decode step.
 
     Method (issue 7): the common context holds ``ctx`` random tokens, every worker's current step
@@ -358,6 +359,8 @@ def bench_ticks(model: Any, *, workers: Sequence[int] = (1, 2, 4, 8), contexts: 
                     split_kernel=kernel if s_split is not None else None, split_s_per_tick=s_split,
                     ratio_split=None if s_split is None else s_split / s,
                 ))
+                if on_result is not None:  # each case as it is measured (kept when a later one is interrupted)
+                    on_result(out[-1])
     return out
 
 

@@ -131,9 +131,8 @@ def cmd_bench_ticks(args: argparse.Namespace) -> int:
 
     import torch
     from rich.console import Console
-    from rich.table import Table
 
-    from ..bench import MODEL_SHAPES, bench_ticks, machine, random_model
+    from ..bench import MODEL_SHAPES, bench_ticks, random_model
 
     err = Console(stderr=True)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -149,14 +148,32 @@ def cmd_bench_ticks(args: argparse.Namespace) -> int:
     compile_: bool | str | None = {"auto": None, "yes": True, "no": False}[args.compile]
     if compile_ and device.startswith("cuda"):
         compile_ = "reduce-overhead"
-    results = bench_ticks(model, workers=args.workers or [1, 2, 4, 8], contexts=args.contexts or [1024, 4096],
-                          layout=args.layout, backend=args.backend, steps=args.steps, compile=compile_,
-                          problems=args.problems, split=args.split,
-                          progress=lambda msg: err.log(msg))
-    if args.json:
-        for r in results:
+    results: list[Any] = []
+
+    def measured(r: Any) -> None:  # --json: each case's line as soon as it is measured
+        results.append(r)
+        if args.json:
             print(json.dumps(dataclasses.asdict(r)), flush=True)
-        return 0
+
+    try:
+        bench_ticks(model, workers=args.workers or [1, 2, 4, 8], contexts=args.contexts or [1024, 4096],
+                    layout=args.layout, backend=args.backend, steps=args.steps, compile=compile_,
+                    problems=args.problems, split=args.split, progress=lambda msg: err.log(msg), on_result=measured)
+    except KeyboardInterrupt:  # Ctrl-C / SIGTERM: the cases measured so far are kept (printed)
+        if results and not args.json:
+            _print_ticks_table(results, name, args)
+        raise
+    if not args.json:
+        _print_ticks_table(results, name, args)
+    return 0
+
+
+def _print_ticks_table(results: list[Any], name: str, args: argparse.Namespace) -> None:
+    """``bench ticks``' table, one row per case."""
+    from rich.table import Table
+
+    from ..bench import machine
+
     table = Table(title=f"bench ticks: {name}, {args.layout}, {args.backend} — {machine()}")
     batched = any(r.problems > 1 for r in results)
     split = any(r.split_s_per_tick is not None for r in results)
@@ -181,7 +198,6 @@ def cmd_bench_ticks(args: argparse.Namespace) -> int:
     if results:
         console.print(f"floor = (weights {results[0].weight_bytes / 2**20:.0f} MiB + K/V read per tick) / read bandwidth "
                         f"{results[0].bandwidth / 1e9:.1f} GB/s, measured in this run")
-    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
