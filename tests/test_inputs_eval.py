@@ -18,6 +18,7 @@ import pytest
 
 import hogwild_ref.models
 from hogwild_ref.cli import main
+from hogwild_ref.evaluation.answers import check_answer
 from hogwild_ref.evaluation.datasets import load_dataset
 
 BASE = ["eval", "--workers", "1", "--budgets", "4", "--no-progress", "--no-self-consistency"]
@@ -157,6 +158,21 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
      "the field 'budget' is missing"),
     ("resume-not-json", lambda t: _resume_dir(t, ["{broken", json.dumps(_row())]), "results.jsonl:1 is not a results row"),
     ("resume-damaged-config", lambda t: _damaged_config(t), "config.json is damaged"),
+    # found by a newcomer: each passed the up-front checks (and broke the folder, or ran the baseline first)
+    ("sc-temperature-nan", lambda t: ["--workers", "2", "--sc-temperature", "nan"],
+     "sc_temperature (--sc-temperature) must be a finite number > 0; got nan"),
+    ("sc-temperature-inf", lambda t: ["--sc-temperature", "inf"], "(--sc-temperature) must be a finite number"),
+    ("workers-beyond-1024", lambda t: ["--workers", "2000"], "workers (--workers) 2000 is more than the 1024"),
+    ("seed-beyond-2^64", lambda t: ["--workers", "2", "--seeds", "9223372036854775808"],
+     "seed 9223372036854775808 (--seeds) is out of range"),
+    ("field-null", lambda t: ["--dataset", _jsonl(t / "d.jsonl", [{"q": "1+1?", "sol": "2"}, {"q": "2+2?", "sol": None}]),
+                              "--field", "problem=q", "--field", "answer=sol"],
+     "d.jsonl:2: its 'sol' (--field answer=sol) is null; every problem needs its answer"),
+    ("json-one-object", lambda t: ["--dataset", _bytes(t, "w.json", b'{\n "data": [{"problem": "1+1?", "answer": "2"}]\n}')],
+     "w.json is one JSON object, not records (its records are under 'data'? write that list)"),
+    ("json-pandas-columns", lambda t: ["--dataset", _bytes(t, "c.json", b'{"problem":{"0":"1+1?"},"answer":{"0":"2"}}')],
+     "c.json is one JSON object, not records"),
+    ("integer-kind-on-builtin", lambda t: ["--answer-kind", "integer"], "--answer-kind integer does not apply to built-in sets"),
 ]
 
 
@@ -229,6 +245,12 @@ def test_an_interrupted_evaluation_counts_the_rows_of_its_file_and_shards(tmp_pa
     _say_interrupted(tmp_path)
     assert capsys.readouterr().err.strip() == (f"interrupted: 3 rows kept in {tmp_path / 'results.jsonl'} and 1 rank "
                                                "shard(s) beside it; rerun the same command to resume")
+    # a first run under torchrun: no results.jsonl yet, only the shards (it was named although it did not exist)
+    (tmp_path / "results.jsonl").unlink()
+    _jsonl(tmp_path / shard_name(0, 2), [_row()])
+    _say_interrupted(tmp_path)
+    assert capsys.readouterr().err.strip() == (f"interrupted: 3 rows kept in 2 rank shard(s) in {tmp_path}; rerun the "
+                                               "same command to resume")
 
 
 def test_the_case_table_is_large():
@@ -324,3 +346,80 @@ def test_the_lock_is_reentrant_and_per_rank_under_torchrun(tmp_path, monkeypatch
     assert OutDirLock(tmp_path).name == ".lock.rank1"  # ranks of one evaluation share the directory
     monkeypatch.setenv("RANK", "0")
     assert OutDirLock(tmp_path).name == ".lock"  # rank 0 holds the directory's own lock: another evaluation waits
+
+
+# ---------------------------------------------------------------------- found by a newcomer (datasets, resume)
+def test_json_lines_with_line_separators_inside_strings(tmp_path):
+    """U+2028, U+2029 and U+0085 are valid inside JSON strings and written raw by json.dumps(ensure_ascii=False);
+    str.splitlines() split records (and the results file's rows) at them."""
+    text = "Line one\u2028line two\u0085and three\u2029: what is 1+1?"
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"id": "a\u2028b", "problem": text, "answer": "2"}, ensure_ascii=False) + "\n",
+                    encoding="utf-8")
+    (p,) = load_dataset(str(path))
+    assert p.problem == text and p.id == "a\u2028b"
+    from hogwild_ref.evaluation.results import parse_rows
+
+    row = _row(problem_id="a\u2028b")
+    assert parse_rows(json.dumps(row, ensure_ascii=False) + "\n", tmp_path / "results.jsonl") == [row]
+
+
+@pytest.mark.parametrize("value, gold", [(1e-5, "0.00001"), (1.23e-05, "0.0000123"), (1.5e23, "150000000000000000000000"),
+                                         (5.0, "5"), (-0.0, "0"), (2.5, "2.5")])
+def test_float_gold_answers_are_plain_decimals(tmp_path, value, gold):
+    """1e-05 as a gold answer: math-verify does not equate it with a prediction of 0.00001."""
+    (p,) = load_dataset(_jsonl(tmp_path / "d.jsonl", [{"problem": "P", "answer": value}]))
+    assert p.answer == gold
+    if value == 1e-5:
+        assert check_answer("0.00001", p.answer, p.kind).correct
+
+
+def test_decimal_and_class_label_answers(tmp_path):
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from decimal import Decimal
+
+    pq.write_table(pa.table({"problem": ["P"], "answer": pa.array([Decimal("1.50")], pa.decimal128(5, 2))}),
+                   tmp_path / "dec.parquet")
+    assert load_dataset(str(tmp_path / "dec.parquet"))[0].answer == "1.5"
+    features = datasets.Features({"problem": datasets.Value("string"), "answer": datasets.ClassLabel(names=["7", "9"])})
+    datasets.Dataset.from_dict({"problem": ["a", "b"], "answer": [1, 0]}, features=features).save_to_disk(tmp_path / "cl")
+    assert [p.answer for p in load_dataset(str(tmp_path / "cl"))] == ["9", "7"]  # the labels, not the indices
+
+
+def test_integer_kind_from_a_word_of_the_path_and_grouped_integer_gold(tmp_path):
+    records = [{"problem": "P", "answer": "3"}]
+    (tmp_path / "jaime").mkdir()
+    (tmp_path / "aime24").mkdir()
+    assert load_dataset(_jsonl(tmp_path / "jaime" / "x.jsonl", records))[0].kind == "math"  # a name, not AIME
+    assert load_dataset(_jsonl(tmp_path / "aime24" / "x.jsonl", records))[0].kind == "integer"
+    (p,) = load_dataset(_jsonl(tmp_path / "g.jsonl", [{"problem": "P", "answer": "1,234"}]), kind="integer")
+    assert p.kind == "integer" and check_answer("1234", p.answer, p.kind).correct
+
+
+def test_a_null_id_with_field_takes_the_default_id(tmp_path):
+    problems = load_dataset(_jsonl(tmp_path / "d.jsonl", [{"uid": "a", "q": "1+1?", "a": "2"}, {"uid": None, "q": "2+2?", "a": "4"}]),
+                            fields={"id": "uid", "problem": "q", "answer": "a"})
+    assert [p.id for p in problems] == ["a", "d-1"]
+
+
+def test_the_same_dataset_typed_another_way_resumes(tmp_path, capsys, no_model):
+    from hogwild_ref.evaluation import EvalConfig
+    from hogwild_ref.evaluation.runner import _check_identity
+
+    path = tmp_path / "d.jsonl"
+    _check_identity(path.parent / "config.json", EvalConfig(dataset="d.jsonl"))
+    _check_identity(path.parent / "config.json", EvalConfig(dataset="./sub/../d.jsonl"))  # no error: one file
+    with pytest.raises(ValueError, match="dataset: 'd.jsonl' there, 'e.jsonl' now"):
+        _check_identity(path.parent / "config.json", EvalConfig(dataset="e.jsonl"))
+
+
+def test_summary_means_leave_out_rows_that_crashed():
+    from hogwild_ref.evaluation.summary import summarise
+
+    good = _row(ticks=8, tokens_per_worker=[8, 8], seconds=2.0)
+    crashed = _row(problem_id="b", ticks=None, tokens_per_worker=None, seconds=None, error="RuntimeError: x", correct=False)
+    (cell,) = summarise([good, crashed])
+    assert cell.n == 2 and cell.errors == 1 and cell.correct == int(good["correct"])
+    assert (cell.mean_ticks, cell.mean_tokens, cell.mean_seconds) == (8.0, 16.0, 2.0)

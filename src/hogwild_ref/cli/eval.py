@@ -87,7 +87,11 @@ def _say_interrupted(out: Any) -> None:
     except (OSError, ValueError):  # unreadable: say where they are all the same
         print(f"interrupted: the rows kept are in {out}; rerun the same command to resume", file=sys.stderr)
         return
-    where = f"{out / 'results.jsonl'}" + (f" and {len(shards)} rank shard(s) beside it" if shards else "")
+    results = out / "results.jsonl"
+    if results.is_file():
+        where = f"{results}" + (f" and {len(shards)} rank shard(s) beside it" if shards else "")
+    else:  # a first run under torchrun: only the ranks' shards exist so far
+        where = f"{len(shards)} rank shard(s) in {out}"
     print(f"interrupted: {kept} rows kept in {where}; rerun the same command to resume", file=sys.stderr)
 
 

@@ -41,9 +41,11 @@ as ``\\boxed{a, b, c, d, e}`` (the "GSM8k x 5" style of the paper: obviously par
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -101,10 +103,17 @@ def _first(record: Mapping[str, Any], fields: tuple[str, ...]) -> Any:
 
 
 def _scalar(value: Any, where: str) -> str:
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+    if isinstance(value, bool) or not isinstance(value, (str, int, float, Decimal)):
         raise ValueError(f"{where}: the gold answer {value!r} is a {type(value).__name__}; give text or a number")
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
+    if isinstance(value, (float, Decimal)):
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: the gold answer is {value}; give a finite number")
+        # plain decimals, never 1e-05 (which math-verify does not equate with 0.00001): the shortest
+        # decimal that reads back as the float (its repr), without trailing zeros
+        if value == 0:
+            return "0"
+        text = format(Decimal(repr(value)) if isinstance(value, float) else value, "f")
+        return text.rstrip("0").rstrip(".") if "." in text else text
     return str(value).strip()
 
 
@@ -127,8 +136,10 @@ def problem_from_record(record: Mapping[str, Any], default_id: str, fields: Mapp
     fields = fields or {}
     has = ", ".join(map(str, record)) or "none"
     for key, col in fields.items():
-        if record.get(col) is None:
+        if col not in record:
             raise ValueError(f"{where} has no field {col!r} (--field {key}={col}); it has: {has}")
+        if record[col] is None and key != "id":  # a null id takes the default id, as without --field
+            raise ValueError(f"{where}: its {col!r} (--field {key}={col}) is null; every problem needs its {key}")
     pid = record[fields["id"]] if "id" in fields else _first(record, ID_FIELDS)
     problem = record[fields["problem"]] if "problem" in fields else _first(record, PROBLEM_FIELDS)
     if problem is None:
@@ -181,8 +192,11 @@ def _json_records(path: Path) -> list[tuple[Any, str]]:
             raise ValueError(f"{path}:{exc.lineno} is not valid JSON ({exc.msg}); a .json dataset is one array "
                              "of objects") from None
         return [(r, f"{path} record {i + 1}") for i, r in enumerate(records)]
+    _refuse_one_object(text, path)
     out = []
-    for i, line in enumerate(text.splitlines()):
+    # JSON Lines end a record at "\n" only: str.splitlines() would also split inside strings holding
+    # U+2028, U+2029 or U+0085, which JSON writes unescaped (json.dumps(ensure_ascii=False))
+    for i, line in enumerate(text.split("\n")):
         if line.strip():
             try:
                 out.append((json.loads(line), f"{path}:{i + 1}"))
@@ -190,6 +204,20 @@ def _json_records(path: Path) -> list[tuple[Any, str]]:
                 raise ValueError(f"{path}:{i + 1} is not valid JSON ({exc.msg}); a dataset is one JSON object per "
                                  "line (or a JSON array)") from None
     return out
+
+
+def _refuse_one_object(text: str, path: Path) -> None:
+    """A file that is one JSON object of columns or of a list of records (pandas' ``to_json()``, a
+    ``{"data": [...]}`` wrapper) is not records: said so, with the form to write."""
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        return
+    if isinstance(whole, dict) and whole and ("\n" in text.strip() or all(isinstance(v, (dict, list)) for v in whole.values())):
+        lists = [k for k, v in whole.items() if isinstance(v, list)]
+        hint = f" (its records are under {lists[0]!r}? write that list)" if len(lists) == 1 else ""
+        raise ValueError(f"{path} is one JSON object, not records{hint}: give a JSON array of objects, or one object "
+                         "per line (pandas: to_json(orient='records', lines=True))")
 
 
 def _table_records(rows: list[dict[str, Any]], columns: Sequence[str], fields: Mapping[str, str],
@@ -240,7 +268,14 @@ def _disk_records(path: Path, fields: Mapping[str, str], split: str | None) -> l
             raise ValueError(f"{what} is empty; choose another split ({', '.join(splits)})")
     elif split is not None:
         raise ValueError(f"{path} holds one dataset, not splits, so --split {split} does not apply; leave --split out")
-    return _table_records(ds.to_list(), ds.column_names, fields, what)
+    rows = ds.to_list()
+    # a ClassLabel column holds class indices: read its label names ("7"), not the indices (0)
+    labels = {c: f for c, f in ds.features.items() if isinstance(f, datasets.ClassLabel)}
+    for row in rows:
+        for column, feature in labels.items():
+            if isinstance(row.get(column), int) and row[column] >= 0:
+                row[column] = feature.int2str(row[column])
+    return _table_records(rows, ds.column_names, fields, what)
 
 
 def _load_file(path: Path, fields: Mapping[str, str], split: str | None, kind: str) -> list[Problem]:
@@ -268,12 +303,13 @@ def _load_file(path: Path, fields: Mapping[str, str], split: str | None, kind: s
             raise ValueError(f"{where} repeats the id {p.id!r} of {seen[p.id]}; ids must be unique (results are keyed "
                              "by them)")
         seen[p.id] = where
-    return _set_kind(problems, kind, "aime" in str(path).lower())
+    # AIME: a file or folder whose name (or a folder above it) starts a word with "aime" (aime24, aimo-...-aime)
+    return _set_kind(problems, kind, re.search(r"(^|[^a-z])aime", str(path).lower()) is not None)
 
 
 def _set_kind(problems: list[Problem], kind: str, aime: bool) -> list[Problem]:
-    def is_int(s: str) -> bool:
-        return re.fullmatch(r"[-+]?\d+", s.strip()) is not None
+    def is_int(s: str) -> bool:  # thousands separators as the integer check reads them ("1,234")
+        return re.fullmatch(r"[-+]?(\d+|\d{1,3}(,\d{3})+)", s.strip()) is not None
 
     if kind == "math":
         return [Problem(p.id, p.problem, p.answer, "math") for p in problems]
@@ -344,6 +380,9 @@ def load_dataset(spec: str, limit: int | None = None, *, fields: Mapping[str, st
             raise ValueError("--field applies to dataset files, not to built-in sets")
         if split is not None:
             raise ValueError("--split applies to save_to_disk folders of several splits, not to built-in sets")
+        if kind == "integer":
+            raise ValueError("--answer-kind integer does not apply to built-in sets: their answers are lists of "
+                             "integers, checked as such (--answer-kind math is accepted)")
         problems = builtin_arith(int(m.group(1) or 5))
         if kind == "math":
             problems = [Problem(p.id, p.problem, p.answer, "math") for p in problems]

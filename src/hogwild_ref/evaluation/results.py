@@ -72,7 +72,7 @@ def parse_rows(text: str, path: Path) -> list[dict[str, Any]]:
     """The rows of the complete lines ``text`` of the results file ``path`` (Spec §13.5); a line that is
     not a valid row is a ValueError naming the file and line: resuming would mix it in."""
     rows = []
-    for i, line in enumerate(text.splitlines()):
+    for i, line in enumerate(text.split("\n")):  # "\n" only: a row's strings may hold U+2028 (JSON keeps it raw)
         if not line.strip():
             continue
         try:

@@ -19,13 +19,15 @@ the shards (:mod:`~hogwild_ref.evaluation.shards`, Spec §13.6).
 from __future__ import annotations
 
 import json
+import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..batch import BatchItem, BatchRunner, ItemResult
-from ..checks import check_int, check_sampling
+from ..checks import MAX_SEED, MAX_WORKERS, check_int, check_sampling
 from ..engine import Engine
 from ..prompts import PRESETS
 from ..settings import Settings
@@ -95,8 +97,18 @@ class EvalConfig:
             raise ValueError(f"batch must be >= 1 problems per forward; got {self.batch}")
         if self.prompts not in PRESETS:
             raise ValueError(f"unknown prompts {self.prompts!r}; choose one of {', '.join(PRESETS)}")
+        if not math.isfinite(self.sc_temperature):  # NaN would also never match itself on resume
+            raise ValueError(f"sc_temperature (--sc-temperature) must be a finite number > 0; got {self.sc_temperature}")
         if self.self_consistency and self.sc_temperature <= 0:
             raise ValueError("self-consistency needs sc_temperature > 0 (greedy samples would all be the same)")
+        if max(self.workers) > MAX_WORKERS:
+            raise ValueError(f"workers (--workers) {max(self.workers)} is more than the {MAX_WORKERS} workers supported "
+                             f"(Spec §11.7); give {MAX_WORKERS} or less")
+        for seed in self.seeds:  # a Hogwild run seeds seed + w, a self-consistency sample seed * W + i (Spec §13.4)
+            low, high = min(seed, seed * max(self.workers)), max(seed, seed * max(self.workers)) + max(self.workers) - 1
+            if low < -(2**63) or high > MAX_SEED:
+                raise ValueError(f"seed {seed} (--seeds) is out of range: with {max(self.workers)} workers the generators "
+                                 f"it seeds reach {high if high > MAX_SEED else low}, outside -2^63 .. 2^64 - 1; give a smaller seed")
 
     def worker_counts(self) -> list[int]:
         return sorted(set(self.workers) | ({1} if self.baseline else set()))
@@ -209,6 +221,12 @@ def _rows(unit: Unit, results: list[ItemResult], budgets: Sequence[int], batch: 
     return rows
 
 
+def _same_path(a: Any, b: Any) -> bool:
+    """Two dataset paths as typed that name the same file (``d.jsonl``, ``./d.jsonl``, ``dir/../d.jsonl``)."""
+    return isinstance(a, str) and isinstance(b, str) and os.path.normpath(os.path.expanduser(a)) == \
+        os.path.normpath(os.path.expanduser(b))
+
+
 def _check_identity(path: Path, cfg: EvalConfig, *, write: bool = True) -> None:
     ident = cfg.identity()
     if path.exists():
@@ -219,6 +237,8 @@ def _check_identity(path: Path, cfg: EvalConfig, *, write: bool = True) -> None:
         if not isinstance(old, dict):
             raise ValueError(f"{path} is not an evaluation's config.json; use another --out directory")
         diff = {k: (old.get(k), v) for k, v in ident.items() if old.get(k) != v}
+        if "dataset" in diff and _same_path(*diff["dataset"]):  # d.jsonl and ./d.jsonl name one file
+            del diff["dataset"]
         if "split" in diff and diff["split"][1] is None:  # the dataset loaded without a split: the recorded one chose
             del diff["split"]  # nothing (a file, a built-in set, a one-split folder; ignored then, refused now)
         if diff:

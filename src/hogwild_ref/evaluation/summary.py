@@ -1,7 +1,8 @@
 """Accuracy per method x workers x budget with confidence intervals (Spec §13.4).
 
 The accuracy of a cell is the fraction of its rows (problems x seeds) that are correct; a row that
-crashed counts as wrong and is also counted in ``errors``. The interval is the Wilson score interval
+crashed counts as wrong and is also counted in ``errors``; the mean ticks, tokens and seconds are over
+the rows that did not crash (a crashed row records none). The interval is the Wilson score interval
 at 95% over those rows. Rows of one problem with different seeds are not independent, so with several
 seeds the interval is somewhat optimistic; with one seed it is the usual binomial interval over problems.
 
@@ -72,6 +73,7 @@ def summarise(rows: Iterable[dict[str, Any]]) -> list[Cell]:
         n = len(rs)
         k = sum(bool(r["correct"]) for r in rs)
         lo, hi = wilson_interval(k, n)
+        ran = [r for r in rs if not r.get("error")]  # the means are over rows that ran to an answer
         cells.append(Cell(
             method=method,
             workers=workers,
@@ -83,9 +85,9 @@ def summarise(rows: Iterable[dict[str, Any]]) -> list[Cell]:
             ci_high=hi,
             errors=sum(bool(r.get("error")) for r in rs),
             baseline=base.get(budget),
-            mean_ticks=sum(r.get("ticks") or 0 for r in rs) / n,
-            mean_tokens=sum(sum(r.get("tokens_per_worker") or []) for r in rs) / n,
-            mean_seconds=sum(r.get("seconds") or 0.0 for r in rs) / n,
+            mean_ticks=sum(r.get("ticks") or 0 for r in ran) / max(1, len(ran)),
+            mean_tokens=sum(sum(r.get("tokens_per_worker") or []) for r in ran) / max(1, len(ran)),
+            mean_seconds=sum(r.get("seconds") or 0.0 for r in ran) / max(1, len(ran)),
         ))
     return sorted(cells, key=lambda c: (METHOD_ORDER.get(c.method, 9), c.method, c.workers, c.budget))
 
