@@ -335,6 +335,23 @@ def test_a_failing_rank_stops_every_rank_with_one_line_from_rank_zero(tiny_dir, 
     assert not (out / "results.jsonl").exists() and shard_paths(out) == []
 
 
+@needs_torchrun
+def test_an_out_folder_in_use_stops_every_rank_at_once(tiny_dir, tmp_path):
+    """Another evaluation holds --out: rank 0 is refused its lock; rank 1 (which takes its own) once went on
+    to wait for rank 0 in the process group, ignored torchrun's SIGTERM and was killed 30 s later. Now the
+    ranks take their locks together and all stop, rank 0 saying why in one line."""
+    from hogwild_ref.evaluation.results import OutDirLock
+
+    out = tmp_path / "out"
+    with OutDirLock(out, name=".lock"):  # held by this process, as by another evaluation
+        rc, _, stderr = _torchrun(CLI + ["--model", str(tiny_dir), "--out", str(out)], tmp_path, timeout=120)
+    assert rc != 0
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: RankError: rank 0 of 2: ValueError: {out} is in use by another evaluation (pid {os.getpid()}); "
+                      "wait for it to end, or use another --out directory"], stderr[-3000:]
+    assert "forcefully exiting" not in stderr and not (out / "config.json").exists()
+
+
 def test_rank_zero_refuses_to_merge_when_it_cannot_see_a_shard(tiny_dir, tmp_path):
     """Nodes that do not share --out: rank 1 reports rows that rank 0 cannot see; nothing is merged or removed."""
     from hogwild_ref.models import load

@@ -135,14 +135,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
     # everything about the inputs before the model loads: the dataset (before --out is created), then --out
     # and a results file to resume, under the directory's lock, held to the end
     problems = check_inputs(cfg, None)
+    lock = OutDirLock(out)
     try:
-        with OutDirLock(out):
-            check_inputs(cfg, out, problems)
-            with process_group(place, args.device, timedelta(minutes=args.dist_timeout)) as group:
+        with process_group(place, args.device, timedelta(minutes=args.dist_timeout)) as group:
+            try:
+                # every rank takes its lock on --out and checks the folder, together: one refused (another
+                # evaluation holds it) stops them all at once, instead of leaving the others waiting for it
+                def claim() -> None:
+                    lock.acquire()
+                    check_inputs(cfg, out, problems)
+
+                group.agree(claim)
                 with console.status("loading model ...") if place.rank == 0 else nullcontext():
                     model, tokenizer = group.agree(lambda: _load(args))
                 report = run_eval(model, tokenizer, cfg, out, progress=not args.no_progress, console=console,
                                   problems=problems, group=group)
+            finally:
+                lock.release()
     except RankError:
         if place.rank != 0:
             return 2  # rank 0 says it, once
