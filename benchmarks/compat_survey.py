@@ -29,7 +29,7 @@ def main(argv: list[str]) -> int:
         parser.error(f"not a RoPE decoder family of the installed transformers: {', '.join(unknown)} "
                      f"(known: {', '.join(known)})")
     rows = []
-    for row in survey(args.families or None):
+    for row in survey(args.families or known):
         rows.append(row)
         if not args.json:
             print(f"{row['family']:<22} {row['outcome']:<9} {row['detail']}", flush=True)

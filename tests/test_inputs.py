@@ -421,3 +421,10 @@ def test_the_cli_context_warning_names_the_flag(capsys, monkeypatch, smollm_toke
     out, err = capsys.readouterr()
     assert "lower the budget (--max-ticks) or the number of workers" in err, err
     assert json.loads(out)["model"] == "SmolLM2-135M-Instruct (embedded GGUF)"  # not "embedded"
+
+
+def test_an_explicit_table_of_none_goes_with_a_layout(smollm_tokenizer):
+    model = tiny_model("llama", vocab_size=len(smollm_tokenizer))
+    result = hogwild_ref.generate(model, smollm_tokenizer, "Add 1 and 2.", 2, "combined", table=None, max_ticks=1,
+                                  finisher=False)
+    assert result.ticks == 1  # a caller forwarding an optional table is not refused

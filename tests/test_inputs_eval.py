@@ -163,8 +163,8 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
      "sc_temperature (--sc-temperature) must be a finite number > 0; got nan"),
     ("sc-temperature-inf", lambda t: ["--sc-temperature", "inf"], "(--sc-temperature) must be a finite number"),
     ("workers-beyond-1024", lambda t: ["--workers", "2000"], "workers (--workers) 2000 is more than the 1024"),
-    ("seed-beyond-2^64", lambda t: ["--workers", "2", "--seeds", "9223372036854775808"],
-     "seed 9223372036854775808 (--seeds) is out of range"),
+    ("seed-beyond-2^64", lambda t: ["--workers", "2", "--seeds", "18446744073709551615"],
+     "seed 18446744073709551615 (--seeds) is out of range"),
     ("field-null", lambda t: ["--dataset", _jsonl(t / "d.jsonl", [{"q": "1+1?", "sol": "2"}, {"q": "2+2?", "sol": None}]),
                               "--field", "problem=q", "--field", "answer=sol"],
      "d.jsonl:2: its 'sol' (--field answer=sol) is null; every problem needs its answer"),
@@ -172,7 +172,8 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
      "w.json is one JSON object, not records (its records are under 'data'? write that list)"),
     ("json-pandas-columns", lambda t: ["--dataset", _bytes(t, "c.json", b'{"problem":{"0":"1+1?"},"answer":{"0":"2"}}')],
      "c.json is one JSON object, not records"),
-    ("integer-kind-on-builtin", lambda t: ["--answer-kind", "integer"], "--answer-kind integer does not apply to built-in sets"),
+    ("resume-gold-changed", lambda t: _resume_dir(t, [json.dumps(_row(gold="5"))]),
+     "problem 'a' has the gold answer '5' (math) in the results in"),
 ]
 
 
@@ -250,6 +251,12 @@ def test_an_interrupted_evaluation_counts_the_rows_of_its_file_and_shards(tmp_pa
     _jsonl(tmp_path / shard_name(0, 2), [_row()])
     _say_interrupted(tmp_path)
     assert capsys.readouterr().err.strip() == (f"interrupted: 3 rows kept in 2 rank shard(s) in {tmp_path}; rerun the "
+                                               "same command to resume")
+    # one process stopped before its first row: no shards, no results file yet
+    for shard in tmp_path.glob("results.rank*"):
+        shard.unlink()
+    _say_interrupted(tmp_path)
+    assert capsys.readouterr().err.strip() == (f"interrupted: 0 rows kept in {tmp_path / 'results.jsonl'}; rerun the "
                                                "same command to resume")
 
 
@@ -364,7 +371,7 @@ def test_json_lines_with_line_separators_inside_strings(tmp_path):
     assert parse_rows(json.dumps(row, ensure_ascii=False) + "\n", tmp_path / "results.jsonl") == [row]
 
 
-@pytest.mark.parametrize("value, gold", [(1e-5, "0.00001"), (1.23e-05, "0.0000123"), (1.5e23, "150000000000000000000000"),
+@pytest.mark.parametrize("value, gold", [(1e-5, "0.00001"), (1.23e-05, "0.0000123"), (1.5e23, str(int(1.5e23))), (2.0**60, "1152921504606846976"),
                                          (5.0, "5"), (-0.0, "0"), (2.5, "2.5")])
 def test_float_gold_answers_are_plain_decimals(tmp_path, value, gold):
     """1e-05 as a gold answer: math-verify does not equate it with a prediction of 0.00001."""
@@ -423,3 +430,16 @@ def test_summary_means_leave_out_rows_that_crashed():
     (cell,) = summarise([good, crashed])
     assert cell.n == 2 and cell.errors == 1 and cell.correct == int(good["correct"])
     assert (cell.mean_ticks, cell.mean_tokens, cell.mean_seconds) == (8.0, 16.0, 2.0)
+
+
+def test_integer_kind_on_a_builtin_set_warns_and_seeds_are_bounded_by_what_they_seed():
+    """--answer-kind integer on builtin:arith was recorded silently by earlier versions: a folder made so
+    must still resume, so it is a warning. Seeds: self-consistency seeds seed * W + i only when it runs."""
+    from hogwild_ref.evaluation import EvalConfig
+
+    with pytest.warns(UserWarning, match="does not change built-in sets"):
+        problems = load_dataset("builtin:arith", 2, kind="integer")
+    assert [p.kind for p in problems] == ["integers", "integers"]
+    EvalConfig(seeds=(2**62,), workers=(4,), self_consistency=False)  # generators seeded up to 2^62 + 3
+    with pytest.raises(ValueError, match=r"seed 4611686018427387904 \(--seeds\) is out of range"):
+        EvalConfig(seeds=(2**62,), workers=(4,))  # self-consistency seeds 4 * 2^62 + i

@@ -416,7 +416,7 @@ def generate(
     """
     if max_steps is not _UNSET and max_ticks is not _UNSET:
         raise TypeError("generate() got both max_steps and max_ticks; pass max_ticks only (max_steps is its deprecated name)")
-    if "table" in kwargs and layout is not _UNSET:
+    if kwargs.get("table") is not None and layout is not _UNSET:
         raise ValueError("generate() got both a layout and an explicit table; the table's views are the layout "
                          "(Spec §4.5): pass one of them")
     if max_steps is not _UNSET:

@@ -162,7 +162,7 @@ def load(
     loads, a family without a plan or heads that do not divide by the number of processes).
     """
     placement = _placement(device_map, tp_plan)
-    if not placement:
+    if not placement and device is not None:  # None: where the weights load (the CPU), as model.to(None)
         check_device(device)
     if tp_plan is not None:
         check_tensor_parallel(_config_of(name_or_path), world_size())

@@ -88,10 +88,10 @@ def _say_interrupted(out: Any) -> None:
         print(f"interrupted: the rows kept are in {out}; rerun the same command to resume", file=sys.stderr)
         return
     results = out / "results.jsonl"
-    if results.is_file():
-        where = f"{results}" + (f" and {len(shards)} rank shard(s) beside it" if shards else "")
-    else:  # a first run under torchrun: only the ranks' shards exist so far
+    if shards and not results.is_file():  # a first run under torchrun: only the ranks' shards exist so far
         where = f"{len(shards)} rank shard(s) in {out}"
+    else:
+        where = f"{results}" + (f" and {len(shards)} rank shard(s) beside it" if shards else "")
     print(f"interrupted: {kept} rows kept in {where}; rerun the same command to resume", file=sys.stderr)
 
 

@@ -44,6 +44,7 @@ import json
 import math
 import random
 import re
+import warnings
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -110,8 +111,8 @@ def _scalar(value: Any, where: str) -> str:
             raise ValueError(f"{where}: the gold answer is {value}; give a finite number")
         # plain decimals, never 1e-05 (which math-verify does not equate with 0.00001): the shortest
         # decimal that reads back as the float (its repr), without trailing zeros
-        if value == 0:
-            return "0"
+        if value == value.to_integral_value() if isinstance(value, Decimal) else value.is_integer():
+            return str(int(value))  # integral: its exact integer (Spec §13.1)
         text = format(Decimal(repr(value)) if isinstance(value, float) else value, "f")
         return text.rstrip("0").rstrip(".") if "." in text else text
     return str(value).strip()
@@ -380,9 +381,9 @@ def load_dataset(spec: str, limit: int | None = None, *, fields: Mapping[str, st
             raise ValueError("--field applies to dataset files, not to built-in sets")
         if split is not None:
             raise ValueError("--split applies to save_to_disk folders of several splits, not to built-in sets")
-        if kind == "integer":
-            raise ValueError("--answer-kind integer does not apply to built-in sets: their answers are lists of "
-                             "integers, checked as such (--answer-kind math is accepted)")
+        if kind == "integer":  # (a folder made with it resumes: earlier versions recorded it silently)
+            warnings.warn("--answer-kind integer does not change built-in sets: their answers are lists of integers, "
+                          "checked as such (--answer-kind math compares them with math-verify)", stacklevel=2)
         problems = builtin_arith(int(m.group(1) or 5))
         if kind == "math":
             problems = [Problem(p.id, p.problem, p.answer, "math") for p in problems]

@@ -104,10 +104,12 @@ class EvalConfig:
         if max(self.workers) > MAX_WORKERS:
             raise ValueError(f"workers (--workers) {max(self.workers)} is more than the {MAX_WORKERS} workers supported "
                              f"(Spec §11.7); give {MAX_WORKERS} or less")
-        for seed in self.seeds:  # a Hogwild run seeds seed + w, a self-consistency sample seed * W + i (Spec §13.4)
-            low, high = min(seed, seed * max(self.workers)), max(seed, seed * max(self.workers)) + max(self.workers) - 1
+        top = max(self.workers)
+        for seed in self.seeds:  # a Hogwild run seeds seed + w; a self-consistency sample seed * W + i (Spec §13.4)
+            sc = self.self_consistency and top > 1
+            low, high = min(seed, seed * top if sc else seed), max(seed, seed * top if sc else seed) + top - 1
             if low < -(2**63) or high > MAX_SEED:
-                raise ValueError(f"seed {seed} (--seeds) is out of range: with {max(self.workers)} workers the generators "
+                raise ValueError(f"seed {seed} (--seeds) is out of range: with {top} workers the generators "
                                  f"it seeds reach {high if high > MAX_SEED else low}, outside -2^63 .. 2^64 - 1; give a smaller seed")
 
     def worker_counts(self) -> list[int]:
@@ -262,8 +264,24 @@ def check_inputs(cfg: EvalConfig, out_dir: str | Path | None, problems: Sequence
     out = Path(out_dir)
     with OutDirLock(out):
         _check_identity(out / "config.json", cfg, write=False)
-        ResultsLog(out / "results.jsonl")
+        log = ResultsLog(out / "results.jsonl")
+        _check_golds(problems, [log.path, *shard_paths(out)], log.all())
     return problems
+
+
+def _check_golds(problems: Sequence[Problem], paths: Sequence[Path], rows: list[dict[str, Any]]) -> None:
+    """Rows to resume were scored against each problem's gold answer and kind as the dataset gives them
+    now (Spec §13.5); a row whose gold differs (the file was edited, or is read otherwise by this
+    version: numbers, labels, AIME detection) would mix two scorings in one summary: refused."""
+    by_id = {p.id: p for p in problems}
+    for path in paths[1:]:
+        rows = rows + read_rows(path)
+    for row in rows:
+        p = by_id.get(str(row.get("problem_id")))
+        if p is not None and (row.get("gold") != p.answer or row.get("kind") != p.kind):
+            raise ValueError(f"problem {p.id!r} has the gold answer {row.get('gold')!r} ({row.get('kind')}) in the results in "
+                             f"{paths[0].parent} but {p.answer!r} ({p.kind}) in the dataset now: the dataset, or how "
+                             "its answers are read, changed since; use another --out directory to score it anew")
 
 
 class _Progress:
