@@ -198,3 +198,36 @@ def test_score_warns_about_lines_of_replies_it_cannot_read(tmp_path: Path, capsy
     (out_dir / "replies.jsonl").write_text("{oops\n")
     main(["conform", "score", str(out_dir)])
     assert "replies.jsonl: 1 line(s) are not JSON objects and were ignored (first: '{oops')" in capsys.readouterr().err
+
+
+def test_fuzz_refuses_an_out_it_could_not_write_before_fuzzing(tmp_path, capsys) -> None:
+    """--out was first used when a shrunk failing case was written: the failure was lost in a
+    NotADirectoryError (exit 2). It is checked before any case runs."""
+    (tmp_path / "afile").write_text("")
+    assert main(["conform", "fuzz", "--level", "rope", "--examples", "1", "--out", str(tmp_path / "afile")]) == 2
+    _one_error_line(capsys.readouterr().err, "--out", "it is not a directory")
+    assert main(["conform", "fuzz", "--level", "rope", "--examples", "1", "--out", str(tmp_path / "afile" / "sub")]) == 2
+    _one_error_line(capsys.readouterr().err, "is not a directory")
+
+
+def test_score_honours_scope_as_a_live_run_and_export_warns_about_an_earlier_runs_files(tmp_path, capsys) -> None:
+    from test_conformance_v2 import answer_offline
+
+    out_dir = tmp_path / "x"
+    assert main(["conform", "export", str(out_dir), "--level", "rope"]) == 0
+    answer_offline(out_dir)
+    from hogwild_ref.conformance import load_vector
+    from hogwild_ref.conformance.scope import vector_properties
+
+    scope = tmp_path / "half.json"
+    scope.write_text(json.dumps({"conventions": ["half"]}))
+    half = {n for n in ROPE if vector_properties(load_vector(VECTORS / "rope" / f"{n}.json"))["conventions"] == "half"}
+    assert 0 < len(half) < len(ROPE)
+    for argv in (["conform", "--scope", str(scope), "score", str(out_dir), "--level", "rope", "--json"],
+                 ["conform", "score", "--scope", str(scope), str(out_dir), "--level", "rope", "--json"]):
+        capsys.readouterr()
+        assert main(argv) == 0
+        out = json.loads(capsys.readouterr().out)  # --scope was dropped: every exported vector was scored
+        assert out["passed"] == len(half) and out["out_of_scope"] == len(ROPE) - len(half)
+    assert main(["conform", "export", str(out_dir), "--level", "rope"]) == 0
+    assert "still holds files of an earlier run (replies.jsonl, rope/*.outputs.safetensors)" in capsys.readouterr().err

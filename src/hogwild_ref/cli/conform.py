@@ -86,6 +86,8 @@ def _add_conform(sub: Any) -> None:
     score.add_argument("dir", metavar="DIR", help="the exchange directory written by export")
     _vector_options(score, suppress=True)
     score.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the report as JSON")
+    score.add_argument("--scope", default=argparse.SUPPRESS, metavar="FILE",
+                       help="a JSON scope (or hello reply) that replaces the one in DIR/replies.jsonl, as for a live run")
     fuzz = actions.add_parser(
         "fuzz", help="differential testing against the reference, with shrinking",
         description=("Draw random cases (tables, layouts, W, zero-token rows, RoPE types, partial rotary, "
@@ -166,10 +168,15 @@ def cmd_conform(args: argparse.Namespace) -> int:
     if action == "export":
         from ..conformance.external import export_vectors
 
+        stale = [p.name for p in (Path(args.dir) / "replies.jsonl",) if p.is_file()] + \
+            sorted({f"{p.parent.name}/*.outputs.safetensors" for p in Path(args.dir).glob("*/*.outputs.safetensors")})
         try:
             requests = export_vectors(args.dir, directory, levels, scope)
         except FileNotFoundError as exc:
             return _error(str(exc))
+        if stale:  # score would read them as this export's answers
+            print(f"warning: {args.dir} still holds files of an earlier run ({', '.join(stale)}); remove them before "
+                  "running the adapter again, or score reads them as this export's answers", file=sys.stderr)
         print(f"exported {len(requests)} vectors to {args.dir}: requests.jsonl and <level>/<name>.inputs.safetensors; "
               f"write <level>/<name>.outputs.safetensors (cd {args.dir} && CMD < requests.jsonl > replies.jsonl), "
               f"then run `hogwild-ref conform score {args.dir}`", file=sys.stderr)
@@ -184,8 +191,8 @@ def cmd_conform(args: argparse.Namespace) -> int:
             name = f"outputs in {args.dir}"
         else:
             adapter, closer, name = _make_adapter(args, levels or tuple(LEVEL_NAMES))
-            if scope is not None:
-                adapter = _Scoped(adapter, scope)
+        if scope is not None:  # --scope replaces the declared scope, offline as live (Spec §12.6)
+            adapter = _Scoped(adapter, scope)
         # with --json, stdout carries the report only: what an in-process adapter prints goes to stderr
         with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
             report = run(adapter, directory, levels, on_result=results.append)
@@ -230,6 +237,9 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
 
     if args.examples < 1:
         return _error(f"--examples must be >= 1; got {args.examples}")
+    unusable = _unwritable_dir(args.out)
+    if unusable:  # checked before fuzzing: a shrunk failing case must find its place
+        return _error(f"--out {args.out}: {unusable}; give a directory a case can be written to")
     levels = list(dict.fromkeys(getattr(args, "level", None) or FUZZ_LEVELS))
     try:
         _, scope = _scope_arg(args)
@@ -265,6 +275,23 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
         if closer is not None:
             closer.close()
     return status
+
+
+def _unwritable_dir(path: str) -> str | None:
+    """Why ``path`` cannot be (or become) a writable directory, or None; nothing is created."""
+    import os
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    if p.exists():
+        return None if p.is_dir() and os.access(p, os.W_OK) else ("it is not a directory" if not p.is_dir()
+                                                                   else "it is not writable")
+    parent = p.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is not a directory"
+    return None if os.access(parent, os.W_OK) else f"{parent} is not writable"
 
 
 class _Scoped:
