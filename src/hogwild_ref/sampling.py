@@ -11,6 +11,10 @@ from torch import Tensor
 
 __all__ = ["SamplingConfig", "sample", "sample_rows"]
 
+#: below this temperature ``logits / temperature`` may overflow float32 (or the temperature itself
+#: rounds to 0 there): :func:`filter_logits` then divides the logits less their maximum, in float64
+STEEP_TEMPERATURE = 1e-20
+
 
 @dataclass(frozen=True)
 class SamplingConfig:
@@ -39,15 +43,16 @@ class SamplingConfig:
 def filter_logits(logits: Float[Tensor, "V"], cfg: SamplingConfig) -> Float[Tensor, "V"]:
     """Temperature, then top-k, top-p (nucleus) and min-p filtering (removed entries set to -inf).
 
-    A temperature so small that ``logits / temperature`` has no finite maximum (it overflows, or the
-    temperature rounds to 0 in float32: ``1e-300``) would make every probability NaN; the logits are
-    then divided after subtracting their maximum, in float64 (the same distribution, its largest
-    entry 0). The choice is taken on the device, with no host sync; otherwise the plain quotient is
-    kept bit for bit."""
+    Below :data:`STEEP_TEMPERATURE` (``1e-300``), ``logits / temperature`` could overflow (or the
+    temperature round to 0 in float32) and make every probability NaN; the logits are then divided
+    after subtracting their maximum, in float64 (the same distribution, its largest entry 0). The
+    choice is made on the host from the setting alone (no device sync); above it the plain quotient
+    is computed exactly as always."""
     t = logits.float()
-    x = t / cfg.temperature
-    steep = ((t - t.max()).double() / cfg.temperature).float()
-    x = torch.where(torch.isfinite(x.max()), x, steep)
+    if cfg.temperature < STEEP_TEMPERATURE:
+        x = ((t - t.max()).double() / cfg.temperature).float()
+    else:
+        x = t / cfg.temperature
     if cfg.top_k is not None and cfg.top_k < x.numel():
         kth = torch.topk(x, cfg.top_k).values[-1]
         x = x.masked_fill(x < kth, float("-inf"))
