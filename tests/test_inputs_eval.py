@@ -443,3 +443,17 @@ def test_integer_kind_on_a_builtin_set_warns_and_seeds_are_bounded_by_what_they_
     EvalConfig(seeds=(2**62,), workers=(4,), self_consistency=False)  # generators seeded up to 2^62 + 3
     with pytest.raises(ValueError, match=r"seed 4611686018427387904 \(--seeds\) is out of range"):
         EvalConfig(seeds=(2**62,), workers=(4,))  # self-consistency seeds 4 * 2^62 + i
+
+
+def test_the_library_resume_refuses_a_changed_gold_before_any_unit_runs(tmp_path):
+    """run_eval (library callers do not go through check_inputs) meets the same refusal as the command."""
+    from hogwild_ref.evaluation import EvalConfig, run_eval
+
+    data = _jsonl(tmp_path / "d.jsonl", GOOD)
+    cfg = EvalConfig(dataset=data, workers=(1,), budgets=(4,), self_consistency=False)
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps(cfg.identity()))
+    (out / "results.jsonl").write_text(json.dumps(_row(gold="5")) + "\n")
+    with pytest.raises(ValueError, match="problem 'a' has the gold answer '5'"):
+        run_eval(None, None, cfg, out, progress=False)  # no model: refused before it is used

@@ -24,7 +24,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from ..batch import BatchItem, BatchRunner, ItemResult
 from ..checks import MAX_SEED, MAX_WORKERS, check_int, check_sampling
@@ -101,13 +101,14 @@ class EvalConfig:
             raise ValueError(f"sc_temperature (--sc-temperature) must be a finite number > 0; got {self.sc_temperature}")
         if self.self_consistency and self.sc_temperature <= 0:
             raise ValueError("self-consistency needs sc_temperature > 0 (greedy samples would all be the same)")
-        if max(self.workers) > MAX_WORKERS:
-            raise ValueError(f"workers (--workers) {max(self.workers)} is more than the {MAX_WORKERS} workers supported "
-                             f"(Spec §11.7); give {MAX_WORKERS} or less")
         top = max(self.workers)
+        if top > MAX_WORKERS:
+            raise ValueError(f"workers (--workers) {top} is more than the {MAX_WORKERS} workers supported "
+                             f"(Spec §11.7); give {MAX_WORKERS} or less")
+        sampled = self.self_consistency and top > 1
         for seed in self.seeds:  # a Hogwild run seeds seed + w; a self-consistency sample seed * W + i (Spec §13.4)
-            sc = self.self_consistency and top > 1
-            low, high = min(seed, seed * top if sc else seed), max(seed, seed * top if sc else seed) + top - 1
+            starts = (seed, seed * top) if sampled else (seed,)
+            low, high = min(starts), max(starts) + top - 1
             if low < -(2**63) or high > MAX_SEED:
                 raise ValueError(f"seed {seed} (--seeds) is out of range: with {top} workers the generators "
                                  f"it seeds reach {high if high > MAX_SEED else low}, outside -2^63 .. 2^64 - 1; give a smaller seed")
@@ -264,23 +265,21 @@ def check_inputs(cfg: EvalConfig, out_dir: str | Path | None, problems: Sequence
     out = Path(out_dir)
     with OutDirLock(out):
         _check_identity(out / "config.json", cfg, write=False)
-        log = ResultsLog(out / "results.jsonl")
-        _check_golds(problems, [log.path, *shard_paths(out)], log.all())
+        rows = ResultsLog(out / "results.jsonl").all() + [r for p in shard_paths(out) for r in read_rows(p)]
+        _check_golds(problems, rows, out)
     return problems
 
 
-def _check_golds(problems: Sequence[Problem], paths: Sequence[Path], rows: list[dict[str, Any]]) -> None:
+def _check_golds(problems: Sequence[Problem], rows: Iterable[dict[str, Any]], out: Path) -> None:
     """Rows to resume were scored against each problem's gold answer and kind as the dataset gives them
     now (Spec §13.5); a row whose gold differs (the file was edited, or is read otherwise by this
     version: numbers, labels, AIME detection) would mix two scorings in one summary: refused."""
     by_id = {p.id: p for p in problems}
-    for path in paths[1:]:
-        rows = rows + read_rows(path)
     for row in rows:
         p = by_id.get(str(row.get("problem_id")))
         if p is not None and (row.get("gold") != p.answer or row.get("kind") != p.kind):
             raise ValueError(f"problem {p.id!r} has the gold answer {row.get('gold')!r} ({row.get('kind')}) in the results in "
-                             f"{paths[0].parent} but {p.answer!r} ({p.kind}) in the dataset now: the dataset, or how "
+                             f"{out} but {p.answer!r} ({p.kind}) in the dataset now: the dataset, or how "
                              "its answers are read, changed since; use another --out directory to score it anew")
 
 
@@ -361,6 +360,7 @@ def _run_eval(model: Any, tokenizer: Any, cfg: EvalConfig, out: Path, progress: 
         log = ResultsLog(out / ("results.jsonl" if group.world == 1 else shard_name(group.rank, group.world)))
         others = [read_rows(p) for p in [out / "results.jsonl", *shard_paths(out)] if p != log.path]
         known = {row_key(r): r for r in merge_rows([log.all(), *others])}
+        _check_golds(problems, known.values(), out)  # (library callers skip check_inputs)
         units = plan_units(problems, cfg)
         owners = assign([u.workers for u in units], group.world)
         todo = [u for u, r in zip(units, owners) if r == group.rank
