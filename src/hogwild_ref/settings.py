@@ -7,11 +7,10 @@ so a new backend or layout appears in every command at once.
 
 from __future__ import annotations
 
-import contextvars
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from .checks import SettingsError, check_int, check_settings
+from .checks import SettingsError, check_int, check_settings, flag_names, flags_named
 from .segments import LAYOUTS
 
 __all__ = ["BACKENDS", "DTYPES", "LAYOUTS", "Settings"]
@@ -21,9 +20,6 @@ __all__ = ["BACKENDS", "DTYPES", "LAYOUTS", "Settings"]
 BACKENDS = ("fast", "rotate_queries", "rotate_keys", "oracle")
 #: model dtypes the CLI offers
 DTYPES = ("float32", "bfloat16", "float16")
-
-_CLI: contextvars.ContextVar[bool] = contextvars.ContextVar("hogwild_settings_cli", default=False)
-
 
 @dataclass(frozen=True)
 class Settings:
@@ -60,16 +56,13 @@ class Settings:
     prefill_chunk: int = 512
 
     def __post_init__(self) -> None:
-        self.check(cli=_CLI.get())
+        self.check(cli=flags_named())
 
     @classmethod
     def from_flags(cls, **values: Any) -> Settings:
         """Settings from command-line flags: the same checks, with errors naming the flags (``--max-ticks``)."""
-        token = _CLI.set(True)
-        try:
+        with flag_names():
             return cls(**values)
-        finally:
-            _CLI.reset(token)
 
     def check(self, *, cli: bool = False, problem: Any = "x") -> None:
         """Every setting at once, in the order a user reads them; ``cli`` names the flags (``--max-ticks``)."""

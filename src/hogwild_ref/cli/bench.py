@@ -17,15 +17,15 @@ def _check_bench(args: argparse.Namespace, what: str) -> None:
     from ..checks import SettingsError, check_int
     from ..limits import check_budget, shape_from_config
 
-    unused = [flag for flag, dest, users in SCOPED_FLAGS if getattr(args, dest) is not None and what not in users]
+    unused = [flag for flag, dest, _, users in SCOPED_FLAGS if getattr(args, dest) is not None and what not in users]
     if unused:
-        users = sorted({u for flag, _, us in SCOPED_FLAGS if flag in unused for u in us if u != "all"})
+        users = sorted({u for flag, _, _, us in SCOPED_FLAGS if flag in unused for u in us if u != "all"})
         them = "them" if len(unused) > 1 else "it"
         raise SettingsError(f"bench {what} does not use {', '.join(unused)} (for bench {' and bench '.join(users)}); "
                             f"drop {them}, or run that benchmark")
-    for _, dest, _ in SCOPED_FLAGS:  # the defaults of the flags this benchmark uses
+    for _, dest, default, _ in SCOPED_FLAGS:  # the defaults of the flags this benchmark uses
         if getattr(args, dest) is None:
-            setattr(args, dest, SCOPED_DEFAULTS[dest])
+            setattr(args, dest, default)
     check_int("steps", args.steps, 1, cli=True, fix=" (timed ticks per case)")
     check_int("ticks", args.ticks, 1, cli=True, fix=" (ticks per engine run)")
     for ctx in args.contexts or ():
@@ -74,20 +74,19 @@ def _check_split(args: argparse.Namespace) -> None:
         raise SettingsError("--split times eager ticks (a compiled step keeps the score-row path): add --compile no")
 
 
-#: (flag, dest, the benchmarks that use it): a flag given to another benchmark is refused, not ignored
-SCOPED_FLAGS = (
-    ("--ticks", "ticks", ("engine", "all")),
-    ("--problems", "problems", ("ticks",)),
-    ("--steps", "steps", ("ticks",)),
-    ("--layout", "layout", ("ticks",)),
-    ("--backend", "backend", ("ticks",)),
-    ("--compile", "compile", ("ticks",)),
-    ("--split", "split", ("ticks",)),
-    ("--contexts", "contexts", ("ticks", "attention", "all")),
-    ("--model", "model", ("ticks", "engine", "all")),
+#: (flag, dest, default, the benchmarks that use it): a flag given to another benchmark is refused, not
+#: ignored; unset (None), it takes its default
+SCOPED_FLAGS: tuple[tuple[str, str, Any, tuple[str, ...]], ...] = (
+    ("--ticks", "ticks", 32, ("engine", "all")),
+    ("--problems", "problems", [1], ("ticks",)),
+    ("--steps", "steps", 10, ("ticks",)),
+    ("--layout", "layout", "combined", ("ticks",)),
+    ("--backend", "backend", "fast", ("ticks",)),
+    ("--compile", "compile", "auto", ("ticks",)),
+    ("--split", "split", False, ("ticks",)),
+    ("--contexts", "contexts", None, ("ticks", "attention", "all")),
+    ("--model", "model", None, ("ticks", "engine", "all")),
 )
-SCOPED_DEFAULTS: dict[str, Any] = {"ticks": 32, "problems": [1], "steps": 10, "layout": "combined", "backend": "fast",
-                                   "compile": "auto", "split": False, "contexts": None, "model": None}
 
 
 def _add_bench(sub: Any) -> None:

@@ -147,10 +147,9 @@ def cmd_conform(args: argparse.Namespace) -> int:
         return _error(f"conform {action} takes no adapter: export writes the inputs, score reads the outputs in DIR")
     if action in ("export", "score") and not args.dir.strip():
         return _error(f"conform {action} needs a directory: give DIR (e.g. conform {action} hogwild-exchange)")
-    if action == "score" and Path(args.dir).exists() and not Path(args.dir).is_dir():
-        return _error(f"{args.dir} is a file; conform score reads the directory that conform export wrote")
-    if action == "export" and Path(args.dir).exists() and not Path(args.dir).is_dir():
-        return _error(f"{args.dir} is a file; conform export writes a directory: give a new or existing directory")
+    if action in ("export", "score") and Path(args.dir).exists() and not Path(args.dir).is_dir():
+        return _error(f"{args.dir} is a file; " + ("conform score reads the directory that conform export wrote"
+                      if action == "score" else "conform export writes a directory: give a new or existing directory"))
     if args.level:  # a level given twice runs (and is exported, regenerated) once
         args.level = list(dict.fromkeys(args.level))
     if action == "fuzz":
@@ -168,8 +167,9 @@ def cmd_conform(args: argparse.Namespace) -> int:
     if action == "export":
         from ..conformance.external import export_vectors
 
-        stale = [p.name for p in (Path(args.dir) / "replies.jsonl",) if p.is_file()] + \
-            sorted({f"{p.parent.name}/*.outputs.safetensors" for p in Path(args.dir).glob("*/*.outputs.safetensors")})
+        exchange = Path(args.dir)  # an earlier run's files there would be read by score as this export's
+        stale = (["replies.jsonl"] if (exchange / "replies.jsonl").is_file() else []) + \
+            sorted({f"{p.parent.name}/*.outputs.safetensors" for p in exchange.glob("*/*.outputs.safetensors")})
         try:
             requests = export_vectors(args.dir, directory, levels, scope)
         except FileNotFoundError as exc:
@@ -284,10 +284,11 @@ def _unwritable_dir(path: str) -> str | None:
 
     p = Path(path).expanduser()
     if p.exists():
-        return None if p.is_dir() and os.access(p, os.W_OK) else ("it is not a directory" if not p.is_dir()
-                                                                   else "it is not writable")
+        if not p.is_dir():
+            return "it is not a directory"
+        return None if os.access(p, os.W_OK) else "it is not writable"
     parent = p.parent
-    while not parent.exists():
+    while not parent.exists():  # the folder it would be created in
         parent = parent.parent
     if not parent.is_dir():
         return f"{parent} is not a directory"

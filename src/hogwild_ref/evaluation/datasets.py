@@ -109,10 +109,11 @@ def _scalar(value: Any, where: str) -> str:
     if isinstance(value, (float, Decimal)):
         if not math.isfinite(value):
             raise ValueError(f"{where}: the gold answer is {value}; give a finite number")
-        # plain decimals, never 1e-05 (which math-verify does not equate with 0.00001): the shortest
-        # decimal that reads back as the float (its repr), without trailing zeros
-        if value == value.to_integral_value() if isinstance(value, Decimal) else value.is_integer():
-            return str(int(value))  # integral: its exact integer (Spec §13.1)
+        integral = value == value.to_integral_value() if isinstance(value, Decimal) else value.is_integer()
+        if integral:
+            return str(int(value))  # its exact integer (Spec §13.1)
+        # else a plain decimal, never 1e-05 (which math-verify does not equate with 0.00001): the
+        # shortest decimal that reads back as the float (its repr), without trailing zeros
         text = format(Decimal(repr(value)) if isinstance(value, float) else value, "f")
         return text.rstrip("0").rstrip(".") if "." in text else text
     return str(value).strip()
