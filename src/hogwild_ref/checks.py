@@ -178,15 +178,15 @@ _FLAG_NAMES: contextvars.ContextVar[bool] = contextvars.ContextVar("hogwild_flag
 
 
 def flags_named() -> bool:
-    """Whether the code runs inside :func:`flag_names`."""
+    """Whether the code runs inside :func:`flag_names` (Spec §11.7: the CLI names its flags)."""
     return _FLAG_NAMES.get()
 
 
 @contextlib.contextmanager
 def flag_names() -> Iterator[None]:
     """Within this block the library's checks and run-time warnings name command-line flags
-    (``--max-ticks``): :meth:`Settings.from_flags <hogwild_ref.settings.Settings.from_flags>` and the
-    CLI's runs use it."""
+    (``--max-ticks``, Spec §11.7): :meth:`Settings.from_flags <hogwild_ref.settings.Settings.from_flags>`
+    and the CLI's runs use it."""
     token = _FLAG_NAMES.set(True)
     try:
         yield

@@ -214,8 +214,9 @@ def check_device_map(device_map: str | dict[str, Any], what: str = "device_map")
 
 
 def check_device(device: Any, what: str = "device") -> None:
-    """Refuse a device torch does not know or this machine does not have, before anything loads (torch
-    itself fails such a device late, some with an assertion): ``what`` names the setting (``--device``)."""
+    """Refuse a device torch does not know or this machine does not have, before anything loads (Spec
+    §11.7; torch itself fails such a device late, some with an assertion): ``what`` names the setting
+    (``--device``)."""
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError, TypeError):
