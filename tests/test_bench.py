@@ -67,3 +67,21 @@ def test_bench_ticks_with_split_times_both_paths_in_one_run():
     assert two.split_kernel is None and two.split_s_per_tick is None and two.ratio_split is None
     with pytest.raises(ValueError, match="eager ticks"):
         bench_ticks(model, workers=(1,), contexts=(10,), steps=1, warmup=1, split=True, compile=True)
+
+
+def test_the_linear_benchmark_times_each_row_count_and_refuses_bad_counts():
+    """``benchmarks/linear.py`` (docs: fast path, CPU linear layers): one table row per row count, each
+    time a positive number of milliseconds; a row count below 1 is a usage error (exit 2)."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "linear.py"
+    ran = subprocess.run([sys.executable, str(script), "--rows", "2", "3", "--repeats", "1"],
+                         capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 0, ran.stderr
+    rows = re.findall(r"^\| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+)x \|$", ran.stdout, re.M)
+    assert [r[0] for r in rows] == ["2", "3"] and all(float(x) > 0 for r in rows for x in r[1:])
+    bad = subprocess.run([sys.executable, str(script), "--rows", "0"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--rows" in bad.stderr.splitlines()[-1]

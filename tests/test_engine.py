@@ -179,7 +179,8 @@ def test_the_output_layer_of_a_several_token_tick_takes_its_rows_contiguous(smol
         inputs.append(x)
         return type(head).forward(head, x)
 
-    forward = Forward(model, engine.rope, "fast", pack_slots=False)  # packed, the output layer reads one slot a row
+    # unpacked slots: the output layer reads one slot a row; unpacked weights: the spy sees the call
+    forward = Forward(model, engine.rope, "fast", pack_slots=False, pack_weights=False)
     storage = forward.storage(prep.table)
     forward(storage, [Row((first,), len(static[first]))], [static[first]], logits=False)
     head.forward = spy

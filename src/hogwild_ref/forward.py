@@ -23,7 +23,7 @@ from torch import Tensor
 from .hf import HogwildCache, Packing, cache_keyword, layer_devices, use_hogwild_attention
 from .limits import available_memory, gib
 from .models import sliding_window
-from .packed import PackedLinear, pack_size, packable_bytes, packing_available, tensor_state
+from .packed import PackedLinear, packable_bytes, packing_available, tensor_state
 from .parallel import check_compile, local_kv_heads, share_tokens
 from .plan import plan_tick
 from .rope import RopeSpec
@@ -44,11 +44,10 @@ class Forward:
         backend: ``"fast"``, ``"rotate_queries"``, ``"rotate_keys"`` or ``"oracle"`` (Spec §9).
         compile: run one-token ticks through ``torch.compile(model.forward, fullgraph=True)`` (a string
             is the compile mode); None: the fast backend on CUDA, with CUDA graphs (Spec §9.6).
-        pack_weights: run one-token ticks' float32 CPU linear layers on MKL-packed copies of the
-            weights (:class:`~hogwild_ref.packed.PackedLinear`); None: with the fast backend on the CPU,
-            float32, ticks of at least 4 rows (at 2 rows MKL's plain product is faster, measured),
-            unless the copy would take more than half of the memory still available (then it warns
-            once and runs unpacked).
+        pack_weights: run the float32 CPU linear layers on oneDNN-packed copies of the weights in
+            every call of at least two rows (:class:`~hogwild_ref.packed.PackedLinear`, Spec §9.6); None:
+            with the fast backend on the CPU, float32, eager, unless the copy would take more than half
+            of the memory still available (then it warns once and runs unpacked).
         planner: the general tick's planner (:func:`~hogwild_ref.plan.plan_tick`; the conformance suite's
             mutants replace it).
         split: eager one-token ticks attend to the common segment through a fused kernel that returns
@@ -84,14 +83,11 @@ class Forward:
         if compile is None:
             compile = backend == "fast" and self.device.type == "cuda"
         self.compile = compile
-        #: rows a one-token tick needs before its linear layers run packed (explicit True: any)
-        self._pack_rows = 1
         #: packing was chosen by default, so it gives way to a lack of memory (:meth:`_packed_linear`)
         self._pack_auto = pack_weights is None
         if pack_weights is None:
             pack_weights = (backend == "fast" and self.device.type == "cpu" and self.dtype == torch.float32
                             and packing_available())
-            self._pack_rows = 4
         self.pack_weights = pack_weights
         #: several-token forwards of the fast backend run the model on their real slots only (:meth:`_packing`)
         self.pack_slots = pack_slots
@@ -185,7 +181,7 @@ class Forward:
                 ids = ids[packing.on(ids.device)][None]
                 positions = positions[packing.on(positions.device)][None]
                 kwargs["logits_to_keep"] = packing.last if logits else packing.last[-1:]
-        packed = self._packed_linear(ids.shape[0]) if decode is not None else None
+        packed = self._packed_linear()
         step = self._decode_step if decode is not None else self.model
         cache.packing = packing
         try:
@@ -324,17 +320,17 @@ class Forward:
             self(storage, [Row(v, len(c)) for v, c in zip(views, part)], part, logits=False)
 
     # ------------------------------------------------------------------ helpers
-    def _packed_linear(self, rows: int) -> PackedLinear | None:
-        """MKL-packed linear weights for ``rows``-row ticks on the CPU (Spec §9.6), when enabled; one pack
-        serves every row count of its :func:`~hogwild_ref.packed.pack_size` (5 to 8 rows: one pack for 8)."""
-        if not self.pack_weights or self.compile or rows < self._pack_rows:
+    def _packed_linear(self) -> PackedLinear | None:
+        """oneDNN-packed linear weights on the CPU (Spec §9.6, "CPU linear layers"), when enabled: one
+        pack serves every forward's calls of two rows or more; made again after a weight changed."""
+        if not self.pack_weights or self.compile:
             return None
-        if self._packed is None or self._packed.size != pack_size(rows) or not self._packed.current():
+        if self._packed is None or not self._packed.current():
             self._packed = None  # the old copies go before the new ones are made
             if self._pack_auto and not self._room_to_pack():
                 self.pack_weights = False
                 return None
-            self._packed = PackedLinear(self.model, rows)
+            self._packed = PackedLinear(self.model)
         return self._packed
 
     def _room_to_pack(self) -> bool:
@@ -343,8 +339,8 @@ class Forward:
         need, available = packable_bytes(self.model), available_memory()
         if available is None or 2 * need <= available:
             return True
-        warnings.warn(f"not packing the linear weights for one-token ticks: the packed copy needs about {gib(need)} "
-                      f"and this machine has {gib(available)} of memory available; ticks run unpacked (slower); free "
+        warnings.warn(f"not packing the linear weights: the packed copy needs about {gib(need)} "
+                      f"and this machine has {gib(available)} of memory available; the model runs unpacked (slower); free "
                       "memory, or (library) pass pack_weights=True to pack anyway", stacklevel=2)
         return False
 

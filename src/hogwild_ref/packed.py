@@ -1,17 +1,18 @@
-"""Pre-packed CPU weights for the W-row decode step (Spec §9.6).
+"""Pre-packed CPU weights for the forward step's linear layers (Spec §9.6, "CPU linear layers").
 
-A tick feeds one token per worker, so every linear layer multiplies ``W`` rows by its weight. MKL's
-general GEMM repacks the weight on every call and costs about twice a one-row product for
-``W = 4`` (measured: SmolLM2's 49152 x 576 output layer, one thread, 22 ms for one row, 47 ms for
-four). Packing each weight once for ``W`` rows (MKL's ``sgemm_pack``, what inductor's CPU freezing
-does) brings ``W`` rows back to about one row's cost. A few row counts multiply slower from their own
-pack than from a larger one with zero rows added, so those are packed for more rows and padded
-(:func:`pack_size`).
+A tick feeds one token per worker row, so every linear layer multiplies a few rows by its weight.
+The plain GEMM re-reads the weight in its row-major form on every call, which suits a few rows
+badly (measured: SmolLM2's 49152 x 576 output layer, one thread, 2 rows 18.7 ms plain against 9.4 ms
+from a packed copy). oneDNN's linear with the weight reordered once into its blocked layout
+(``mkldnn._reorder_linear_weight``, what inductor's CPU freezing uses) serves every row count from 2
+up from one copy, at or below the plain product's cost, and computes each row the same way whatever
+the other rows are (Spec §10: a problem batched with others gets the linear outputs of its run alone,
+bit for bit). One row stays on the plain product, which is faster there.
 
 :class:`PackedLinear` is a context manager: while it is entered, each float32 CPU ``nn.Linear`` of
-the model answers a call whose row count packs to the copy's size (:func:`pack_size`) from its packed
-weight, and every other call as usual. It does so by shadowing the module's ``forward`` on the instance for the duration of the
-block (restored on exit, also on an error): no module is replaced, hooks still run, and no other
+the model answers a call of at least :data:`MIN_ROWS` rows from its packed weight, and every other
+call as usual. It does so by shadowing the module's ``forward`` on the instance for the duration of
+the block (restored on exit, also on an error): no module is replaced, hooks still run, and no other
 torch call pays for it (a ``TorchFunctionMode`` would see every tensor operation of the step, about
 six thousand a tick for a 30-layer model, in Python). The packed copies cost one more copy of the
 model's float32 linear weights.
@@ -19,33 +20,35 @@ model's float32 linear weights.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
-__all__ = ["PackedLinear", "pack_size", "packable_bytes", "packing_available", "tensor_state"]
+__all__ = ["MIN_ROWS", "PackedLinear", "packable_bytes", "packing_available", "tensor_state"]
+
+#: the fewest rows a call needs to be served packed (Spec §9.6 "CPU linear layers"): measured on this
+#: project's development CPU (one thread, SmolLM2-135M's 30 layers of linear weights and its output
+#: layer), one row took 44 ms through the plain product against 48 ms packed; 2 rows 67 against 52 ms,
+#: 16 rows 119 against 97 ms
+MIN_ROWS = 2
 
 
+@functools.cache
 def packing_available() -> bool:
-    """Whether this torch build has MKL's packed GEMM."""
-    return torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
-
-
-def pack_size(rows: int) -> int:
-    """The rows a packed copy serving ``rows``-row calls is packed for (Spec §9.6 "CPU linear layers"):
-    ``rows``, except 3 (packed for 4) and 5 to 7 (packed for 8), whose calls get zero rows added.
-
-    Measured on this project's development CPU (one thread, SmolLM2-135M's 30 layers of linear
-    weights, each count against a pack for it): MKL's product from a pack for 3 rows took 61.7 ms
-    against 42.8 ms from a pack for 4 rows; for 5, 6 and 7 rows 68.6-72.4 ms against 49.1-50.1 ms
-    from a pack for 8, and packing for them took 4-5 times as long (266-317 ms against 59 ms, four of
-    the model's weights). Counts of 1, 2, 4 and 8 or more were fastest from their own pack."""
-    if rows == 3:
-        return 4
-    if 5 <= rows <= 7:
-        return 8
-    return rows
+    """Whether this torch build runs oneDNN's packed linear on this CPU: the ops exist, and a packed
+    2 x 3 product gives the plain one's result (checked once)."""
+    ops = torch.ops.mkldnn
+    if not (torch.backends.mkldnn.is_available() and hasattr(ops, "_reorder_linear_weight")
+            and hasattr(ops, "_linear_pointwise")):
+        return False
+    try:
+        w, x = torch.arange(6.0).reshape(2, 3), torch.ones(2, 3)
+        out = ops._linear_pointwise(x, ops._reorder_linear_weight(w, MIN_ROWS), None, "none", [], "")
+        return bool(torch.equal(out, torch.nn.functional.linear(x, w)))
+    except RuntimeError:
+        return False
 
 
 _MISSING = object()
@@ -77,14 +80,10 @@ def packable_bytes(model: Any) -> int:
 
 
 class PackedLinear:
-    """Route the model's ``rows``-row float32 CPU linear layers to MKL-packed weights (Spec §9.6).
+    """Route the model's float32 CPU linear layers to oneDNN-packed weights (Spec §9.6, "CPU linear
+    layers"): every call of at least :data:`MIN_ROWS` rows, whatever its row count."""
 
-    The weights are packed for :func:`pack_size` ``(rows)`` rows (:attr:`size`), and every call with a
-    row count of that pack size is served, with zero rows added up to it (their outputs dropped)."""
-
-    def __init__(self, model: Any, rows: int):
-        #: the rows the weights are packed for (:func:`pack_size`)
-        self.size = pack_size(rows)
+    def __init__(self, model: Any):
         #: (module, the weight that was packed, its packed copy, the weight's :func:`tensor_state` then)
         #: for every packable linear layer
         self._layers: list[tuple[torch.nn.Module, Tensor, Tensor, tuple[int, int]]] = []
@@ -92,32 +91,33 @@ class PackedLinear:
         with torch.no_grad():
             for module in _packable_layers(model):
                 w = module.weight
-                self._layers.append((module, w, torch.ops.mkl._mkl_reorder_linear_weight(w.detach(), self.size),
-                                     tensor_state(w)))
+                packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), MIN_ROWS)
+                self._layers.append((module, w, packed, tensor_state(w)))
 
     def current(self) -> bool:
         """Every layer still holds the weight that was packed, unchanged (:func:`tensor_state`; Spec §9.6
         "CPU linear layers"): else that layer answers from its own forward, and the caller packs again."""
         return all(module.weight is w and tensor_state(w) == v for module, w, _, v in self._layers)
 
-    def _forward(self, module: torch.nn.Module, weight: Tensor, packed: Tensor, state: tuple[int, int],
+    @staticmethod
+    def _forward(module: torch.nn.Module, weight: Tensor, packed: Tensor, state: tuple[int, int],
                  fallback: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        """``module``'s forward while entered: the packed product for float32 calls whose row count packs
-        to :attr:`size` (:func:`pack_size`) of the weight that was packed while it is unchanged, with zero
-        rows added up to :attr:`size`; ``fallback`` (its own forward) for every other call."""
-        size = self.size
+        """``module``'s forward while entered: the packed product for float32 calls of at least
+        :data:`MIN_ROWS` rows of the weight that was packed while it is unchanged; ``fallback`` (its own
+        forward) for every other call."""
+        params = module._parameters  # read directly: nn.Module's __getattr__ costs microseconds a call
+        linear = torch.ops.mkldnn._linear_pointwise.default
 
         def forward(x: Tensor, *args: Any, **kwargs: Any) -> Tensor:  # x (..., d_in) -> (..., d_out)
-            d_in = x.shape[-1]
-            n = x.numel() // d_in if d_in else 0
-            if args or kwargs or module.weight is not weight or tensor_state(weight) != state or x.dtype != torch.float32 \
-                    or n == 0 or pack_size(n) != size:
+            bias = params.get("bias")
+            if args or kwargs or x.dtype != torch.float32 or params.get("weight") is not weight \
+                    or weight._version != state[0] or weight.data_ptr() != state[1] \
+                    or (bias is not None and bias.dtype != torch.float32):
                 return fallback(x, *args, **kwargs)
-            rows = x.reshape(n, d_in)
-            if n < size:
-                rows = torch.cat((rows, rows.new_zeros(size - n, d_in)))
-            out = torch.ops.mkl._mkl_linear(rows, packed, weight, module.bias, size)
-            return out[:n].view(*x.shape[:-1], out.shape[-1])
+            d_in = x.shape[-1]
+            if d_in == 0 or x.numel() < MIN_ROWS * d_in:  # fewer rows than MIN_ROWS (leading dims are rows)
+                return fallback(x, *args, **kwargs)
+            return linear(x, packed, bias, "none", [], "")  # any leading dims and strides, as F.linear
 
         return forward
 

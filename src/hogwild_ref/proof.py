@@ -99,7 +99,7 @@ def prove(model: Any, rope: RopeSpec, backend: str, *, seed: int = 0) -> float:
     total = PROOF_PROMPT + sum(PROOF_FEEDS)
     ids = torch.randint(0, vocab, (total,), generator=gen).tolist()
     reference = _model_logits(model, ids)
-    forward = Forward(model, rope, backend, compile=False)
+    forward = Forward(model, rope, backend, compile=False, pack_weights=False)  # no packed copy for a few forwards
     storage = forward.storage(make_layout("contiguous", 1))
     worst, start = 0.0, 0
     for view, n in [(("prompt",), PROOF_PROMPT), *((("prompt", "out_0"), k) for k in PROOF_FEEDS)]:
