@@ -224,3 +224,33 @@ def test_every_module_with_shape_annotations_is_type_checked_at_run_time() -> No
     assert annotated, "no shape annotations found: the scan is broken"
     missing = sorted(annotated - listed)
     assert not missing, f"modules with jaxtyping shapes not checked at run time (add them to --jaxtyping-packages): {missing}"
+
+
+def test_the_api_reference_lists_every_module(graph: Any) -> None:
+    """docs/api.md has a ``::: hogwild_ref.<module>`` entry for every module of the tree but the CLI's and
+    the packages' ``__init__`` (which re-export their modules' names), both ways (a review found four
+    modules the docs point to missing from it)."""
+    import re
+
+    listed = set(re.findall(r"^::: hogwild_ref\.([\w.]+)$", (ROOT / "docs" / "api.md").read_text(), re.M))
+    modules = {m for m, path in graph.files.items() if path.name != "__init__.py" and m != "__main__"
+               and not m.startswith("cli.")}
+    assert not modules - listed, f"modules missing from docs/api.md: {sorted(modules - listed)}"
+    assert not listed - modules, f"docs/api.md lists modules that do not exist: {sorted(listed - modules)}"
+
+
+def test_the_readmes_module_map_matches_the_floors() -> None:
+    """README.md's "Layout of the repository" names each top-level module on its floor's line, as
+    ``FLOORS`` places it (parenthesised words are comments; ``name/`` is a sub-package)."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index("src/hogwild_ref/   "):text.index("\nspec/ ")]
+    named: dict[int, set[str]] = {}
+    for floor, rest in re.findall(r"^\s+([1-5]) (.*)$", block, re.M):
+        named[int(floor)] = {w.strip().rstrip("/") for w in re.sub(r"\([^)]*\)", "", rest).split("·") if w.strip()}
+    wanted: dict[int, set[str]] = {}
+    for module, floor in gen.FLOORS.items():
+        if "." not in module and module not in ("__init__", "__main__"):
+            wanted.setdefault(floor, set()).add(module)
+    assert named == wanted

@@ -163,6 +163,9 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
      "sc_temperature (--sc-temperature) must be a finite number > 0; got nan"),
     ("sc-temperature-inf", lambda t: ["--sc-temperature", "inf"], "(--sc-temperature) must be a finite number"),
     ("workers-beyond-1024", lambda t: ["--workers", "2000"], "workers (--workers) 2000 is more than the 1024"),
+    # a review: with a budget whose bound passes the positions, a context warning came before this refusal
+    ("workers-beyond-1024-long-budget", lambda t: ["--workers", "2000", "--budgets", "64"],
+     "workers (--workers) 2000 is more than the 1024"),
     ("seed-beyond-2^64", lambda t: ["--workers", "2", "--seeds", "18446744073709551615"],
      "seed 18446744073709551615 (--seeds) is out of range"),
     ("field-null", lambda t: ["--dataset", _jsonl(t / "d.jsonl", [{"q": "1+1?", "sol": "2"}, {"q": "2+2?", "sol": None}]),

@@ -55,7 +55,7 @@ def _check_flags(args: argparse.Namespace, rank: int) -> bool:
     """The run-setting flags, named as flags, before anything loads (Spec §11.7); :class:`~hogwild_ref.evaluation.EvalConfig`
     checks the same settings for library callers. Returns whether it warned that the budget may pass the
     model's positions (rank 0 only)."""
-    from ..checks import check_int, check_sampling, context_bound, warn_context
+    from ..checks import MAX_WORKERS, check_int, check_sampling, context_bound, warn_context
     from ..limits import check_budget, check_threads
 
     warned = False
@@ -63,7 +63,8 @@ def _check_flags(args: argparse.Namespace, rank: int) -> bool:
     shape = _model_shape(args.model)  # from the config alone; None where that cannot be read cheaply
     if args.budgets and min(args.budgets) >= 1:  # (a budget below 1 is EvalConfig's to refuse)
         check_budget(shape and shape.context, max(args.budgets), args.finisher_tokens, True, flag="--budgets")
-        if shape is not None and args.workers and min(args.workers) >= 1 and rank == 0:  # the prompt not counted: a lower bound
+        # the prompt not counted: a lower bound; worker counts EvalConfig refuses get its one line, not a warning first
+        if shape is not None and args.workers and 1 <= min(args.workers) and max(args.workers) <= MAX_WORKERS and rank == 0:
             warned = warn_context(context_bound(0, max(args.workers), max(args.budgets), args.finisher_tokens),
                                   shape.context, cli=True, budget="budgets") is not None
     _check_collab_every(args.collab_every)
