@@ -11,6 +11,7 @@ import json
 import warnings
 
 import pytest
+import torch
 
 import hogwild_ref
 import hogwild_ref.models
@@ -428,3 +429,94 @@ def test_an_explicit_table_of_none_goes_with_a_layout(smollm_tokenizer):
     result = hogwild_ref.generate(model, smollm_tokenizer, "Add 1 and 2.", 2, "combined", table=None, max_ticks=1,
                                   finisher=False)
     assert result.ticks == 1  # a caller forwarding an optional table is not refused
+
+
+# ---------------------------------------------------------------------- found by a library review
+def test_batch_runner_refuses_what_engine_run_refuses(smollm_tokenizer):
+    """A blank or non-string problem, a non-integer seed or an item that is not a BatchItem is refused
+    before anything runs, as Engine.run refuses it (the runner ran ``None`` as the text "None")."""
+    from hogwild_ref.batch import BatchItem, BatchRunner
+
+    model = tiny_model("llama", seed=2, vocab_size=len(smollm_tokenizer))
+    runner = BatchRunner(Engine(model, smollm_tokenizer, workers=2, max_ticks=2, finisher=False), [2], finisher=False)
+    for items, needle in [([BatchItem(None)], "the problem must be a string"),  # type: ignore[arg-type]
+                          ([BatchItem("2+3?"), BatchItem("   ")], "the problem is empty"),
+                          ([BatchItem("2+3?", seed="1")], "seed must be an integer"),  # type: ignore[arg-type]
+                          (["2+3?"], "items must be a list of BatchItem"),
+                          ("2+3?", "items must be a list of BatchItem")]:
+        with pytest.raises((SettingsError, TypeError), match=needle):
+            runner.run(items)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("budgets", ["12", [2.7], [True], 64, [float("nan")]])
+def test_budget_and_worker_lists_take_integers_only(budgets, smollm_tokenizer):
+    """BatchRunner's budgets and EvalConfig's workers, budgets and seeds: "12" was split into 1 and 2,
+    2.7 truncated to 2, True taken as 1; an int or NaN failed deep inside. Each is one clear error now."""
+    from hogwild_ref.batch import BatchRunner
+    from hogwild_ref.evaluation import EvalConfig
+
+    model = tiny_model("llama", seed=2, vocab_size=len(smollm_tokenizer))
+    engine = Engine(model, smollm_tokenizer, workers=2, max_ticks=2, finisher=False)
+    with pytest.raises(SettingsError, match="budgets must be a list of integers"):
+        BatchRunner(engine, budgets)
+    for name in ("workers", "budgets", "seeds"):
+        with pytest.raises(SettingsError, match=f"{name} must be a list of integers"):
+            EvalConfig(**{name: budgets})
+    assert EvalConfig(workers=[2], budgets=(4, 8), seeds=range(2)).seeds == (0, 1)
+
+
+@pytest.mark.parametrize("greedy", [True, False])
+def test_nan_logits_stop_the_run_with_one_clear_error(greedy, smollm_tokenizer):
+    """A NaN in the output layer made greedy decoding emit token 0 at every tick without a word (and
+    sampling fail inside torch.multinomial): the tick now raises NonFiniteLogits, naming the row."""
+    from hogwild_ref.sampling import NonFiniteLogits
+
+    model = tiny_model("llama", seed=3, vocab_size=len(smollm_tokenizer))
+    with torch.no_grad():
+        model.lm_head.weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteLogits, match=r"logits are not finite \(NaN or inf\) for row"):
+        hogwild_ref.generate(model, smollm_tokenizer, "2+3?", max_ticks=4, finisher=False,
+                             temperature=0.0 if greedy else 1.0)
+
+
+def test_sampling_checks_the_chosen_and_the_largest_logit():
+    """Oracle: a row holding NaN (greedy picks it), an all-NaN row (argmax gives 0), +inf; finite rows
+    and inactive rows pass untouched."""
+    from hogwild_ref.sampling import NonFiniteLogits, SamplingConfig, sample, sample_rows
+
+    ok = torch.tensor([[0.0, 3.0, 1.0], [2.0, 0.0, 1.0]])
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    assert sample_rows(ok, [True, True], SamplingConfig(), gens) == [1, 0]
+    for bad in (torch.tensor([0.0, float("nan"), 1.0]), torch.full((3,), float("nan")), torch.tensor([0.0, float("inf"), 1.0])):
+        rows = torch.stack([ok[0], bad])
+        for cfg in (SamplingConfig(), SamplingConfig(temperature=1.0)):
+            with pytest.raises(NonFiniteLogits, match="for row 1"):
+                sample_rows(rows, [True, True], cfg, gens)
+            assert sample_rows(rows, [True, False], cfg, gens)[1] is None  # an inactive row is not read
+            with pytest.raises(NonFiniteLogits):
+                sample(bad, cfg, gens[0])
+
+
+def test_wrong_argument_types_get_one_line_each(smollm_tokenizer):
+    model = tiny_model("llama", seed=2, vocab_size=len(smollm_tokenizer))
+    for bad_model in (None, "default"):
+        with pytest.raises(TypeError, match="model must be a transformers causal LM"):
+            hogwild_ref.generate(bad_model, smollm_tokenizer, "x", max_ticks=2)
+    with pytest.raises(TypeError, match="settings must be a hogwild_ref.Settings"):
+        hogwild_ref.generate(model, smollm_tokenizer, "x", settings={"workers": 2}, max_ticks=3)
+    with pytest.raises(ValueError, match="compile must be True, False, None or a torch.compile mode"):
+        hogwild_ref.generate(model, smollm_tokenizer, "x", max_ticks=2, compile="yes")
+    with pytest.raises(ValueError, match="pack_weights must be True, False or None"):
+        hogwild_ref.generate(model, smollm_tokenizer, "x", max_ticks=2, pack_weights="no")
+
+
+def test_a_second_forward_of_one_model_at_once_names_the_cause(smollm_tokenizer):
+    """An engine run from two threads (or a forward inside a forward) used to fail with "PackedLinear is
+    already entered"; the message now says what is wrong and what to do."""
+    from hogwild_ref.packed import PackedLinear, packing_available
+
+    if not packing_available():
+        pytest.skip("no oneDNN packed linear")
+    packed = PackedLinear(tiny_model("llama", seed=2, vocab_size=len(smollm_tokenizer)))
+    with packed, pytest.raises(RuntimeError, match="run one forward at a time per model"):
+        packed.__enter__()

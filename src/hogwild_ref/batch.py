@@ -28,6 +28,7 @@ from typing import Callable, Sequence
 
 from torch import Tensor
 
+from .checks import check_int, check_ints, check_problem
 from .engine import Engine
 from .events import SnapshotEvent
 from .hf import use_hogwild_attention
@@ -126,7 +127,7 @@ class BatchRunner:
 
     def __init__(self, engine: Engine, budgets: Sequence[int], *, finisher: bool = True, record_logits: bool = False,
                  extract: Callable[[str], str | None] = extract_boxed):
-        budgets = sorted(set(int(b) for b in budgets))
+        budgets = sorted(set(check_ints("budgets", budgets)))  # 2.7 or "12" is refused, not truncated or split
         if not budgets or budgets[0] < 1:
             raise ValueError(f"budgets must be tick counts >= 1; got {list(budgets)}")
         self.engine = engine
@@ -146,6 +147,12 @@ class BatchRunner:
         scheduling) ends that problem with its ``error`` set; the others go on. An exception in the
         shared forward pass or sampling propagates (run the items one by one to isolate it).
         """
+        if isinstance(items, (str, BatchItem)) or not all(isinstance(it, BatchItem) for it in items):
+            raise TypeError("items must be a list of BatchItem (e.g. [BatchItem('What is 6 * 7?', seed=0)]); got "
+                            f"{type(items).__name__ if isinstance(items, (str, BatchItem)) else [type(it).__name__ for it in items]}")
+        for it in items:  # what Engine.run checks (Spec §11.7), before anything runs
+            check_problem(it.problem)
+            check_int("seed", it.seed, -(2**63))
         if not items:
             return []
         with use_hogwild_attention(self.engine.model):  # switched once for the batch, restored at the end

@@ -13,13 +13,14 @@ import contextvars
 import math
 import numbers
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 __all__ = [
     "ContextLengthWarning",
     "SettingsError",
     "check_int",
+    "check_ints",
     "check_problem",
     "check_sampling",
     "check_settings",
@@ -63,6 +64,18 @@ def check_int(name: str, value: Any, minimum: int, *, cli: bool = False, fix: st
     if value < minimum:
         raise SettingsError(f"{shown} must be >= {minimum}; got {value}{fix}")
     return int(value)
+
+
+def check_ints(name: str, values: Any) -> tuple[int, ...]:
+    """``values`` must be a list (any iterable but a string) of integers, each as :func:`check_int` takes
+    one (bools and floats such as 2.7 are refused, not truncated; a string is not split into digits)."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise SettingsError(f"{name} must be a list of integers; got {values!r}")
+    values = tuple(values)
+    bad = next((v for v in values if not _is_int(v)), None)
+    if bad is not None:
+        raise SettingsError(f"{name} must be a list of integers; got {bad!r} in {list(values)!r}")
+    return tuple(int(v) for v in values)
 
 
 def _check_real(name: str, value: Any, cli: bool) -> float:

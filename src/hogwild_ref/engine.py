@@ -13,6 +13,8 @@ import warnings
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Callable, Generator, Sequence
 
+import torch
+
 from . import prompts as prompts_mod
 from .checks import check_problem, context_bound, warn_context
 from .events import (DoneEvent, Event, EventCallbackError, FlushEvent, GenerationInterrupted, HogwildResult, SnapshotEvent,
@@ -67,8 +69,18 @@ class Prepared:
     shared: int = 0
 
 
+def _check_model(model: Any) -> None:
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
+        raise TypeError(f"model must be a transformers causal LM (e.g. model, tokenizer = hogwild_ref.load(...)); got "
+                        f"{type(model).__name__}")
+
+
 class Engine:
     """Hogwild generation with one model over one shared segment cache.
+
+    A model runs one forward at a time: its modules are switched for the duration of each forward
+    (the Hogwild attention, the packed linear layers), so run an engine, and any engines sharing its
+    model, from one thread at a time (for parallel runs, use processes: ``torchrun``, Spec §13.6).
 
     Args:
         model: a transformers causal LM of a supported family (Spec §11.3).
@@ -135,6 +147,7 @@ class Engine:
         if table is not None and ("layout" in overrides or s.layout != Settings.layout):
             raise ValueError("Engine() got both a layout and an explicit table; the table's views are the layout "
                              "(Spec §4.5): pass one of them")
+        _check_model(model)
         table, layout = _explicit_table(table, static_texts, s.workers, s.layout)
         self.table, self.static_texts = table, dict(static_texts or {})
         if tokenizer is not None:
@@ -427,6 +440,8 @@ def generate(
     names = {f.name for f in fields(Settings)}
     given: dict[str, Any] = {"workers": workers, "layout": layout, "max_ticks": max_ticks}
     chosen = {k: v for k, v in given.items() if v is not _UNSET} | {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+    if settings is not None and not isinstance(settings, Settings):
+        raise TypeError(f"settings must be a hogwild_ref.Settings (e.g. Settings(workers=2)); got {type(settings).__name__}")
     if settings is None:
         settings = Settings(**chosen)
     elif chosen:

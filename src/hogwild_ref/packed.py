@@ -123,7 +123,9 @@ class PackedLinear:
 
     def __enter__(self) -> PackedLinear:
         if self._saved:
-            raise RuntimeError("PackedLinear is already entered (it is not reentrant)")
+            raise RuntimeError("PackedLinear is already entered (it is not reentrant): a forward of this model is "
+                               "already running, in another thread or around this call; run one forward at a time "
+                               "per model (one thread per Engine and model, or processes)")
         for module, weight, packed, state in self._layers:
             old = module.__dict__.get("forward", _MISSING)
             self._saved.append(old)

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 __all__ = [
+    "COMPILE_MODES",
     "check_compile",
     "check_tensor_parallel",
     "is_main_process",
@@ -90,6 +91,10 @@ def check_tensor_parallel(config: Any, processes: int) -> None:
             )
 
 
+#: the modes ``torch.compile`` takes, for a ``compile`` given as a string
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 def check_compile(model: Any, devices: Sequence[torch.device], compile: bool | str | None,
                   pack_weights: bool | None) -> tuple[bool | str | None, bool | None]:
     """The forward step's ``compile`` and ``pack_weights`` for a model on ``devices`` (Spec §11.8).
@@ -100,6 +105,11 @@ def check_compile(model: Any, devices: Sequence[torch.device], compile: bool | s
     Returns ``(compile, pack_weights)``: as given on one device in one process (None: the forward step's
     default rule), else both False.
     """
+    if compile is not None and not isinstance(compile, bool) and compile not in COMPILE_MODES:
+        raise ValueError(f"compile must be True, False, None or a torch.compile mode ({', '.join(COMPILE_MODES)}); "
+                         f"got {compile!r}")
+    if pack_weights is not None and not isinstance(pack_weights, bool):
+        raise ValueError(f"pack_weights must be True, False or None (the default rule); got {pack_weights!r}")
     tp, spread = tp_size(model), len(set(devices)) > 1
     if tp == 1 and not spread:
         return compile, pack_weights

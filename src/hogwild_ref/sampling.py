@@ -9,11 +9,21 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-__all__ = ["SamplingConfig", "sample", "sample_rows"]
+__all__ = ["NonFiniteLogits", "SamplingConfig", "sample", "sample_rows"]
 
 #: below this temperature ``logits / temperature`` may overflow float32 (or the temperature itself
 #: rounds to 0 there): :func:`filter_logits` then divides the logits less their maximum, in float64
 STEEP_TEMPERATURE = 1e-20
+
+
+class NonFiniteLogits(RuntimeError):
+    """A row's logits hold NaN or are not finite where the token is chosen (Spec §11.5): greedy argmax
+    would pick NaN's index (or token 0) and sampling has no distribution, so the tick stops here."""
+
+    def __init__(self, row: int):
+        super().__init__(f"the model's logits are not finite (NaN or inf) for row {row}: its weights or inputs hold "
+                         "NaN/inf, or its dtype overflows (float16?); check the model, e.g. "
+                         "all(p.isfinite().all() for p in model.parameters())")
 
 
 @dataclass(frozen=True)
@@ -71,7 +81,12 @@ def filter_logits(logits: Float[Tensor, "V"], cfg: SamplingConfig) -> Float[Tens
 def sample(logits: Float[Tensor, "V"], cfg: SamplingConfig, generator: torch.Generator | None = None) -> int:
     """Sample one token id from ``logits`` (greedy when ``cfg.temperature == 0``)."""
     if cfg.greedy:
-        return int(torch.argmax(logits))
+        token = int(torch.argmax(logits))
+        if not bool(torch.isfinite(logits[token])):  # argmax picks a NaN, and an all-NaN row gives 0
+            raise NonFiniteLogits(0)
+        return token
+    if not bool(torch.isfinite(logits.amax())):
+        raise NonFiniteLogits(0)
     probs = filter_logits(logits, cfg).softmax(-1)
     return int(torch.multinomial(probs, 1, generator=generator))
 
@@ -81,17 +96,27 @@ def sample_rows(logits: Float[Tensor, "R V"], active: Sequence[bool], cfg: Sampl
     """One token per active row, sampled on the logits' device; one copy of the ids to the host.
 
     Row ``r`` uses ``generators[r]`` (which must live on the logits' device); inactive rows give None.
-    Greedy: one ``argmax`` over all rows.
+    Greedy: one ``argmax`` over all rows. An active row whose chosen logit (greedy) or largest logit
+    (sampling) is NaN or infinite raises :class:`NonFiniteLogits` (greedy: checked in the same copy).
     """
     if cfg.greedy:
         ids = logits.argmax(dim=-1)
-    else:
-        probs = torch.stack([
-            filter_logits(logits[r], cfg).softmax(-1) if on else torch.ones_like(logits[r], dtype=torch.float32)
-            for r, on in enumerate(active)
-        ])
-        ids = torch.cat([
-            torch.multinomial(probs[r], 1, generator=generators[r]) if on else probs.new_zeros(1, dtype=torch.long)
-            for r, on in enumerate(active)
-        ])
+        finite = torch.isfinite(logits.gather(-1, ids[:, None]))[:, 0]  # argmax picks a NaN where one is
+        values = torch.cat([ids, finite.long()]).tolist()
+        for r, on in enumerate(active):
+            if on and not values[len(active) + r]:
+                raise NonFiniteLogits(r)
+        return [int(t) if on else None for t, on in zip(values[: len(active)], active, strict=True)]
+    largest_finite = torch.isfinite(logits.amax(dim=-1)).tolist()
+    bad = next((r for r, on in enumerate(active) if on and not largest_finite[r]), None)
+    if bad is not None:
+        raise NonFiniteLogits(bad)
+    probs = torch.stack([
+        filter_logits(logits[r], cfg).softmax(-1) if on else torch.ones_like(logits[r], dtype=torch.float32)
+        for r, on in enumerate(active)
+    ])
+    ids = torch.cat([
+        torch.multinomial(probs[r], 1, generator=generators[r]) if on else probs.new_zeros(1, dtype=torch.long)
+        for r, on in enumerate(active)
+    ])
     return [int(t) if on else None for t, on in zip(ids.tolist(), active, strict=True)]

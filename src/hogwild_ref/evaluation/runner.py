@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from ..batch import BatchItem, BatchRunner, ItemResult
-from ..checks import MAX_SEED, MAX_WORKERS, check_int, check_sampling
+from ..checks import MAX_SEED, MAX_WORKERS, check_int, check_ints, check_sampling
 from ..engine import Engine
 from ..prompts import PRESETS
 from ..settings import Settings
@@ -76,8 +76,8 @@ class EvalConfig:
     answer_kind: str = "auto"
 
     def __post_init__(self) -> None:
-        for name in ("workers", "budgets", "seeds"):
-            object.__setattr__(self, name, tuple(int(x) for x in getattr(self, name)))
+        for name in ("workers", "budgets", "seeds"):  # integers only: 2.7 or "12" is not truncated or split (Spec §11.7)
+            object.__setattr__(self, name, check_ints(name, getattr(self, name)))
         if not self.workers or min(self.workers) < 1:
             raise ValueError(f"workers must be counts >= 1; got {list(self.workers)}")
         if not self.budgets or min(self.budgets) < 1:
