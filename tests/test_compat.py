@@ -252,3 +252,36 @@ def test_survey_of_every_rope_family():
             assert row["outcome"] == "runs", row
         else:
             assert row["outcome"] == "refused" and expected in row["detail"], row
+
+
+def _without_rope_in(model, layer: int):
+    """``model`` with layer ``layer`` given cos 1, sin 0: a NoPE layer (as SmolLM3's every fourth)."""
+    attn = model.model.layers[layer].self_attn
+    own = attn.forward
+
+    def forward(*args, **kwargs):
+        cos, sin = kwargs["position_embeddings"]
+        kwargs["position_embeddings"] = (torch.ones_like(cos), torch.zeros_like(sin))
+        return own(*args, **kwargs)
+
+    attn.forward = forward
+    return model
+
+
+def test_a_nope_layer_is_refused_by_the_rope_probe():
+    model = _without_rope_in(tiny_model("llama", seed=5), 1)
+    with pytest.raises(CompatibilityError, match="layer 1 applies no rotary position embedding to its querys"):
+        ensure_compatible(model)
+
+
+@pytest.mark.parametrize("projection", ["q_proj", "k_proj"])
+def test_an_ablated_projection_runs_and_matches_the_oracle(projection, smollm_tokenizer):
+    """A projection zeroed in one layer (an ablation study) carries no position: the probe skips it
+    (Spec §11.6 step 1) where it called the layer NoPE and refused the model. Oracle: the ``oracle``
+    backend (from scratch) gives the same greedy tokens."""
+    model = tiny_model("llama", seed=5, vocab_size=len(smollm_tokenizer))
+    with torch.no_grad():
+        getattr(model.model.layers[0].self_attn, projection).weight.zero_()
+    runs = [hogwild_ref.generate(model, smollm_tokenizer, "What is 7 * 6?", max_ticks=6, finisher=False, backend=b)
+            for b in ("fast", "oracle")]
+    assert [w.tokens for w in runs[0].workers] == [w.tokens for w in runs[1].workers]

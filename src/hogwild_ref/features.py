@@ -273,6 +273,8 @@ def probe_rope(model: Any, spec: RopeSpec) -> RopeProbe:
                     "hogwild_ref sizes its cache from the config, so it cannot run this model"
                 )
             x = x[:, :, 0].double().cpu()  # (P, H, D)
+            if not bool(x.abs().max() > 0):  # all zero (an ablated projection): no position to find, and re-rotating
+                continue                     # zero is exact; the end-to-end check (step 3) still runs
             x0 = x[0:1].expand_as(x)
             moved = (x - x0).abs().amax(dim=(0, 1)) > 1e-6 * x.abs().max().clamp_min(1e-30)
             if not bool(moved.any()):
