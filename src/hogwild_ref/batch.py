@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 
 from torch import Tensor
 
-from .checks import check_int, check_ints, check_problem
+from .checks import check_int, check_ints
 from .engine import Engine
 from .events import SnapshotEvent
 from .hf import use_hogwild_attention
@@ -147,11 +147,11 @@ class BatchRunner:
         scheduling) ends that problem with its ``error`` set; the others go on. An exception in the
         shared forward pass or sampling propagates (run the items one by one to isolate it).
         """
-        if isinstance(items, (str, BatchItem)) or not all(isinstance(it, BatchItem) for it in items):
+        wrong = [items] if isinstance(items, (str, BatchItem)) else [it for it in items if not isinstance(it, BatchItem)]
+        if wrong:
             raise TypeError("items must be a list of BatchItem (e.g. [BatchItem('What is 6 * 7?', seed=0)]); got "
-                            f"{type(items).__name__ if isinstance(items, (str, BatchItem)) else [type(it).__name__ for it in items]}")
-        for it in items:  # what Engine.run checks (Spec §11.7), before anything runs
-            check_problem(it.problem)
+                            f"{type(wrong[0]).__name__} {wrong[0]!r}")
+        for it in items:  # the problems are checked as Engine.run checks them, by Engine.prepare (Spec §11.7)
             check_int("seed", it.seed, -(2**63))
         if not items:
             return []

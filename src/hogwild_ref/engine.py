@@ -69,6 +69,11 @@ class Prepared:
     shared: int = 0
 
 
+def _check_settings(settings: Any) -> None:
+    if settings is not None and not isinstance(settings, Settings):
+        raise TypeError(f"settings must be a hogwild_ref.Settings (e.g. Settings(workers=2)); got {type(settings).__name__}")
+
+
 def _check_model(model: Any) -> None:
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
         raise TypeError(f"model must be a transformers causal LM (e.g. model, tokenizer = hogwild_ref.load(...)); got "
@@ -136,8 +141,7 @@ class Engine:
         if scheduler is not None:  # the scheduler's budget is the run's (checked here, Spec §11.7)
             overrides.setdefault("max_ticks", scheduler.max_ticks)
             overrides.setdefault("snapshots", ())
-        if settings is not None and not isinstance(settings, Settings):
-            raise TypeError(f"settings must be a hogwild_ref.Settings (e.g. Settings(workers=2)); got {type(settings).__name__}")
+        _check_settings(settings)
         if templates is not None and not isinstance(templates, prompts_mod.PromptTemplates):
             raise TypeError("templates must be a PromptTemplates object (e.g. PromptTemplates.compact()); got "
                             f"{templates.__name__ if isinstance(templates, type) else type(templates).__name__}")
@@ -181,7 +185,10 @@ class Engine:
         return str(self.tokenizer.decode(list(ids), skip_special_tokens=False))
 
     def prepare(self, problem: str) -> Prepared:
-        """The layout's table (lengths 0) and the token ids of its static segments (Spec §4.4, §4.5, §7)."""
+        """The layout's table (lengths 0) and the token ids of its static segments (Spec §4.4, §4.5, §7),
+        for a problem that :func:`~hogwild_ref.checks.check_problem` takes (Spec §11.7): every run, alone
+        or batched, is prepared here."""
+        check_problem(problem)
         templates = self.templates
         table = self.table if self.table is not None else make_layout(self.layout, self.workers)
         if table.history is None:  # no shared history, so no history header (Spec §4.1)
@@ -281,7 +288,6 @@ class Engine:
 
     def _stream(self, problem: str) -> Generator[Event, None, None]:
         t0 = time.perf_counter()
-        check_problem(problem)
         prep = self.prepare(problem)
         s = self.settings
         self.warn_context([prep], self.scheduler_config.max_ticks)
@@ -440,8 +446,7 @@ def generate(
     names = {f.name for f in fields(Settings)}
     given: dict[str, Any] = {"workers": workers, "layout": layout, "max_ticks": max_ticks}
     chosen = {k: v for k, v in given.items() if v is not _UNSET} | {k: kwargs.pop(k) for k in list(kwargs) if k in names}
-    if settings is not None and not isinstance(settings, Settings):
-        raise TypeError(f"settings must be a hogwild_ref.Settings (e.g. Settings(workers=2)); got {type(settings).__name__}")
+    _check_settings(settings)
     if settings is None:
         settings = Settings(**chosen)
     elif chosen:

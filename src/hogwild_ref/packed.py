@@ -111,8 +111,7 @@ class PackedLinear:
         def forward(x: Tensor, *args: Any, **kwargs: Any) -> Tensor:  # x (..., d_in) -> (..., d_out)
             bias = params.get("bias")
             if args or kwargs or x.dtype != torch.float32 or params.get("weight") is not weight \
-                    or weight._version != state[0] or weight.data_ptr() != state[1] \
-                    or (bias is not None and bias.dtype != torch.float32):
+                    or tensor_state(weight) != state or (bias is not None and bias.dtype != torch.float32):
                 return fallback(x, *args, **kwargs)
             d_in = x.shape[-1]
             if d_in == 0 or x.numel() < MIN_ROWS * d_in:  # fewer rows than MIN_ROWS (leading dims are rows)

@@ -79,20 +79,22 @@ def filter_logits(logits: Float[Tensor, "V"], cfg: SamplingConfig) -> Float[Tens
 
 
 def sample(logits: Float[Tensor, "V"], cfg: SamplingConfig, generator: torch.Generator | None = None) -> int:
-    """Sample one token id from ``logits`` (greedy when ``cfg.temperature == 0``)."""
-    if cfg.greedy:
-        token = int(torch.argmax(logits))
-        if not bool(torch.isfinite(logits[token])):  # argmax picks a NaN, and an all-NaN row gives 0
-            raise NonFiniteLogits(0)
-        return token
-    if not bool(torch.isfinite(logits.amax())):
-        raise NonFiniteLogits(0)
-    probs = filter_logits(logits, cfg).softmax(-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
+    """Sample one token id from ``logits`` (greedy when ``cfg.temperature == 0``): :func:`sample_rows`
+    of one active row."""
+    token = sample_rows(logits[None], [True], cfg, [generator])[0]
+    assert token is not None  # an active row gets a token
+    return token
+
+
+def _check_finite(finite: Sequence[bool | int], active: Sequence[bool]) -> None:
+    """Raise :class:`NonFiniteLogits` for the first active row whose checked logit is not finite."""
+    bad = next((r for r, (ok, on) in enumerate(zip(finite, active, strict=True)) if on and not ok), None)
+    if bad is not None:
+        raise NonFiniteLogits(bad)
 
 
 def sample_rows(logits: Float[Tensor, "R V"], active: Sequence[bool], cfg: SamplingConfig,
-                generators: Sequence[torch.Generator]) -> list[int | None]:
+                generators: Sequence[torch.Generator | None]) -> list[int | None]:
     """One token per active row, sampled on the logits' device; one copy of the ids to the host.
 
     Row ``r`` uses ``generators[r]`` (which must live on the logits' device); inactive rows give None.
@@ -101,16 +103,11 @@ def sample_rows(logits: Float[Tensor, "R V"], active: Sequence[bool], cfg: Sampl
     """
     if cfg.greedy:
         ids = logits.argmax(dim=-1)
-        finite = torch.isfinite(logits.gather(-1, ids[:, None]))[:, 0]  # argmax picks a NaN where one is
-        values = torch.cat([ids, finite.long()]).tolist()
-        for r, on in enumerate(active):
-            if on and not values[len(active) + r]:
-                raise NonFiniteLogits(r)
-        return [int(t) if on else None for t, on in zip(values[: len(active)], active, strict=True)]
-    largest_finite = torch.isfinite(logits.amax(dim=-1)).tolist()
-    bad = next((r for r, on in enumerate(active) if on and not largest_finite[r]), None)
-    if bad is not None:
-        raise NonFiniteLogits(bad)
+        chosen = logits.gather(-1, ids[:, None])[:, 0]  # argmax picks a NaN where a row holds one
+        tokens, finite = torch.stack([ids, torch.isfinite(chosen).long()]).tolist()  # one copy to the host
+        _check_finite(finite, active)
+        return [t if on else None for t, on in zip(tokens, active, strict=True)]
+    _check_finite(torch.isfinite(logits.amax(dim=-1)).tolist(), active)
     probs = torch.stack([
         filter_logits(logits[r], cfg).softmax(-1) if on else torch.ones_like(logits[r], dtype=torch.float32)
         for r, on in enumerate(active)
