@@ -405,7 +405,7 @@ def test_cli_regenerate_into_a_directory(capsys: pytest.CaptureFixture[str], tmp
 
 # ---------------------------------------------------------------------- JSON Schema of vectors (Spec §12.4)
 def _vector_validator():
-    """The vector schema, with its ``$ref`` to the segment-table schema resolved from spec/schema."""
+    """The vector schema, its ``$ref`` to the segment-table schema resolved by that schema's own ``$id``."""
     import jsonschema
     from referencing import Registry, Resource
 
@@ -413,8 +413,8 @@ def _vector_validator():
     table = json.loads((schema_dir / "segment_table.schema.json").read_text())
     vector = json.loads((schema_dir / "conformance_vector.schema.json").read_text())
     jsonschema.Draft202012Validator.check_schema(vector)
-    sibling = vector["$id"].rsplit("/", 1)[0] + "/segment_table.schema.json"
-    registry = Registry().with_resource(sibling, Resource.from_contents(table))
+    # each schema registered under its own $id, as any validator given both files does
+    registry = Registry().with_resources((s["$id"], Resource.from_contents(s)) for s in (table, vector))
     return jsonschema.Draft202012Validator(vector, registry=registry)
 
 

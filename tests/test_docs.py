@@ -228,6 +228,19 @@ INVARIANT_INVALID = {
 }
 
 
+@pytest.mark.parametrize("path, value", [(["version"], 1.0), (["segments", 0, "length"], 100.0),
+                                         (["segments", 2, "writer"], 0.0), (["segments", 1, "length"], 8.0)])
+def test_an_integer_with_a_zero_fraction_is_an_integer_for_schema_and_reader(validator: object, path: list,
+                                                                           value: float) -> None:
+    """Spec §2.4: JSON Schema counts ``100.0`` as an integer, and the reader agrees (it refused it, so a
+    document the schema accepted and §2.3 allows was refused); it reads back as the integer."""
+    doc = _mutate(path, value)
+    assert validator.is_valid(doc)  # type: ignore[attr-defined]
+    table = SegmentTable.from_dict(doc)
+    assert table == SegmentTable.from_dict(_base())
+    assert json.loads(table.to_json()) == _base() and all(type(s["length"]) is int for s in table.to_dict()["segments"])
+
+
 @pytest.mark.parametrize("name", sorted(SCHEMA_INVALID))
 def test_schema_rejects_malformed(validator: object, name: str) -> None:
     assert not validator.is_valid(SCHEMA_INVALID[name]), name  # type: ignore[attr-defined]

@@ -186,6 +186,10 @@ def test_bad_rows_raise():
         plan_tick(t, [1])
     with pytest.raises(TableError, match=r"row 0's view names unknown segment 'ghost'"):
         plan_tick(t, [Row(("ghost", "cur_0"), 1)])
+    # Spec §2.3 rule 3, which §3.1 rule 1 applies to rows: a view is non-empty (was an IndexError)
+    for n in (0, 1):
+        with pytest.raises(TableError, match=r"row 1's view is empty"):
+            plan_tick(t, [Row(("common", "cur_0"), 1), Row((), n)])
 
 
 # ---------------------------------------------------------------------- rope tables on the plan

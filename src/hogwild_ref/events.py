@@ -157,7 +157,7 @@ class GenerationInterrupted(KeyboardInterrupt):
 
 class EventCallbackError(RuntimeError):
     """An ``on_event`` callback raised during :meth:`Engine.run <hogwild_ref.engine.Engine.run>`: the run
-    stops there and keeps its partial result, as for Ctrl-C (Spec §6.5).
+    stops there and keeps its partial result, as for Ctrl-C (Spec §11.7).
 
     ``result`` holds what each worker wrote up to the last completed tick, ``reason == "interrupted"``
     (raised on the last event, :class:`DoneEvent`, the run is already complete: ``result`` is the

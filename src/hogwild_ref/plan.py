@@ -147,6 +147,8 @@ def plan_tick(
     for r, row in enumerate(rows_t):
         if row.new_tokens < 0:
             raise TableError(f"row {r} feeds {row.new_tokens} tokens; counts must be >= 0")
+        if not row.view:
+            raise TableError(f"row {r}'s view is empty; a view lists at least the row's write segment (Spec §3.1, §2.3 rule 3)")
         for sid in row.view:
             if sid not in table._index:
                 raise TableError(f"row {r}'s view names unknown segment {sid!r}; known: {[s.id for s in table.segments]}")

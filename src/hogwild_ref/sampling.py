@@ -53,7 +53,7 @@ class SamplingConfig:
 def filter_logits(logits: Float[Tensor, "V"], cfg: SamplingConfig) -> Float[Tensor, "V"]:
     """Temperature, then top-k, top-p (nucleus) and min-p filtering (removed entries set to -inf), Spec §11.5.
 
-    Below :data:`STEEP_TEMPERATURE` (``1e-300``), ``logits / temperature`` could overflow (or the
+    Below :data:`STEEP_TEMPERATURE` (``1e-20``), ``logits / temperature`` could overflow (or the
     temperature round to 0 in float32) and make every probability NaN; the logits are then divided
     after subtracting their maximum, in float64 (the same distribution, its largest entry 0). The
     choice is made on the host from the setting alone (no device sync); above it the plain quotient

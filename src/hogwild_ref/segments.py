@@ -251,9 +251,11 @@ class SegmentTable:
     def from_dict(cls, data: Mapping[str, Any]) -> SegmentTable:
         """Inverse of :meth:`to_dict`; raises :class:`TableError` on malformed input.
 
-        Exactly the documents ``spec/schema/segment_table.schema.json`` accepts (Spec §2.4) and that
-        satisfy Spec §2.3: nothing is coerced (a length of 3.7, ``true`` for an integer, an infinite or
-        NaN number, an integer segment id and an unknown key are refused, naming the field).
+        The documents ``spec/schema/segment_table.schema.json`` accepts (Spec §2.4) and that satisfy
+        Spec §2.3, with defaults for a missing ``version``, ``history``, ``layout`` or ``writer``. Nothing
+        is coerced (a length of 3.7, ``true`` for an integer, an infinite or NaN number, an integer
+        segment id and an unknown key are refused, naming the field); an integer written with a zero
+        fraction (``3.0``) is that integer, as JSON Schema counts it.
         """
         hint = "; see spec/schema/segment_table.schema.json"
         if not isinstance(data, Mapping):
@@ -278,10 +280,10 @@ class SegmentTable:
             sid, length, writer = seg["id"], seg["length"], seg.get("writer")
             if not isinstance(sid, str):
                 raise TableError(f"malformed segment table: segments[{i}].id {sid!r} must be a string{hint}")
-            if not isinstance(length, int) or isinstance(length, bool):
-                raise TableError(f"malformed segment table: segments[{i}].length {length!r} must be an integer >= 0{hint}")
-            if writer is not None and (not isinstance(writer, int) or isinstance(writer, bool)):
-                raise TableError(f"malformed segment table: segments[{i}].writer {writer!r} must be a worker index (an integer) or null{hint}")
+            if (length := _json_int(length)) is None:
+                raise TableError(f"malformed segment table: segments[{i}].length {seg['length']!r} must be an integer >= 0{hint}")
+            if writer is not None and (writer := _json_int(writer)) is None:
+                raise TableError(f"malformed segment table: segments[{i}].writer {seg['writer']!r} must be a worker index (an integer) or null{hint}")
             segs.append(Segment(sid, length, writer))
         for w, view in enumerate(views):
             bad = [x for x in view if not isinstance(x, str)]
@@ -293,6 +295,18 @@ class SegmentTable:
     def from_json(cls, text: str) -> SegmentTable:
         """Parse JSON produced by :meth:`to_json`."""
         return cls.from_dict(json.loads(text))
+
+
+def _json_int(x: Any) -> int | None:
+    """A JSON integer as JSON Schema counts one (Spec §2.4): an int, or a float with a zero fraction
+    (``3.0``); None for anything else (``true``, ``3.7``, NaN, infinities, strings)."""
+    if isinstance(x, bool):
+        return None
+    if isinstance(x, int):
+        return x
+    if isinstance(x, float) and x.is_integer():
+        return int(x)
+    return None
 
 
 def _known_keys(what: str, data: Mapping[str, Any], known: tuple[str, ...], hint: str) -> None:

@@ -34,7 +34,7 @@ class Settings:
         seed: worker ``w`` samples with a generator on the model's device seeded ``seed + w``.
         temperature, top_k, top_p, min_p: sampling (``temperature == 0`` is greedy).
         snapshots: tick counts at which to record the state (within the budget, Spec §6.5).
-        collab_every: tokens between collaboration prompts (None: off, Spec §6.4).
+        collab_every: tokens between collaboration prompts (None: off, Spec §6.3).
         finisher: force an answer when the budget ends without one (Spec §6.6), with at most
             ``finisher_tokens`` greedy tokens.
         prefill_chunk: most tokens per row in one prefill forward (bounds prefill memory, Spec §4.4).

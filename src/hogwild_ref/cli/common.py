@@ -38,7 +38,7 @@ def _check_model_source(model: str | None) -> None:
 
 
 def _check_collab_every(value: int | None) -> None:
-    """``--collab-every``: a token count, 0 to turn the collaboration prompt off (Spec §6.4, §11.7)."""
+    """``--collab-every``: a token count, 0 to turn the collaboration prompt off (Spec §6.3, §11.7)."""
     if value is not None and value < 0:
         raise ValueError(f"--collab-every must be >= 0 (0 disables the collaboration prompt); got {value}")
 

@@ -7,7 +7,7 @@ each of which receives the inputs of one vector as plain Python values (``dict``
 from ``hogwild_ref`` appears in the signatures, so an adapter for an unrelated code base needs only
 ``torch``.
 
-* A level whose method the adapter does not define is reported as *skipped* (Spec §12.3). The three
+* A level whose method the adapter does not define is reported *out of scope* (Spec §12.3). The three
   single-level protocols :class:`RopeAdapter`, :class:`AttentionAdapter` and :class:`ModelAdapter`
   let a type checker check an adapter that implements only some levels.
 * The runner calls every method with **keyword arguments**, never gives expected outputs, and
@@ -196,7 +196,7 @@ class Adapter(RopeAdapter, AttentionAdapter, ModelAdapter, Protocol):
     """An adapter that implements every level (Spec §12.3).
 
     Adapters may implement any subset: the runner looks each method up by the level's name
-    (``getattr(adapter, level, None)``) and reports the vectors of missing levels as skipped.
+    (``getattr(adapter, level, None)``) and reports the vectors of missing levels as out of scope.
     Adapters in another process speak the line protocol of Spec §12.7 instead
     (:mod:`hogwild_ref.conformance.external`).
     """

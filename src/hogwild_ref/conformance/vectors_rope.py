@@ -37,7 +37,7 @@ MEASURE_ROPE = (
     "(Spec §10.4)"
 )
 
-#: the pairing conventions every rope configuration is generated in (Spec §8.2)
+#: the pairing conventions every rope configuration is generated in (Spec §8.1, §8.3)
 CONVENTIONS: tuple[Convention, ...] = ("half", "interleaved")
 
 #: RoPE configurations of the ``rope`` level: every supported rope type, partial rotary, A != 1
