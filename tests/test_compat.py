@@ -19,7 +19,7 @@ import hogwild_ref
 from hogwild_ref import proof as proof_mod
 from hogwild_ref.attention import BACKENDS
 from hogwild_ref.engine import Engine
-from hogwild_ref.features import AttentionFeatureError, CompatibilityError, check_attention_kwargs, probe_rope
+from hogwild_ref.features import PROOF_TOLERANCES, AttentionFeatureError, CompatibilityError, check_attention_kwargs, probe_rope, relative_error
 from hogwild_ref.forward import Forward
 from hogwild_ref.proof import ensure_compatible, proof_of
 from hogwild_ref.segments import Row, make_layout
@@ -184,6 +184,88 @@ def test_proof_runs_once_per_model_and_backend(monkeypatch):
     assert all(e < proof.tolerance for e in proof.errors.values())
 
 
+class _LoRA(torch.nn.Linear):
+    """A loralib-style adapter: an ``nn.Linear`` subclass whose forward adds a low-rank product."""
+
+    def __init__(self, base: torch.nn.Linear, rank: int = 4):
+        super().__init__(base.in_features, base.out_features, bias=False)
+        self.weight = base.weight
+        self.a = torch.nn.Parameter(torch.randn(rank, base.in_features) * 0.3)
+        self.b = torch.nn.Parameter(torch.randn(base.out_features, rank) * 0.3)
+
+    def forward(self, x):
+        return torch.nn.functional.linear(x, self.weight) + x @ self.a.T @ self.b.T
+
+
+@pytest.mark.parametrize("kind", ["lora", "phimoe"])
+def test_linear_subclasses_keep_their_forward_on_the_fast_path(kind):
+    """Spec §9.6, "CPU linear layers": the packed CPU product replaced the forward of every ``nn.Linear``
+    subclass, unseen by the proof (which runs unpacked): a LoRA-adapted model ran with logits off by
+    ~1.6, PhiMoE (a router subclass returning a tuple) crashed on its first forward. Oracle: the model's
+    own forward on the same tokens, one worker, packed weights on."""
+    torch.manual_seed(0)
+    if kind == "lora":
+        model = tiny_model("llama", seed=2)
+        for layer in model.model.layers:
+            layer.self_attn.q_proj = _LoRA(layer.self_attn.q_proj)
+    else:
+        model = tiny_family_model("phimoe", seed=0)
+    rope = ensure_compatible(model, allow_untested=True, backend="fast")
+    forward = Forward(model, rope, "fast", pack_weights=True)
+    storage = forward.storage(make_layout("contiguous", 1))
+    ids = list(range(10, 22))
+    with torch.inference_mode():
+        got = forward(storage, [Row(("prompt",), len(ids))], [ids])[0]
+        want = model(torch.tensor([ids])).logits[0, -1]
+    assert relative_error(got, want) < PROOF_TOLERANCES[torch.float32]
+
+
+def test_longrope_with_a_short_original_context_is_probed_below_it():
+    """Spec §11.6 step 1: the probe's position 251 lay past a LongRoPE original context of 64, where the
+    model's own rotary embedding switches to its long factors, so the model was refused as matching
+    neither pairing; it runs, pinned to the short factors, below that context (Spec §8.1). Oracle: the
+    model's own forward on the same tokens."""
+    model = tiny_model("phi3", seed=3, max_position_embeddings=256, original_max_position_embeddings=64,
+                       rope_parameters={"rope_type": "longrope", "short_factor": [1.0, 1.1, 1.2, 1.3],
+                                        "long_factor": [2.0, 2.5, 3.0, 4.0], "original_max_position_embeddings": 64,
+                                        "rope_theta": 10000.0})
+    rope = ensure_compatible(model, backend="fast")
+    assert rope.max_position == 64
+    forward = Forward(model, rope, "fast")
+    storage = forward.storage(make_layout("contiguous", 1))
+    ids = list(range(5, 55))
+    with torch.inference_mode():
+        got = forward(storage, [Row(("prompt",), len(ids))], [ids])[0]
+        want = model(torch.tensor([ids])).logits[0, -1]
+    assert relative_error(got, want) < PROOF_TOLERANCES[torch.float32]
+
+
+def test_a_rebuilt_rotary_embedding_is_proven_again(smollm_tokenizer):
+    """Spec §11.6: the proof of a model object was kept per dtype, device and backend only, so a model
+    whose RoPE changed after its first run (config edited, rotary embedding rebuilt: a consistent model)
+    kept the old frequencies; with 2 workers its tokens were silently wrong. Oracle: a copy of the
+    changed model, a new object never proven, run the same way."""
+    import copy
+
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    model = tiny_model("llama", seed=7, vocab_size=len(smollm_tokenizer))
+    with torch.no_grad():  # peaky attention, so that a position error shows in the tokens
+        for name, p in model.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                p.mul_(4.0)
+    before = ensure_compatible(model, backend="fast")
+    model.config.rope_parameters["rope_theta"] = 37.0
+    model.model.rotary_emb = LlamaRotaryEmbedding(model.config)
+    after = ensure_compatible(model, backend="fast")
+    assert not torch.equal(before.inv_freq, after.inv_freq)
+    torch.testing.assert_close(after.inv_freq, model.model.rotary_emb.inv_freq.double(), rtol=1e-6, atol=0)
+    fresh = copy.deepcopy(model)
+    runs = [hogwild_ref.generate(m, smollm_tokenizer, "What is 7 * 6?", workers=2, max_ticks=12, finisher=False,
+                                 backend="fast") for m in (model, fresh)]
+    assert [w.tokens for w in runs[0].workers] == [w.tokens for w in runs[1].workers]
+
+
 def test_a_backend_that_computes_something_else_is_refused_with_the_measured_error(monkeypatch):
     model = tiny_model("llama", seed=4)
     real = BACKENDS["rotate_queries"]
@@ -230,11 +312,17 @@ def test_not_a_model_directory(tmp_path):
 
 
 # ---------------------------------------------------------------------- every RoPE family transformers ships
-#: expected outcomes of some families (the reason is part of the expectation)
+#: expected outcomes of some families (the reason is part of the expectation). The survey's models
+#: are built like checkpoints (8 layers, every parameter random): at 2 layers with unit norm weights,
+#: SmolLM3 and Cohere2 (a NoPE layer every fourth) and Hunyuan (q/k norms after RoPE) passed, where their
+#: real checkpoints are refused. (PhiMoE passed the proof and crashed on its first packed forward:
+#: test_linear_subclasses_keep_their_forward_on_the_fast_path.)
 EXPECTED = {
     "llama": "runs", "qwen2": "runs", "qwen3": "runs", "mistral": "runs", "phi3": "runs", "cohere": "runs",
     "glm": "runs", "gpt_neox": "runs", "gemma2": "softcapping", "gpt_oss": "sinks", "gptj": "inv_freq",
     "deepseek_v2": "head_dim", "diffllama": "compatibility proof failed", "doge": "own attention mask",
+    "smollm3": "layer 3 applies no rotary", "cohere2": "layer 3 applies no rotary",
+    "hunyuan_v1_dense": "norm applied to queries and keys after RoPE", "phimoe": "runs",
 }
 
 

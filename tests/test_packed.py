@@ -71,25 +71,77 @@ def test_a_row_is_computed_the_same_whatever_rows_share_its_call(d_in: int, d_ou
                                rtol=0, atol=4e-7 * scale * d_in ** 0.5)
 
 
-def test_exit_restores_on_error_and_keeps_an_instance_forward() -> None:
+def test_exit_restores_on_error() -> None:
     model = _model()
-    lin = model[2]
+    packed = PackedLinear(model)
+    with pytest.raises(ZeroDivisionError), packed:
+        assert "forward" in model[2].__dict__
+        raise ZeroDivisionError("inside the block")
+    assert "forward" not in model[0].__dict__ and "forward" not in model[2].__dict__
+    with packed, torch.profiler.profile() as prof:  # entered again after the error
+        model(torch.randn(2, 24))
+    assert _ran_packed(prof)
+
+
+class _LoRA(torch.nn.Linear):
+    """A loralib-style adapted layer: an ``nn.Linear`` whose forward adds a low-rank product."""
+
+    def __init__(self, d_in: int, d_out: int) -> None:
+        super().__init__(d_in, d_out, bias=False)
+        self.a = torch.nn.Parameter(torch.randn(3, d_in))
+        self.b = torch.nn.Parameter(torch.randn(d_out, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x, self.weight) + x @ self.a.T @ self.b.T
+
+
+class _Router(torch.nn.Linear):
+    """A router written as an ``nn.Linear`` subclass that returns a tuple (as PhiMoE's does)."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        logits = torch.nn.functional.linear(x, self.weight)
+        return logits, logits.softmax(-1)
+
+
+@pytest.mark.parametrize("kind", ["lora subclass", "router subclass", "instance forward", "instance forward after packing"])
+def test_a_layer_with_a_forward_of_its_own_answers_itself(kind: str) -> None:
+    """Spec §9.6, "CPU linear layers": only layers computing ``nn.Linear``'s own product are packed. A
+    subclass with its own forward (LoRA, quantised, a router) or an instance forward (a hook) answers
+    every call itself, bit for bit: the packed product replaced them (wrong logits; a crash for a
+    router returning a tuple), the proof not seeing it (it runs unpacked)."""
+    torch.manual_seed(0)
+    model = _model()
+    if kind == "lora subclass":
+        model[2] = _LoRA(40, 8)
+    elif kind == "router subclass":
+        model[2] = _Router(40, 8, bias=False)
     seen: list[tuple[int, ...]] = []
+    plain = model[2]
 
     def hooked(x: torch.Tensor) -> torch.Tensor:  # what e.g. an offloading hook installs on the instance
         seen.append(tuple(x.shape))
-        return torch.nn.functional.linear(x, lin.weight)
+        return torch.nn.functional.linear(x, plain.weight) * 2.0
 
-    lin.forward = hooked  # type: ignore[method-assign]
+    if kind == "instance forward":
+        plain.forward = hooked  # type: ignore[method-assign]
     packed = PackedLinear(model)
-    with pytest.raises(ZeroDivisionError), packed:
-        out = lin(torch.randn(1, 40))  # one row: the instance's own forward answers
-        raise ZeroDivisionError("inside the block")
-    assert seen == [(1, 40)] and out.shape == (1, 8)
-    assert lin.__dict__["forward"] is hooked and "forward" not in model[0].__dict__
-    with packed, torch.profiler.profile() as prof:  # entered again after the error
-        lin(torch.randn(2, 40))
-    assert seen == [(1, 40)] and _ran_packed(prof)  # the 2-row call went to the packed weight
+    if kind == "instance forward after packing":
+        plain.forward = hooked  # type: ignore[method-assign]
+        assert not packed.current()  # the caller packs again
+        assert len(PackedLinear(model)._layers) == 1  # packed again, the hooked layer is left out
+    x = torch.relu(torch.nn.functional.linear(torch.randn(5, 24), model[0].weight, model[0].bias))
+    expected = plain(x)
+    with packed, torch.profiler.profile() as prof:
+        got = plain(x)
+        model[0](torch.randn(5, 24))
+    assert _ran_packed(prof)  # the plain first layer still is packed
+    if isinstance(expected, tuple):
+        assert all(torch.equal(g, e) for g, e in zip(got, expected, strict=True))
+    else:
+        assert torch.equal(got, expected)
+    if kind.startswith("instance"):
+        assert seen == [(5, 40), (5, 40)] and plain.__dict__["forward"] is hooked
+    assert packable_bytes(model) == model[0].weight.numel() * 4
 
 
 def test_a_replaced_weight_is_not_served_from_the_stale_packed_copy() -> None:

@@ -231,7 +231,9 @@ def probe_rope(model: Any, spec: RopeSpec) -> RopeProbe:
     param = next(model.parameters())
     vocab = model.get_input_embeddings().num_embeddings
     token = min(3, vocab - 1)
-    P = torch.tensor(PROBE_POSITIONS, dtype=torch.long)
+    # below the spec's position limit (LongRoPE's original context, Spec §8.1): past it the model's own
+    # rotary embedding switches to its long factors, which Hogwild never uses
+    P = torch.tensor([p for p in PROBE_POSITIONS if spec.max_position is None or p < spec.max_position], dtype=torch.long)
     ids = torch.full((len(P), 1), token, dtype=torch.long, device=param.device)
     cap = _Capture()
     reset = _CAPTURE.set(cap)
@@ -299,6 +301,7 @@ def probe_rope(model: Any, spec: RopeSpec) -> RopeProbe:
         raise CompatibilityError(
             f"{mt}: the model's rotary embedding matches neither rotate-half nor interleaved pairs of the first "
             f"{spec.rotary_dim} channels at the config's frequencies (best: {best}, error {errors[best]:.2e} > "
-            f"{tol:.0e}); hogwild_ref cannot shift its keys"
+            f"{tol:.0e}); hogwild_ref cannot shift its keys (seen: a norm applied to queries and keys after RoPE; a config "
+            "edited without rebuilding the model's rotary embedding)"
         )
     return RopeProbe(best, spec.rotary_dim, spec.head_dim, errors[best], errors[other], tuple(sorted(cap.kwargs)))

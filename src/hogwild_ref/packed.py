@@ -10,8 +10,10 @@ the other rows are (Spec §10: a problem batched with others gets the linear out
 bit for bit). One row stays on the plain product, which is faster there.
 
 :class:`PackedLinear` is a context manager: while it is entered, each float32 CPU ``nn.Linear`` of
-the model answers a call of at least :data:`MIN_ROWS` rows from its packed weight, and every other
-call as usual. It does so by shadowing the module's ``forward`` on the instance for the duration of
+the model that computes ``nn.Linear``'s own product (not a subclass with its own forward, such as a
+LoRA or quantised layer or a router; not a layer given a forward of its own on the instance, such as
+an offloading hook) answers a call of at least :data:`MIN_ROWS` rows from its packed weight, and
+every other call as usual. It does so by shadowing the module's ``forward`` on the instance for the duration of
 the block (restored on exit, also on an error): no module is replaced, hooks still run, and no other
 torch call pays for it (a ``TorchFunctionMode`` would see every tensor operation of the step, about
 six thousand a tick for a 30-layer model, in Python). The packed copies cost one more copy of the
@@ -51,9 +53,6 @@ def packing_available() -> bool:
         return False
 
 
-_MISSING = object()
-
-
 def tensor_state(t: Tensor) -> tuple[int, int]:
     """What changes when a weight is edited (Spec §9.6 "CPU linear layers", §4.4 shared prefix): its
     version counter, in place (``torch.no_grad()`` ops, ``load_state_dict``), or its data pointer, given
@@ -63,14 +62,23 @@ def tensor_state(t: Tensor) -> tuple[int, int]:
 
 
 def _packable_layers(model: Any) -> list[torch.nn.Linear]:
-    """The model's float32 CPU ``nn.Linear`` layers, each once: what :class:`PackedLinear` packs."""
+    """The model's float32 CPU linear layers, each once: what :class:`PackedLinear` packs (Spec §9.6,
+    "CPU linear layers"). A layer qualifies when its forward is ``nn.Linear``'s own (a subclass that
+    computes more, such as a LoRA or quantised layer, or one that returns something else, such as a
+    router, is left to its forward) and its weight is a plain parameter (not a parametrization)."""
     layers: dict[int, torch.nn.Linear] = {}
     for module in model.modules():
-        w = getattr(module, "weight", None)
-        if isinstance(module, torch.nn.Linear) and w is not None and w.dtype == torch.float32 \
-                and w.device.type == "cpu":
+        w = module._parameters.get("weight") if _plain_linear(module) else None
+        if w is not None and w.dtype == torch.float32 and w.device.type == "cpu":
             layers.setdefault(id(module), module)
     return list(layers.values())
+
+
+def _plain_linear(module: torch.nn.Module) -> bool:
+    """``module`` computes ``nn.Linear``'s product: an ``nn.Linear`` whose class keeps its forward and
+    whose instance has none of its own."""
+    return isinstance(module, torch.nn.Linear) and type(module).forward is torch.nn.Linear.forward \
+        and "forward" not in module.__dict__
 
 
 def packable_bytes(model: Any) -> int:
@@ -87,7 +95,7 @@ class PackedLinear:
         #: (module, the weight that was packed, its packed copy, the weight's :func:`tensor_state` then)
         #: for every packable linear layer
         self._layers: list[tuple[torch.nn.Module, Tensor, Tensor, tuple[int, int]]] = []
-        self._saved: list[Any] = []
+        self._saved: list[torch.nn.Module | None] = []  # the layers whose forward is shadowed while entered
         with torch.no_grad():
             for module in _packable_layers(model):
                 w = module.weight
@@ -95,9 +103,11 @@ class PackedLinear:
                 self._layers.append((module, w, packed, tensor_state(w)))
 
     def current(self) -> bool:
-        """Every layer still holds the weight that was packed, unchanged (:func:`tensor_state`; Spec §9.6
-        "CPU linear layers"): else that layer answers from its own forward, and the caller packs again."""
-        return all(module.weight is w and tensor_state(w) == v for module, w, _, v in self._layers)
+        """Every layer still holds the weight that was packed, unchanged (:func:`tensor_state`), and was
+        given no forward of its own since (Spec §9.6 "CPU linear layers"): else that layer answers from its
+        own forward, and the caller packs again."""
+        return all(module._parameters.get("weight") is w and tensor_state(w) == v and "forward" not in module.__dict__
+                   for module, w, _, v in self._layers)
 
     @staticmethod
     def _forward(module: torch.nn.Module, weight: Tensor, packed: Tensor, state: tuple[int, int],
@@ -126,16 +136,16 @@ class PackedLinear:
                                "already running, in another thread or around this call; run one forward at a time "
                                "per model (one thread per Engine and model, or processes)")
         for module, weight, packed, state in self._layers:
-            old = module.__dict__.get("forward", _MISSING)
-            self._saved.append(old)
-            fallback = old if old is not _MISSING else type(module).forward.__get__(module)
-            module.__dict__["forward"] = self._forward(module, weight, packed, state, fallback)
+            if "forward" in module.__dict__:  # given a forward of its own since it was packed: that one answers
+                continue
+            module.__dict__["forward"] = self._forward(module, weight, packed, state, type(module).forward.__get__(module))
+            self._saved.append(module)
+        if not self._saved:
+            self._saved.append(None)  # entered, with nothing to restore
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for (module, _, _, _), old in zip(self._layers, self._saved):
-            if old is _MISSING:
+        for module in self._saved:
+            if module is not None:
                 module.__dict__.pop("forward", None)
-            else:
-                module.__dict__["forward"] = old
         self._saved.clear()

@@ -37,6 +37,7 @@ from torch import Tensor
 
 from .features import PROOF_TOLERANCES, CompatibilityError, RopeProbe, model_type, relative_error, probe_rope
 from .forward import Forward
+from .packed import tensor_state
 from .models import ALLOW_UNTESTED, SUPPORTED_FAMILIES, UnsupportedModelError, check_supported
 from .parallel import world_size
 from .records import cache_root, digest, file_stamps, package_version, read_record, source_stamp, write_record
@@ -133,9 +134,33 @@ def proof_of(model: Any) -> Proof | None:
     return next(iter(proofs.values()), None) if proofs else None
 
 
-def _key(model: Any, backend: str) -> tuple[str, str, str]:
+def _key(model: Any, backend: str) -> tuple[Any, ...]:
+    """What an in-process proof holds for (Spec §11.6): the dtype, device and backend, and the model's
+    state that the proof's outcome depends on: its config (where the RoPE spec comes from), its
+    modules (a layer replaced, e.g. by an adapter) and its rotary buffers (rebuilt or edited). A change
+    to any of them proves again, where the earlier proof's RoPE spec was returned."""
     param = next(model.parameters())
-    return (str(param.dtype), str(param.device), backend)
+    return (str(param.dtype), str(param.device), backend, _config_text(model),
+            tuple(id(m) for m in model.modules()), tuple(_rotary_state(model, values=False)))
+
+
+def _config_text(model: Any) -> str:
+    try:
+        return str(model.config.to_json_string(use_diff=False))
+    except (TypeError, ValueError):  # a config holding something JSON cannot write
+        return repr(model.config.to_dict())
+
+
+def _rotary_state(model: Any, values: bool) -> list[Any]:
+    """Each rotary module's ``inv_freq`` buffer (which tensor and :func:`tensor_state`, or its values)
+    and ``attention_scaling``: what the RoPE probe checks the model against."""
+    out: list[Any] = []
+    for module in model.modules():
+        buf = module._buffers.get("inv_freq")
+        if isinstance(buf, Tensor):
+            what = buf.detach().double().cpu().tolist() if values else (id(buf), *tensor_state(buf))
+            out.append((what, float(getattr(module, "attention_scaling", 1.0))))
+    return out
 
 
 #: environment variable: ``0`` turns the remembered proofs off (none is read or written), Spec §11.6
@@ -164,7 +189,8 @@ def record_key(model: Any, backend: str) -> str | None:
     and the (path, size, mtime_ns) of every ``.py`` file of it, the torch, transformers and Python
     versions, the model class, its config (``to_json_string``) and attention implementation, the
     parameters' dtypes and devices (and GPU names), the backend, the folder and each weight file's
-    name, size and mtime_ns, and a sample of the weights as they are in memory.
+    name, size and mtime_ns, a sample of the weights as they are in memory, and the rotary modules'
+    inverse frequencies and attention scaling.
     """
     if os.environ.get(PROOF_CACHE_ENV, "").strip() == "0" or world_size() > 1:
         return None
@@ -194,6 +220,7 @@ def record_key(model: Any, backend: str) -> str | None:
         "backend": backend,
         "weights": [str(directory), weights],
         "sample": _weights_sample(params),
+        "rotary": _rotary_state(model, values=True),
     })
 
 
@@ -238,7 +265,8 @@ def _remember(key: str, proof: Proof) -> None:
 
 
 def ensure_compatible(model: Any, *, allow_untested: bool = False, backend: str = "rotate_queries") -> RopeSpec:
-    """Prove, once per model object, dtype, device and backend, that Hogwild runs ``model`` exactly (Spec §11.6).
+    """Prove, once per model object, dtype, device and backend, that Hogwild runs ``model`` exactly (Spec §11.6);
+    again after its config, its modules or its rotary buffers changed.
 
     Order of the checks (the first failing one is reported): the config's RoPE
     (:func:`~hogwild_ref.models.check_supported`: no RoPE, dynamic NTK, ...); the RoPE probe

@@ -29,11 +29,23 @@ def rope_families() -> list[str]:
     return found
 
 
-def tiny_family_model(model_type: str, max_parameters: int = 5_000_000, seed: int = 0) -> Any:
-    """A tiny random-weight causal LM of ``model_type`` (eval mode), or raise ``ValueError`` when none builds."""
+#: layers of a survey model: enough for the per-layer patterns of real checkpoints to appear (a layer
+#: without RoPE every fourth, local and global layers alternating in fours, a dense first layer)
+SURVEY_LAYERS = 8
+
+
+def tiny_family_model(model_type: str, max_parameters: int = 20_000_000, seed: int = 0,
+                      layers: int = SURVEY_LAYERS) -> Any:
+    """A tiny random-weight causal LM of ``model_type`` (eval mode), or raise ``ValueError`` when none builds.
+
+    Like a trained checkpoint in what the compatibility proof can see (Spec §11.6): ``layers`` layers,
+    so that per-layer patterns appear, and every parameter random, the one-dimensional ones (norm
+    weights, biases) too: a norm weight of exactly 1 commutes with a rotation, which hides a norm
+    applied after RoPE.
+    """
     from transformers import AutoModelForCausalLM
 
-    config = tiny_family_config(model_type)
+    config = tiny_family_config(model_type, num_hidden_layers=layers)
     if getattr(config, "text_config", None) is not None:
         raise ValueError("a composite (multimodal) config")
     with torch.device("meta"):
@@ -47,6 +59,8 @@ def tiny_family_model(model_type: str, max_parameters: int = 5_000_000, seed: in
         for p in model.parameters():
             if p.dim() >= 2:
                 p.normal_(0.0, 0.08)
+            else:
+                p.add_(torch.randn_like(p), alpha=0.2)
     return model
 
 
