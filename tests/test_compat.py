@@ -184,6 +184,17 @@ def test_proof_runs_once_per_model_and_backend(monkeypatch):
     assert all(e < proof.tolerance for e in proof.errors.values())
 
 
+def _matches_its_own_forward(model, rope, ids):
+    """One worker's prompt through the fast path (packed weights on) gives the last logits of the model's
+    own forward on the same tokens, within the proof's float32 tolerance."""
+    forward = Forward(model, rope, "fast", pack_weights=True)
+    storage = forward.storage(make_layout("contiguous", 1))
+    with torch.inference_mode():
+        got = forward(storage, [Row(("prompt",), len(ids))], [ids])[0]
+        want = model(torch.tensor([ids])).logits[0, -1]
+    assert relative_error(got, want) < PROOF_TOLERANCES[torch.float32]
+
+
 class _LoRA(torch.nn.Linear):
     """A loralib-style adapter: an ``nn.Linear`` subclass whose forward adds a low-rank product."""
 
@@ -210,14 +221,7 @@ def test_linear_subclasses_keep_their_forward_on_the_fast_path(kind):
             layer.self_attn.q_proj = _LoRA(layer.self_attn.q_proj)
     else:
         model = tiny_family_model("phimoe", seed=0)
-    rope = ensure_compatible(model, allow_untested=True, backend="fast")
-    forward = Forward(model, rope, "fast", pack_weights=True)
-    storage = forward.storage(make_layout("contiguous", 1))
-    ids = list(range(10, 22))
-    with torch.inference_mode():
-        got = forward(storage, [Row(("prompt",), len(ids))], [ids])[0]
-        want = model(torch.tensor([ids])).logits[0, -1]
-    assert relative_error(got, want) < PROOF_TOLERANCES[torch.float32]
+    _matches_its_own_forward(model, ensure_compatible(model, allow_untested=True, backend="fast"), list(range(10, 22)))
 
 
 def test_longrope_with_a_short_original_context_is_probed_below_it():
@@ -231,13 +235,7 @@ def test_longrope_with_a_short_original_context_is_probed_below_it():
                                         "rope_theta": 10000.0})
     rope = ensure_compatible(model, backend="fast")
     assert rope.max_position == 64
-    forward = Forward(model, rope, "fast")
-    storage = forward.storage(make_layout("contiguous", 1))
-    ids = list(range(5, 55))
-    with torch.inference_mode():
-        got = forward(storage, [Row(("prompt",), len(ids))], [ids])[0]
-        want = model(torch.tensor([ids])).logits[0, -1]
-    assert relative_error(got, want) < PROOF_TOLERANCES[torch.float32]
+    _matches_its_own_forward(model, rope, list(range(5, 55)))
 
 
 def test_a_rebuilt_rotary_embedding_is_proven_again(smollm_tokenizer):
