@@ -390,5 +390,7 @@ def test_cli_refuses_a_bad_dist_timeout_before_loading(tmp_path, capsys, monkeyp
     from hogwild_ref.cli import main
 
     monkeypatch.setattr(hogwild_ref.models, "load", lambda *a, **k: pytest.fail("loaded a model for bad arguments"))
-    assert main(["eval", "--dist-timeout", "0", "--out", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.startswith("error: --dist-timeout must be a positive number of minutes")
+    for bad in ("0", "inf", "nan", "1e30", "10081"):  # inf and 1e30 overflowed timedelta: a traceback
+        assert main(["eval", "--dist-timeout", bad, "--out", str(tmp_path)]) == 2
+        assert capsys.readouterr().err.startswith("error: --dist-timeout must be a positive number of minutes, at "
+                                                  "most 10080 (a week)")

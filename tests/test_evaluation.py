@@ -206,6 +206,27 @@ def test_eval_writes_rows_summary_and_plot(tiny, tmp_path):
     assert "| method | units | wall s | problems/hour | tokens | tokens/s |" in report.files["summary_md"].read_text()
 
 
+def test_progress_on_a_console_that_is_not_a_terminal_is_plain_lines(tiny, tmp_path, monkeypatch):
+    """A log file or a scheduler's output (stderr not a terminal) showed nothing until the end: a rich bar
+    draws only on terminals. Now a plain line, no control codes, every PLAIN_EVERY_S seconds and at the end."""
+    import io
+    import re
+
+    from rich.console import Console
+
+    from hogwild_ref.evaluation import runner
+
+    monkeypatch.setattr(runner._Progress, "PLAIN_EVERY_S", 0.0)
+    log = io.StringIO()
+    model, tok = tiny
+    run_eval(model, tok, _cfg(limit=2, workers=(1,), self_consistency=False), tmp_path, progress=True,
+             console=Console(file=log, force_terminal=False), plot=False)
+    lines = log.getvalue().splitlines()
+    pattern = re.compile(r"eval (\d+)/2 units, (\d+)%, \d+:\d\d:\d\d elapsed, ETA (\d+:\d\d:\d\d|\?)")
+    assert len(lines) >= 3 and all(pattern.fullmatch(line) for line in lines), lines
+    assert pattern.fullmatch(lines[-1]).group(1, 2) == ("2", "100") and "\x1b" not in log.getvalue()
+
+
 def test_eval_resumes_without_redoing_finished_rows(tiny, tmp_path):
     model, tok = tiny
     complete = run_eval(model, tok, _cfg(), tmp_path / "complete", progress=False, plot=False)

@@ -390,7 +390,8 @@ def test_sigterm_during_eval_keeps_whole_rows_and_a_rerun_resumes(helper, tmp_pa
     assert text.endswith("\n")
     rows = [json.loads(line) for line in text.splitlines()]  # every line whole and valid JSON
     assert rows and "Traceback" not in err
-    assert err.strip().splitlines()[-1] == f"interrupted: {len(rows)} rows kept in {results}; rerun the same command to resume"
+    assert err.strip().splitlines()[-1] == (f"interrupted: {len(rows)} rows kept in {results}; rerun the same command to "
+                                            "resume (the batch that was running is run again)")
     # the rerun, in this process with the helper's model (same seed, same tokenizer): it resumes
     model = tiny_model("llama", seed=2, vocab_size=len(smollm_tokenizer))
     monkeypatch.setattr(hogwild_ref.models, "load", lambda *a, **k: (model, smollm_tokenizer))
@@ -449,6 +450,68 @@ def test_sigterm_handler_is_restored_after_main(capsys, monkeypatch):
     assert main(["generate", "x"]) == 128 + signal.SIGTERM
     assert seen[0] is not before and signal.getsignal(signal.SIGTERM) is before
     assert "interrupted" in capsys.readouterr().err
+
+
+def test_a_signal_during_an_import_waits_for_the_import(tmp_path, monkeypatch):
+    """A signal in a command's first second lands in torch's or transformers' imports; raised there it
+    escaped as ModuleNotFoundError (a traceback, exit 1) or aborted torch's C++ (exit 134). Now it is
+    delivered again once the import is done, as KeyboardInterrupt."""
+    from hogwild_ref.cli.signals import interrupts
+
+    (tmp_path / "slow_import_for_test.py").write_text(
+        "import os, signal, time\nos.kill(os.getpid(), signal.SIGTERM)\ntime.sleep(0.3)\nCOMPLETE = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with interrupts() as received, pytest.raises(KeyboardInterrupt):
+        import slow_import_for_test  # noqa: F401
+        time.sleep(5)  # the signal, delivered again, interrupts this
+    assert sys.modules["slow_import_for_test"].COMPLETE and received == [signal.SIGTERM]
+
+
+def test_a_signal_while_the_result_is_written_lets_it_be_written_whole(capsys, monkeypatch):
+    """``--json | slow reader``, then SIGTERM while print blocks: stdout held the first 64 KiB of the
+    object. Now the object is written whole, then the command exits with the signal's status."""
+    import hogwild_ref.cli as cli
+    from hogwild_ref.cli.signals import write_out
+
+    text = json.dumps({"tokens": list(range(20000))})
+
+    def writes_slowly(args):
+        real = sys.stdout.write
+
+        def write(s):
+            if len(s) > 1000:
+                real(s[:1000])
+                os.kill(os.getpid(), signal.SIGTERM)  # arrives in the middle of the write
+                time.sleep(0.1)
+                return real(s[1000:]) + 1000
+            return real(s)
+
+        monkeypatch.setattr(sys.stdout, "write", write)
+        write_out(text)
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_generate", writes_slowly)
+    assert main(["generate", "x"]) == 128 + signal.SIGTERM
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == json.loads(text) and captured.err.strip() == "interrupted"
+
+
+def test_an_error_a_signal_caused_reads_as_the_interrupt(capsys, monkeypatch):
+    """What the interrupted code raised in place of KeyboardInterrupt (transformers' lazy modules raise
+    ModuleNotFoundError) ends the command as interrupted, not as a traceback."""
+    import hogwild_ref.cli as cli
+
+    def interrupted_then_fails(args):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            raise ModuleNotFoundError("Could not import module 'AttentionInterface'") from None
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_generate", interrupted_then_fails)
+    assert main(["generate", "x"]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted"
 
 
 def test_engine_takes_the_budget_directly_and_never_forgets_the_eos_ids(smollm_tokenizer):

@@ -111,6 +111,12 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
      "the problem is 1.2 MB"),
     ("limit-0", lambda t: ["--limit", "0"], "--limit must be >= 1"),
     ("out-is-a-file", lambda t: ["--out", _bytes(t, "f.txt", b"x")], "is a file; give a directory"),
+    # these were NotADirectoryError/PermissionError lines that named neither --out nor a fix
+    ("out-under-a-file", lambda t: ["--out", str(Path(_bytes(t, "f.txt", b"x")) / "sub")],
+     "cannot be created or written (Not a directory); give a writable directory"),
+    ("out-under-proc", lambda t: ["--out", "/proc/self/hogwild-out"], "--out /proc/self/hogwild-out cannot be created"),
+    ("out-empty", lambda t: ["--out", ""], "--out is empty; give a path (or omit --out for its default)"),
+    ("dataset-empty", lambda t: ["--dataset", " "], "--dataset is empty; give a path"),  # was read as "."
     ("duplicate-seeds", lambda t: ["--seeds", "0", "0"], "--seeds repeats seed 0"),
     ("finisher-tokens-0", lambda t: ["--finisher-tokens", "0"], "--finisher-tokens must be >= 1; got 0"),
     ("collab-every-negative", lambda t: ["--collab-every", "-1"], "--collab-every must be >= 0 (0 disables"),
@@ -248,19 +254,21 @@ def test_an_interrupted_evaluation_counts_the_rows_of_its_file_and_shards(tmp_pa
     _jsonl(tmp_path / shard_name(1, 2), [_row(budget=8), _row(problem_id="b")])  # one key in both files
     _say_interrupted(tmp_path)
     assert capsys.readouterr().err.strip() == (f"interrupted: 3 rows kept in {tmp_path / 'results.jsonl'} and 1 rank "
-                                               "shard(s) beside it; rerun the same command to resume")
+                                               "shard(s) beside it; rerun the same command to resume (the batch that "
+                                               "was running is run again)")
     # a first run under torchrun: no results.jsonl yet, only the shards (it was named although it did not exist)
     (tmp_path / "results.jsonl").unlink()
     _jsonl(tmp_path / shard_name(0, 2), [_row()])
     _say_interrupted(tmp_path)
     assert capsys.readouterr().err.strip() == (f"interrupted: 3 rows kept in 2 rank shard(s) in {tmp_path}; rerun the "
-                                               "same command to resume")
-    # one process stopped before its first row: no shards, no results file yet
+                                               "same command to resume (the batch that was running is run again)")
+    # one process stopped before its first row: no shards, no results file yet (it was named, "0 rows kept in" it)
     for shard in tmp_path.glob("results.rank*"):
         shard.unlink()
     _say_interrupted(tmp_path)
-    assert capsys.readouterr().err.strip() == (f"interrupted: 0 rows kept in {tmp_path / 'results.jsonl'}; rerun the "
-                                               "same command to resume")
+    assert capsys.readouterr().err.strip() == (f"interrupted before any problem's rows were complete: nothing kept in "
+                                               f"{tmp_path} (a batch's rows are written when it ends); rerun the same "
+                                               "command to start again")
 
 
 def test_the_case_table_is_large():
@@ -287,6 +295,27 @@ def test_an_out_directory_in_use_names_the_holder(tmp_path, capsys, no_model):
 
     with OutDirLock(out):
         assert (out / ".lock").read_text().strip() == str(__import__("os").getpid())
+    # released, it names no holder: a later refusal by another tool's lock named this finished process
+    assert (out / ".lock").read_text() == ""
+
+
+def test_summary_files_are_replaced_whole_or_not_at_all(tmp_path):
+    """summary.md/json, the plots and config.json were written in place: a kill meanwhile left half a
+    file. Now a write that stops leaves the old file and no temporary beside it."""
+    from hogwild_ref.evaluation.results import replace_file
+
+    path = tmp_path / "summary.md"
+    path.write_text("old\n")
+
+    def stops_halfway(tmp):
+        tmp.write_text("new, but only ha")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        replace_file(path, stops_halfway)
+    assert path.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["summary.md"]
+    replace_file(path, lambda tmp: tmp.write_text("new\n"))
+    assert path.read_text() == "new\n" and sorted(p.name for p in tmp_path.iterdir()) == ["summary.md"]
 
 
 def test_a_changed_setting_is_refused_before_the_model_loads(tmp_path, capsys, no_model):

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import sys
-import threading
 import warnings
-from typing import Any, Iterator, NoReturn, Sequence
+from typing import Any, NoReturn, Sequence
 
 from .bench import _add_bench, cmd_bench, cmd_bench_ticks
 from .conform import _add_conform, _print_conform_table, cmd_conform
 from .eval import _add_eval, cmd_eval
 from .common import show_warning
+from .signals import interrupts, late
 from .generate import DEFAULT_PROBLEM, _add_generate, cmd_generate
 
 __all__ = ["DEFAULT_PROBLEM", "main", "cmd_bench", "cmd_bench_ticks", "cmd_conform", "cmd_eval", "cmd_generate",
@@ -40,62 +39,55 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_eval(sub)
     args = parser.parse_args(argv)
     handlers = {"bench": cmd_bench, "conform": cmd_conform, "eval": cmd_eval, "generate": cmd_generate}
-    with _sigterm_as_interrupt() as received:
+    _quiet_hub_bars()
+    with interrupts() as received:
         try:
-            rc = _run(handlers[args.command], args)
+            rc = _run(handlers[args.command], args, received)
         except BrokenPipeError:
             return _broken_pipe()
-        if rc == 130 and received:  # SIGTERM ended the run like Ctrl-C: same partial result, its own status
+        if rc == 0 and late() is not None:  # the result was written whole, then the signal is honoured
+            print("interrupted", file=sys.stderr)
+            return 128 + int(late() or 0)
+        if rc == 130 and signal.SIGTERM in received:  # SIGTERM ended the run like Ctrl-C: its own status
             return 128 + signal.SIGTERM
         return rc
 
 
-def _run(handler: Any, args: argparse.Namespace) -> int:
+def _quiet_hub_bars() -> None:
+    """transformers' and the hub's own progress bars (loading weights, converting the GGUF) are off: the
+    commands show their own progress, and a bar's carriage returns land in a redirected stderr as is."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when transformers is imported
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
+def _run(handler: Any, args: argparse.Namespace, received: Sequence[int] = ()) -> int:
+    """Run a command; its exceptions as exit statuses: 130 for Ctrl-C and SIGTERM (and for whatever a
+    signal made the interrupted code raise), 70 for a failed internal assertion (a bug), 2 with one line
+    for bad input."""
     try:
         with warnings.catch_warnings():
             warnings.showwarning = show_warning
             return int(handler(args))
-    except AssertionError:  # a failed internal check is a bug in hogwild_ref, not bad input
-        import traceback
-
-        traceback.print_exc()
-        print("internal error: an assertion inside hogwild_ref failed; this is a bug, please report it with the "
-              "traceback above", file=sys.stderr)
-        return 70
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
+    except (BrokenPipeError, SystemExit):
         raise
-    except (ValueError, TypeError, RuntimeError, OSError) as exc:  # one-line errors for bad input
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
-        return 2
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt) or (received and isinstance(exc, Exception)):
+            print("interrupted", file=sys.stderr)
+            return 130
+        if isinstance(exc, AssertionError):  # a failed internal check is a bug in hogwild_ref, not bad input
+            import traceback
 
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[list[int]]:
-    """SIGTERM (what ``timeout``, schedulers and ``kill`` send) raises ``KeyboardInterrupt`` in the main
-    thread, so a command keeps its partial result exactly as for Ctrl-C; the list it yields records the
-    signal, and the previous handler is restored afterwards. A second SIGTERM ends the process at once.
-    Off the main thread, nothing changes."""
-    received: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-
-    def on_term(signum: int, frame: Any) -> None:
-        if received:  # a second SIGTERM while the partial result is saved: end now, as without the handler
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
-        received.append(signum)
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, on_term)
-    try:
-        yield received
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+            traceback.print_exc()
+            print("internal error: an assertion inside hogwild_ref failed; this is a bug, please report it with the "
+                  "traceback above", file=sys.stderr)
+            return 70
+        if isinstance(exc, (ValueError, TypeError, RuntimeError, OSError)):  # one-line errors for bad input
+            print(f"error: {_one_line(exc)}", file=sys.stderr)
+            return 2
+        raise
 
 
 def _broken_pipe() -> int:

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from ..settings import BACKENDS, DTYPES, LAYOUTS
+from .signals import write_out
 from .common import _check_device, _check_memory, _check_model_source, _check_threads, _load, _model_shape, table_console
 
 
@@ -152,7 +153,7 @@ def cmd_bench_ticks(args: argparse.Namespace) -> int:
     def measured(r: Any) -> None:  # --json: each case's line as soon as it is measured
         results.append(r)
         if args.json:
-            print(json.dumps(dataclasses.asdict(r)), flush=True)
+            write_out(json.dumps(dataclasses.asdict(r)))
 
     try:
         bench_ticks(model, workers=args.workers or [1, 2, 4, 8], contexts=args.contexts or [1024, 4096],
@@ -241,7 +242,7 @@ def _print_rows(console: Any, rows: list[dict[str, Any]], as_json: bool, interru
     from ..bench import machine
 
     if as_json:
-        print(json.dumps({"machine": machine(), "results": rows} | ({"interrupted": True} if interrupted else {})))
+        write_out(json.dumps({"machine": machine(), "results": rows} | ({"interrupted": True} if interrupted else {})))
         return
     console.print(f"machine: {machine()}")
     for kind in ("attention", "engine"):

@@ -9,6 +9,8 @@ import shlex
 import sys
 from typing import Any
 
+from .signals import write_out
+
 LEVEL_NAMES = ["rope", "attention", "model"]
 #: the longest --adapter-timeout (seconds): a week
 MAX_ADAPTER_TIMEOUT = 7 * 24 * 3600
@@ -204,10 +206,13 @@ def cmd_conform(args: argparse.Namespace) -> int:
             closer = None
         if results:
             from ..conformance.report import Report
+            from ..conformance.runner import not_reached
 
-            partial = Report(results, directory)
+            rest = not_reached(directory, levels, results, "interrupted")
+            partial = Report(results + rest, directory)
+            print(f"interrupted: {len(rest)} of {len(partial.results)} vectors not run", file=sys.stderr)
             if args.json:
-                print(json.dumps(partial.to_json_dict() | {"interrupted": True}))
+                write_out(json.dumps(partial.to_json_dict() | {"interrupted": True}))
             else:
                 _print_conform_table(partial, f"{name} (interrupted)")
         raise
@@ -215,7 +220,7 @@ def cmd_conform(args: argparse.Namespace) -> int:
         if closer is not None:
             closer.close()
     if args.json:
-        print(json.dumps(report.to_json_dict()))
+        write_out(json.dumps(report.to_json_dict()))
     else:
         _print_conform_table(report, name)
     if not report.failed and not report.passed:

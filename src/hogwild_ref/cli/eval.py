@@ -76,6 +76,10 @@ def _check_flags(args: argparse.Namespace, rank: int) -> bool:
     return warned
 
 
+#: the longest --dist-timeout (minutes): a week
+MAX_DIST_TIMEOUT = 7 * 24 * 60
+
+
 def _say_interrupted(out: Any) -> None:
     """One line on an interrupted evaluation: the rows its results file and any rank shards hold, and how
     to go on (Spec §13.5, §13.6)."""
@@ -89,11 +93,16 @@ def _say_interrupted(out: Any) -> None:
         print(f"interrupted: the rows kept are in {out}; rerun the same command to resume", file=sys.stderr)
         return
     results = out / "results.jsonl"
+    if not kept:
+        print(f"interrupted before any problem's rows were complete: nothing kept in {out} (a batch's rows are written "
+              "when it ends); rerun the same command to start again", file=sys.stderr)
+        return
     if shards and not results.is_file():  # a first run under torchrun: only the ranks' shards exist so far
         where = f"{len(shards)} rank shard(s) in {out}"
     else:
         where = f"{results}" + (f" and {len(shards)} rank shard(s) beside it" if shards else "")
-    print(f"interrupted: {kept} rows kept in {where}; rerun the same command to resume", file=sys.stderr)
+    print(f"interrupted: {kept} rows kept in {where}; rerun the same command to resume (the batch that was running "
+          "is run again)", file=sys.stderr)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -115,8 +124,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     rank = place_from_env(os.environ).rank
     if _check_flags(args, rank) or rank != 0:  # said once, up front, by rank 0: the runners need not repeat it
         warnings.filterwarnings("ignore", category=ContextLengthWarning)
-    if not args.dist_timeout > 0:
-        raise ValueError(f"--dist-timeout must be a positive number of minutes; got {args.dist_timeout}")
+    for flag, value in (("--out", args.out), ("--dataset", args.dataset)):
+        if value is not None and not str(value).strip():
+            raise ValueError(f"{flag} is empty; give a path (or omit {flag} for its default)")
+    if not 0 < args.dist_timeout <= MAX_DIST_TIMEOUT:  # nan and inf too
+        raise ValueError(f"--dist-timeout must be a positive number of minutes, at most {MAX_DIST_TIMEOUT} (a week); "
+                         f"got {args.dist_timeout}")
     model_name = args.model or "SmolLM2-135M-Instruct (embedded GGUF)"
     cfg = EvalConfig(
         dataset=args.dataset, workers=tuple(args.workers), budgets=tuple(args.budgets), seeds=tuple(args.seeds),

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from ..settings import BACKENDS, DTYPES, LAYOUTS
+from .signals import write_out
 from .common import (_check_collab_every, _check_device, _check_memory, _check_model_source, _check_placement, _check_threads,
                      _load, _model_shape)
 
@@ -126,7 +127,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # keep stderr to our own lines (errors, warnings)
-    hf_logging.disable_progress_bar()
     with console.status("loading model ..."):
         model, tokenizer = _load(args)
     view = None
@@ -144,14 +144,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
             print("interrupted before generation started", file=sys.stderr)
             return 130
         if args.json:
-            print(json.dumps(exc.result.to_json_dict()))
+            write_out(json.dumps(exc.result.to_json_dict()))
         else:
             _print_partial(console, exc.result)
         print("interrupted: the partial result is above (reason: interrupted)", file=sys.stderr)
         return 130
     if args.json:
         if not quiet:
-            print(json.dumps(result.to_json_dict()))
+            write_out(json.dumps(result.to_json_dict()))
         return 0
     assert view is not None
     view.summary(result)

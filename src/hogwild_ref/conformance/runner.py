@@ -426,6 +426,22 @@ def load_checked(path: Path) -> Vector:
     return vector
 
 
+def not_reached(vectors_dir: Path | str | None, levels: Sequence[str] | None, done: Sequence[VectorResult],
+                why: str) -> list[VectorResult]:
+    """A ``not_run`` result (Spec §12.5) for every vector of ``levels`` that :func:`run` did not reach
+    (not among ``done``): what an interrupted run reports for the rest, so that its counts cover every
+    vector."""
+    _, paths = vector_paths(vectors_dir, levels)
+    seen = {(r.level, r.name) for r in done}
+    out = []
+    for path in paths:
+        vector = load_checked(path)
+        if (vector.level, vector.name) not in seen:
+            out.append(VectorResult(vector.name, vector.level, "not_run", None, float(vector.meta["tolerance"]),
+                                    message=f"not run: {why}"))
+    return out
+
+
 def run(adapter: Any, vectors_dir: Path | str | None = None, levels: Sequence[str] | None = None,
         on_result: Callable[[VectorResult], None] | None = None) -> Report:
     """Run every vector of ``levels`` (default: all) in ``vectors_dir`` (default: the checkout's) against ``adapter``.

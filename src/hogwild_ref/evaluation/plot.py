@@ -9,6 +9,7 @@ import math
 import textwrap
 from pathlib import Path
 
+from .results import replace_file
 from .summary import Cell, label
 
 __all__ = ["plot_accuracy"]
@@ -65,7 +66,7 @@ def plot_accuracy(cells: list[Cell], out_stem: str | Path, title: str = "") -> l
     out_stem = Path(out_stem)
     out_stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [out_stem.with_suffix(".png"), out_stem.with_suffix(".svg")]
-    fig.savefig(paths[0], dpi=150)
-    fig.savefig(paths[1])
+    replace_file(paths[0], lambda tmp: fig.savefig(tmp, dpi=150, format="png"))  # whole or not at all (Spec §13.5)
+    replace_file(paths[1], lambda tmp: fig.savefig(tmp, format="svg"))
     plt.close(fig)
     return paths

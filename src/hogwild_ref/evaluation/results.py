@@ -15,12 +15,13 @@ directory while a second evaluation's rank ``r`` is refused by the first one's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
-__all__ = ["ROW_FORMAT", "OutDirLock", "ResultsLog", "parse_rows", "row_key", "validate_row"]
+__all__ = ["ROW_FORMAT", "OutDirLock", "ResultsLog", "parse_rows", "replace_file", "row_key", "validate_row"]
 
 Key = tuple[str, str, int, int, int]
 
@@ -143,6 +144,18 @@ class ResultsLog:
         return list(self.rows.values())
 
 
+def replace_file(path: Path, write: Callable[[Path], object]) -> None:
+    """Write ``path`` whole or not at all (Spec §13.5): ``write`` fills a temporary file beside it (same
+    suffix), which then replaces ``path``; an interruption leaves the old file, never a part."""
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
 class OutDirLock:
     """An exclusive OS lock on an output directory (``DIR/.lock``), re-entrant within this process.
 
@@ -166,12 +179,16 @@ class OutDirLock:
 
         if self.directory.exists() and not self.directory.is_dir():
             raise ValueError(f"--out {self.directory} is a file; give a directory (it is created if missing)")
-        self.directory.mkdir(parents=True, exist_ok=True)
-        key = self.directory.resolve() / self.name
-        if key in self._held:
-            self._held[key][1] += 1
-            return
-        f = open(key, "a+", encoding="utf-8")
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            key = self.directory.resolve() / self.name
+            if key in self._held:
+                self._held[key][1] += 1
+                return
+            f = open(key, "a+", encoding="utf-8")
+        except OSError as exc:  # a file on the way, no permission, a read-only or virtual file system
+            raise ValueError(f"--out {self.directory} cannot be created or written ({exc.strerror or exc}); give a "
+                             "writable directory") from None
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -194,6 +211,8 @@ class OutDirLock:
         entry[1] -= 1
         if entry[1] == 0:
             del self._held[key]
+            with contextlib.suppress(OSError):  # the pid is this holder's only while it holds the lock
+                entry[0].truncate(0)
             entry[0].close()  # closing the file drops the flock
 
     def __enter__(self) -> OutDirLock:

@@ -23,6 +23,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -33,7 +34,7 @@ from ..prompts import PRESETS
 from ..settings import Settings
 from .answers import check_answer, extract_answer, majority_vote, require_checker
 from .datasets import Problem, load_dataset
-from .results import ROW_FORMAT, OutDirLock, ResultsLog, row_key
+from .results import ROW_FORMAT, OutDirLock, ResultsLog, replace_file, row_key
 from .shards import Group, Solo, assign, is_done, merge_rows, read_rows, shard_name, shard_paths, write_rows
 from .summary import Cell, format_markdown, format_throughput, summarise, throughput
 
@@ -250,7 +251,7 @@ def _check_identity(path: Path, cfg: EvalConfig, *, write: bool = True) -> None:
                              "use another --out directory, or the same settings to resume")
     elif write:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(ident, indent=2) + "\n", encoding="utf-8")
+        replace_file(path, lambda tmp: tmp.write_text(json.dumps(ident, indent=2) + "\n", encoding="utf-8"))
 
 
 def check_inputs(cfg: EvalConfig, out_dir: str | Path | None, problems: Sequence[Problem] | None = None) -> list[Problem]:
@@ -283,13 +284,24 @@ def _check_golds(problems: Sequence[Problem], rows: Iterable[dict[str, Any]], ou
                              "its answers are read, changed since; use another --out directory to score it anew")
 
 
+def _clock(seconds: float) -> str:
+    return str(timedelta(seconds=round(seconds)))
+
+
 class _Progress:
-    """A rich progress bar with ETA over row-ticks (rows x budget), or nothing."""
+    """A rich progress bar with ETA over row-ticks (rows x budget), or nothing. On a console that is not a
+    terminal (a log file, a scheduler's output) a bar shows nothing until the end: there a plain line says
+    the same every :attr:`PLAIN_EVERY_S` seconds, and once at the end."""
+
+    PLAIN_EVERY_S = 30.0
 
     def __init__(self, total: int, units: int, enabled: bool, console: Any = None):
         self.bar = None
         self.units, self.done_units = units, 0
-        if enabled and total:
+        self.plain = bool(enabled and total and console is not None and not console.is_terminal)
+        self.console, self.total, self.done = console, total, 0.0
+        self.t0 = self.last = time.monotonic()
+        if enabled and total and not self.plain:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
@@ -304,6 +316,17 @@ class _Progress:
     def advance(self, n: float, what: str = "") -> None:
         if self.bar is not None:
             self.bar.update(self.task, advance=n, description=self._desc(what))
+        elif self.plain:
+            self.done += n
+            if time.monotonic() - self.last >= self.PLAIN_EVERY_S:
+                self._line()
+
+    def _line(self) -> None:
+        self.last = now = time.monotonic()
+        elapsed = now - self.t0
+        eta = elapsed * (self.total - self.done) / self.done if self.done else None
+        self.console.print(f"{self._desc('')}, {100 * self.done / self.total:.0f}%, {_clock(elapsed)} elapsed, ETA "
+                           f"{_clock(eta) if eta is not None else '?'}", markup=False, highlight=False)
 
     def units_done(self, n: int) -> None:
         self.done_units += n
@@ -312,6 +335,8 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+        elif self.plain:
+            self._line()
 
 
 def run_eval(
@@ -415,12 +440,12 @@ def _run_eval(model: Any, tokenizer: Any, cfg: EvalConfig, out: Path, progress: 
     files["summary_md"] = out / "summary.md"
     title = f"{cfg.dataset}, {len(problems)} problems, seeds {list(cfg.seeds)}, {cfg.layout} layout, model {cfg.model}"
     speed = throughput(rows)
-    files["summary_md"].write_text(f"# {title}\n\nAnswers checked by {checker}.\n\n" + format_markdown(cells)
-                                   + "\n" + format_throughput(speed), encoding="utf-8")
+    markdown = f"# {title}\n\nAnswers checked by {checker}.\n\n" + format_markdown(cells) + "\n" + format_throughput(speed)
+    replace_file(files["summary_md"], lambda tmp: tmp.write_text(markdown, encoding="utf-8"))
     files["summary_json"] = out / "summary.json"
-    files["summary_json"].write_text(json.dumps({"title": title, "checker": checker, "cells": [c.to_dict() for c in cells],
-                                                 "throughput": [t.to_dict() for t in speed]}, indent=2) + "\n",
-                                     encoding="utf-8")
+    summary = json.dumps({"title": title, "checker": checker, "cells": [c.to_dict() for c in cells],
+                          "throughput": [t.to_dict() for t in speed]}, indent=2) + "\n"
+    replace_file(files["summary_json"], lambda tmp: tmp.write_text(summary, encoding="utf-8"))
     if plot:
         from .plot import plot_accuracy
 
