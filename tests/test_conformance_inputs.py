@@ -184,6 +184,21 @@ def test_ctrl_c_with_json_prints_the_vectors_run_so_far(capsys) -> None:
     assert captured.err.splitlines() == [f"interrupted: {len(ROPE) - 2} of {len(ROPE)} vectors not run", "interrupted"]
 
 
+def test_ctrl_c_counts_the_vectors_not_reached_without_reading_them(tmp_path: Path, capsys) -> None:
+    """The vectors an interrupt left are named from their files, not loaded: a damaged one among them
+    turned the whole partial report into a bare "interrupted" (nothing on stdout)."""
+    import shutil
+
+    from hogwild_ref.conformance.runner import default_vectors_dir
+
+    shutil.copytree(default_vectors_dir() / "rope", tmp_path / "rope")
+    (tmp_path / "rope" / f"{ROPE[-1]}.safetensors").write_bytes(b"damaged")
+    assert main(["conform", "--adapter", "test_conformance_inputs:interrupted_on_third", "--level", "rope",
+                 "--vectors", str(tmp_path), "--json"]) == 130
+    out = json.loads(capsys.readouterr().out)
+    assert out["passed"] == 2 and out["not_run"] == len(ROPE) - 2 and out["interrupted"] is True
+
+
 def test_a_reply_that_is_not_json_is_named_when_the_adapter_times_out(tmp_path: Path, capsys) -> None:
     script = tmp_path / "a.py"
     script.write_text("import sys, time\nsys.stdin.readline()\nprint('hello there', flush=True)\ntime.sleep(60)\n")

@@ -467,6 +467,73 @@ def test_a_signal_during_an_import_waits_for_the_import(tmp_path, monkeypatch):
     assert sys.modules["slow_import_for_test"].COMPLETE and received == [signal.SIGTERM]
 
 
+def test_a_second_signal_during_an_import_is_not_held(tmp_path, monkeypatch):
+    """Only the first signal waits for an import: pressing Ctrl-C again (a module that loads for minutes)
+    interrupts at once, where every signal was held for as long as the import ran."""
+    from hogwild_ref.cli.signals import interrupts
+
+    (tmp_path / "endless_import_for_test.py").write_text(
+        "import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(0.2)\n"
+        "os.kill(os.getpid(), signal.SIGINT)\ntime.sleep(30)\nCOMPLETE = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    t0 = time.monotonic()
+    with interrupts() as received, pytest.raises(KeyboardInterrupt):
+        import endless_import_for_test  # noqa: F401
+    assert time.monotonic() - t0 < 10 and "endless_import_for_test" not in sys.modules
+    assert received == [signal.SIGINT]
+
+
+def test_a_signal_still_waiting_when_the_command_ends_is_its_exit_status(tmp_path, capsys, monkeypatch):
+    """A signal held in a command's last import: the timer that sends it again outlived the command (it
+    later killed, or interrupted, the caller of main). Now main returns the signal's status, and nothing
+    arrives afterwards."""
+    import hogwild_ref.cli as cli
+
+    (tmp_path / "last_import_for_test.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGINT)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def imports_last(args):
+        import last_import_for_test  # noqa: F401
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_generate", imports_last)
+    assert main(["generate", "x"]) == 130
+    time.sleep(0.3)  # a stray re-send would raise KeyboardInterrupt here
+    assert capsys.readouterr().err.strip() == "interrupted"
+
+
+def test_an_ignored_sigint_stays_ignored_and_a_mid_run_line_is_interrupted_after_it(capsys, monkeypatch):
+    """A command started with SIGINT ignored (nohup, a background job) kept it ignored before the signal
+    handling was rewritten, and does again. A line written mid-run (bench's per-case JSON) is finished,
+    then the signal interrupts the command (it was held to the end of the command)."""
+    from hogwild_ref.cli.signals import interrupts, write_out
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with interrupts():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    real, sent = sys.stdout.write, []
+
+    def write(s):
+        if not sent:  # one Ctrl-C, in the middle of the line
+            sent.append(os.kill(os.getpid(), signal.SIGINT))
+            time.sleep(0.05)
+        return real(s)
+
+    with interrupts() as received:
+        monkeypatch.setattr(sys.stdout, "write", write)
+        with pytest.raises(KeyboardInterrupt):
+            write_out('{"case": 1}')
+        monkeypatch.undo()
+    assert capsys.readouterr().out == '{"case": 1}\n' and received == [signal.SIGINT]
+    monkeypatch.setattr(sys, "stdout", None)  # stdout closed (>&-): print writes nothing, and nor does this
+    write_out("{}", final=True)
+
+
 def test_a_signal_while_the_result_is_written_lets_it_be_written_whole(capsys, monkeypatch):
     """``--json | slow reader``, then SIGTERM while print blocks: stdout held the first 64 KiB of the
     object. Now the object is written whole, then the command exits with the signal's status."""
@@ -487,7 +554,7 @@ def test_a_signal_while_the_result_is_written_lets_it_be_written_whole(capsys, m
             return real(s)
 
         monkeypatch.setattr(sys.stdout, "write", write)
-        write_out(text)
+        write_out(text, final=True)
         return 0
 
     monkeypatch.setattr(cli, "cmd_generate", writes_slowly)

@@ -37,7 +37,6 @@ from torch import Tensor
 
 from .features import PROOF_TOLERANCES, CompatibilityError, RopeProbe, model_type, relative_error, probe_rope
 from .forward import Forward
-from .packed import tensor_state
 from .models import ALLOW_UNTESTED, SUPPORTED_FAMILIES, UnsupportedModelError, check_supported
 from .parallel import world_size
 from .records import cache_root, digest, file_stamps, package_version, read_record, source_stamp, write_record
@@ -129,9 +128,9 @@ _PROOFS: weakref.WeakKeyDictionary[Any, dict[tuple[str, str, str], Proof]] = wea
 
 
 def proof_of(model: Any) -> Proof | None:
-    """The proof recorded for ``model`` (any backend), or None."""
+    """The latest proof recorded for ``model`` (any backend), or None."""
     proofs = _PROOFS.get(model)
-    return next(iter(proofs.values()), None) if proofs else None
+    return next(reversed(proofs.values()), None) if proofs else None  # the latest
 
 
 def _key(model: Any, backend: str) -> tuple[Any, ...]:
@@ -141,7 +140,7 @@ def _key(model: Any, backend: str) -> tuple[Any, ...]:
     to any of them proves again, where the earlier proof's RoPE spec was returned."""
     param = next(model.parameters())
     return (str(param.dtype), str(param.device), backend, _config_text(model),
-            tuple(id(m) for m in model.modules()), tuple(_rotary_state(model, values=False)))
+            tuple(id(m) for m in model.modules()), tuple(_rotary_state(model)))
 
 
 def _config_text(model: Any) -> str:
@@ -151,15 +150,14 @@ def _config_text(model: Any) -> str:
         return repr(model.config.to_dict())
 
 
-def _rotary_state(model: Any, values: bool) -> list[Any]:
-    """Each rotary module's ``inv_freq`` buffer (which tensor and :func:`tensor_state`, or its values)
-    and ``attention_scaling``: what the RoPE probe checks the model against."""
-    out: list[Any] = []
+def _rotary_state(model: Any) -> list[tuple[tuple[float, ...], float]]:
+    """Each rotary module's inverse frequencies and ``attention_scaling``: what the RoPE probe checks the
+    model against (values, not versions: LongRoPE's module copies its frequencies in at every forward)."""
+    out = []
     for module in model.modules():
         buf = module._buffers.get("inv_freq")
         if isinstance(buf, Tensor):
-            what = buf.detach().double().cpu().tolist() if values else (id(buf), *tensor_state(buf))
-            out.append((what, float(getattr(module, "attention_scaling", 1.0))))
+            out.append((tuple(buf.detach().double().cpu().tolist()), float(getattr(module, "attention_scaling", 1.0))))
     return out
 
 
@@ -220,7 +218,7 @@ def record_key(model: Any, backend: str) -> str | None:
         "backend": backend,
         "weights": [str(directory), weights],
         "sample": _weights_sample(params),
-        "rotary": _rotary_state(model, values=True),
+        "rotary": _rotary_state(model),
     })
 
 
@@ -319,6 +317,8 @@ def ensure_compatible(model: Any, *, allow_untested: bool = False, backend: str 
     proof = Proof(mt, rope, probe, errors, tol, tested, time.perf_counter() - t0, reused=recorded is not None)
     if stored and recorded is None:
         _remember(stored, proof)
+    for old in [k for k in proofs if k[3:] != key[3:]]:  # proofs of the model before it changed
+        del proofs[old]
     for name in errors:
         proofs.setdefault(_key(model, name), proof)
     return rope

@@ -45,12 +45,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             rc = _run(handlers[args.command], args, received)
         except BrokenPipeError:
             return _broken_pipe()
-        if rc == 0 and late() is not None:  # the result was written whole, then the signal is honoured
-            print("interrupted", file=sys.stderr)
-            return 128 + int(late() or 0)
-        if rc == 130 and signal.SIGTERM in received:  # SIGTERM ended the run like Ctrl-C: its own status
-            return 128 + signal.SIGTERM
-        return rc
+    signum = late()
+    if rc == 0 and signum is not None:  # the result was written whole (or the signal came at the very end)
+        print("interrupted", file=sys.stderr)
+        return 128 + signum
+    if rc == 130 and signal.SIGTERM in received:  # SIGTERM ended the run like Ctrl-C: its own status
+        return 128 + signal.SIGTERM
+    return rc
 
 
 def _quiet_hub_bars() -> None:
@@ -74,7 +75,7 @@ def _run(handler: Any, args: argparse.Namespace, received: Sequence[int] = ()) -
     except (BrokenPipeError, SystemExit):
         raise
     except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt) or (received and isinstance(exc, Exception)):
+        if isinstance(exc, KeyboardInterrupt) or (received and _caused_by_interrupt(exc)):
             print("interrupted", file=sys.stderr)
             return 130
         if isinstance(exc, AssertionError):  # a failed internal check is a bug in hogwild_ref, not bad input
@@ -88,6 +89,19 @@ def _run(handler: Any, args: argparse.Namespace, received: Sequence[int] = ()) -
             print(f"error: {_one_line(exc)}", file=sys.stderr)
             return 2
         raise
+
+
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised while a KeyboardInterrupt was handled, or from one (transformers' lazy
+    modules turn an interrupted import into ModuleNotFoundError)."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _broken_pipe() -> int:

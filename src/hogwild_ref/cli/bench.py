@@ -242,7 +242,7 @@ def _print_rows(console: Any, rows: list[dict[str, Any]], as_json: bool, interru
     from ..bench import machine
 
     if as_json:
-        write_out(json.dumps({"machine": machine(), "results": rows} | ({"interrupted": True} if interrupted else {})))
+        write_out(json.dumps({"machine": machine(), "results": rows} | ({"interrupted": True} if interrupted else {})), final=True)
         return
     console.print(f"machine: {machine()}")
     for kind in ("attention", "engine"):

@@ -212,7 +212,7 @@ def cmd_conform(args: argparse.Namespace) -> int:
             partial = Report(results + rest, directory)
             print(f"interrupted: {len(rest)} of {len(partial.results)} vectors not run", file=sys.stderr)
             if args.json:
-                write_out(json.dumps(partial.to_json_dict() | {"interrupted": True}))
+                write_out(json.dumps(partial.to_json_dict() | {"interrupted": True}), final=True)
             else:
                 _print_conform_table(partial, f"{name} (interrupted)")
         raise
@@ -220,7 +220,7 @@ def cmd_conform(args: argparse.Namespace) -> int:
         if closer is not None:
             closer.close()
     if args.json:
-        write_out(json.dumps(report.to_json_dict()))
+        write_out(json.dumps(report.to_json_dict()), final=True)
     else:
         _print_conform_table(report, name)
     if not report.failed and not report.passed:

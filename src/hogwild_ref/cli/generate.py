@@ -144,14 +144,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
             print("interrupted before generation started", file=sys.stderr)
             return 130
         if args.json:
-            write_out(json.dumps(exc.result.to_json_dict()))
+            write_out(json.dumps(exc.result.to_json_dict()), final=True)
         else:
             _print_partial(console, exc.result)
         print("interrupted: the partial result is above (reason: interrupted)", file=sys.stderr)
         return 130
     if args.json:
         if not quiet:
-            write_out(json.dumps(result.to_json_dict()))
+            write_out(json.dumps(result.to_json_dict()), final=True)
         return 0
     assert view is not None
     view.summary(result)

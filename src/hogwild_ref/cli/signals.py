@@ -3,13 +3,14 @@ that it keeps its partial result, but never where that would break something els
 
 * Inside an import (torch, transformers and their lazy modules load while a command starts), an
   exception raised by a handler escapes as another one (transformers turns it into
-  ``ModuleNotFoundError``; inside torch's C++ an abort), so the signal is held and delivered again
+  ``ModuleNotFoundError``; inside torch's C++ an abort), so the first signal is held and sent again
   shortly, until the import is done.
-* Inside :func:`deferred` (the final result being written), the signal is held until the block ends
-  and then only recorded: the output is written whole, and the command exits with the signal's
-  status (:func:`late`).
+* Inside :func:`write_out` (a result being written), the first signal is held until the text is
+  written whole: then it is raised, or, for the command's final result, only recorded (:func:`late`),
+  and the command exits with its status.
 
-A second SIGTERM ends the process at once; every SIGINT that arrives outside those places raises.
+A second signal is never held: a second SIGTERM ends the process at once, a second SIGINT raises. A
+signal whose disposition was "ignore" when the command started stays ignored.
 """
 
 from __future__ import annotations
@@ -17,19 +18,34 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sys
 import threading
 from types import FrameType
-from typing import Any, Iterator
+from typing import Iterator
 
-__all__ = ["deferred", "interrupts", "late", "write_out"]
+__all__ = ["interrupts", "late", "write_out"]
 
-#: how long a signal held during an import waits before it is delivered again
+#: how long a signal held during an import waits before it is sent again
 RETRY_S = 0.05
 
-_held: list[int] = []  # signals held inside :func:`deferred`
-_late: list[int] = []  # signals that arrived while a result was written (the command then completed)
-_depth = [0]  # nesting of :func:`deferred`
+
+class _State:
+    """The signals of the running :func:`interrupts` block."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self.received: list[int] = []  # signals raised as KeyboardInterrupt
+        self.held: list[int] = []  # the first signal, while it waits (an import, a write)
+        self.late: list[int] = []  # a signal that came while the final result was written
+        self.writing = 0  # nesting of write_out
+        self.timer: threading.Timer | None = None
+
+    def reset(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.__init__()  # type: ignore[misc]
+
+
+_STATE = _State()
 
 
 def _importing(frame: FrameType | None) -> bool:
@@ -41,63 +57,82 @@ def _importing(frame: FrameType | None) -> bool:
     return False
 
 
+def _resend(signum: int) -> None:
+    """The timer's call: send the held signal again, while its command runs and it still waits."""
+    if _STATE.active and _STATE.held == [signum]:
+        _STATE.held.clear()
+        _STATE.timer = None
+        os.kill(os.getpid(), signum)
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    s = _STATE
+    again = bool(s.received or s.late or s.held)  # a re-sent signal finds ``held`` empty: it is the first
+    if again and signum == signal.SIGTERM:  # a second SIGTERM: end now, as without the handler
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    if not again and s.writing:
+        s.held[:] = [signum]
+        return
+    if not again and _importing(frame):
+        s.held[:] = [signum]
+        s.timer = threading.Timer(RETRY_S, _resend, (signum,))
+        s.timer.daemon = True
+        s.timer.start()
+        return
+    s.held.clear()
+    s.received.append(signum)
+    raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
 def interrupts() -> Iterator[list[int]]:
     """SIGINT and SIGTERM raise ``KeyboardInterrupt`` in the main thread (see the module); the list it
-    yields records the signals raised. The previous handlers are restored afterwards. Off the main
-    thread, nothing changes."""
-    received: list[int] = []
+    yields records the signals raised. The previous handlers are restored afterwards, a pending re-send
+    cancelled. Off the main thread, nothing changes."""
     if threading.current_thread() is not threading.main_thread():
-        yield received
+        yield []
         return
-    _held.clear()
-    _late.clear()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        if signum == signal.SIGTERM and signal.SIGTERM in received + _late:  # a second SIGTERM: end now
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
-        if _depth[0]:
-            _held.append(signum)
-            return
-        if _importing(frame):
-            timer = threading.Timer(RETRY_S, os.kill, (os.getpid(), signum))
-            timer.daemon = True
-            timer.start()
-            return
-        received.append(signum)
-        raise KeyboardInterrupt
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    _STATE.reset()
+    _STATE.active = True
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s, handler in previous.items():
+        if handler is not signal.SIG_IGN:  # ignored when the command started (nohup, a background job)
+            signal.signal(s, _on_signal)
     try:
-        yield received
+        yield _STATE.received
     finally:
+        _STATE.active = False
         for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
-@contextlib.contextmanager
-def deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM while the block runs (a result being written); a signal that came is then
-    recorded for :func:`late`, not raised."""
-    _depth[0] += 1
-    try:
-        yield
-    finally:
-        _depth[0] -= 1
-        if not _depth[0] and _held:
-            _late.append(_held[0])
-            _held.clear()
+            if handler is not signal.SIG_IGN:
+                signal.signal(s, handler)
+        keep = (_STATE.late or _STATE.held)[:1]  # came while the result was written, or still waiting
+        _STATE.reset()
+        _STATE.late[:] = keep  # honoured by the caller (:func:`late`)
 
 
 def late() -> int | None:
-    """The signal that arrived while a result was written, if any: the command exits with its status."""
-    return _late[0] if _late else None
+    """The signal that came while the final result was written, or that still waited when the command
+    ended: the command exits with its status."""
+    return _STATE.late[0] if _STATE.late else None
 
 
-def write_out(text: str, **print_kwargs: Any) -> None:
-    """Print ``text`` to stdout and flush it, whole: a signal meanwhile waits (:func:`deferred`)."""
-    with deferred():
-        print(text, **print_kwargs)
-        sys.stdout.flush()
+def write_out(text: str, final: bool = False) -> None:
+    """Print ``text`` to stdout, flushed, whole: a signal meanwhile waits for it. Then it is raised, or,
+    for the command's ``final`` result, recorded for :func:`late`."""
+    if threading.current_thread() is not threading.main_thread():
+        print(text, flush=True)
+        return
+    _STATE.writing += 1
+    try:
+        print(text, flush=True)
+    finally:
+        _STATE.writing -= 1
+    if not _STATE.writing and _STATE.held and _STATE.timer is None:
+        signum = _STATE.held.pop()
+        if final:
+            _STATE.late.append(signum)
+        else:
+            _STATE.received.append(signum)
+            raise KeyboardInterrupt

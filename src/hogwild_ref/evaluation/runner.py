@@ -298,7 +298,8 @@ class _Progress:
     def __init__(self, total: int, units: int, enabled: bool, console: Any = None):
         self.bar = None
         self.units, self.done_units = units, 0
-        self.plain = bool(enabled and total and console is not None and not console.is_terminal)
+        self.plain = bool(enabled and total and console is not None and not console.is_terminal
+                          and not console.is_jupyter)  # a notebook draws the bar
         self.console, self.total, self.done = console, total, 0.0
         self.t0 = self.last = time.monotonic()
         if enabled and total and not self.plain:
