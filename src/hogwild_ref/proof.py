@@ -124,7 +124,7 @@ def _prove_or_refuse(model: Any, rope: RopeSpec, backend: str, mt: str) -> float
         ) from exc
 
 
-_PROOFS: weakref.WeakKeyDictionary[Any, dict[tuple[str, str, str], Proof]] = weakref.WeakKeyDictionary()
+_PROOFS: weakref.WeakKeyDictionary[Any, dict[tuple[str, tuple[Any, ...]], Proof]] = weakref.WeakKeyDictionary()
 
 
 def proof_of(model: Any) -> Proof | None:
@@ -133,14 +133,14 @@ def proof_of(model: Any) -> Proof | None:
     return next(reversed(proofs.values()), None) if proofs else None  # the latest
 
 
-def _key(model: Any, backend: str) -> tuple[Any, ...]:
-    """What an in-process proof holds for (Spec §11.6): the dtype, device and backend, and the model's
-    state that the proof's outcome depends on: its config (where the RoPE spec comes from), its
-    modules (a layer replaced, e.g. by an adapter) and its rotary buffers (rebuilt or edited). A change
-    to any of them proves again, where the earlier proof's RoPE spec was returned."""
+def _model_state(model: Any) -> tuple[Any, ...]:
+    """What an in-process proof holds for besides its backend (Spec §11.6): the dtype and device, and
+    the model's state that the proof's outcome depends on: its config (where the RoPE spec comes from),
+    its modules (a layer replaced, e.g. by an adapter) and its rotary buffers (rebuilt or edited). A
+    change to any of them proves again, where the earlier proof's RoPE spec was returned."""
     param = next(model.parameters())
-    return (str(param.dtype), str(param.device), backend, _config_text(model),
-            tuple(id(m) for m in model.modules()), tuple(_rotary_state(model)))
+    return (str(param.dtype), str(param.device), _config_text(model), tuple(id(m) for m in model.modules()),
+            tuple(_rotary_state(model)))
 
 
 def _config_text(model: Any) -> str:
@@ -281,9 +281,9 @@ def ensure_compatible(model: Any, *, allow_untested: bool = False, backend: str 
         UnsupportedModelError: naming the reason; a :class:`CompatibilityError` with the measured error when the numeric proof fails.
     """
     proofs = _PROOFS.setdefault(model, {})
-    key = _key(model, backend)
-    if key in proofs:
-        return proofs[key].rope
+    state = _model_state(model)  # proofs are keyed (backend, state)
+    if (backend, state) in proofs:
+        return proofs[(backend, state)].rope
     t0 = time.perf_counter()
     mt = model_type(model)
     spec = check_supported(model.config, allow_untested=True)
@@ -300,7 +300,7 @@ def ensure_compatible(model: Any, *, allow_untested: bool = False, backend: str 
     dtype = next(model.parameters()).dtype
     tol = PROOF_TOLERANCES.get(dtype, PROOF_TOLERANCES[torch.float32])
     names = list(dict.fromkeys(("oracle", backend)))
-    errors = {name: done.errors[name] for name in names if (done := proofs.get(_key(model, name)))}
+    errors = {name: done.errors[name] for name in names if (done := proofs.get((name, state)))}
     stored = record_key(model, backend) if len(errors) < len(names) else None
     recorded = _recorded_errors(stored, mt, probe.convention, names, tol) if stored else None
     for name in names:
@@ -317,8 +317,8 @@ def ensure_compatible(model: Any, *, allow_untested: bool = False, backend: str 
     proof = Proof(mt, rope, probe, errors, tol, tested, time.perf_counter() - t0, reused=recorded is not None)
     if stored and recorded is None:
         _remember(stored, proof)
-    for old in [k for k in proofs if k[3:] != key[3:]]:  # proofs of the model before it changed
+    for old in [k for k in proofs if k[1] != state]:  # proofs of the model before it changed
         del proofs[old]
     for name in errors:
-        proofs.setdefault(_key(model, name), proof)
+        proofs.setdefault((name, state), proof)
     return rope

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, TypeVar
 
-from .results import Key, parse_rows, row_key
+from .results import Key, parse_rows, replace_file, row_key
 
 __all__ = ["Group", "Place", "RankError", "Solo", "assign", "cpu_threads", "is_done", "merge_rows", "place_from_env",
            "rank_device", "read_rows", "shard_name", "shard_paths", "write_rows"]
@@ -204,13 +204,14 @@ def merge_rows(sources: Iterable[Iterable[dict[str, Any]]], order: Sequence[Key]
 def write_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     """Replace ``path`` by ``rows``, one JSON object per line, durably: a temporary file in the same
     folder, flushed to disk, renamed over ``path`` (a reader sees the old file or the new one)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    replace_file(path, write)
     try:
         fd = os.open(path.parent, os.O_RDONLY)
     except OSError:  # pragma: no cover - folders cannot be opened on some systems
