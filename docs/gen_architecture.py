@@ -43,6 +43,7 @@ FLOORS: dict[str, int] = {
     "settings": 1,
     "events": 1,
     "records": 1,
+    "mathcheck": 1,
     "evaluation.answers": 1,
     "evaluation.summary": 1,
     "evaluation.datasets": 1,
@@ -90,7 +91,7 @@ FLOORS: dict[str, int] = {
 #: Floor-1 modules that import no torch, transformers, jaxtyping or einops (imports under
 #: ``if TYPE_CHECKING:`` do not count).
 PURE: frozenset[str] = frozenset(
-    {"segments", "scheduler", "prompts", "checks", "limits", "settings", "events", "records"}
+    {"segments", "scheduler", "prompts", "checks", "limits", "settings", "events", "records", "mathcheck"}
     | {"evaluation.answers", "evaluation.summary", "evaluation.datasets", "evaluation.results",
        "evaluation.shards"}
 )

@@ -7,7 +7,10 @@ checker is known to differ from mathematics are listed in docs/evaluation.md, no
 
 from __future__ import annotations
 
+import io
+import json
 import threading
+import time
 
 import pytest
 
@@ -96,6 +99,10 @@ INTEGER_PAIRS = [
     ("-5", "5", F, "opposite signs"),
     ("72", "\\$72", T, "a dollar amount of 72"),
     ("5", "\\frac{10}{2}", F, "integer tasks want an integer written as one; a fraction is refused, not evaluated"),
+    ("1234", "1{,}234", T, "the thousands separator as LaTeX sets it, {,}"),
+    ("18", "18\\text{ dollars}", T, "GSM8k: 18 dollars is the number 18 with its unit"),
+    ("25", "25 \\mbox{ cm}", T, "a length of 25 with its unit"),
+    ("25", "26\\text{ cm}", F, "a different number with the same unit"),
 ]
 
 
@@ -114,7 +121,7 @@ def test_builtin_lists_compare_integers_in_order():
 
 
 def test_identical_strings_are_correct_without_parsing(monkeypatch):
-    monkeypatch.setattr(answers, "_parse", lambda text: pytest.fail("parsed an answer equal to its gold"))
+    monkeypatch.setattr(answers._CHECKER, "check", lambda *a: pytest.fail("parsed an answer equal to its gold"))
     assert check_answer("(1, 2] \\cup \\{5\\}", "(1,2]\\cup\\{5\\}") == answers.Verdict(True, "string")
 
 
@@ -124,23 +131,39 @@ def test_no_answer_is_never_correct():
     assert check_answer("$ $", "$ $").correct is False
 
 
-def test_a_check_past_its_time_bound_is_incorrect_not_a_crash(monkeypatch):
-    release = threading.Event()
+def test_a_check_past_its_time_bound_is_stopped_and_incorrect():
+    # sympy evaluates this power tower as an exact integer: one C call, for far longer than any bound,
+    # that holds the interpreter (a thread watching it from the same process could never give up)
+    start = time.monotonic()
+    assert check_answer("9^{9^{9^{9}}}", "2", timeout=1.0) == answers.Verdict(False, "timeout")
+    assert time.monotonic() - start < 30  # bounded: the check's process was killed at its bound
+    assert check_answer("\\frac{1}{2}", "0.5") == answers.Verdict(True, "math-verify")  # a new process checks on
 
-    def stuck(predicted, gold, kind):
-        release.wait(30)  # a sympy simplification that never ends, as far as the caller can tell
-        return answers.Verdict(True, "math-verify")
 
-    monkeypatch.setattr(answers, "_decide", stuck)
-    try:
-        assert check_answer("\\frac{1}{2}", "0.5", timeout=0.05) == answers.Verdict(False, "timeout")
-    finally:
-        release.set()
+def test_a_checker_process_that_ends_is_replaced():
+    assert check_answer("\\frac{2}{4}", "0.5").correct
+    proc = answers._CHECKER._proc
+    assert proc is not None
+    proc.kill()
+    proc.wait()
+    assert check_answer("\\frac{3}{4}", "0.75") == answers.Verdict(True, "math-verify")
 
 
 def test_a_checker_exception_is_an_incorrect_verdict(monkeypatch):
-    monkeypatch.setattr(answers, "_decide", lambda *a: 1 / 0)
-    assert check_answer("1", "2") == answers.Verdict(False, "checker error: ZeroDivisionError")
+    # the child's side, in this process: an exception of math-verify is its reply, and it serves on
+    from hogwild_ref import mathcheck
+
+    def broken(gold, pred):
+        if gold == "boom":
+            raise ZeroDivisionError
+        return gold == pred
+
+    monkeypatch.setattr(mathcheck, "verify", broken)
+    monkeypatch.setattr(mathcheck, "_limit_cpu", lambda seconds: None)
+    out = io.StringIO()
+    mathcheck.serve(io.StringIO('{"gold": "boom", "pred": "1"}\n{"gold": "2", "pred": "2"}\n'), out)
+    assert [json.loads(line) for line in out.getvalue().splitlines()] == [
+        {"ready": True}, {"error": "ZeroDivisionError"}, {"ok": True}]
 
 
 def test_checking_works_outside_the_main_thread():
@@ -162,6 +185,12 @@ def test_majority_vote_counts_equivalent_forms_together():
     # 0.5, \frac{1}{2} and 1/2 are one answer (3 votes) against 2 votes for 3
     assert majority_vote(["3", "0.5", "\\frac{1}{2}", "3", "1/2"]) == "0.5"
     assert majority_vote(["033", "33", "34"], "integer") == "033"
+
+
+def test_majority_vote_counts_the_same_text_as_one_answer_of_any_kind():
+    # identical answers that are not integers are still one answer: 1/2 has 2 votes against 5's one
+    assert majority_vote(["5", "\\frac{1}{2}", "\\frac{1}{2}"], "integer") == "\\frac{1}{2}"
+    assert majority_vote(["7", "x", "x", "x"], "integers") == "x"
 
 
 def test_the_checker_version_is_that_of_the_installed_package():

@@ -16,21 +16,22 @@ last complete box whose content is not empty after :func:`normalise`.
   item.
 
 ``math-verify``'s own time limits use ``SIGALRM``, which works only in the main thread, so they are
-off (``parsing_timeout=None``, ``timeout_seconds=None``); instead each check runs in a daemon thread
-that is given :data:`CHECK_TIMEOUT` seconds. A check that runs past it is abandoned (the thread
-ends on its own; it cannot be interrupted) and the answer counts as incorrect, with the reason
-``"timeout"``: never an exception.
+off (``parsing_timeout=None``, ``timeout_seconds=None``); and a check can spend minutes in one call
+that holds the interpreter, where no watching thread can run. So math-verify runs in a child process
+(:mod:`hogwild_ref.mathcheck`), given :data:`CHECK_TIMEOUT` seconds a check: a check that runs past it
+is stopped (the child is killed; the next check starts another) and the answer counts as incorrect,
+with the reason ``"timeout"``: never an exception.
 """
 
 from __future__ import annotations
 
-import logging
+import atexit
 import re
-import threading
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Sequence
 
+from ..mathcheck import Checker
 from ..scheduler import _boxed_spans
 
 __all__ = ["CHECK_TIMEOUT", "CHECKER", "KINDS", "Verdict", "answers_match", "check_answer", "checker_version",
@@ -46,6 +47,7 @@ KINDS = ("math", "integer", "integers")
 _TEXT_WRAPPERS = re.compile(r"\\(?:text|textbf|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
 _SPACING = re.compile(r"\\[,;:! ]|\\quad|\\qquad|~")
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+_TEXT = re.compile(r"\\(?:text|textrm|mbox)\s*\{[^{}]*\}")
 _ASSIGN = re.compile(r"^[a-zA-Z]\w*\s*=\s*(?!=)")
 _INTEGER = re.compile(r"([-+]?\d+)(?:\.0*)?")
 
@@ -69,7 +71,7 @@ def normalise(answer: str) -> str:
     s = answer.strip()
     for _ in range(3):
         s = _TEXT_WRAPPERS.sub(r"\1", s)
-    s = _SPACING.sub("", s)
+    s = _SPACING.sub("", s).replace("{,}", ",")  # 1{,}234: a thousands separator as LaTeX sets it
     s = s.replace("\\left", "").replace("\\right", "").replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     s = s.replace("^\\circ", "").replace("^{\\circ}", "").replace("\\%", "").replace("%", "").replace("\\$", "")
     s = s.strip().strip("$").strip()
@@ -110,19 +112,9 @@ def checker_version() -> str:
     return importlib.metadata.version(CHECKER)
 
 
-@lru_cache(maxsize=1)
-def _math_verify() -> Any:
-    import math_verify
-
-    # its notice that our own time bound must replace the (disabled) SIGALRM one: we do (CHECK_TIMEOUT)
-    logging.getLogger("math_verify").setLevel(logging.ERROR)
-    return math_verify
-
-
-@lru_cache(maxsize=8192)
-def _parse(text: str) -> tuple[Any, ...]:
-    mv = _math_verify()
-    return tuple(mv.parse("\\boxed{" + text + "}", parsing_timeout=None))
+#: the child process that runs math-verify (started at the first check, stopped at exit)
+_CHECKER = Checker()
+atexit.register(_CHECKER.close)
 
 
 def _plain(s: str) -> str:
@@ -130,28 +122,35 @@ def _plain(s: str) -> str:
 
 
 def _as_int(s: str) -> int | None:
-    m = _INTEGER.fullmatch(normalise(s))
-    return int(m.group(1)) if m else None
+    """The integer ``s`` writes (Spec §13.1, ``integer``), also with a unit in ``\\text{}`` after it
+    (``18\\text{ dollars}``); else None."""
+    for form in (s, _TEXT.sub("", s)):
+        m = _INTEGER.fullmatch(normalise(form))
+        if m:
+            return int(m.group(1))
+    return None
 
 
 def _decide(predicted: str, gold: str, kind: str) -> Verdict:
+    """The verdict of the integer kinds (Spec §13.1), which never call math-verify."""
     if kind == "integer":
         p, g = _as_int(predicted), _as_int(gold)
         if p is None or g is None:
             return Verdict(False, "not an integer")
         return Verdict(p == g, "integer")
-    if kind == "integers":
+    else:
         ps, gs = [_as_int(x) for x in predicted.split(",")], [_as_int(x) for x in gold.split(",")]
         if None in ps or None in gs:
             return Verdict(False, "not an integer")
         return Verdict(ps == gs, "integers")
-    if _plain(predicted) == _plain(gold):
-        return Verdict(True, "string")
-    gold_parsed, pred_parsed = _parse(gold), _parse(predicted)
-    if not gold_parsed or not pred_parsed:
-        return Verdict(False, "math-verify")
-    ok = _math_verify().verify(list(gold_parsed), list(pred_parsed), timeout_seconds=None)
-    return Verdict(bool(ok), "math-verify")
+
+
+def _verify(predicted: str, gold: str, timeout: float) -> Verdict:
+    """math-verify's verdict, bounded by ``timeout`` seconds (:mod:`hogwild_ref.mathcheck`)."""
+    result = _CHECKER.check(gold, predicted, timeout)
+    if isinstance(result, str):
+        return Verdict(False, result)
+    return Verdict(result, "math-verify")
 
 
 def check_answer(predicted: str | None, gold: str | None, kind: str = "math", *,
@@ -169,24 +168,7 @@ def check_answer(predicted: str | None, gold: str | None, kind: str = "math", *,
         return _decide(predicted, gold, kind)
     if _plain(predicted) == _plain(gold):  # cheap, and never subject to the parser's limits
         return Verdict(True, "string")
-    _math_verify()  # import in this thread: an import is not a check, and must not count against the bound
-    box: list[Verdict | BaseException] = []
-
-    def work() -> None:
-        try:
-            box.append(_decide(predicted, gold, kind))
-        except BaseException as exc:  # noqa: BLE001 - reported below as this answer's verdict
-            box.append(exc)
-
-    t = threading.Thread(target=work, name="answer-check", daemon=True)
-    t.start()
-    t.join(timeout)
-    if not box:
-        return Verdict(False, "timeout")
-    result = box[0]
-    if isinstance(result, BaseException):
-        return Verdict(False, f"checker error: {type(result).__name__}")
-    return result
+    return _verify(predicted, gold, timeout)
 
 
 def answers_match(predicted: str | None, gold: str | None, kind: str = "math") -> bool:
@@ -204,8 +186,8 @@ def majority_vote(answers: Sequence[str | None], kind: str = "math") -> str | No
     for a in answers:
         if a is None or not normalise(a):
             continue
-        for g in groups:
-            if answers_match(a, g[0], kind):
+        for g in groups:  # the same text is the same answer, also when it is not one of the kind's forms
+            if _plain(a) == _plain(g[0]) or answers_match(a, g[0], kind):
                 g.append(a)
                 break
         else:
