@@ -425,14 +425,60 @@ def test_decimal_and_class_label_answers(tmp_path):
     features = datasets.Features({"problem": datasets.Value("string"), "answer": datasets.ClassLabel(names=["7", "9"])})
     datasets.Dataset.from_dict({"problem": ["a", "b"], "answer": [1, 0]}, features=features).save_to_disk(tmp_path / "cl")
     assert [p.answer for p in load_dataset(str(tmp_path / "cl"))] == ["9", "7"]  # the labels, not the indices
+    # -1 is datasets' "no label": a missing answer, refused, never the gold answer "-1"
+    datasets.Dataset.from_dict({"problem": ["a", "b"], "answer": [1, -1]}, features=features).save_to_disk(tmp_path / "nl")
+    with pytest.raises(ValueError, match="row 1 has no answer"):
+        load_dataset(str(tmp_path / "nl"))
 
 
-def test_integer_kind_from_a_word_of_the_path_and_grouped_integer_gold(tmp_path):
+def test_a_dataset_dict_with_an_empty_split_reads_its_other_splits(tmp_path):
+    import datasets
+
+    # datasets saves an empty split without data files and cannot load the whole dict back
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"problem": ["P"], "answer": ["1"]}),
+                          "test": datasets.Dataset.from_dict({"problem": [], "answer": []})}).save_to_disk(tmp_path / "dd")
+    assert [p.answer for p in load_dataset(str(tmp_path / "dd"), split="train")] == ["1"]
+    with pytest.raises(ValueError, match=r"^split 'test' of .*dd is empty; choose another split \(train, test\)$"):
+        load_dataset(str(tmp_path / "dd"), split="test")
+
+
+@pytest.mark.parametrize("name, head, needle", [
+    ("d.pq", b"PAR1\x15\x04", "is a parquet file: name it .parquet"),
+    ("d.jsonl.gz", b"\x1f\x8b\x08\x00", "is gzip-compressed: decompress it first"),
+    ("data-00000-of-00001.arrow", b"\xff\xff\xff\xff\x08\x01", "is an Arrow stream"),
+])
+def test_binary_files_are_named_for_what_they_are(tmp_path, name, head, needle):
+    (tmp_path / name).write_bytes(head + bytes(range(256)))
+    with pytest.raises(ValueError, match=needle):
+        load_dataset(str(tmp_path / name))
+
+
+def test_a_missing_dataset_is_one_line_without_the_exception_name(tmp_path, capsys, no_model):
+    assert main(["eval", "--dataset", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: dataset '{tmp_path / 'nope.jsonl'}' does not exist")
+
+
+def test_ids_of_a_numeric_column_with_nulls(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # pandas writes an integer column with a null as float: 1.0, NaN, 3.0
+    pq.write_table(pa.table({"id": [1.0, float("nan"), 3.0], "problem": ["a", "b", "c"], "answer": ["1", "2", "3"]}),
+                   tmp_path / "d.parquet")
+    assert [p.id for p in load_dataset(str(tmp_path / "d.parquet"))] == ["1", "d-1", "3"]
+
+
+def test_integer_kind_from_a_word_of_the_path_and_grouped_integer_gold(tmp_path, monkeypatch):
     records = [{"problem": "P", "answer": "3"}]
     (tmp_path / "jaime").mkdir()
     (tmp_path / "aime24").mkdir()
     assert load_dataset(_jsonl(tmp_path / "jaime" / "x.jsonl", records))[0].kind == "math"  # a name, not AIME
     assert load_dataset(_jsonl(tmp_path / "aime24" / "x.jsonl", records))[0].kind == "integer"
+    # the same file typed from inside its folder: the kind does not depend on the working directory
+    monkeypatch.chdir(tmp_path / "aime24")
+    assert load_dataset("x.jsonl")[0].kind == "integer"
+    assert load_dataset("./x.jsonl")[0].kind == "integer"
+    monkeypatch.chdir(tmp_path)
     (p,) = load_dataset(_jsonl(tmp_path / "g.jsonl", [{"problem": "P", "answer": "1,234"}]), kind="integer")
     assert p.kind == "integer" and check_answer("1234", p.answer, p.kind).correct
 

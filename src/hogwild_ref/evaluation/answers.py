@@ -39,7 +39,7 @@ __all__ = ["CHECK_TIMEOUT", "CHECKER", "KINDS", "Verdict", "answers_match", "che
 
 #: The checker's package name; every result row records it with its version (:func:`checker_version`).
 CHECKER = "math-verify"
-#: Seconds one check may take before it is abandoned and counted as incorrect.
+#: Seconds one check may take before it is stopped and counted as incorrect.
 CHECK_TIMEOUT = 5.0
 #: Answer kinds (see the module doc).
 KINDS = ("math", "integer", "integers")

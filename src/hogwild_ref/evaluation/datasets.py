@@ -3,9 +3,10 @@
 A dataset is a list of :class:`Problem` (``id``, ``problem``, ``answer``, answer ``kind``). Sources:
 
 * JSON Lines (one object per line) or a JSON array, UTF-8 (a leading byte-order mark is accepted);
-* a parquet file (``.parquet``; pyarrow, the ``eval`` extra), as the Hugging Face Hub serves datasets;
-* a folder written by ``datasets``' ``save_to_disk`` (a ``Dataset``, or a ``DatasetDict`` whose split
-  ``split`` is taken; ``datasets``, the ``eval`` extra);
+* a parquet file (``.parquet``; pyarrow, the ``eval`` extra): one file (the Hub's shards of a split
+  joined first);
+* a folder written by ``datasets``' ``save_to_disk`` (a ``Dataset``, or a ``DatasetDict`` of which
+  only the split ``split`` is read; ``datasets``, the ``eval`` extra);
 * ``builtin:arith`` / ``builtin:arith-K`` (below).
 
 Field names (first found wins), unless ``fields`` names the column (``{"problem": "COL"}``):
@@ -27,10 +28,10 @@ integers, built-in sets ``"integers"`` and everything else ``"math"``; ``"math"`
 set it for every problem.
 
 Everything is checked here, before any model loads: malformed JSON (with its line), bytes that
-are not UTF-8, CSV files, folders that are not ``save_to_disk`` folders, unknown columns (listing
-the ones there are), empty datasets and splits, empty problems, duplicate ids, gold answers that are
-not text, numbers or lists of them, problems over :data:`MAX_PROBLEM_BYTES`, and a split asked of a
-source that has none.
+are not UTF-8, CSV files, binary files named otherwise (parquet, gzip, zip, Arrow), folders that
+are not ``save_to_disk`` folders, unknown columns (listing the ones there are), empty datasets and
+splits, empty problems, duplicate ids, gold answers that are not text, numbers or lists of them,
+problems over :data:`MAX_PROBLEM_BYTES`, and a split asked of a source that has none.
 
 Built-in sets are generated deterministically in code, so the pipeline runs without downloads:
 ``builtin:arith`` — bundles of 5 independent one-step arithmetic word problems answered together
@@ -52,7 +53,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..scheduler import extract_boxed
 
-__all__ = ["MAX_PROBLEM_BYTES", "Problem", "arith_bundle", "builtin_arith", "load_dataset", "parse_fields",
+__all__ = ["MAX_PROBLEM_BYTES", "DatasetNotFoundError", "Problem", "arith_bundle", "builtin_arith", "load_dataset", "parse_fields",
            "problem_from_record"]
 
 ID_FIELDS = ("id", "ID", "unique_id", "problem_id", "idx")
@@ -68,6 +69,11 @@ BUILTIN_SIZE = 200
 #: beyond the context of every model this project runs (the longest, 131,072 tokens).
 MAX_PROBLEM_BYTES = 1_000_000
 _PIP = "pip install 'hogwild_ref[eval]'"
+
+
+class DatasetNotFoundError(FileNotFoundError, ValueError):
+    """The dataset path names nothing: a bad input, said in one line like the others (a ValueError),
+    and a FileNotFoundError for callers that catch that."""
 
 
 @dataclass(frozen=True)
@@ -169,14 +175,31 @@ def problem_from_record(record: Mapping[str, Any], default_id: str, fields: Mapp
     gold = _gold(answer, where)
     if not gold:
         raise ValueError(f"{where}: the gold answer is empty; every problem needs its answer")
+    if isinstance(pid, float) and math.isnan(pid):  # a null in a numeric column (pandas writes NaN): no id
+        pid = None
+    elif isinstance(pid, float) and pid.is_integer():  # an integer column with a null becomes float (pandas)
+        pid = int(pid)
     if pid is not None and (isinstance(pid, bool) or not isinstance(pid, (str, int)) or not str(pid).strip()):
         raise ValueError(f"{where}: the id {pid!r} is not a non-empty string or integer")
     return Problem(str(pid) if pid is not None else default_id, problem, gold, kind)
 
 
 # ---------------------------------------------------------------------- reading files
+#: leading bytes of binary files a dataset may come as, and what to do instead
+_MAGIC = (
+    (b"PAR1", "a parquet file: name it .parquet"),
+    (b"\x1f\x8b", "gzip-compressed: decompress it first (gunzip)"),
+    (b"PK\x03\x04", "a zip archive: extract it first"),
+    (b"ARROW1", "an Arrow file: give the save_to_disk folder that holds it"),
+    (b"\xff\xff\xff\xff", "an Arrow stream (a save_to_disk shard?): give the folder that holds it"),
+)
+
+
 def _decode(path: Path) -> str:
     data = path.read_bytes()
+    for magic, what in _MAGIC:
+        if data.startswith(magic):
+            raise ValueError(f"{path} is {what}; a dataset file is .jsonl, .json or .parquet")
     try:
         return data.decode("utf-8-sig")  # a byte-order mark (Windows editors) is accepted and dropped
     except UnicodeDecodeError as exc:
@@ -252,39 +275,60 @@ def _disk_records(path: Path, fields: Mapping[str, str], split: str | None) -> l
         import datasets
     except ImportError:
         raise ValueError(f"reading a save_to_disk folder needs datasets: {_PIP} (or pip install datasets)") from None
-    try:
-        ds = datasets.load_from_disk(str(path))
-    except Exception as exc:  # noqa: BLE001 - a damaged folder, as one line
-        raise ValueError(f"{path} could not be read as a save_to_disk folder ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
-    what = str(path)
-    if isinstance(ds, datasets.DatasetDict):
-        splits = list(ds)
+    what, folder = str(path), path
+    if (path / "dataset_dict.json").is_file():  # a DatasetDict: only the chosen split is read
+        splits = _splits(path)
         if split is None and len(splits) == 1:
             split = splits[0]
-        if split is None or split not in ds:
+        if split is None or split not in splits:
             raise ValueError(f"{path} holds the splits {', '.join(splits)}; choose one with --split "
                              f"({'there is no split ' + repr(split) if split else 'none was given'})")
-        ds, what = ds[split], f"split {split!r} of {path}"
-        if len(ds) == 0:
+        folder, what = path / split, f"split {split!r} of {path}"
+        if _no_shards(folder):  # (datasets writes an empty split without data files, and cannot read it back)
             raise ValueError(f"{what} is empty; choose another split ({', '.join(splits)})")
     elif split is not None:
         raise ValueError(f"{path} holds one dataset, not splits, so --split {split} does not apply; leave --split out")
+    try:
+        ds = datasets.load_from_disk(str(folder))
+    except Exception as exc:  # noqa: BLE001 - a damaged folder, as one line
+        raise ValueError(f"{folder} could not be read as a save_to_disk folder ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if len(ds) == 0 and folder != path:
+        raise ValueError(f"{what} is empty; choose another split ({', '.join(_splits(path))})")
     rows = ds.to_list()
     # a ClassLabel column holds class indices: read its label names ("7"), not the indices (0)
     labels = {c: f for c, f in ds.features.items() if isinstance(f, datasets.ClassLabel)}
     for row in rows:
         for column, feature in labels.items():
-            if isinstance(row.get(column), int) and row[column] >= 0:
-                row[column] = feature.int2str(row[column])
+            if isinstance(row.get(column), int):  # -1 is datasets' "no label": a missing value
+                row[column] = feature.int2str(row[column]) if row[column] >= 0 else None
     return _table_records(rows, ds.column_names, fields, what)
+
+
+def _splits(path: Path) -> list[str]:
+    """The split names of a ``DatasetDict`` folder (its ``dataset_dict.json``)."""
+    try:
+        splits = json.loads((path / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path / 'dataset_dict.json'} is damaged ({type(exc).__name__}); save the dataset again") from None
+    if not isinstance(splits, list) or not all(isinstance(x, str) for x in splits):
+        raise ValueError(f"{path / 'dataset_dict.json'} is damaged (no list of split names); save the dataset again")
+    return splits
+
+
+def _no_shards(folder: Path) -> bool:
+    """A split folder whose ``state.json`` lists no data files (how ``datasets`` saves an empty split)."""
+    try:
+        return json.loads((folder / "state.json").read_text(encoding="utf-8")).get("_data_files") == []
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _load_file(path: Path, fields: Mapping[str, str], split: str | None, kind: str) -> list[Problem]:
     if path.is_dir():
         records = _disk_records(path, fields, split)
     elif not path.is_file():
-        raise FileNotFoundError(f"dataset {str(path)!r} does not exist; give a .jsonl/.json/.parquet file, a "
+        raise DatasetNotFoundError(f"dataset {str(path)!r} does not exist; give a .jsonl/.json/.parquet file, a "
                                 "save_to_disk folder, or builtin:arith")
     elif split is not None:
         raise ValueError(f"--split applies to save_to_disk folders of several splits; {path} is one file, so "
@@ -306,7 +350,8 @@ def _load_file(path: Path, fields: Mapping[str, str], split: str | None, kind: s
                              "by them)")
         seen[p.id] = where
     # AIME: a file or folder whose name (or a folder above it) starts a word with "aime" (aime24, aimo-...-aime)
-    return _set_kind(problems, kind, re.search(r"(^|[^a-z])aime", str(path).lower()) is not None)
+    # (the absolute path, so that the kind does not depend on the working directory the path is typed from)
+    return _set_kind(problems, kind, re.search(r"(^|[^a-z])aime", str(path.resolve()).lower()) is not None)
 
 
 def _set_kind(problems: list[Problem], kind: str, aime: bool) -> list[Problem]:
