@@ -315,10 +315,17 @@ def test_a_failing_rerun_for_an_added_budget_keeps_the_rows_it_had(tiny, tmp_pat
 
 
 def test_a_split_recorded_for_a_source_without_splits_does_not_block_a_resume(tmp_path):
+    from hogwild_ref.evaluation.answers import require_checker
+    from hogwild_ref.evaluation.datasets import builtin_arith
     from hogwild_ref.evaluation.runner import check_inputs
 
     cfg = _cfg(limit=1)
     (tmp_path / "config.json").write_text(json.dumps(cfg.identity() | {"split": "test"}))  # as earlier versions wrote it
+    run_rows = [{"format": 2, "method": "hogwild", "problem_id": "arith5-0", "workers": 1, "seed": 0, "budget": 3,
+                 "gold": builtin_arith()[0].answer, "kind": "integers", "checker": require_checker(), "check": "integers",
+                 "answer": None, "correct": False, "ticks": 3, "finisher_ticks": 1, "tokens_per_worker": [3],
+                 "seconds": 0.1, "error": None, "unit_seconds": 0.1, "unit_tokens": 4}]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in run_rows))  # (so its settings bind)
     assert len(check_inputs(cfg, tmp_path)) == 1  # the same problems: builtin sets have no split to choose
     with pytest.raises(ValueError, match="finisher_tokens: 3 there, 4 now"):  # a real difference still refused
         check_inputs(_cfg(limit=1, finisher_tokens=4), tmp_path)

@@ -68,7 +68,7 @@ def _resume_dir(t: Path, lines: list[str]) -> list[str]:
 
 
 def _damaged_config(t: Path) -> list[str]:
-    argv = _resume_dir(t, [])
+    argv = _resume_dir(t, [json.dumps(_row())])
     (t / "out" / "config.json").write_text("{x", encoding="utf-8")
     return argv
 
@@ -322,8 +322,70 @@ def test_a_changed_setting_is_refused_before_the_model_loads(tmp_path, capsys, n
     out = tmp_path / "out"
     out.mkdir()
     (out / "config.json").write_text(json.dumps({"dataset": "builtin:arith-3"}))
+    (out / "results.jsonl").write_text(json.dumps(_row()) + "\n")
     assert main(BASE + ["--out", str(out)]) == 2
     assert "dataset: 'builtin:arith-3' there, 'builtin:arith' now" in capsys.readouterr().err
+
+
+def test_a_run_that_kept_no_row_binds_no_setting(tmp_path):
+    """An evaluation interrupted before any row (``nothing kept``) leaves its config.json: a rerun with
+    other settings is not refused, and records its own."""
+    from hogwild_ref.evaluation import EvalConfig
+    from hogwild_ref.evaluation.runner import _check_identity, check_inputs
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps(EvalConfig(dataset="builtin:arith-3").identity()))
+    (out / "results.jsonl").write_text("")
+    cfg = EvalConfig(dataset="builtin:arith", answer_kind="math")
+    check_inputs(cfg, out)  # no error
+    _check_identity(out / "config.json", cfg)
+    assert json.loads((out / "config.json").read_text())["dataset"] == "builtin:arith"
+
+
+def test_a_resumed_row_must_come_from_the_same_text_and_checker(tmp_path):
+    from hogwild_ref.evaluation import EvalConfig
+    from hogwild_ref.evaluation.runner import check_inputs, problem_hash
+    from hogwild_ref.evaluation.datasets import Problem
+
+    data = _jsonl(tmp_path / "d.jsonl", GOOD)
+    cfg = EvalConfig(dataset=data, workers=(1,), budgets=(4,), self_consistency=False)
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps(cfg.identity()))
+    same = problem_hash(Problem("a", "1+1?", "2"))
+    (out / "results.jsonl").write_text(json.dumps(_row(problem_hash=same)) + "\n")
+    check_inputs(cfg, out)  # the same text, gold and checker: resumes
+    _jsonl(tmp_path / "d.jsonl", [{"id": "a", "problem": "1+1 = ?", "answer": "2"}, GOOD[1]])  # edited, same gold
+    with pytest.raises(ValueError, match="problem 'a' has another text in the dataset now"):
+        check_inputs(cfg, out)
+    _jsonl(tmp_path / "d.jsonl", GOOD)
+    (out / "results.jsonl").write_text(json.dumps(_row(checker="math-verify==0.7.0")) + "\n")
+    with pytest.raises(ValueError, match="checked by math-verify==0.7.0, and this installation has math-verify=="):
+        check_inputs(cfg, out)
+
+
+def test_the_same_dataset_typed_another_way_resumes(tmp_path, monkeypatch):
+    from hogwild_ref.evaluation import EvalConfig
+    from hogwild_ref.evaluation.runner import _check_identity
+
+    _jsonl(tmp_path / "d.jsonl", GOOD)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "results.jsonl").write_text(json.dumps(_row()) + "\n")
+    _check_identity(tmp_path / "out" / "config.json", EvalConfig(dataset="d.jsonl"))
+    _check_identity(tmp_path / "out" / "config.json", EvalConfig(dataset="./sub/../d.jsonl"))  # no error: one file
+    _check_identity(tmp_path / "out" / "config.json", EvalConfig(dataset=str(tmp_path / "d.jsonl")))  # nor here
+    with pytest.raises(ValueError, match="dataset: 'd.jsonl' there, 'e.jsonl' now"):
+        _check_identity(tmp_path / "out" / "config.json", EvalConfig(dataset="e.jsonl"))
+
+
+def test_a_results_file_that_cannot_be_written_is_refused_before_the_model_loads(tmp_path, capsys, no_model):
+    argv = _resume_dir(tmp_path, [])
+    (tmp_path / "out" / "results.jsonl").unlink()
+    (tmp_path / "out" / "results.jsonl").mkdir()  # (a file made read-only stays writable to root, as tests may run)
+    assert main(["eval", *argv, "--threads", "1"]) == 2
+    assert "results.jsonl cannot be written (Is a directory); make it writable" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------- what must load
@@ -487,17 +549,6 @@ def test_a_null_id_with_field_takes_the_default_id(tmp_path):
     problems = load_dataset(_jsonl(tmp_path / "d.jsonl", [{"uid": "a", "q": "1+1?", "a": "2"}, {"uid": None, "q": "2+2?", "a": "4"}]),
                             fields={"id": "uid", "problem": "q", "answer": "a"})
     assert [p.id for p in problems] == ["a", "d-1"]
-
-
-def test_the_same_dataset_typed_another_way_resumes(tmp_path, capsys, no_model):
-    from hogwild_ref.evaluation import EvalConfig
-    from hogwild_ref.evaluation.runner import _check_identity
-
-    path = tmp_path / "d.jsonl"
-    _check_identity(path.parent / "config.json", EvalConfig(dataset="d.jsonl"))
-    _check_identity(path.parent / "config.json", EvalConfig(dataset="./sub/../d.jsonl"))  # no error: one file
-    with pytest.raises(ValueError, match="dataset: 'd.jsonl' there, 'e.jsonl' now"):
-        _check_identity(path.parent / "config.json", EvalConfig(dataset="e.jsonl"))
 
 
 def test_summary_means_leave_out_rows_that_crashed():

@@ -18,6 +18,7 @@ the shards (:mod:`~hogwild_ref.evaluation.shards`, Spec §13.6).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -121,7 +122,15 @@ class EvalConfig:
         """The settings a results row depends on (besides its key)."""
         keys = ("dataset", "layout", "backend", "prompts", "temperature", "top_p", "sc_temperature",
                 "collab_every", "finisher_tokens", "model", "split", "answer_kind")
-        return {k: getattr(self, k) for k in keys} | {"fields": dict(self.fields), "row_format": ROW_FORMAT}
+        return {k: getattr(self, k) for k in keys} | {"fields": dict(self.fields), "row_format": ROW_FORMAT,
+                                                      "dataset_file": self.dataset_file()}
+
+    def dataset_file(self) -> str | None:
+        """The dataset's absolute path (None for a built-in set): the same file, whatever the working
+        directory it is typed from."""
+        if self.dataset.startswith("builtin:"):
+            return None
+        return str(Path(self.dataset).expanduser().resolve())
 
     def load_problems(self) -> list[Problem]:
         """The dataset's problems (every check of :func:`~hogwild_ref.evaluation.datasets.load_dataset`)."""
@@ -196,6 +205,7 @@ def _rows(unit: Unit, results: list[ItemResult], budgets: Sequence[int], batch: 
         snaps = [next((a for a in r.budgets if a.budget == B), None) for r in results]
         base = {"format": ROW_FORMAT, "method": unit.method, "problem_id": unit.problem.id, "workers": unit.workers,
                 "seed": unit.seed, "budget": B, "gold": unit.problem.answer, "kind": kind, "checker": checker,
+                "problem_hash": problem_hash(unit.problem),
                 "batch": batch, "unit_seconds": round(unit_seconds, 4),
                 "unit_tokens": None if error is not None else _unit_tokens(results)}
         if error is not None or any(s is None for s in snaps):
@@ -231,8 +241,29 @@ def _same_path(a: Any, b: Any) -> bool:
         os.path.normpath(os.path.expanduser(b))
 
 
+def _holds_rows(out: Path) -> bool:
+    """Whether ``out`` holds results rows (its results file, or a rank's shard, not empty)."""
+    return any(p.is_file() and p.stat().st_size > 0 for p in [out / "results.jsonl", *shard_paths(out)])
+
+
+def _check_writable(path: Path) -> None:
+    """A results file that exists can be appended to (checked before any unit runs, so that none is lost)."""
+    if not path.exists():
+        return
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{path} cannot be written ({exc.strerror}); make it writable, or use another --out "
+                         "directory") from None
+
+
 def _check_identity(path: Path, cfg: EvalConfig, *, write: bool = True) -> None:
     ident = cfg.identity()
+    if path.exists() and not _holds_rows(path.parent):  # settings of a run that kept no row bind nothing
+        if write:
+            replace_file(path, lambda tmp: tmp.write_text(json.dumps(ident, indent=2) + "\n", encoding="utf-8"))
+        return
     if path.exists():
         try:
             old = json.loads(path.read_text(encoding="utf-8"))
@@ -241,7 +272,9 @@ def _check_identity(path: Path, cfg: EvalConfig, *, write: bool = True) -> None:
         if not isinstance(old, dict):
             raise ValueError(f"{path} is not an evaluation's config.json; use another --out directory")
         diff = {k: (old.get(k), v) for k, v in ident.items() if old.get(k) != v}
-        if "dataset" in diff and _same_path(*diff["dataset"]):  # d.jsonl and ./d.jsonl name one file
+        file = diff.pop("dataset_file", (ident["dataset_file"],) * 2)  # (recorded since 0.1: None in older folders)
+        # d.jsonl and ./d.jsonl name one file, and so do d.jsonl and its absolute path
+        if "dataset" in diff and (_same_path(*diff["dataset"]) or file[0] is not None and file[0] == file[1]):
             del diff["dataset"]
         if "split" in diff and diff["split"][1] is None:  # the dataset loaded without a split: the recorded one chose
             del diff["split"]  # nothing (a file, a built-in set, a one-split folder; ignored then, refused now)
@@ -266,19 +299,36 @@ def check_inputs(cfg: EvalConfig, out_dir: str | Path | None, problems: Sequence
     out = Path(out_dir)
     with OutDirLock(out):
         _check_identity(out / "config.json", cfg, write=False)
+        for path in [out / "results.jsonl", *shard_paths(out)]:
+            _check_writable(path)
         rows = ResultsLog(out / "results.jsonl").all() + [r for p in shard_paths(out) for r in read_rows(p)]
-        _check_golds(problems, rows, out)
+        _check_golds(problems, rows, out, require_checker())
     return problems
 
 
-def _check_golds(problems: Sequence[Problem], rows: Iterable[dict[str, Any]], out: Path) -> None:
-    """Rows to resume were scored against each problem's gold answer and kind as the dataset gives them
-    now (Spec §13.5); a row whose gold differs (the file was edited, or is read otherwise by this
-    version: numbers, labels, AIME detection) would mix two scorings in one summary: refused."""
+def problem_hash(problem: Problem) -> str:
+    """A short digest of a problem's text, recorded in its rows (``problem_hash``): rows resume only for
+    the text they were made from (Spec §13.5)."""
+    return hashlib.sha256(problem.problem.encode("utf-8")).hexdigest()[:16]
+
+
+def _check_golds(problems: Sequence[Problem], rows: Iterable[dict[str, Any]], out: Path, checker: str) -> None:
+    """Rows to resume were made from each problem's text, and scored against its gold answer and kind
+    as the dataset gives them now, by this checker (Spec §13.5); a row whose problem text, gold or
+    checker differs (the file was edited, is read otherwise by this version: numbers, labels, AIME
+    detection; math-verify was upgraded) would mix two runs or two scorings in one summary: refused."""
     by_id = {p.id: p for p in problems}
     for row in rows:
         p = by_id.get(str(row.get("problem_id")))
-        if p is not None and (row.get("gold") != p.answer or row.get("kind") != p.kind):
+        if p is None:
+            continue
+        if row.get("checker") != checker:
+            raise ValueError(f"the results in {out} were checked by {row.get('checker')}, and this installation has "
+                             f"{checker}: install that version to resume, or use another --out directory to score anew")
+        if row.get("problem_hash", problem_hash(p)) != problem_hash(p):
+            raise ValueError(f"problem {p.id!r} has another text in the dataset now than in the results in {out}: the "
+                             "dataset changed since; use another --out directory to run it anew")
+        if row.get("gold") != p.answer or row.get("kind") != p.kind:
             raise ValueError(f"problem {p.id!r} has the gold answer {row.get('gold')!r} ({row.get('kind')}) in the results in "
                              f"{out} but {p.answer!r} ({p.kind}) in the dataset now: the dataset, or how "
                              "its answers are read, changed since; use another --out directory to score it anew")
@@ -386,7 +436,9 @@ def _run_eval(model: Any, tokenizer: Any, cfg: EvalConfig, out: Path, progress: 
         log = ResultsLog(out / ("results.jsonl" if group.world == 1 else shard_name(group.rank, group.world)))
         others = [read_rows(p) for p in [out / "results.jsonl", *shard_paths(out)] if p != log.path]
         known = {row_key(r): r for r in merge_rows([log.all(), *others])}
-        _check_golds(problems, known.values(), out)  # (library callers skip check_inputs)
+        _check_golds(problems, known.values(), out, checker)  # (library callers skip check_inputs)
+        for path in {log.path, out / "results.jsonl"}:
+            _check_writable(path)
         units = plan_units(problems, cfg)
         owners = assign([u.workers for u in units], group.world)
         todo = [u for u, r in zip(units, owners) if r == group.rank
