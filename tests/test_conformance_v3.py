@@ -91,6 +91,36 @@ def test_a_bad_scope_is_refused_in_one_line(tmp_path: Path, capsys: pytest.Captu
     assert err.startswith("error: ") and "unknown key 'dtype'" in err and "dtypes" in err and len(err.splitlines()) == 1
 
 
+def test_every_shipped_vector_has_scope_values_a_scope_may_name() -> None:
+    from hogwild_ref.conformance.scope import SCOPE_VALUES
+
+    for key, allowed in SCOPE_VALUES.items():
+        for name, meta in META.items():
+            value = {"dtypes": meta["dtype"], "conventions": meta["inputs"]["rope"]["convention"],
+                     "rope_types": meta["inputs"]["rope"]["rope_type"]}.get(key)
+            if key == "layouts" and meta["level"] != "rope":
+                tables = [f.removeprefix("table=") for f in meta.get("features", []) if f.startswith("table=")]
+                value = meta["inputs"].get("layout") or (tables[0] if tables else "explicit")
+            assert value is None or value in allowed, (name, key, value)
+
+
+@pytest.mark.parametrize("scope, needle", [
+    ({"dtypes": ["float32", "bf16"]}, "'dtypes' has 'bf16', which no vector can have; the values are float32, bfloat16"),
+    ({"layouts": ["combined", "Interleaved"]}, "'layouts' has 'Interleaved', which no vector can have"),
+    ({"rope_types": ["YaRN"]}, "'rope_types' has 'YaRN'"),
+    ({"conventions": ["neox"]}, "'conventions' has 'neox'"),
+    ({"prefill": ["none"]}, "'prefill' has 'none'"),
+])
+def test_a_misspelt_scope_value_is_refused_not_a_silent_skip(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                            scope: dict[str, list[str]], needle: str) -> None:
+    # found by a newcomer: a typo put every bfloat16 (or interleaved) vector out of scope, and the run exited 0
+    path = tmp_path / "scope.json"
+    path.write_text(json.dumps(scope))
+    assert main(["conform", "--level", "attention", "--scope", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and needle in err and len(err.splitlines()) == 1
+
+
 def test_python_adapter_of_protocol_1_gets_a_version_hint() -> None:
     class Old:
         def rope(self, *, config, x, positions, y, deltas, convention):  # the version 1 signature

@@ -23,13 +23,24 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..rope import SUPPORTED_ROPE_TYPES
 from .vectors import Vector
 
-__all__ = ["SCOPE_KEYS", "SkipVector", "check_scope", "load_scope_file", "out_of_scope", "vector_properties"]
+__all__ = ["SCOPE_KEYS", "SCOPE_VALUES", "SkipVector", "check_scope", "load_scope_file", "out_of_scope", "vector_properties"]
 
 #: the keys a scope may have (Spec §12.3)
 SCOPE_KEYS = ("dtypes", "conventions", "rope_types", "layouts", "prefill", "unsupported_features")
 
+
+#: the values each scope key can match (Spec §12.3, §12.4): a value outside them is a typo
+#: (``bf16``, ``Interleaved``) that would put vectors out of scope unnoticed, so it is a usage error
+SCOPE_VALUES: dict[str, tuple[str, ...]] = {
+    "dtypes": ("float32", "bfloat16", "float16", "float64"),
+    "conventions": ("half", "interleaved"),
+    "rope_types": SUPPORTED_ROPE_TYPES,
+    "layouts": ("contiguous", "interleaved", "combined", "official-combined", "private-scratch", "explicit"),
+    "prefill": ("spec", "given"),
+}
 
 _NAMES = {"dtypes": "dtype", "conventions": "convention", "rope_types": "rope type", "layouts": "layout",
           "prefill": "prefill"}
@@ -74,6 +85,10 @@ def check_scope(scope: Any, where: str = "the adapter's scope") -> dict[str, lis
             raise ValueError(f"{where} has an unknown key {key!r}; the keys are {', '.join(SCOPE_KEYS)} (Spec §12.3)")
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
             raise ValueError(f"{where}: {key!r} must be a list of strings; got {values!r}")
+        unknown = [v for v in values if key in SCOPE_VALUES and v not in SCOPE_VALUES[key]]
+        if unknown:
+            raise ValueError(f"{where}: {key!r} has {unknown[0]!r}, which no vector can have; the values are "
+                             f"{', '.join(SCOPE_VALUES[key])} (Spec §12.3)")
         out[str(key)] = list(values)
     return out
 
