@@ -366,7 +366,7 @@ def _without_rope_in(model, layer: int):
 
 def test_a_nope_layer_is_refused_by_the_rope_probe():
     model = _without_rope_in(tiny_model("llama", seed=5), 1)
-    with pytest.raises(CompatibilityError, match="layer 1 applies no rotary position embedding to its querys"):
+    with pytest.raises(CompatibilityError, match="layer 1 applies no rotary position embedding to its queries"):
         ensure_compatible(model)
 
 

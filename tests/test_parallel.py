@@ -233,6 +233,18 @@ def test_placement_flags_are_checked_before_loading(capsys):
         load("x", tp_plan="colwise")
 
 
+def test_tp_plan_in_one_process_says_that_nothing_is_split(monkeypatch, capsys):
+    """Found by a newcomer: ``--tp-plan auto`` without torchrun ran silently in one process."""
+    from hogwild_ref.cli import main
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr("hogwild_ref.models.load_default", lambda *a, **k: pytest.fail("loaded"))
+    monkeypatch.setattr("hogwild_ref.cli.generate._load", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("stop")))
+    main(["generate", "--tp-plan", "auto", "--json", "--max-ticks", "2"])
+    err = capsys.readouterr().err
+    assert "note: --tp-plan splits the model over the processes of a torchrun launch, and this is one process" in err
+
+
 def test_embedded_model_over_two_processes_is_refused_before_loading(monkeypatch, capsys):
     """What each rank of ``torchrun --nproc-per-node 2`` sees (WORLD_SIZE=2): the refusal, from the config
     (the GGUF's, or the session's converted copy when made), before any weight loads."""

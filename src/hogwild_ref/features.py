@@ -281,7 +281,7 @@ def probe_rope(model: Any, spec: RopeSpec) -> RopeProbe:
             moved = (x - x0).abs().amax(dim=(0, 1)) > 1e-6 * x.abs().max().clamp_min(1e-30)
             if not bool(moved.any()):
                 raise CompatibilityError(
-                    f"{mt}: layer {layer} applies no rotary position embedding to its {name}s (a NoPE layer); "
+                    f"{mt}: layer {layer} applies no rotary position embedding to its {'queries' if name == 'query' else 'keys'} (a NoPE layer); "
                     "Hogwild's key re-rotation would give such a layer positions it never had"
                 )
             beyond = moved[spec.rotary_dim:]

@@ -194,5 +194,5 @@ def check_prompts_file_size(path: str | Path) -> None:
     except OSError:
         return  # the loader reports a missing file
     if size > MAX_PROMPTS_FILE_BYTES:
-        raise SettingsError(f"--prompts-file {path} is {size / 2**20:.1f} MiB; a prompts file holds a few short "
-                            f"templates (at most {MAX_PROMPTS_FILE_BYTES // 2**20} MiB): give the templates' file")
+        raise SettingsError(f"--prompts-file {path} is {size:,} bytes; a prompts file holds a few short "
+                            f"templates (at most {MAX_PROMPTS_FILE_BYTES:,} bytes, 1 MiB): give the templates' file")

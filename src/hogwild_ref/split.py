@@ -56,7 +56,7 @@ def kernel_for(split: bool | str | None, device: torch.device | str) -> str | No
     if split is True:
         return default_kernel(device)
     if split not in KERNELS:
-        raise ValueError(f"unknown split kernel {split!r}; choose one of {', '.join(KERNELS)} (or True: the device's)")
+        raise ValueError(f"unknown split kernel {split!r}; choose one of {', '.join(KERNELS)}")
     return str(split)
 
 

@@ -45,7 +45,7 @@ def _add_eval(sub: Any) -> None:
     p.add_argument("--dtype", choices=DTYPES, default="float32")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--allow-untested", action="store_true", help="try a model family outside the tested ones")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: one per core, fewer on a busy machine, with a note)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--dist-timeout", type=float, default=24 * 60, metavar="MINUTES",
                    help="under torchrun: how long ranks wait for each other, e.g. for the slowest at the end (default 1440)")

@@ -52,7 +52,7 @@ def _add_generate(sub: Any) -> None:
                    help="prompt templates: default, or compact (short, for ~100M-parameter models)")
     p.add_argument("--prompts-file", default=None, metavar="PATH",
                    help="TOML or JSON file of prompt templates (fields of PromptTemplates) overriding --prompts")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: one per core, fewer on a busy machine, with a note)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the live view")
 
 
