@@ -126,6 +126,14 @@ def test_score_of_a_file_says_it_is_not_the_exchange_directory(tmp_path: Path, c
     _one_error_line(capsys.readouterr().err, "is a file")
 
 
+def test_score_of_an_export_the_adapter_has_not_run_says_so(tmp_path: Path, capsys) -> None:
+    # found by a newcomer: every vector was reported "out of scope: the adapter does not implement ..."
+    assert main(["conform", "export", str(tmp_path / "x"), "--level", "rope"]) == 0
+    capsys.readouterr()
+    assert main(["conform", "score", str(tmp_path / "x")]) == 2
+    _one_error_line(capsys.readouterr().err, "holds no replies.jsonl and no output files: run the adapter on the export first")
+
+
 @pytest.mark.parametrize("damage, needles", [
     (lambda d: (d / "rope" / f"{ROPE[0]}.safetensors").write_text("garbage"), [f"{ROPE[0]}.json", "not a readable"]),
     (lambda d: (d / "rope" / "zz.json").write_text("{bad"), ["zz.json", "JSONDecodeError"]),

@@ -396,6 +396,9 @@ class OutputsDirAdapter:
                 level for level in LEVELS if any((self.directory / level).glob("*.outputs.safetensors"))
                 or any(k.startswith(level + "/") for k in self.replies)
             )
+            if not self.supported_levels:  # an export the adapter has not run yet: nothing to score, said so
+                raise FileNotFoundError(f"{self.directory} holds no replies.jsonl and no output files: run the adapter on "
+                                        f"the export first (cd {self.directory} && CMD < requests.jsonl > replies.jsonl)")
 
     def out_of_scope_reason(self, vector: Vector) -> str | None:
         """Why a vector is out of scope offline: it was not exported."""
