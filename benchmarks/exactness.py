@@ -1,4 +1,5 @@
-"""Worst logit error of each fast backend against the engine oracle, per family and layout.
+"""Worst logit error of each fast backend (``fast``, the default, and the two rotate backends) against
+the engine oracle, per family and layout.
 
 Not a test (tests/test_engine.py asserts the bound); this prints the numbers for reports.
 Tiny random-weight models of every supported family and the embedded SmolLM2, W = 2 and 4,
@@ -30,8 +31,8 @@ if __name__ == "__main__":
     print("| family | backend | worst rel. logit error | greedy tokens identical |")
     print("|---|---|---|---|")
     for family, model in models.items():
-        worst = {"rotate_queries": 0.0, "rotate_keys": 0.0}
-        same = {"rotate_queries": True, "rotate_keys": True}
+        worst = {"fast": 0.0, "rotate_queries": 0.0, "rotate_keys": 0.0}
+        same = {"fast": True, "rotate_queries": True, "rotate_keys": True}
         for workers in (2, 4):
             for layout in ("contiguous", "interleaved", "combined"):
                 ref = run(model, tok, workers, layout, "oracle", args.ticks)

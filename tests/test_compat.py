@@ -319,6 +319,16 @@ def test_not_a_model_directory(tmp_path):
         hogwild_ref.load(str(tmp_path))
 
 
+def test_a_hub_id_that_cannot_be_fetched_names_the_fix(monkeypatch):
+    # found by a newcomer: "error: OSError: We couldn't connect to 'https://huggingface.co' ..." and no fix
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network, as in these tests
+    with pytest.raises(UnsupportedModelError, match=r"'no-such-org/no-such-model' is taken as a hub id, and it could "
+                       r"not be fetched \(.*\); give a local model directory \(hf download no-such-org/no-such-model"):
+        hogwild_ref.load("no-such-org/no-such-model")
+
+
 # ---------------------------------------------------------------------- every RoPE family transformers ships
 #: expected outcomes of some families (the reason is part of the expectation). The survey's models
 #: are built like checkpoints (8 layers, every parameter random): at 2 layers with unit norm weights,

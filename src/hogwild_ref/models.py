@@ -173,7 +173,17 @@ def load(
 
     source, kwargs = resolve_source(name_or_path)
     if "gguf_file" not in kwargs:
-        check_supported(AutoConfig.from_pretrained(source), allow_untested=allow_untested)
+        try:
+            config = AutoConfig.from_pretrained(source)
+        except OSError as exc:
+            if source != name_or_path or Path(source).exists():  # a local folder: its own error says what is wrong
+                raise
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise UnsupportedModelError(
+                f"{name_or_path!r} is taken as a hub id, and it could not be fetched ({first}); give a local model "
+                f"directory (hf download {name_or_path} --local-dir DIR where the hub is reachable, then --model DIR), "
+                "or set HF_HUB_OFFLINE=1 to use a copy in the Hugging Face cache") from None
+        check_supported(config, allow_untested=allow_untested)
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs, **placement)
     model = (model if placement else model.to(device)).eval()  # type: ignore[arg-type]
