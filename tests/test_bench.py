@@ -85,3 +85,17 @@ def test_the_linear_benchmark_times_each_row_count_and_refuses_bad_counts():
     assert [r[0] for r in rows] == ["2", "3"] and all(float(x) > 0 for r in rows for x in r[1:])
     bad = subprocess.run([sys.executable, str(script), "--rows", "0"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--rows" in bad.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize("argv, fixes, not_said", [
+    (["--ctx", "100000000"], "choose smaller --contexts, --dtype bfloat16, or a machine", "--model"),
+    (["--ctx", "8000", "--problems", "4096", "--model", "qwq-32b", "--dtype", "bfloat16"],
+     "choose smaller --contexts, fewer --problems, a smaller --model (smollm2-135m), or a machine", "--dtype bfloat16"),
+])
+def test_a_bench_too_large_for_memory_names_the_flags_that_made_it_so(capsys, argv, fixes, not_said):
+    # found by a newcomer: the refusal suggested --dtype bfloat16 to a bfloat16 run, and never --contexts
+    from hogwild_ref.cli import main
+
+    assert main(["bench", "ticks", "--threads", "1", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "needs about" in err and fixes in err and not_said not in err.split("needs about")[1]

@@ -45,13 +45,20 @@ def _check_bench(args: argparse.Namespace, what: str) -> None:
         else:
             _check_model_source(name)
             shape = _model_shape(name)
+        ctx = max(args.contexts or [1024, 4096])
+        if shape is not None and shape.context is not None and ctx > shape.context:
+            raise SettingsError(f"--contexts {ctx} is past the {shape.context} positions of {name}; give contexts up to "
+                                f"{shape.context}")
         cuda = (args.device or "").startswith("cuda")
         if not cuda:  # CPU: the weights and the largest case's K/V live in this machine's memory
             dtype = args.dtype or "float32"
             # every problem of the largest batch holds the largest case's K/V
-            tokens = (max(args.contexts or [1024, 4096]) + max(args.workers or [1, 2, 4, 8]) * 64) * max(args.problems or [1])
+            tokens = (ctx + max(args.workers or [1, 2, 4, 8]) * 64) * max(args.problems or [1])
+            fixes = (["smaller --contexts"] + (["fewer --problems"] if max(args.problems or [1]) > 1 else [])
+                     + (["a smaller --model (smollm2-135m)"] if name != "smollm2-135m" else [])
+                     + (["--dtype bfloat16"] if dtype == "float32" else []))
             _check_memory(shape, dtype, tokens, f"bench ticks --model {name} ({dtype}, {tokens} positions)",
-                          "choose a smaller --model (smollm2-135m), --dtype bfloat16, or a machine with more memory")
+                          f"choose {', '.join(fixes)}, or a machine with more memory")
     elif what in ("engine", "all"):
         _check_model_source(args.model)
         shape = _model_shape(args.model)
