@@ -365,11 +365,14 @@ def test_cli_eval_on_the_embedded_model(tmp_path, capsys, monkeypatch, smollm):
 
     monkeypatch.setattr(hogwild_ref.models, "load", lambda *a, **k: smollm)  # the session's model, no second load
 
+    tmp_path = tmp_path / ("a-folder-whose-name-is-long-enough-to-pass-eighty-columns-" * 2)
     rc = main(["eval", "--dataset", "builtin:arith", "--workers", "1", "2", "--budgets", "4", "8", "--limit", "1",
                "--prompts", "compact", "--out", str(tmp_path), "--no-progress", "--finisher-tokens", "4"])
     assert rc == 0
     captured = capsys.readouterr()
     out = captured.out
+    # each file's path on its own whole line, as a log file (a console of 80 columns) gets it
+    assert f"results: {tmp_path / 'results.jsonl'}" in captured.err.splitlines()
     assert "| Hogwild, 2 workers | 8 | 1 |" in out and "self-consistency, 2 samples" in out
     rows = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 6

@@ -176,10 +176,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 130
     if place.rank != 0:
         return 0
+    # soft_wrap: a path is never broken over two lines (rich wraps at 80 columns when writing to a log file)
     console.print(f"{report.problems} problems x {len(cfg.seeds)} seeds: {report.ran_units} units run, "
-                  f"{report.skipped_units} already in {report.files['results']}")
+                  f"{report.skipped_units} already in {report.files['results']}", soft_wrap=True)
     print(report.files["summary_md"].read_text(encoding="utf-8"))  # plain Markdown: any terminal width, copy-pasteable
     for name, path in report.files.items():
-        console.print(f"{name}: {path}")
+        console.print(f"{name}: {path}", soft_wrap=True)
     return 0
 
