@@ -242,6 +242,16 @@ class Engine:
             caps[table.history] = len(static.get(table.history, [])) + self.workers * STEP_CAPACITY
         return caps
 
+    def positions(self, scheduler: Scheduler) -> int | None:
+        """Without a budget, the positions a run may fill (Spec §6.4, ``context``): the model's
+        ``max_position_embeddings``, less the finisher's room; None with a budget (it bounds the run)
+        or a model without the bound."""
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if self.scheduler_config.max_ticks is not None or not isinstance(limit, int):
+            return None
+        room = len(scheduler.finisher_feed()) + self.settings.finisher_tokens + 1 if self.settings.finisher else 0
+        return max(limit - room, 1)
+
     def new_run(self, scheduler: Scheduler, views: Sequence[tuple[str, ...]], history: str | None, base: int,
                 seed: int, segment_ids: Sequence[str], **kwargs: Any) -> ProblemRun:
         """A :class:`~hogwild_ref.run.ProblemRun` with this engine's text and device (generators where the logits come out, Spec §11.5)."""
@@ -294,7 +304,7 @@ class Engine:
         storage = self.forward.storage(prep.table, self.capacities(prep))
         sched = Scheduler(self.workers, self.decode, self.encode, self.scheduler_config)
         run = self.new_run(sched, prep.table.views, prep.table.history, 0, s.seed, [seg.id for seg in prep.table.segments],
-                           record_logits=self.record_logits)
+                           record_logits=self.record_logits, positions=self.positions(sched))
         loop = RunLoop(self.forward, storage, self.sampling)
         timing = {"prefill": 0.0}
 
@@ -329,7 +339,7 @@ class Engine:
                 # the tick is complete: commit it (a Ctrl-C before this line reports the previous tick)
                 yield from loop.commit(run, sampled, logits)
         answer, reason = run.answer(), run.reason
-        if answer is None and reason == "budget" and s.finisher:
+        if answer is None and reason in ("budget", "context") and s.finisher:
             finisher = loop.finish([run], s.finisher_tokens, commit=True)
             while True:
                 try:

@@ -68,7 +68,8 @@ class SnapshotEvent:
 
 @dataclass(frozen=True)
 class DoneEvent:
-    """Generation ended (``reason``: "boxed", "eos", "budget" or "finisher"; a result built after
+    """Generation ended (``reason``: "boxed", "eos", "budget", "context" (no budget, and the model's
+    positions reached, Spec §6.4) or "finisher"; a result built after
     Ctrl-C has reason "interrupted")."""
 
     tick: int

@@ -80,16 +80,18 @@ class ProblemRun:
         record_logits: keep each tick's last-slot logits ``(W, V)`` (float32, on the CPU).
         prefix: what this problem's segment ids start with in a union table (``p{b}/``, Spec §13.3);
             empty when the storage holds this problem alone.
+        positions: the most positions a worker's view may reach (Spec §6.4, ``context``): a tick that
+            would pass them is not run, and the run ends with reason ``"context"``. None: no bound.
     """
 
     def __init__(self, scheduler: Scheduler, views: Sequence[tuple[str, ...]], history: str | None, base: int,
                  seed: int, device: torch.device, decode: Callable[[Sequence[int]], str], segment_ids: Iterable[str],
                  *, extract: Callable[[str], str | None] = extract_boxed, record_logits: bool = False,
-                 prefix: str = ""):
+                 prefix: str = "", positions: int | None = None):
         self.sched = scheduler
         self.workers = len(views)
         self.views = [tuple(v) for v in views]
-        self.history, self.base, self.prefix = history, base, prefix
+        self.history, self.base, self.prefix, self.positions = history, base, prefix, positions
         self.decode, self.extract = decode, extract
         self.generators = [Generator(device=device).manual_seed(seed + w) for w in range(self.workers)]
         self.feeds: list[list[int]] = scheduler.initial_feeds()
@@ -109,16 +111,22 @@ class ProblemRun:
         return [Row(view, len(f)) for view, f in zip(self.views, self.feeds, strict=True)]
 
     def check_end(self) -> bool:
-        """Before a tick: end the run when the scheduler is done (a budget of 0, Spec §6.5) or no worker
-        feeds anything; True when it ended."""
+        """Before a tick: end the run when the scheduler is done (a budget of 0, Spec §6.5), no worker
+        feeds anything, or the tick would pass :attr:`positions` (Spec §6.4); True when it ended."""
         if self.sched.done:
             self.reason = self.sched.reason
         elif not any(self.feeds):
             self.reason = self.reason or "eos"
+        elif self.positions is not None and self.longest_view() + max(map(len, self.feeds)) > self.positions:
+            self.reason = "context"
         else:
             return False
         self.active = False
         return True
+
+    def longest_view(self) -> int:
+        """Tokens in the longest worker view: the positions its next token starts at."""
+        return max(sum(len(self.transcript.ids[sid]) for sid in view) for view in self.views)
 
     def token_events(self, sampled: list[int | None]) -> list[Event]:
         """The coming tick's sampled tokens as events (before :meth:`commit`: a Ctrl-C while they are
