@@ -13,6 +13,7 @@ import cmath
 import dataclasses
 import functools
 import importlib
+import json
 import logging
 import math
 import types
@@ -395,3 +396,39 @@ def test_shape_annotations_are_checked_at_run_time():
     spec = RopeSpec(torch.ones(4), head_dim=8)
     with pytest.raises(TypeError):
         spec.rotate(torch.zeros(3, 8, dtype=torch.int64), 0)  # Float annotation, integer tensor
+
+
+def test_fractional_positions_and_integer_inputs_are_refused():
+    """Found by a newcomer: ``rotate(x, tensor([1.5]))`` rotated by 1.5 positions, ``rerotate(x, True)`` by
+    one, and an integer ``x`` came back truncated; RoPE rotates floating vectors by whole positions. Run
+    as a user runs it: in a process without this suite's run-time annotation checks (which refuse
+    these arguments before the function body)."""
+    import subprocess
+    import sys
+
+    script = """
+import torch
+from transformers import LlamaConfig
+from hogwild_ref.rope import RopeError, RopeSpec
+spec = RopeSpec.from_config(LlamaConfig(hidden_size=64, num_attention_heads=4))
+x = torch.ones(1, 16)
+said = []
+for bad in (torch.tensor([1.5]), 1.5, True, torch.tensor([True])):
+    for f in (spec.rotate, spec.rerotate):
+        try:
+            f(x, bad)
+        except RopeError as exc:
+            said.append(str(exc).split(",")[0])
+try:
+    spec.rotate(torch.ones(1, 16, dtype=torch.long), 2)
+except RopeError as exc:
+    said.append(str(exc).split(",")[0])
+assert torch.equal(spec.rotate(x, torch.tensor([2])), spec.rotate(x, 2))
+import json
+print(json.dumps(said))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    said = json.loads(out.stdout)
+    assert said == ["positions must be integers (an int or an integer tensor)"] * 8 + [
+        "x must be a floating-point tensor (queries or keys)"]

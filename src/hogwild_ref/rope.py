@@ -144,7 +144,11 @@ class RopeSpec:
         Angles are computed in float64; cos/sin are returned in ``dtype`` (float32 by default,
         float64 for the oracle).
         """
-        pos = torch.as_tensor(positions, device=device).to(torch.float64)
+        pos = torch.as_tensor(positions, device=device)
+        if isinstance(positions, bool) or pos.is_floating_point() or pos.is_complex() or pos.dtype == torch.bool:
+            raise RopeError(f"positions must be integers (an int or an integer tensor), got {_what(positions)}: RoPE "
+                            "rotates by whole positions (Spec §8.2)")
+        pos = pos.to(torch.float64)
         angles = pos[..., None] * self.inv_freq.to(pos.device)
         return Rotation(angles.cos().to(dtype), angles.sin().to(dtype))
 
@@ -157,6 +161,9 @@ class RopeSpec:
         """
         if x.shape[-1] != self.head_dim:
             raise RopeError(f"last dimension of x is {x.shape[-1]}, expected head_dim {self.head_dim}")
+        if not x.is_floating_point():
+            raise RopeError(f"x must be a floating-point tensor (queries or keys), got {x.dtype}: its rotation would be "
+                            "truncated to integers")
         rd, h = self.rotary_dim, self.rotary_dim // 2
         work = torch.float64 if x.dtype == torch.float64 else torch.float32
         xf = x.to(work)
@@ -257,3 +264,8 @@ def _longrope_short_inv_freq(config: Any) -> Tensor:
 
     inv_freq, _ = ROPE_INIT_FUNCTIONS["longrope"](config, device=torch.device("cpu"), seq_len=None)
     return inv_freq.to(torch.float64)
+
+
+def _what(value: Any) -> str:
+    """A value's kind for a message: a tensor's dtype, else its Python type."""
+    return f"a {value.dtype} tensor" if isinstance(value, Tensor) else f"{type(value).__name__} {value!r}"
