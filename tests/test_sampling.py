@@ -264,3 +264,48 @@ def test_a_top_p_below_float32_keeps_the_most_likely_token(xs, temperature):
 def test_an_ordinary_temperature_divides_exactly_as_before(xs, temperature):
     logits = torch.tensor(xs)  # the guard for tiny temperatures leaves the plain quotient bit for bit
     assert torch.equal(filter_logits(logits, SamplingConfig(temperature=temperature)), logits / temperature)
+
+
+def test_sampling_options_with_greedy_decoding_are_said_to_do_nothing():
+    """Found by a newcomer: ``generate(..., top_p=0.5, top_k=3)`` decoded greedily (temperature 0) without a word."""
+    from hogwild_ref.settings import Settings
+
+    with pytest.warns(UserWarning, match=r"^top_k and top_p have no effect with temperature 0"):
+        Settings(top_p=0.5, top_k=3)
+    with pytest.warns(UserWarning, match=r"^--min-p has no effect"):
+        Settings.from_flags(min_p=0.1)
+
+
+def test_helpers_refuse_wrong_shapes_and_types_in_one_line():
+    """Found by a newcomer: ``sample`` of a (2, V) tensor raised TypeError from int() of a list, mismatched
+    rows a zip() error, ``top_k=2.5`` was accepted. Run as a user runs it: in a process without this
+    suite's run-time annotation checks (which refuse these arguments before the function body)."""
+    import json
+    import subprocess
+    import sys
+
+    script = """
+import json, torch
+from hogwild_ref.sampling import SamplingConfig, sample, sample_rows
+cfg = SamplingConfig(temperature=1.0)
+said = []
+for call in (lambda: sample(torch.randn(2, 10), cfg), lambda: sample(torch.tensor(1.0), cfg),
+             lambda: sample_rows(torch.randn(10), [True], cfg, [None]),
+             lambda: sample_rows(torch.randn(3, 10), [True], cfg, [None]),
+             lambda: SamplingConfig(temperature=1.0, top_k=2.5), lambda: SamplingConfig(temperature="1")):
+    try:
+        call()
+        said.append(None)
+    except ValueError as exc:
+        said.append(str(exc))
+print(json.dumps(said))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    said = json.loads(out.stdout)
+    assert said[0] == "sample() takes one row of logits of shape (V,); got shape (2, 10) (sample_rows() takes (R, V))"
+    assert said[1].startswith("sample() takes one row of logits of shape (V,); got shape ()")
+    assert said[2] == "sample_rows() takes logits of shape (R, V); got shape (10,)"
+    assert said[3].startswith("sample_rows(): logits have 3 rows, so give 3 active flags and generators; got 1 and 1")
+    assert "top_k" in said[4] and "2.5" in said[4]
+    assert "temperature must be a finite number" in said[5]

@@ -9,6 +9,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from .checks import check_sampling
+
 __all__ = ["NonFiniteLogits", "SamplingConfig", "sample", "sample_rows"]
 
 #: below this temperature ``logits / temperature`` may overflow float32 (or the temperature itself
@@ -36,14 +38,7 @@ class SamplingConfig:
     min_p: float | None = None
 
     def __post_init__(self) -> None:
-        if not self.temperature >= 0 or self.temperature == float("inf"):
-            raise ValueError(f"temperature must be a finite number >= 0 (0 is greedy); got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1; got {self.top_k}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1]; got {self.top_p}")
-        if self.min_p is not None and not 0 <= self.min_p < 1:
-            raise ValueError(f"min_p must be in [0, 1); got {self.min_p}")
+        check_sampling(self.temperature, self.top_k, self.top_p, self.min_p)  # as Settings checks them (Spec §11.7)
 
     @property
     def greedy(self) -> bool:
@@ -81,6 +76,8 @@ def filter_logits(logits: Float[Tensor, "V"], cfg: SamplingConfig) -> Float[Tens
 def sample(logits: Float[Tensor, "V"], cfg: SamplingConfig, generator: torch.Generator | None = None) -> int:
     """Sample one token id from ``logits`` (greedy when ``cfg.temperature == 0``): :func:`sample_rows`
     of one active row."""
+    if not isinstance(logits, Tensor) or logits.dim() != 1:
+        raise ValueError(f"sample() takes one row of logits of shape (V,); got {_shape(logits)} (sample_rows() takes (R, V))")
     token = sample_rows(logits[None], [True], cfg, [generator])[0]
     assert token is not None  # an active row gets a token
     return token
@@ -101,6 +98,11 @@ def sample_rows(logits: Float[Tensor, "R V"], active: Sequence[bool], cfg: Sampl
     Greedy: one ``argmax`` over all rows. An active row whose chosen logit (greedy) or largest logit
     (sampling) is NaN or infinite raises :class:`NonFiniteLogits` (greedy: checked in the same copy).
     """
+    if not isinstance(logits, Tensor) or logits.dim() != 2:
+        raise ValueError(f"sample_rows() takes logits of shape (R, V); got {_shape(logits)}")
+    if len(active) != logits.shape[0] or len(generators) != logits.shape[0]:
+        raise ValueError(f"sample_rows(): logits have {logits.shape[0]} rows, so give {logits.shape[0]} active flags and "
+                         f"generators; got {len(active)} and {len(generators)}")
     if cfg.greedy:
         ids = logits.argmax(dim=-1)
         chosen = logits.gather(-1, ids[:, None])[:, 0]  # argmax picks a NaN where a row holds one
@@ -117,3 +119,7 @@ def sample_rows(logits: Float[Tensor, "R V"], active: Sequence[bool], cfg: Sampl
         for r, on in enumerate(active)
     ])
     return [int(t) if on else None for t, on in zip(ids.tolist(), active, strict=True)]
+
+
+def _shape(value: object) -> str:
+    return f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else f"a {type(value).__name__}"

@@ -7,6 +7,7 @@ so a new backend or layout appears in every command at once.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -72,6 +73,11 @@ class Settings:
                        backends=BACKENDS, max_ticks=self.max_ticks, snapshots=self.snapshots,
                        finisher_tokens=self.finisher_tokens, collab_every=self.collab_every, seed=self.seed,
                        temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p, cli=cli)
+        ignored = [n for n in ("top_k", "top_p", "min_p") if getattr(self, n) is not None]
+        if self.temperature == 0 and ignored:  # (transformers' generate warns alike)
+            named = [f"--{n.replace('_', '-')}" if cli or flags_named() else n for n in ignored]
+            warnings.warn(f"{' and '.join(named)} {'has' if len(named) == 1 else 'have'} no effect with temperature 0 "
+                          "(greedy decoding, Spec §11.5); give a temperature > 0 to sample", UserWarning, stacklevel=3)
         if not isinstance(self.finisher, bool):
             raise SettingsError(f"finisher must be True or False; got {self.finisher!r}")
         check_int("prefill_chunk", self.prefill_chunk, 1, cli=cli)
