@@ -275,3 +275,43 @@ def test_generate_refuses_unknown_layout(tiny_llama, smollm_tokenizer):
     assert "diagonal" in msg
     for choice in ("contiguous", "interleaved", "combined"):
         assert choice in msg
+
+
+def test_a_sliding_window_the_run_must_pass_is_refused_before_it_runs(smollm_tokenizer):
+    """Found by a newcomer: the refusal came ticks into the run, with the partial output lost, and
+    told a user whose prompt alone passed the window to use a smaller budget."""
+    from hogwild_ref.forward import WindowExceeded
+
+    tok = smollm_tokenizer
+    prompt_only = tiny_model("mistral", vocab_size=len(tok), sliding_window=100)
+    with pytest.raises(WindowExceeded, match=r"^the prompt alone is \d+ tokens in a worker's view, beyond the model's "
+                       r"sliding window of 100; .*shorten the problem"):
+        hogwild_ref.generate(prompt_only, tok, PROBLEM, workers=2, max_ticks=4, finisher=False)
+    model = tiny_model("mistral", vocab_size=len(tok), sliding_window=300)
+    with pytest.raises(WindowExceeded, match=r"a run that spends max_ticks=400 reaches at least \d+ positions, beyond "
+                       r"the model's sliding window of 300; .*give max_ticks=\d+ or less") as exc:
+        hogwild_ref.generate(model, tok, PROBLEM, workers=2, max_ticks=400, finisher=False)
+    room = int(str(exc.value).split("give max_ticks=")[1].split()[0])
+    assert room >= 1
+    # a budget under the estimate may still pass the window (step headers add tokens): it stops there
+    # with what ran kept, on the error and in engine.result
+    from hogwild_ref.engine import Engine
+
+    engine = Engine(model, tok, workers=2, max_ticks=room, finisher=False)
+    try:
+        result = engine.run(PROBLEM)
+    except WindowExceeded as err:
+        assert err.result is engine.result and err.result.reason == "window"
+        assert all(len(w.view_tokens) <= 300 for w in err.result.workers)
+    else:
+        assert all(len(w.view_tokens) <= 300 for w in result.workers)
+
+
+def test_a_run_without_a_budget_ends_at_the_sliding_window(smollm_tokenizer):
+    from hogwild_ref.engine import Engine
+
+    tok = smollm_tokenizer
+    model = tiny_model("mistral", vocab_size=len(tok), sliding_window=400)
+    result = Engine(model, tok, workers=2, max_ticks=None, collab_every=None).run(PROBLEM)
+    assert result.reason in ("context", "finisher") and all(len(w.view_tokens) <= 400 for w in result.workers)
+    assert result.ticks > 10  # it ran up to the window, less the finisher's room

@@ -19,7 +19,7 @@ from . import prompts as prompts_mod
 from .checks import check_problem, context_bound, warn_context
 from .events import (DoneEvent, Event, EventCallbackError, FlushEvent, GenerationInterrupted, HogwildResult, SnapshotEvent,
                      StepEvent, TokenEvent, WorkerResult)
-from .forward import Forward
+from .forward import Forward, WindowExceeded
 from .hf import eos_token_ids, layer_devices, use_hogwild_attention
 from .models import check_vocabulary
 from .parallel import check_compile
@@ -174,7 +174,7 @@ class Engine:
         self.record_logits = record_logits
         self.model_name = model_name or getattr(model.config, "_name_or_path", "") or model.config.model_type
         self.result: HogwildResult | None = None
-        self._partial: Callable[[], HogwildResult] | None = None
+        self._partial: Callable[[str], HogwildResult] | None = None
         self._template_prefix: dict[prompts_mod.PromptTemplates, list[int]] = {}
 
     # ------------------------------------------------------------------ text and tables
@@ -218,10 +218,36 @@ class Engine:
         would pass the model's ``max_position_embeddings`` (Spec §11.7, :func:`~hogwild_ref.checks.context_bound`)."""
         fin = self.settings.finisher_tokens if self.settings.finisher else 0
         bounds = [context_bound(sum(map(len, p.static.values())), self.workers, max_ticks, fin) for p in prepared]
-        # the prompt's tokens in the longest view: the static segments it holds
-        prompt = max(sum(len(p.static[s]) for s in view if s in p.static) for p in prepared for view in p.table.views)
+        prompt = max(self._prompt_positions(p) for p in prepared)
         return warn_context(max((b for b in bounds if b is not None), default=None),
                             getattr(self.model.config, "max_position_embeddings", None), prompt=prompt)
+
+    def _prompt_positions(self, prepared: Prepared) -> int:
+        """The prompt's tokens in the longest worker view (the static segments it holds)."""
+        return max(sum(len(prepared.static[s]) for s in view if s in prepared.static) for view in prepared.table.views)
+
+    def check_window(self, prepared: Prepared, max_ticks: int | None) -> None:
+        """Refuse, before anything runs, a run that must pass the model's sliding window (Spec §11.3):
+        its prompt alone (its longest view), or that and a spent budget
+        (:func:`~hogwild_ref.checks.context_bound`, a lower estimate); a run that passes it later stops
+        there with :class:`~hogwild_ref.forward.WindowExceeded`, its partial result attached."""
+        window = self.forward.window
+        if window is None:
+            return
+        prompt = self._prompt_positions(prepared)
+        if prompt > window:
+            raise WindowExceeded(f"the prompt alone is {prompt} tokens in a worker's view, beyond the model's sliding "
+                                 f"window of {window}; hogwild_ref implements full attention only: shorten the "
+                                 "problem, use fewer workers, or a model without sliding-window attention")
+        fin = self.settings.finisher_tokens if self.settings.finisher else 0
+        # a preset layout's views come to hold every worker's tokens (Spec §4); an explicit view its own at least
+        writers = 1 if self.table is not None else self.workers
+        bound = context_bound(prompt, writers, max_ticks, fin)
+        if bound is not None and bound > window:
+            room = max((window - prompt - fin) // writers, 0)
+            raise WindowExceeded(f"a run that spends max_ticks={max_ticks} reaches at least {bound} positions, beyond the "
+                                 f"model's sliding window of {window}; hogwild_ref implements full attention only: give "
+                                 f"max_ticks={room} or less, or use a model without sliding-window attention")
 
     def capacities(self, prepared: Prepared) -> dict[str, int]:
         """Slots to reserve per segment when a run starts (Spec §9.6): what the prompt and a first stretch
@@ -247,6 +273,8 @@ class Engine:
         ``max_position_embeddings``, less the finisher's room; None with a budget (it bounds the run)
         or a model without the bound."""
         limit = getattr(self.model.config, "max_position_embeddings", None)
+        if self.forward.window is not None:  # a sliding window bounds the positions full attention may fill
+            limit = min(limit, self.forward.window) if isinstance(limit, int) else self.forward.window
         if self.scheduler_config.max_ticks is not None or not isinstance(limit, int):
             return None
         room = len(scheduler.finisher_feed()) + self.settings.finisher_tokens + 1 if self.settings.finisher else 0
@@ -291,7 +319,11 @@ class Engine:
                 yield from self._stream(problem)
         except KeyboardInterrupt:
             if self._partial is not None:
-                self.result = self._partial()
+                self.result = self._partial("interrupted")
+            raise
+        except WindowExceeded as exc:  # what ran is kept, on the error and in self.result
+            if self._partial is not None:
+                self.result = exc.result = self._partial("window")
             raise
         finally:
             self._partial = None
@@ -301,6 +333,7 @@ class Engine:
         prep = self.prepare(problem)
         s = self.settings
         self.warn_context([prep], self.scheduler_config.max_ticks)
+        self.check_window(prep, self.scheduler_config.max_ticks)
         storage = self.forward.storage(prep.table, self.capacities(prep))
         sched = Scheduler(self.workers, self.decode, self.encode, self.scheduler_config)
         run = self.new_run(sched, prep.table.views, prep.table.history, 0, s.seed, [seg.id for seg in prep.table.segments],
@@ -328,7 +361,7 @@ class Engine:
                 logits=run.logits, settings=self.settings_dict(),
             )
 
-        self._partial = lambda: build("interrupted", run.answer())
+        self._partial = lambda reason: build(reason, run.answer())
         self.forward.prefill(storage, prep.first, prep.static, s.prefill_chunk, prep.shared)
         for sid, ids in prep.static.items():
             run.transcript.append(sid, ids)
@@ -339,7 +372,9 @@ class Engine:
                 # the tick is complete: commit it (a Ctrl-C before this line reports the previous tick)
                 yield from loop.commit(run, sampled, logits)
         answer, reason = run.answer(), run.reason
-        if answer is None and reason in ("budget", "context") and s.finisher:
+        # at the model's positions the finisher has the room kept for it, unless the prompt took it (Spec §6.4)
+        room = reason == "budget" or reason == "context" and run.positions is not None and run.longest_view() <= run.positions
+        if answer is None and room and s.finisher:
             finisher = loop.finish([run], s.finisher_tokens, commit=True)
             while True:
                 try:

@@ -32,8 +32,15 @@ from .split import kernel_for
 from .storage import Storage
 from .ticks import DecodeTick, ExtendTick, GeneralTick, GroupedTick, OracleTick, Planner, PrefillTick, Tick
 
-__all__ = ["Forward"]
+__all__ = ["Forward", "WindowExceeded"]
 
+
+
+class WindowExceeded(ValueError):
+    """A tick's context passed the model's sliding window (Spec §11.3): full attention is no longer what
+    the model computes. The engine attaches the run's partial result as ``result``."""
+
+    result: Any = None
 
 class Forward:
     """The forward step of one model with one backend (Spec §3, §9, §11).
@@ -360,7 +367,7 @@ class Forward:
 
     def _check_window(self, longest: int) -> None:
         if self.window is not None and longest > self.window:
-            raise ValueError(
+            raise WindowExceeded(
                 f"the context reached {longest} tokens, beyond the model's sliding window of {self.window}; "
                 "hogwild_ref implements full attention only: use a smaller budget or a model without "
                 "sliding-window attention"
