@@ -67,6 +67,16 @@ def _resume_dir(t: Path, lines: list[str]) -> list[str]:
     return ["--dataset", data, "--out", str(out)]
 
 
+def _resumable(t: Path) -> tuple[Any, Path]:
+    """A one-worker config on GOOD, and its --out directory ``t/o`` holding its config.json."""
+    from hogwild_ref.evaluation import EvalConfig
+
+    cfg = EvalConfig(dataset=_jsonl(t / "d.jsonl", GOOD), workers=(1,), budgets=(4,), self_consistency=False)
+    (t / "o").mkdir()
+    (t / "o" / "config.json").write_text(json.dumps(cfg.identity()))
+    return cfg, t / "o"
+
+
 def _damaged_config(t: Path) -> list[str]:
     argv = _resume_dir(t, [json.dumps(_row())])
     (t / "out" / "config.json").write_text("{x", encoding="utf-8")
@@ -344,15 +354,10 @@ def test_a_run_that_kept_no_row_binds_no_setting(tmp_path):
 
 
 def test_a_resumed_row_must_come_from_the_same_text_and_checker(tmp_path):
-    from hogwild_ref.evaluation import EvalConfig
     from hogwild_ref.evaluation.runner import check_inputs, problem_hash
     from hogwild_ref.evaluation.datasets import Problem
 
-    data = _jsonl(tmp_path / "d.jsonl", GOOD)
-    cfg = EvalConfig(dataset=data, workers=(1,), budgets=(4,), self_consistency=False)
-    out = tmp_path / "o"
-    out.mkdir()
-    (out / "config.json").write_text(json.dumps(cfg.identity()))
+    cfg, out = _resumable(tmp_path)
     same = problem_hash(Problem("a", "1+1?", "2"))
     (out / "results.jsonl").write_text(json.dumps(_row(problem_hash=same)) + "\n")
     check_inputs(cfg, out)  # the same text, gold and checker: resumes
@@ -576,13 +581,9 @@ def test_integer_kind_on_a_builtin_set_warns_and_seeds_are_bounded_by_what_they_
 
 def test_the_library_resume_refuses_a_changed_gold_before_any_unit_runs(tmp_path):
     """run_eval (library callers do not go through check_inputs) meets the same refusal as the command."""
-    from hogwild_ref.evaluation import EvalConfig, run_eval
+    from hogwild_ref.evaluation import run_eval
 
-    data = _jsonl(tmp_path / "d.jsonl", GOOD)
-    cfg = EvalConfig(dataset=data, workers=(1,), budgets=(4,), self_consistency=False)
-    out = tmp_path / "o"
-    out.mkdir()
-    (out / "config.json").write_text(json.dumps(cfg.identity()))
+    cfg, out = _resumable(tmp_path)
     (out / "results.jsonl").write_text(json.dumps(_row(gold="5")) + "\n")
     with pytest.raises(ValueError, match="problem 'a' has the gold answer '5'"):
         run_eval(None, None, cfg, out, progress=False)  # no model: refused before it is used
