@@ -197,3 +197,27 @@ def test_the_checker_version_is_that_of_the_installed_package():
     import importlib.metadata
 
     assert checker_version() == importlib.metadata.version("math-verify")
+
+
+def test_an_interrupted_check_never_answers_a_later_one(monkeypatch):
+    """Found in review: Ctrl-C between a request and its reply left the reply in the pipe, and every later
+    check read the reply of the one before it (1/2 = 0.5 false, 1/2 = 7 true)."""
+    import types
+
+    from hogwild_ref import mathcheck
+
+    checker = mathcheck.Checker()
+    try:
+        assert checker.check("\\frac{1}{2}", "0.5", 30.0) is True
+
+        def interrupted(*args, **kwargs):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(mathcheck, "select", types.SimpleNamespace(select=interrupted))
+        with pytest.raises(KeyboardInterrupt):
+            checker.check("\\frac{1}{2}", "7", 30.0)
+        monkeypatch.undo()
+        assert checker.check("\\frac{1}{2}", "0.5", 30.0) is True
+        assert checker.check("\\frac{1}{2}", "7", 30.0) is False
+    finally:
+        checker.close()

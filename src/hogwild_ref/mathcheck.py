@@ -25,6 +25,7 @@ import select
 import subprocess
 import sys
 import threading
+import time
 from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any
@@ -66,6 +67,7 @@ def _limit_cpu(seconds: float) -> None:
         import resource
     except ImportError:  # not a POSIX system: the parent's kill is the only bound
         return
+    resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))  # SIGXCPU: no core file
     usage = resource.getrusage(resource.RUSAGE_SELF)
     soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
     want = int(usage.ru_utime + usage.ru_stime + seconds) + 2
@@ -106,14 +108,17 @@ class Checker:
     """The caller's side: one child process, started on the first check and after a kill.
 
     :meth:`check` returns ``True``/``False`` (math-verify's verdict), ``"timeout"`` when the child did
-    not answer within the bound (it is killed), or ``"checker error: ..."`` when it raised or ended.
-    Thread-safe (one check at a time)."""
+    not answer within the bound (it is killed), or ``"checker error: ..."`` when it raised, ended or
+    could not start. Thread-safe (one check at a time). The child's output is read unbuffered, line
+    by line, so that waiting on its pipe never misses a line already read; any exception between a
+    request and its reply (Ctrl-C) stops the child, so a late reply never answers a later request."""
 
     def __init__(self) -> None:
-        self._proc: subprocess.Popen[str] | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._buf = b""
         self._lock = threading.Lock()
 
-    def _start(self) -> subprocess.Popen[str]:
+    def _start(self) -> subprocess.Popen[bytes]:
         if self._proc is not None and self._proc.poll() is None:
             return self._proc
         self.close()
@@ -122,39 +127,57 @@ class Checker:
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         # -P: the working directory is not put on sys.path (a file there named like a module would shadow it)
-        proc = subprocess.Popen([sys.executable, "-P", "-m", "hogwild_ref.mathcheck"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, text=True, encoding="utf-8", env=env)
-        self._proc = proc
-        reply = self._read(proc, START_TIMEOUT)
-        if not isinstance(reply, dict) or not reply.get("ready"):
+        self._proc = proc = subprocess.Popen([sys.executable, "-P", "-m", "hogwild_ref.mathcheck"],
+                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, env=env)
+        deadline = time.monotonic() + START_TIMEOUT
+        try:
+            while True:  # (what a site hook prints at start-up comes before the ready line: skipped)
+                reply = self._read(max(deadline - time.monotonic(), 0.0))
+                if isinstance(reply, dict) and reply.get("ready"):
+                    return proc
+                if reply == "timeout" or isinstance(reply, str) and "ended" in reply:
+                    raise RuntimeError(f"the answer checker's process did not start ({reply}; python -m "
+                                       "hogwild_ref.mathcheck); check that math-verify imports: python -c 'import math_verify'")
+        except BaseException:
             self.close()
-            raise RuntimeError("the answer checker's process did not start (python -m hogwild_ref.mathcheck); "
-                               "check that math-verify imports: python -c 'import math_verify'")
-        return proc
+            raise
 
-    @staticmethod
-    def _read(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any] | str:
-        assert proc.stdout is not None
-        if not select.select([proc.stdout], [], [], timeout)[0]:
-            return "timeout"
-        line = proc.stdout.readline()
-        if not line:
-            return f"checker error: its process ended (exit code {proc.wait()})"
-        reply = json.loads(line)
+    def _read(self, timeout: float) -> dict[str, Any] | str:
+        """The child's next line as an object, or why there is none (``"timeout"``, ``"checker error: ..."``)."""
+        assert self._proc is not None and self._proc.stdout is not None
+        fd = self._proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            if not select.select([fd], [], [], max(deadline - time.monotonic(), 0.0))[0]:
+                return "timeout"
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return f"checker error: its process ended (exit code {self._proc.wait()})"
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        try:
+            reply = json.loads(line)
+        except ValueError:  # not the protocol: a site hook's print at start-up, or a line cut short
+            return "checker error: a reply that is not JSON"
         return reply if isinstance(reply, dict) else "checker error: a reply that is not an object"
 
     def check(self, gold: str, pred: str, timeout: float) -> bool | str:
         """math-verify's verdict on ``pred`` for ``gold``, bounded by ``timeout`` seconds."""
         with self._lock:
-            proc = self._start()
+            try:
+                proc = self._start()
+            except (RuntimeError, OSError) as exc:
+                return f"checker error: {str(exc).split(';')[0]}"
             assert proc.stdin is not None
             try:
-                proc.stdin.write(json.dumps({"gold": gold, "pred": pred, "limit": timeout}) + "\n")
-                proc.stdin.flush()
+                proc.stdin.write((json.dumps({"gold": gold, "pred": pred, "limit": timeout}) + "\n").encode("utf-8"))
+                reply = self._read(timeout)
             except OSError:  # it ended between checks
                 self.close()
                 return "checker error: its process ended"
-            reply = self._read(proc, timeout)
+            except BaseException:  # Ctrl-C between the request and its reply: that reply must never answer
+                self.close()       # the next check, so this child goes (the next check starts another)
+                raise
             if isinstance(reply, str):
                 self.close()
                 return reply
@@ -164,7 +187,7 @@ class Checker:
 
     def close(self) -> None:
         """Stop the child (a later check starts a new one)."""
-        proc, self._proc = self._proc, None
+        proc, self._proc, self._buf = self._proc, None, b""
         if proc is None:
             return
         if proc.poll() is None:
