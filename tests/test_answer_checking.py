@@ -103,6 +103,8 @@ INTEGER_PAIRS = [
     ("18", "18\\text{ dollars}", T, "GSM8k: 18 dollars is the number 18 with its unit"),
     ("25", "25 \\mbox{ cm}", T, "a length of 25 with its unit"),
     ("25", "26\\text{ cm}", F, "a different number with the same unit"),
+    ("23", "2\\text{ or }3", F, "two answers joined by words: not the integer 23"),
+    ("56", "5\\mbox{ apples and }6", F, "words between two numbers are not a unit"),
 ]
 
 

@@ -545,6 +545,10 @@ def test_integer_kind_from_a_word_of_the_path_and_grouped_integer_gold(tmp_path,
     monkeypatch.chdir(tmp_path / "aime24")
     assert load_dataset("x.jsonl")[0].kind == "integer"
     assert load_dataset("./x.jsonl")[0].kind == "integer"
+    (tmp_path / "store").mkdir()  # a link named for AIME keeps its name (found in review)
+    _jsonl(tmp_path / "store" / "blob1.jsonl", records)
+    (tmp_path / "aime25.jsonl").symlink_to(tmp_path / "store" / "blob1.jsonl")
+    assert load_dataset(str(tmp_path / "aime25.jsonl"))[0].kind == "integer"
     monkeypatch.chdir(tmp_path)
     (p,) = load_dataset(_jsonl(tmp_path / "g.jsonl", [{"problem": "P", "answer": "1,234"}]), kind="integer")
     assert p.kind == "integer" and check_answer("1234", p.answer, p.kind).correct

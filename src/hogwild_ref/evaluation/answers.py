@@ -47,7 +47,7 @@ KINDS = ("math", "integer", "integers")
 _TEXT_WRAPPERS = re.compile(r"\\(?:text|textbf|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
 _SPACING = re.compile(r"\\[,;:! ]|\\quad|\\qquad|~")
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
-_TEXT = re.compile(r"\\(?:text|textrm|mbox)\s*\{[^{}]*\}")
+_UNIT = re.compile(r"\\(?:text|textrm|mbox)\s*\{[^{}]*\}\s*$")  # a unit at the end: 18\text{ dollars}
 _ASSIGN = re.compile(r"^[a-zA-Z]\w*\s*=\s*(?!=)")
 _INTEGER = re.compile(r"([-+]?\d+)(?:\.0*)?")
 
@@ -124,7 +124,7 @@ def _plain(s: str) -> str:
 def _as_int(s: str) -> int | None:
     """The integer ``s`` writes (Spec §13.1, ``integer``), also with a unit in ``\\text{}`` after it
     (``18\\text{ dollars}``); else None."""
-    for form in (s, _TEXT.sub("", s)):
+    for form in (s, _UNIT.sub("", s)):
         m = _INTEGER.fullmatch(normalise(form))
         if m:
             return int(m.group(1))

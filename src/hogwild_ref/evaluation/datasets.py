@@ -350,8 +350,9 @@ def _load_file(path: Path, fields: Mapping[str, str], split: str | None, kind: s
                              "by them)")
         seen[p.id] = where
     # AIME: a file or folder whose name (or a folder above it) starts a word with "aime" (aime24, aimo-...-aime)
-    # (the absolute path, so that the kind does not depend on the working directory the path is typed from)
-    return _set_kind(problems, kind, re.search(r"(^|[^a-z])aime", str(path.resolve()).lower()) is not None)
+    # (the absolute path, so that the kind does not depend on the working directory the path is typed from;
+    # not resolved: a link named aime24.jsonl keeps its name)
+    return _set_kind(problems, kind, re.search(r"(^|[^a-z])aime", str(path.absolute()).lower()) is not None)
 
 
 def _set_kind(problems: list[Problem], kind: str, aime: bool) -> list[Problem]:
