@@ -121,6 +121,16 @@ def test_a_misspelt_scope_value_is_refused_not_a_silent_skip(tmp_path: Path, cap
     assert err.startswith("error: ") and needle in err and len(err.splitlines()) == 1
 
 
+def test_an_adapters_own_scope_may_name_values_the_vectors_do_not_hold() -> None:
+    # found in review: the typo guard of --scope files also failed adapters declaring a dtype of their own
+    from hogwild_ref.conformance.scope import check_scope
+
+    declared = {"dtypes": ["float32", "float8_e4m3fn"], "rope_types": ["default", "dynamic"]}
+    assert check_scope(declared) == declared
+    with pytest.raises(ValueError, match="'dtypes' has 'float8_e4m3fn', which no vector can have"):
+        check_scope(declared, "scope file s.json", values=True)
+
+
 def test_python_adapter_of_protocol_1_gets_a_version_hint() -> None:
     class Old:
         def rope(self, *, config, x, positions, y, deltas, convention):  # the version 1 signature

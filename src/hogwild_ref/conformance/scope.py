@@ -73,23 +73,25 @@ def vector_properties(vector: Vector) -> dict[str, str]:
     return props
 
 
-def check_scope(scope: Any, where: str = "the adapter's scope") -> dict[str, list[str]]:
-    """Validate a declared scope; raise ValueError naming the problem and the fix."""
+def check_scope(scope: Any, where: str = "the adapter's scope", *, values: bool = False) -> dict[str, list[str]]:
+    """Validate a declared scope; raise ValueError naming the problem and the fix. ``values``: also
+    refuse a value no vector can have (:data:`SCOPE_VALUES`), for a scope a person typed (``--scope
+    FILE``); an adapter may declare more than this suite's vectors hold (a dtype of its own)."""
     if scope is None:
         return {}
     if not isinstance(scope, Mapping):
         raise ValueError(f"{where} must be a JSON object like {{\"dtypes\": [\"float32\"]}}; got {scope!r}")
     out: dict[str, list[str]] = {}
-    for key, values in scope.items():
+    for key, accepted in scope.items():
         if key not in SCOPE_KEYS:
             raise ValueError(f"{where} has an unknown key {key!r}; the keys are {', '.join(SCOPE_KEYS)} (Spec §12.3)")
-        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-            raise ValueError(f"{where}: {key!r} must be a list of strings; got {values!r}")
-        unknown = [v for v in values if key in SCOPE_VALUES and v not in SCOPE_VALUES[key]]
-        if unknown:
+        if not isinstance(accepted, list) or not all(isinstance(v, str) for v in accepted):
+            raise ValueError(f"{where}: {key!r} must be a list of strings; got {accepted!r}")
+        unknown = [v for v in accepted if key in SCOPE_VALUES and v not in SCOPE_VALUES[key]]
+        if values and unknown:
             raise ValueError(f"{where}: {key!r} has {unknown[0]!r}, which no vector can have; the values are "
                              f"{', '.join(SCOPE_VALUES[key])} (Spec §12.3)")
-        out[str(key)] = list(values)
+        out[str(key)] = list(accepted)
     return out
 
 
@@ -131,5 +133,5 @@ def load_scope_file(path: Path | str) -> tuple[list[str] | None, dict[str, list[
 
         if levels is not None and (not isinstance(levels, list) or not all(lv in LEVELS for lv in levels)):
             raise ValueError(f"scope file {p}: 'levels' must be a subset of {list(LEVELS)}; got {levels!r}")
-        return levels, check_scope(data.get("scope"), f"scope file {p}")
-    return None, check_scope(data, f"scope file {p}")
+        return levels, check_scope(data.get("scope"), f"scope file {p}", values=True)
+    return None, check_scope(data, f"scope file {p}", values=True)
