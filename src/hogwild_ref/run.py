@@ -117,7 +117,8 @@ class ProblemRun:
             self.reason = self.sched.reason
         elif not any(self.feeds):
             self.reason = self.reason or "eos"
-        elif self.positions is not None and self.longest_view() + max(map(len, self.feeds)) > self.positions:
+        elif self.positions is not None and self.longest_view() + sum(map(len, self.feeds)) > self.positions:
+            # (a view may hold every worker's segment, each growing by its writer's feed this tick)
             self.reason = "context"
         else:
             return False
