@@ -270,8 +270,9 @@ def test_sampling_options_with_greedy_decoding_are_said_to_do_nothing():
     """Found by a newcomer: ``generate(..., top_p=0.5, top_k=3)`` decoded greedily (temperature 0) without a word."""
     from hogwild_ref.settings import Settings
 
-    with pytest.warns(UserWarning, match=r"^top_k and top_p have no effect with temperature 0"):
+    with pytest.warns(UserWarning, match=r"^top_k and top_p have no effect with temperature 0") as said:
         Settings(top_p=0.5, top_k=3)
+    assert said[0].filename == __file__  # it names the caller's line, not the library's
     with pytest.warns(UserWarning, match=r"^--min-p has no effect"):
         Settings.from_flags(min_p=0.1)
 

@@ -77,7 +77,8 @@ class Settings:
         if self.temperature == 0 and ignored:  # (transformers' generate warns alike)
             named = [f"--{n.replace('_', '-')}" if cli or flags_named() else n for n in ignored]
             warnings.warn(f"{' and '.join(named)} {'has' if len(named) == 1 else 'have'} no effect with temperature 0 "
-                          "(greedy decoding, Spec §11.5); give a temperature > 0 to sample", UserWarning, stacklevel=3)
+                          "(greedy decoding, Spec §11.5); give a temperature > 0 to sample", UserWarning,
+                          stacklevel=_caller_level())
         if not isinstance(self.finisher, bool):
             raise SettingsError(f"finisher must be True or False; got {self.finisher!r}")
         check_int("prefill_chunk", self.prefill_chunk, 1, cli=cli)
@@ -102,3 +103,17 @@ class Settings:
         data = asdict(self)
         data["snapshots"] = list(self.snapshots)
         return data
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of a warning issued in :meth:`Settings.check` that names the first caller outside
+    this package (and outside a dataclass's generated ``__init__``), as a warning should."""
+    import sys
+    from types import FrameType
+
+    frame: FrameType | None = sys._getframe(1)
+    level = 1
+    while frame is not None and (frame.f_globals.get("__name__", "").startswith("hogwild_ref")
+                                 or frame.f_code.co_filename == "<string>"):
+        frame, level = frame.f_back, level + 1
+    return level
