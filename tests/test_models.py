@@ -287,6 +287,10 @@ def test_a_sliding_window_the_run_must_pass_is_refused_before_it_runs(smollm_tok
     with pytest.raises(WindowExceeded, match=r"^the prompt alone is \d+ tokens in a worker's view, beyond the model's "
                        r"sliding window of 100; .*shorten the problem"):
         hogwild_ref.generate(prompt_only, tok, PROBLEM, workers=2, max_ticks=4, finisher=False)
+    tight = tiny_model("mistral", vocab_size=len(tok), sliding_window=270)  # the prompt fits, the finisher not
+    with pytest.raises(WindowExceeded, match=r"^the prompt \(\d+ tokens in a worker's view\) and the finisher's 24 "
+                       r"tokens leave no tick within the model's sliding window of 270"):
+        hogwild_ref.generate(tight, tok, PROBLEM, workers=2, max_ticks=4)
     model = tiny_model("mistral", vocab_size=len(tok), sliding_window=300)
     with pytest.raises(WindowExceeded, match=r"a run that spends max_ticks=400 reaches at least \d+ positions, beyond "
                        r"the model's sliding window of 300; .*give max_ticks=\d+ or less") as exc:

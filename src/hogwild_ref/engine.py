@@ -245,6 +245,10 @@ class Engine:
         bound = context_bound(prompt, writers, max_ticks, fin)
         if bound is not None and bound > window:
             room = max((window - prompt - fin) // writers, 0)
+            if room == 0:
+                raise WindowExceeded(f"the prompt ({prompt} tokens in a worker's view) and the finisher's {fin} tokens "
+                                     f"leave no tick within the model's sliding window of {window}: shorten the problem, "
+                                     "use fewer workers, or turn the finisher off")
             raise WindowExceeded(f"a run that spends max_ticks={max_ticks} reaches at least {bound} positions, beyond the "
                                  f"model's sliding window of {window}; hogwild_ref implements full attention only: give "
                                  f"max_ticks={room} or less, or use a model without sliding-window attention")

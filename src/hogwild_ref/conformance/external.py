@@ -397,7 +397,8 @@ class OutputsDirAdapter:
                 or any(k.startswith(level + "/") for k in self.replies)
             )
             if not self.supported_levels:  # an export the adapter has not run yet: nothing to score, said so
-                raise FileNotFoundError(f"{self.directory} holds no replies.jsonl and no output files: run the adapter on "
+                said = "no usable replies.jsonl" if replies.is_file() else "no replies.jsonl"
+                raise FileNotFoundError(f"{self.directory} holds {said} and no output files: run the adapter on "
                                         f"the export first (cd {self.directory} && CMD < requests.jsonl > replies.jsonl)")
 
     def out_of_scope_reason(self, vector: Vector) -> str | None:
