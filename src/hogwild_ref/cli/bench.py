@@ -46,14 +46,16 @@ def _check_bench(args: argparse.Namespace, what: str) -> None:
             _check_model_source(name)
             shape = _model_shape(name)
         ctx = max(args.contexts or [1024, 4096])
-        if shape is not None and shape.context is not None and ctx > shape.context:
-            raise SettingsError(f"--contexts {ctx} is past the {shape.context} positions of {name}; give contexts up to "
-                                f"{shape.context}")
+        reach = ctx + max(args.workers or [1, 2, 4, 8]) * 64  # each case writes its workers' steps past the context
+        if shape is not None and shape.context is not None and reach > shape.context:
+            raise SettingsError(f"--contexts {ctx} with {max(args.workers or [8])} workers' steps reaches {reach} positions, "
+                                f"past the {shape.context} of {name}; give contexts up to "
+                                f"{shape.context - (reach - ctx)}")
         cuda = (args.device or "").startswith("cuda")
         if not cuda:  # CPU: the weights and the largest case's K/V live in this machine's memory
             dtype = args.dtype or "float32"
             # every problem of the largest batch holds the largest case's K/V
-            tokens = (ctx + max(args.workers or [1, 2, 4, 8]) * 64) * max(args.problems or [1])
+            tokens = reach * max(args.problems or [1])
             fixes = (["smaller --contexts"] + (["fewer --problems"] if max(args.problems or [1]) > 1 else [])
                      + (["a smaller --model (smollm2-135m)"] if name != "smollm2-135m" else [])
                      + (["--dtype bfloat16"] if dtype == "float32" else []))
