@@ -35,12 +35,12 @@ from .ticks import DecodeTick, ExtendTick, GeneralTick, GroupedTick, OracleTick,
 __all__ = ["Forward", "WindowExceeded"]
 
 
-
 class WindowExceeded(ValueError):
     """A tick's context passed the model's sliding window (Spec §11.3): full attention is no longer what
     the model computes. The engine attaches the run's partial result as ``result``."""
 
     result: Any = None
+
 
 class Forward:
     """The forward step of one model with one backend (Spec §3, §9, §11).

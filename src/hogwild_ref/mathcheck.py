@@ -67,9 +67,8 @@ def _limit_cpu(seconds: float) -> None:
         import resource
     except ImportError:  # not a POSIX system: the parent's kill is the only bound
         return
-    resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))  # SIGXCPU: no core file
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
     want = int(usage.ru_utime + usage.ru_stime + seconds) + 2
     if hard != resource.RLIM_INFINITY:
         want = min(want, hard)
@@ -98,6 +97,12 @@ def main() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the terminal's whole group; the parent decides
+    try:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))  # SIGXCPU: no core file
+    except ImportError:
+        pass
     protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
     sys.stdout = sys.stderr  # anything a library prints stays out of the protocol
     _math_verify()

@@ -4,7 +4,6 @@ the one-line form of warnings."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any
 
@@ -85,9 +84,12 @@ def _check_placement(args: argparse.Namespace) -> None:
     if len(given) > 1:
         raise ValueError(f"{' and '.join(given)} both place the model; give one of them (--device for one device, "
                          "--device-map for layers over several devices, --tp-plan auto under torchrun)")
-    if getattr(args, "tp_plan", None) is not None and int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
-        print("note: --tp-plan splits the model over the processes of a torchrun launch, and this is one process: "
-              "the whole model runs here (start it with torchrun --nproc-per-node N)", file=sys.stderr)
+    if getattr(args, "tp_plan", None) is not None:
+        from ..parallel import world_size
+
+        if world_size() <= 1:
+            print("note: --tp-plan splits the model over the processes of a torchrun launch, and this is one process: "
+                  "the whole model runs here (start it with torchrun --nproc-per-node N)", file=sys.stderr)
 
 
 def _check_device(device: str | None) -> None:

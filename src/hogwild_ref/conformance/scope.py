@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..rope import SUPPORTED_ROPE_TYPES
+from ..segments import LAYOUTS
 from .vectors import Vector
+from .vectors_rope import CONVENTIONS
 
 __all__ = ["SCOPE_KEYS", "SCOPE_VALUES", "SkipVector", "check_scope", "load_scope_file", "out_of_scope", "vector_properties"]
 
@@ -36,9 +38,9 @@ SCOPE_KEYS = ("dtypes", "conventions", "rope_types", "layouts", "prefill", "unsu
 #: (``bf16``, ``Interleaved``) that would put vectors out of scope unnoticed, so it is a usage error
 SCOPE_VALUES: dict[str, tuple[str, ...]] = {
     "dtypes": ("float32", "bfloat16", "float16", "float64"),
-    "conventions": ("half", "interleaved"),
+    "conventions": CONVENTIONS,
     "rope_types": SUPPORTED_ROPE_TYPES,
-    "layouts": ("contiguous", "interleaved", "combined", "official-combined", "private-scratch", "explicit"),
+    "layouts": (*LAYOUTS, "official-combined", "private-scratch", "explicit"),
     "prefill": ("spec", "given"),
 }
 

@@ -138,11 +138,10 @@ def _decide(predicted: str, gold: str, kind: str) -> Verdict:
         if p is None or g is None:
             return Verdict(False, "not an integer")
         return Verdict(p == g, "integer")
-    else:
-        ps, gs = [_as_int(x) for x in predicted.split(",")], [_as_int(x) for x in gold.split(",")]
-        if None in ps or None in gs:
-            return Verdict(False, "not an integer")
-        return Verdict(ps == gs, "integers")
+    ps, gs = [_as_int(x) for x in predicted.split(",")], [_as_int(x) for x in gold.split(",")]  # "integers"
+    if None in ps or None in gs:
+        return Verdict(False, "not an integer")
+    return Verdict(ps == gs, "integers")
 
 
 def _verify(predicted: str, gold: str, timeout: float) -> Verdict:

@@ -275,7 +275,7 @@ def _disk_records(path: Path, fields: Mapping[str, str], split: str | None) -> l
         import datasets
     except ImportError:
         raise ValueError(f"reading a save_to_disk folder needs datasets: {_PIP} (or pip install datasets)") from None
-    what, folder = str(path), path
+    what, folder, splits = str(path), path, []
     if (path / "dataset_dict.json").is_file():  # a DatasetDict: only the chosen split is read
         splits = _splits(path)
         if split is None and len(splits) == 1:
@@ -293,8 +293,8 @@ def _disk_records(path: Path, fields: Mapping[str, str], split: str | None) -> l
     except Exception as exc:  # noqa: BLE001 - a damaged folder, as one line
         raise ValueError(f"{folder} could not be read as a save_to_disk folder ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
-    if len(ds) == 0 and folder != path:
-        raise ValueError(f"{what} is empty; choose another split ({', '.join(_splits(path))})")
+    if len(ds) == 0 and splits:
+        raise ValueError(f"{what} is empty; choose another split ({', '.join(splits)})")
     rows = ds.to_list()
     # a ClassLabel column holds class indices: read its label names ("7"), not the indices (0)
     labels = {c: f for c, f in ds.features.items() if isinstance(f, datasets.ClassLabel)}
@@ -329,7 +329,7 @@ def _load_file(path: Path, fields: Mapping[str, str], split: str | None, kind: s
         records = _disk_records(path, fields, split)
     elif not path.is_file():
         raise DatasetNotFoundError(f"dataset {str(path)!r} does not exist; give a .jsonl/.json/.parquet file, a "
-                                "save_to_disk folder, or builtin:arith")
+                                   "save_to_disk folder, or builtin:arith")
     elif split is not None:
         raise ValueError(f"--split applies to save_to_disk folders of several splits; {path} is one file, so "
                          "leave --split out (or give the split's own file)")

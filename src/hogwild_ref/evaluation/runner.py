@@ -200,12 +200,12 @@ def _rows(unit: Unit, results: list[ItemResult], budgets: Sequence[int], batch: 
           unit_seconds: float) -> list[dict[str, Any]]:
     rows = []
     error = next((r.error for r in results if r.error), None)
-    kind = unit.problem.kind
+    kind, digest = unit.problem.kind, problem_hash(unit.problem)
     for B in budgets:
         snaps = [next((a for a in r.budgets if a.budget == B), None) for r in results]
         base = {"format": ROW_FORMAT, "method": unit.method, "problem_id": unit.problem.id, "workers": unit.workers,
                 "seed": unit.seed, "budget": B, "gold": unit.problem.answer, "kind": kind, "checker": checker,
-                "problem_hash": problem_hash(unit.problem),
+                "problem_hash": digest,
                 "batch": batch, "unit_seconds": round(unit_seconds, 4),
                 "unit_tokens": None if error is not None else _unit_tokens(results)}
         if error is not None or any(s is None for s in snaps):
@@ -260,11 +260,7 @@ def _check_writable(path: Path) -> None:
 
 def _check_identity(path: Path, cfg: EvalConfig, *, write: bool = True) -> None:
     ident = cfg.identity()
-    if path.exists() and not _holds_rows(path.parent):  # settings of a run that kept no row bind nothing
-        if write:
-            replace_file(path, lambda tmp: tmp.write_text(json.dumps(ident, indent=2) + "\n", encoding="utf-8"))
-        return
-    if path.exists():
+    if path.exists() and _holds_rows(path.parent):  # (settings of a run that kept no row bind nothing: replaced)
         try:
             old = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -317,15 +313,15 @@ def _check_golds(problems: Sequence[Problem], rows: Iterable[dict[str, Any]], ou
     as the dataset gives them now, by this checker (Spec §13.5); a row whose problem text, gold or
     checker differs (the file was edited, is read otherwise by this version: numbers, labels, AIME
     detection; math-verify was upgraded) would mix two runs or two scorings in one summary: refused."""
-    by_id = {p.id: p for p in problems}
+    by_id = {p.id: (p, problem_hash(p)) for p in problems}
     for row in rows:
-        p = by_id.get(str(row.get("problem_id")))
+        p, digest = by_id.get(str(row.get("problem_id")), (None, None))
         if p is None:
             continue
         if row.get("checker") != checker:
             raise ValueError(f"the results in {out} were checked by {row.get('checker')}, and this installation has "
                              f"{checker}: install that version to resume, or use another --out directory to score anew")
-        if row.get("problem_hash", problem_hash(p)) != problem_hash(p):
+        if row.get("problem_hash", digest) != digest:
             raise ValueError(f"problem {p.id!r} has another text in the dataset now than in the results in {out}: the "
                              "dataset changed since; use another --out directory to run it anew")
         if row.get("gold") != p.answer or row.get("kind") != p.kind:
