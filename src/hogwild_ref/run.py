@@ -126,7 +126,7 @@ class ProblemRun:
         return True
 
     def longest_view(self) -> int:
-        """Tokens in the longest worker view: the positions its next token starts at."""
+        """Tokens in the longest worker view: the positions its next token starts at (Spec §6.4, ``context``)."""
         return max(sum(len(self.transcript.ids[sid]) for sid in view) for view in self.views)
 
     def token_events(self, sampled: list[int | None]) -> list[Event]:

@@ -73,7 +73,8 @@ _PIP = "pip install 'hogwild_ref[eval]'"
 
 class DatasetNotFoundError(FileNotFoundError, ValueError):
     """The dataset path names nothing: a bad input, said in one line like the others (a ValueError),
-    and a FileNotFoundError for callers that catch that."""
+    and a FileNotFoundError for callers that catch that. (Dataset files are the harness's, not the
+    spec's: docs/evaluation.md, "Datasets".)"""
 
 
 @dataclass(frozen=True)
