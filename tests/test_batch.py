@@ -427,3 +427,18 @@ def test_batched_problems_on_the_fast_path_with_layers_on_two_devices(smollm_tok
         assert [x.finisher_tokens for x in a.budgets] == [x.finisher_tokens for x in b.budgets]
         for la, lb in zip(a.logits, b.logits):
             assert _rel_err(lb, la) <= LOGIT_RTOL
+
+
+def test_a_seed_beyond_the_generators_range_is_refused_before_anything_runs(smollm_tokenizer, monkeypatch):
+    """Worker w of a batched problem samples with the seed ``seed + w`` (Spec §11.5), which a torch
+    generator takes up to 2^64 - 1: a larger one is refused as :class:`~hogwild_ref.Settings` refuses it,
+    before the batch's prefill, not by torch after it."""
+    from hogwild_ref.checks import SettingsError
+
+    model = tiny_model("llama", seed=7, vocab_size=len(smollm_tokenizer))
+    runner = BatchRunner(_engine(model, smollm_tokenizer, workers=2, layout="combined", ticks=4, finisher=False), [4],
+                         finisher=False)
+    monkeypatch.setattr(BatchRunner, "_run", lambda *a, **k: pytest.fail("the batch ran"))
+    for seed in (2**64 - 1, 2**70):
+        with pytest.raises(SettingsError, match=f"seed {seed} is too large: .* give a seed <= {2**64 - 2}"):
+            runner.run([BatchItem(PROBLEMS[0], seed=0), BatchItem(PROBLEMS[1], seed=seed)])

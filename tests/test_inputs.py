@@ -409,6 +409,18 @@ def test_snapshot_ticks_are_kept_once_each_in_order():
     assert Settings(max_ticks=8, snapshots=[4, 2, 4]).snapshots == (2, 4)
 
 
+def test_a_schedulers_snapshot_beyond_its_budget_is_refused_as_the_settings_refuse_it(smollm_tokenizer):
+    """``Engine(scheduler=SchedulerConfig(max_ticks=2, snapshot_ticks=(5,)))`` ran and recorded no
+    snapshot, silently (a fuzzing review); ``generate(max_ticks=2, snapshots=(5,))`` refuses it. The
+    scheduler's snapshots are the run's, checked against its budget, and recorded in the settings."""
+    model = tiny_model("llama", vocab_size=len(smollm_tokenizer))
+    with pytest.raises(SettingsError, match="snapshot at tick 5 is beyond the budget of 2 ticks"):
+        Engine(model, smollm_tokenizer, scheduler=SchedulerConfig(max_ticks=2, snapshot_ticks=(5,)))
+    engine = Engine(model, smollm_tokenizer, scheduler=SchedulerConfig(max_ticks=4, snapshot_ticks=(2,)))
+    result = engine.run("What is 2 + 3?")
+    assert [s.tick for s in result.snapshots] == [2] and engine.settings.snapshots == (2,)
+
+
 def test_the_cli_context_warning_names_the_flag(capsys, monkeypatch, smollm_tokenizer):
     """Under ``generate`` the warning said "lower the budget (max_ticks)", the library's name (a
     newcomer's report); the command line's run names its flag."""

@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 
 from torch import Tensor
 
-from .checks import check_int, check_ints
+from .checks import check_ints, check_seed
 from .engine import Engine
 from .events import SnapshotEvent
 from .hf import use_hogwild_attention
@@ -152,7 +152,7 @@ class BatchRunner:
             raise TypeError("items must be a list of BatchItem (e.g. [BatchItem('What is 6 * 7?', seed=0)]); got "
                             f"{type(wrong[0]).__name__} {wrong[0]!r}")
         for it in items:  # the problems are checked as Engine.run checks them, by Engine.prepare (Spec §11.7)
-            check_int("seed", it.seed, -(2**63))
+            check_seed(it.seed, self.engine.workers, -(2**63))  # a torch generator takes -2^63 .. 2^64 - 1
         if not items:
             return []
         with use_hogwild_attention(self.engine.model):  # switched once for the batch, restored at the end

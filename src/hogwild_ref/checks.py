@@ -23,6 +23,7 @@ __all__ = [
     "check_ints",
     "check_problem",
     "check_sampling",
+    "check_seed",
     "check_settings",
     "context_bound",
     "flag_names",
@@ -168,11 +169,17 @@ def check_settings(
     if collab_every is not None:
         check_int("collab_every", collab_every, 1, cli=cli, fix=" (tokens between collaboration prompts; 0 turns them off)"
                   if cli else " (tokens between collaboration prompts; None turns them off)")
-    check_int("seed", seed, 0, cli=cli)
-    if seed + workers - 1 > MAX_SEED:  # worker w samples with a generator seeded seed + w (Spec §11.5)
+    check_seed(seed, workers, cli=cli)
+    check_sampling(temperature, top_k, top_p, min_p, cli=cli)
+
+
+def check_seed(seed: Any, workers: int, minimum: int = 0, *, cli: bool = False) -> None:
+    """``seed`` an integer ``>= minimum`` whose workers' seeds ``seed + w`` (Spec §11.5) stay ``<= 2^64 - 1``,
+    the largest a torch generator takes."""
+    check_int("seed", seed, minimum, cli=cli)
+    if seed + workers - 1 > MAX_SEED:
         raise SettingsError(f"{_name('seed', cli)} {seed} is too large: worker w samples with the seed {seed} + w, "
                             f"which must stay <= 2^64 - 1; give a seed <= {MAX_SEED - workers + 1}")
-    check_sampling(temperature, top_k, top_p, min_p, cli=cli)
 
 
 def context_bound(prompt_tokens: int, workers: int, max_ticks: int | None, finisher_tokens: int = 0) -> int | None:

@@ -140,7 +140,7 @@ class Engine:
                              min_p=sampling.min_p)
         if scheduler is not None:  # the scheduler's budget is the run's (checked here, Spec §11.7)
             overrides.setdefault("max_ticks", scheduler.max_ticks)
-            overrides.setdefault("snapshots", ())
+            overrides.setdefault("snapshots", scheduler.snapshot_ticks)  # checked against that budget
         _check_settings(settings)
         if templates is not None and not isinstance(templates, prompts_mod.PromptTemplates):
             raise TypeError("templates must be a PromptTemplates object (e.g. PromptTemplates.compact()); got "
