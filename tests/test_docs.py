@@ -4,6 +4,7 @@
   missing pages all fail it) and produces the layout diagrams and the spec pages;
 * every "Spec §N.M" cited in a docstring of ``src/hogwild_ref`` is a heading of ``spec/*.md``, and
   the spec has every section the code base relies on;
+* every flag of every command (``hogwild-ref --help`` and below) is named in the README, docs/ or spec/;
 * ``SegmentTable.to_dict()`` output validates against ``spec/schema/segment_table.schema.json`` and
   malformed documents are rejected (by the schema, or — for the invariants a schema cannot
   express — by ``SegmentTable.from_dict``).
@@ -43,6 +44,32 @@ HEADING = re.compile(r"^#{1,6}\s+(\d+(?:\.\d+)*)\s", re.MULTILINE)
 # "Spec §2.3", and the further numbers of a list or range such as "Spec §2–§4" or "Spec §6.2, §6.4"
 CITATION = re.compile(r"Spec §(\d+(?:\.\d+)?)((?:\s*(?:,|–|-|and)\s*§\d+(?:\.\d+)?)*)")
 FURTHER = re.compile(r"§(\d+(?:\.\d+)?)")
+
+
+# ---------------------------------------------------------------------- the command line in the docs
+def _flags(parser, command: str = "hogwild-ref"):
+    """(command, flag) for every long option of ``parser`` and of its subcommands, recursively."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _flags(sub, f"{command} {name}")
+        elif action.help != argparse.SUPPRESS:  # a hidden flag (an old spelling) is not advertised
+            for flag in action.option_strings:
+                if flag.startswith("--") and flag != "--help":
+                    yield command, flag
+
+
+def test_every_flag_is_documented():
+    """A flag in ``--help`` that no page names is one a user finds only by chance (four of ``generate``'s
+    were, found by a newcomer review)."""
+    from hogwild_ref.cli import build_parser
+
+    text = "\n".join(p.read_text(encoding="utf-8") for p in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")), *sorted(SPEC.glob("*.md"))])
+    missing = sorted({f"{command} {flag}" for command, flag in _flags(build_parser())
+                      if not re.search(re.escape(flag) + r"(?![\w-])", text)})
+    assert not missing, f"flags no page names: {missing}"
 
 
 # ---------------------------------------------------------------------- the build

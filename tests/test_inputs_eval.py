@@ -193,6 +193,13 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
      "c.json is one JSON object, not records"),
     ("resume-gold-changed", lambda t: _resume_dir(t, [json.dumps(_row(gold="5"))]),
      "problem 'a' has the gold answer '5' (math) in the results in"),
+    # an environment review: JSON can spell a lone surrogate, which no results file can hold as UTF-8
+    ("surrogate-in-problem", lambda t: ["--dataset", _bytes(t, "s.jsonl", b'{"problem": "What is \\udce8 2?", "answer": "2"}\n')],
+     "s.jsonl:1: its problem is not valid text: '\\udce8' at character 8 (a lone surrogate); fix the record"),
+    ("surrogate-in-answer", lambda t: ["--dataset", _bytes(t, "s.jsonl", b'{"problem": "P", "answer": "2\\udce8"}\n')],
+     "s.jsonl:1: its answer is not valid text"),
+    ("surrogate-in-id", lambda t: ["--dataset", _bytes(t, "s.jsonl", b'{"id": "\\ud800", "problem": "P", "answer": "2"}\n')],
+     "s.jsonl:1: its id is not valid text"),
 ]
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "EMBEDDED_NAMES",
     "SUPPORTED_FAMILIES",
     "UnsupportedModelError",
+    "cache_damage",
     "check_device",
     "check_device_map",
     "check_supported",
@@ -94,23 +95,84 @@ def load_default(dtype: torch.dtype = torch.float32, device: str | torch.device 
     ``placement``: ``device_map=`` or ``distributed_config=`` for ``from_pretrained`` (Spec §11.8); the
     model is then loaded from the cache (converted first when missing) and placed by transformers.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import warnings
 
     cached = converted_dir()
     if (cached / "config.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(cached)
-        model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype, **placement)
-        return (model if placement else model.to(device)).eval(), tokenizer  # type: ignore[arg-type]
-    directory, name = default_model_path()
-    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
+        try:
+            return _load_converted(cached, dtype, device, placement)
+        except Exception:  # a damaged copy is converted again; any other failure is the caller's
+            damage = cache_damage(cached)
+            if damage is None:
+                raise
+            warnings.warn(f"the cached converted model in {cached} is damaged ({damage}); converting it again",
+                          stacklevel=2)
+            _discard(cached)
+    model, tokenizer = _convert()
     _write_cache(model, tokenizer, cached)
     if placement:  # transformers places a model as it loads it: load the converted copy
         if not (cached / "config.json").is_file():
             raise UnsupportedModelError(f"could not cache the converted embedded model in {cached}; set "
                                         "HOGWILD_CACHE_DIR to a writable folder to load it with a device map or tensor parallelism")
-        return load_default(dtype, device, **placement)
-    return model.to(dtype).to(device).eval(), tokenizer  # type: ignore[arg-type]
+        return _load_converted(cached, dtype, device, placement)
+    return model.to(dtype).to(device).eval(), tokenizer
+
+
+def _load_converted(cached: Path, dtype: torch.dtype, device: str | torch.device, placement: dict[str, Any]) -> tuple[Any, Any]:
+    """The model and tokenizer from the cache of :func:`load_default`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(cached)
+    model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype, **placement)
+    return (model if placement else model.to(device)).eval(), tokenizer  # type: ignore[arg-type]
+
+
+def _convert() -> tuple[Any, Any]:
+    """The embedded GGUF dequantised by transformers (``gguf_file=``), in float32, and its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    directory, name = default_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
+    return model, tokenizer
+
+
+def cache_damage(cached: Path) -> str | None:
+    """What is wrong with the converted copy in ``cached`` (no weights file, a weights file that is cut
+    short, a JSON file that does not parse), or None when every file reads. Called only after a load
+    from the cache failed, to tell a damaged copy (converted again) from any other failure."""
+    import json
+
+    from safetensors import safe_open
+
+    weights = sorted(cached.glob("*.safetensors"))
+    if not weights:
+        return "no weights file"
+    for path in weights:
+        try:
+            with safe_open(path, framework="pt"):  # reads the header; refuses a file shorter than it says
+                pass
+        except Exception as exc:
+            return f"{path.name}: {exc}"
+    for path in sorted(cached.glob("*.json")):
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            return f"{path.name}: {exc}"
+    return None
+
+
+def _discard(cached: Path) -> None:
+    """Move a damaged cache aside and remove it (a rename first: a reader never sees it half removed)."""
+    import shutil
+    import tempfile
+
+    try:
+        aside = Path(tempfile.mkdtemp(prefix=cached.name + ".damaged.", dir=cached.parent))
+        os.replace(cached, aside / "old")
+        shutil.rmtree(aside, ignore_errors=True)
+    except OSError:  # a read-only cache: the converted model is used, not cached (_write_cache says so)
+        pass
 
 
 def _write_cache(model: Any, tokenizer: Any, cached: Path) -> None:
@@ -119,6 +181,8 @@ def _write_cache(model: Any, tokenizer: Any, cached: Path) -> None:
     import shutil
     import tempfile
     import warnings
+
+    from safetensors import SafetensorError
 
     # transformers marks a model loaded from a GGUF with its GGUF quantizer, whose weights it has already
     # dequantised to plain tensors; the marker only refuses saving them
@@ -133,7 +197,7 @@ def _write_cache(model: Any, tokenizer: Any, cached: Path) -> None:
             os.replace(tmp, cached)  # atomic on one file system; fails if another process won the race
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    except OSError as exc:
+    except (OSError, SafetensorError) as exc:  # safetensors reports a full disk as its own error
         if not (cached / "config.json").is_file():
             warnings.warn(f"could not cache the converted embedded model in {cached} ({exc}); the next start "
                           "converts it again (set HOGWILD_CACHE_DIR to a writable folder)", stacklevel=3)

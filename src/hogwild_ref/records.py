@@ -28,11 +28,25 @@ __all__ = ["cache_root", "digest", "file_stamps", "package_version", "read_recor
 
 
 def cache_root() -> Path:
-    """``$HOGWILD_CACHE_DIR``, else ``$XDG_CACHE_HOME/hogwild_ref``, else ``~/.cache/hogwild_ref`` (read at every call)."""
+    """``$HOGWILD_CACHE_DIR``, else ``$XDG_CACHE_HOME/hogwild_ref``, else ``~/.cache/hogwild_ref`` (read at
+    every call). As the XDG base directory specification says, an ``XDG_CACHE_HOME`` that is not an
+    absolute path is ignored; an empty ``HOME`` counts as unset (the user's home from the password
+    database), so the cache never lands in whatever folder the command was started from."""
     explicit = os.environ.get("HOGWILD_CACHE_DIR")
     if explicit:
         return Path(explicit)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hogwild_ref"
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    if os.path.isabs(xdg):
+        return Path(xdg) / "hogwild_ref"
+    return _home() / ".cache" / "hogwild_ref"
+
+
+def _home() -> Path:
+    if os.environ.get("HOME"):
+        return Path.home()
+    import pwd
+
+    return Path(pwd.getpwuid(os.getuid()).pw_dir)
 
 
 def digest(fields: Any) -> str:

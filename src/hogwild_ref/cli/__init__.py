@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import signal
 import sys
@@ -16,7 +17,7 @@ from .common import show_warning
 from .signals import interrupts, late
 from .generate import DEFAULT_PROBLEM, _add_generate, cmd_generate
 
-__all__ = ["DEFAULT_PROBLEM", "main", "cmd_bench", "cmd_bench_ticks", "cmd_conform", "cmd_eval", "cmd_generate",
+__all__ = ["DEFAULT_PROBLEM", "build_parser", "main", "cmd_bench", "cmd_bench_ticks", "cmd_conform", "cmd_eval", "cmd_generate",
            "_print_conform_table"]
 
 
@@ -27,7 +28,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line: ``hogwild-ref`` and its four commands."""
     from .. import __version__
 
     parser = _Parser(prog="hogwild-ref", description=__doc__)
@@ -37,7 +39,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_conform(sub)
     _add_bench(sub)
     _add_eval(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    if not _streams_ready():
+        return 2
+    args = build_parser().parse_args(argv)
     handlers = {"bench": cmd_bench, "conform": cmd_conform, "eval": cmd_eval, "generate": cmd_generate}
     _quiet_hub_bars()
     with interrupts() as received:
@@ -54,10 +62,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     return rc
 
 
+def _streams_ready() -> bool:
+    """stdout and stderr as the commands need them. A closed stdout (``>&-``: Python then has none) is
+    refused, since every result would be lost; text a stream's encoding cannot carry (an ASCII locale or
+    ``PYTHONIOENCODING=ascii``; a file name that is not UTF-8) is written as backslash escapes, as Python
+    writes it to stderr, instead of failing after the work is done."""
+    if sys.stdout is None:
+        if sys.stderr is not None:
+            print("error: stdout is closed; redirect it to a file or to /dev/null", file=sys.stderr)
+        return False
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper) and stream.errors in ("strict", "surrogateescape"):
+            stream.reconfigure(errors="backslashreplace")
+    return True
+
+
 def _quiet_hub_bars() -> None:
     """transformers' and the hub's own progress bars (loading weights, converting the GGUF) are off: the
     commands show their own progress, and a bar's carriage returns land in a redirected stderr as is."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when transformers is imported
+    os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF conversion calls tqdm itself
     if "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging
 

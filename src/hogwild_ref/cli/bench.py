@@ -8,7 +8,8 @@ from typing import Any
 
 from ..settings import BACKENDS, DTYPES, LAYOUTS
 from .signals import write_out
-from .common import _check_device, _check_memory, _check_model_source, _check_threads, _load, _model_shape, table_console
+from .common import (_check_device, _check_memory, _check_model_source, _check_threads, _load, _model_shape, console,
+                     table_console)
 
 
 def _check_bench(args: argparse.Namespace, what: str) -> None:
@@ -135,11 +136,9 @@ def cmd_bench_ticks(args: argparse.Namespace) -> int:
     import dataclasses
 
     import torch
-    from rich.console import Console
-
     from ..bench import MODEL_SHAPES, bench_ticks, random_model
 
-    err = Console(stderr=True)
+    err = console(stderr=True)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
     name = args.model or "smollm2-135m"
@@ -198,16 +197,15 @@ def _print_ticks_table(results: list[Any], name: str, args: argparse.Namespace) 
                       f"{r.ratio:.2f}x", "-" if r.compiled_baseline_s_per_step is None else f"{r.compiled_baseline_s_per_step * 1e3:.1f} ms",
                       "-" if r.ratio_compiled is None else f"{r.ratio_compiled:.2f}x", f"{r.floor_s * 1e3:.1f} ms",
                       f"{r.ratio_floor:.2f}x", f"{r.baseline_ratio_floor:.2f}x", f"{r.peak_mem_bytes / 2**20:.0f} MiB")
-    console = table_console(table)
-    console.print(table)
+    out = table_console(table)
+    out.print(table)
     if results:
-        console.print(f"floor = (weights {results[0].weight_bytes / 2**20:.0f} MiB + K/V read per tick) / read bandwidth "
+        out.print(f"floor = (weights {results[0].weight_bytes / 2**20:.0f} MiB + K/V read per tick) / read bandwidth "
                         f"{results[0].bandwidth / 1e9:.1f} GB/s, measured in this run")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     import torch
-    from rich.console import Console
 
     from ..bench import as_rows, bench_attention, bench_engine
 
@@ -217,26 +215,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if what == "ticks":
         return cmd_bench_ticks(args)
-    console = Console()
+    out = console()
     rows: list[dict[str, Any]] = []
     workers = args.workers or [1, 2, 4]
     try:
         if what in ("attention", "all"):
-            with console.status("attention ..."):
+            with out.status("attention ..."):
                 dtype = getattr(torch, args.dtype) if args.dtype else None
                 rows += [{"bench": "attention"} | r for r in as_rows(
                     bench_attention(args.contexts or [1024, 4096], max(workers), dtype=dtype, device=args.device))]
         if what in ("engine", "all"):
             args.dtype = args.dtype or "float32"
-            with console.status("loading model ..."):
+            with out.status("loading model ..."):
                 model, tokenizer = _load(args)
-            with console.status("engine ..."):
+            with out.status("engine ..."):
                 rows += [{"bench": "engine"} | r for r in as_rows(bench_engine(model, tokenizer, workers, args.ticks))]
     except KeyboardInterrupt:  # Ctrl-C / SIGTERM: the parts that finished are kept (printed), then "interrupted"
         if rows:
-            _print_rows(console, rows, args.json, interrupted=True)
+            _print_rows(out, rows, args.json, interrupted=True)
         raise
-    _print_rows(console, rows, args.json)
+    _print_rows(out, rows, args.json)
     return 0
 
 

@@ -4,6 +4,7 @@ the one-line form of warnings."""
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from typing import Any
 
@@ -13,17 +14,45 @@ def show_warning(message: Any, *args: Any, **kwargs: Any) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-def table_console(table: Any) -> Any:
-    """A rich console on stdout that prints ``table`` whole: a terminal's own width, or, into a file or
-    a pipe, at least the table's natural width (rich's 80 columns there cut a wide table's headers and
-    cells to an ellipsis)."""
+def console(**kwargs: Any) -> Any:
+    """A rich ``Console`` (same arguments) for the commands. A reader that closes the pipe early
+    (``... | head``) raises BrokenPipeError, which :func:`~hogwild_ref.cli.main` turns into status 141 as
+    for every other write (rich itself exits with 1, which ``conform`` reserves for a failed vector); on a
+    stream that cannot encode Unicode the spinner is drawn in ASCII."""
+    return _console_class()(**kwargs)
+
+
+@functools.cache
+def _console_class() -> type:
+    import os
+
     from rich.console import Console
 
-    console = Console()
-    if console.is_terminal:
-        return console
-    natural = Console(width=10_000).measure(table).maximum  # measured without a width limit
-    return Console(width=max(console.width, natural))
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush must not fail again
+            os.close(devnull)
+            raise BrokenPipeError
+
+        def status(self, *args: Any, **kwargs: Any) -> Any:
+            if not self.encoding.startswith("utf"):
+                kwargs.setdefault("spinner", "line")
+            return super().status(*args, **kwargs)
+
+    return _Console
+
+
+def table_console(table: Any) -> Any:
+    """A console (:func:`console`) on stdout that prints ``table`` whole: a terminal's own width, or,
+    into a file or a pipe, at least the table's natural width (rich's 80 columns there cut a wide table's
+    headers and cells to an ellipsis)."""
+    out = console()
+    if out.is_terminal:
+        return out
+    natural = console(width=10_000).measure(table).maximum  # measured without a width limit
+    return console(width=max(out.width, natural))
 
 
 def _check_model_source(model: str | None) -> None:

@@ -9,6 +9,7 @@ import shlex
 import sys
 from typing import Any
 
+from .common import console
 from .signals import write_out
 
 LEVEL_NAMES = ["rope", "attention", "model"]
@@ -312,7 +313,6 @@ class _Scoped:
 
 def _print_conform_table(report: Any, adapter: str) -> None:
     """One line per vector; a failure's note is its first line, shortened (the full text is in --json)."""
-    from rich.console import Console
     from rich.table import Table
 
     rows = []
@@ -332,9 +332,9 @@ def _print_conform_table(report: Any, adapter: str) -> None:
     style = {"passed": "green", "failed": "bold red", "skipped": "yellow", "out_of_scope": "dim", "not_run": "magenta"}
     for name, level, result, err, tol, note, status in rows:
         table.add_row(name, level, f"[{style[status]}]{result}[/]", err, tol, note)
-    console = Console(width=max(Console().width, 150))
-    console.print(table)
-    console.print(f"{report.passed} passed, {report.failed} failed, {report.out_of_scope} out of scope, "
+    out = console(width=max(console().width, 150))
+    out.print(table)
+    out.print(f"{report.passed} passed, {report.failed} failed, {report.out_of_scope} out of scope, "
                   f"{report.skipped} skipped, {report.not_run} not run "
                   "(errors are max|out - expected| / max|expected|, Spec §10.1; rope tolerances grow with the "
                   "position, §10.4; --json has every output's error)")

@@ -9,7 +9,7 @@ import warnings
 from typing import Any
 
 from ..settings import BACKENDS, DTYPES, LAYOUTS
-from .common import _check_collab_every, _check_device, _check_model_source, _load, _model_shape
+from .common import _check_collab_every, _check_device, _check_model_source, _load, _model_shape, console
 
 def _add_eval(sub: Any) -> None:
     p = sub.add_parser(
@@ -36,7 +36,7 @@ def _add_eval(sub: Any) -> None:
     p.add_argument("--no-self-consistency", action="store_true", help="skip the self-consistency baseline")
     p.add_argument("--sc-temperature", type=float, default=0.6, help="sampling temperature of self-consistency samples")
     p.add_argument("--temperature", type=float, default=0.0, help="Hogwild sampling temperature (0, the default, is greedy)")
-    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--top-p", type=float, default=None, help="Hogwild top-p, in (0, 1] (with --temperature)")
     p.add_argument("--collab-every", type=int, default=1024, help="tokens between collaboration prompts (0 disables)")
     p.add_argument("--finisher-tokens", type=int, default=24, help="most tokens the finisher decodes at each budget")
     p.add_argument("--prompts", choices=["default", "compact"], default="default")
@@ -111,8 +111,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from datetime import timedelta
     from pathlib import Path
 
-    from rich.console import Console
-
     from ..checks import ContextLengthWarning
     from ..evaluation import EvalConfig, run_eval
     from ..evaluation.datasets import parse_fields
@@ -145,7 +143,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(threads)
-    console = Console(stderr=True)
+    err = console(stderr=True)
     # everything about the inputs before the model loads: the dataset (before --out is created), then --out
     # and a results file to resume, under the directory's lock, held to the end
     problems = check_inputs(cfg, None)
@@ -160,9 +158,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
                     check_inputs(cfg, out, problems)
 
                 group.agree(claim)
-                with console.status("loading model ...") if place.rank == 0 else nullcontext():
+                with err.status("loading model ...") if place.rank == 0 else nullcontext():
                     model, tokenizer = group.agree(lambda: _load(args))
-                report = run_eval(model, tokenizer, cfg, out, progress=not args.no_progress, console=console,
+                report = run_eval(model, tokenizer, cfg, out, progress=not args.no_progress, console=err,
                                   problems=problems, group=group)
             finally:
                 lock.release()
@@ -177,10 +175,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if place.rank != 0:
         return 0
     # soft_wrap: a path is never broken over two lines (rich wraps at 80 columns when writing to a log file)
-    console.print(f"{report.problems} problems x {len(cfg.seeds)} seeds: {report.ran_units} units run, "
+    err.print(f"{report.problems} problems x {len(cfg.seeds)} seeds: {report.ran_units} units run, "
                   f"{report.skipped_units} already in {report.files['results']}", soft_wrap=True)
     print(report.files["summary_md"].read_text(encoding="utf-8"))  # plain Markdown: any terminal width, copy-pasteable
     for name, path in report.files.items():
-        console.print(f"{name}: {path}", soft_wrap=True)
+        err.print(f"{name}: {path}", soft_wrap=True)
     return 0
 

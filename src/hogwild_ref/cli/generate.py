@@ -10,7 +10,7 @@ from typing import Any
 from ..settings import BACKENDS, DTYPES, LAYOUTS
 from .signals import write_out
 from .common import (_check_collab_every, _check_device, _check_memory, _check_model_source, _check_placement, _check_threads,
-                     _load, _model_shape)
+                     _load, _model_shape, console)
 
 DEFAULT_PROBLEM = (
     "A shop sells pencils at 3 dollars each and notebooks at 5 dollars each. "
@@ -29,9 +29,10 @@ def _add_generate(sub: Any) -> None:
     p.add_argument("--model", default=None, help="HF id, local directory or .gguf path (default: embedded SmolLM2-135M-Instruct)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--min-p", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens (with --temperature; Spec §11.5)")
+    p.add_argument("--top-p", type=float, default=None, help="keep the smallest set of tokens reaching probability p, in (0, 1]")
+    p.add_argument("--min-p", type=float, default=None,
+                   help="drop tokens below min-p times the most likely one's probability, in [0, 1)")
     p.add_argument("--backend", choices=BACKENDS, default="fast",
                    help="attention method (Spec §9): fast (default), rotate_queries, rotate_keys, or the slow oracle")
     p.add_argument("--collab-every", type=int, default=1024, help="tokens between collaboration prompts (0 disables)")
@@ -107,8 +108,6 @@ def _generate_settings(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_generate(args: argparse.Namespace) -> int:
     import warnings
 
-    from rich.console import Console
-
     from ..checks import ContextLengthWarning, flag_names
     from ..engine import GenerationInterrupted, generate
     from ..live import LiveView
@@ -123,11 +122,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    console = Console(stderr=args.json, quiet=quiet)
+    out = console(stderr=args.json, quiet=quiet)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # keep stderr to our own lines (errors, warnings)
-    with console.status("loading model ..."):
+    with out.status("loading model ..."):
         model, tokenizer = _load(args)
     view = None
     try:
@@ -136,7 +135,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             if args.json:
                 result = generate(model, tokenizer, args.problem, **kwargs)
             else:
-                view = LiveView(console, args.workers, args.max_ticks, args.problem)
+                view = LiveView(out, args.workers, args.max_ticks, args.problem)
                 with view:
                     result = generate(model, tokenizer, args.problem, on_event=view.on_event, **kwargs)
     except GenerationInterrupted as exc:
@@ -146,7 +145,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if args.json:
             write_out(json.dumps(exc.result.to_json_dict()), final=True)
         else:
-            _print_partial(console, exc.result)
+            _print_partial(out, exc.result)
         print("interrupted: the partial result is above (reason: interrupted)", file=sys.stderr)
         return 130
     if args.json:

@@ -157,6 +157,7 @@ def problem_from_record(record: Mapping[str, Any], default_id: str, fields: Mapp
     if not isinstance(problem, str) or not problem.strip():
         raise ValueError(f"{where}: the problem is {'empty' if isinstance(problem, str) else 'not text'}; "
                          "every problem needs its text")
+    _check_text(problem, "problem", where)
     size = len(problem.encode("utf-8"))
     if size > MAX_PROBLEM_BYTES:
         raise ValueError(f"{where}: the problem is {size / 1e6:.1f} MB, about {size // 4:,} tokens at ~4 bytes a "
@@ -182,7 +183,19 @@ def problem_from_record(record: Mapping[str, Any], default_id: str, fields: Mapp
         pid = int(pid)
     if pid is not None and (isinstance(pid, bool) or not isinstance(pid, (str, int)) or not str(pid).strip()):
         raise ValueError(f"{where}: the id {pid!r} is not a non-empty string or integer")
+    for what, text in (("id", pid), ("answer", gold)):
+        _check_text(text, what, where)
     return Problem(str(pid) if pid is not None else default_id, problem, gold, kind)
+
+
+def _check_text(value: Any, what: str, where: str) -> None:
+    """Text that cannot be written as UTF-8: a lone surrogate, which JSON can spell (``"\\udce8"``)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"{where}: its {what} is not valid text: {value[exc.start:exc.end]!r} at character "
+                             f"{exc.start} (a lone surrogate); fix the record") from None
 
 
 # ---------------------------------------------------------------------- reading files
@@ -343,7 +356,8 @@ def _load_file(path: Path, fields: Mapping[str, str], split: str | None, kind: s
         records = _json_records(path)
     if not records:
         raise ValueError(f"{path} has no problems; give a dataset with at least one")
-    problems = [problem_from_record(r, f"{path.stem}-{i}", fields, where) for i, (r, where) in enumerate(records)]
+    stem = path.stem.encode("utf-8", "backslashreplace").decode("utf-8")  # a file name that is not UTF-8
+    problems = [problem_from_record(r, f"{stem}-{i}", fields, where) for i, (r, where) in enumerate(records)]
     seen: dict[str, str] = {}
     for p, (_, where) in zip(problems, records):
         if p.id in seen:

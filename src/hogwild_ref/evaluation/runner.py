@@ -487,7 +487,9 @@ def _run_eval(model: Any, tokenizer: Any, cfg: EvalConfig, out: Path, progress: 
     rows = [found[k] for k in wanted if k in found]
     cells = summarise(rows)
     files["summary_md"] = out / "summary.md"
-    title = f"{cfg.dataset}, {len(problems)} problems, seeds {list(cfg.seeds)}, {cfg.layout} layout, model {cfg.model}"
+    # a file name that is not UTF-8 (its bytes decoded as lone surrogates) is shown with escapes
+    dataset = cfg.dataset.encode("utf-8", "backslashreplace").decode("utf-8")
+    title = f"{dataset}, {len(problems)} problems, seeds {list(cfg.seeds)}, {cfg.layout} layout, model {cfg.model}"
     speed = throughput(rows)
     markdown = f"# {title}\n\nAnswers checked by {checker}.\n\n" + format_markdown(cells) + "\n" + format_throughput(speed)
     replace_file(files["summary_md"], lambda tmp: tmp.write_text(markdown, encoding="utf-8"))
