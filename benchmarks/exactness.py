@@ -10,6 +10,7 @@ import argparse
 
 import torch
 
+from hogwild_ref.bench import machine
 from hogwild_ref.engine import Engine
 from hogwild_ref.models import SUPPORTED_FAMILIES, load_default, tiny_model
 from hogwild_ref.scheduler import SchedulerConfig
@@ -23,9 +24,12 @@ def run(model, tok, workers, layout, backend, ticks):
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--ticks", type=int, default=24)
+    ap.add_argument("--ticks", type=int, default=24, help="ticks per run (>= 1)")
     args = ap.parse_args()
+    if args.ticks < 1:
+        ap.error(f"--ticks must be >= 1 (ticks per run; 0 compares nothing); got {args.ticks}")
     torch.set_num_threads(1)
+    print(machine())
     smollm, tok = load_default()
     models = {f: tiny_model(f, seed=1, vocab_size=len(tok)) for f in SUPPORTED_FAMILIES} | {"smollm2": smollm}
     print("| family | backend | worst rel. logit error | greedy tokens identical |")

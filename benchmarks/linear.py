@@ -17,6 +17,7 @@ import time
 import torch
 
 from hogwild_ref.bench import MODEL_SHAPES, random_model
+from hogwild_ref.limits import check_fits_memory, check_threads, shape_from_config
 from hogwild_ref.packed import PackedLinear, packing_available
 
 
@@ -38,6 +39,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("this torch build has no oneDNN packed linear on this CPU")
     if any(r < 1 for r in args.rows) or args.repeats < 1 or args.threads < 1:
         parser.error("--rows, --repeats and --threads take positive integers")
+    try:  # the command line's own checks: threads this process may use, weights that fit in memory
+        check_threads(args.threads)
+        shape = shape_from_config({k: v for k, v in MODEL_SHAPES[args.model].items() if k != "family"})
+        if shape is not None:  # the float32 weights and their oneDNN-packed copy
+            check_fits_memory(2 * shape.weight_bytes(4), f"--model {args.model} (float32, with its packed copy)",
+                              "choose a smaller --model (smollm2-135m)")
+    except ValueError as exc:
+        parser.error(str(exc))
     torch.set_num_threads(args.threads)
     model = random_model(args.model, torch.float32, "cpu")
     layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]

@@ -85,6 +85,21 @@ def test_the_linear_benchmark_times_each_row_count_and_refuses_bad_counts():
     assert [r[0] for r in rows] == ["2", "3"] and all(float(x) > 0 for r in rows for x in r[1:])
     bad = subprocess.run([sys.executable, str(script), "--rows", "0"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--rows" in bad.stderr.splitlines()[-1]
+    # a newcomer review: the CLI's own checks (threads beyond the cores ran; a 7B model was built past memory)
+    for argv, said in ((["--threads", "100000"], "more than the"), (["--model", "qwq-32b"], "GiB of memory")):
+        bad = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 2 and said in bad.stderr.splitlines()[-1], bad.stderr
+
+
+def test_the_exactness_script_refuses_a_run_that_compares_nothing():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "exactness.py"
+    for ticks in ("0", "-1"):  # 0 printed a table of zero errors; -1 a traceback
+        bad = subprocess.run([sys.executable, str(script), "--ticks", ticks], capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 2 and "--ticks must be >= 1" in bad.stderr.splitlines()[-1], bad.stderr
 
 
 @pytest.mark.parametrize("argv, fixes, not_said", [
@@ -99,3 +114,82 @@ def test_a_bench_too_large_for_memory_names_the_flags_that_made_it_so(capsys, ar
     assert main(["bench", "ticks", "--threads", "1", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "needs about" in err and fixes in err and not_said not in err.split("needs about")[1]
+
+
+def test_the_floor_of_every_backend_counts_the_kv_it_attends_to():
+    """The floor is the weights and the K/V a tick attends to (docs: the fast path). Backends without
+    the fast path's windows read at least every stored token's K/V once; their floor counted none."""
+    model = tiny_model("llama", seed=0, vocab_size=256)
+    cfg = model.config
+    per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 4
+    for backend in ("rotate_queries", "rotate_keys"):
+        (r,) = bench_ticks(model, workers=(2,), contexts=(96,), steps=1, warmup=1, backend=backend)
+        stored = r.kv_bytes_per_tick // per_token
+        assert r.kv_bytes_per_tick == stored * per_token and stored >= 96 + 2 * STEP_TOKENS, backend
+        assert r.floor_s == pytest.approx((r.weight_bytes + r.kv_bytes_per_tick) / r.bandwidth)
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/clear_refs"), reason="Linux only")
+def test_peak_memory_is_the_cases_own_not_the_processs():
+    """On the CPU the peak was the process's since it started (the bandwidth probe's 512 MiB and every
+    earlier case in it); each case now starts its own peak (Linux: /proc/self/clear_refs)."""
+    import resource
+
+    big = torch.ones(400 << 18)  # 400 MiB, touched, then given back
+    del big
+    process_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    model = tiny_model("llama", seed=0, vocab_size=256)
+    (r,) = bench_ticks(model, workers=(1,), contexts=(32,), steps=1, warmup=1)
+    assert 0 < r.peak_mem_bytes < process_peak - (300 << 20)
+
+
+def _fake_engine_bench(done_then_interrupted):
+    from hogwild_ref.bench import EngineTiming
+
+    def bench_engine(model, tokenizer, workers, ticks, on_result=None, **kw):
+        for w in workers:
+            if w not in done_then_interrupted:
+                raise KeyboardInterrupt
+            on_result(EngineTiming(w, "combined", "rotate_queries", ticks, 10.0, 10.0 * w, 20.0))
+        raise AssertionError("the fake ran every W")
+
+    return bench_engine
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_an_interrupted_engine_bench_keeps_the_finished_workers_and_says_it_is_partial(capsys, monkeypatch, as_json):
+    """Ctrl-C during W = 8 kept nothing of W = 1, done before it (a newcomer review); a table cut short
+    looked like a whole one on stdout."""
+    import json
+
+    import hogwild_ref.bench as bench
+    import hogwild_ref.cli.bench as cli_bench
+    from hogwild_ref.cli import main
+    from hogwild_ref.cli.bench import INTERRUPTED
+
+    monkeypatch.setattr(cli_bench, "_load", lambda args: (None, None))
+    monkeypatch.setattr(bench, "bench_engine", _fake_engine_bench({1}))
+    assert main(["bench", "engine", "--workers", "1", "8", "--threads", "1"] + (["--json"] if as_json else [])) == 130
+    out = capsys.readouterr().out
+    if as_json:
+        doc = json.loads(out)
+        assert doc["interrupted"] is True and [r["workers"] for r in doc["results"]] == [1]
+        assert doc["command"] == "hogwild-ref bench engine --workers 1 8 --threads 1 --json"
+        assert doc["hogwild_ref"] == __import__("hogwild_ref").__version__ and doc["dtype"] == "float32"
+    else:
+        assert out.rstrip().endswith(INTERRUPTED) and "engine" in out
+
+
+def test_bench_ticks_json_names_the_model_dtype_steps_version_and_command(capsys, monkeypatch):
+    import json
+
+    import hogwild_ref.bench as bench
+    from hogwild_ref.cli import main
+
+    monkeypatch.setattr(bench, "random_model", lambda name, dtype, device: tiny_model("llama", seed=0, vocab_size=256))
+    argv = ["bench", "ticks", "--json", "--contexts", "32", "--workers", "1", "--steps", "1", "--threads", "1"]
+    assert main(argv) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    row = json.loads(line)
+    assert (row["model"], row["dtype"], row["steps"]) == ("smollm2-135m", "float32", 1)
+    assert row["command"] == "hogwild-ref " + " ".join(argv) and row["hogwild_ref"]

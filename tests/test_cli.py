@@ -291,7 +291,7 @@ def test_bench_all_interrupted_during_the_engine_keeps_the_attention_results(cap
     def stop(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(bench, "bench_attention", lambda *a, **k: ["measured"])
+    monkeypatch.setattr(bench, "bench_attention", lambda *a, on_result, **k: on_result("measured"))
     monkeypatch.setattr(bench, "as_rows", lambda results: [{"case": r} for r in results])
     monkeypatch.setattr(bench, "bench_engine", stop)
     monkeypatch.setattr(cli_bench, "_load", lambda args: (None, None))

@@ -105,6 +105,12 @@ CLI_CASES = [
     (["bench", "engine", "--contexts", "64"], "bench engine does not use --contexts"),
     (["bench", "ticks", "--ticks", "5"], "bench ticks does not use --ticks (for bench engine)"),
     (["bench", "attention", "--problems", "2"], "does not use --problems"),
+    # found by a newcomer: bench attention allocated (or overflowed) before any check, engine loaded first
+    (["bench", "attention", "--contexts", "1000000000"], "GiB available; choose smaller --contexts or fewer --workers"),
+    (["bench", "attention", "--contexts", "99999999999999999999999"], "GiB available"),
+    (["bench", "attention", "--workers", "2000", "--contexts", "16"], "--workers 2000 is more than the 1024 workers"),
+    (["bench", "engine", "--workers", "100000"], "--workers 100000 is more than the 1024 workers"),
+    (["bench", "ticks", "--what", "engine"], "bench ticks and --what engine name two benchmarks; give one"),
 ]
 
 
@@ -116,6 +122,8 @@ def test_cli_bad_input_is_one_line_exit_2_before_loading(capsys, no_loading, mon
         raise AssertionError("bench built a model for invalid arguments")
 
     monkeypatch.setattr(bench, "random_model", no_building)
+    monkeypatch.setattr(bench, "bench_attention", no_building)
+    monkeypatch.setattr(bench, "bench_engine", no_building)
     argv = [a.replace("{d}", str(files)) for a in args]
     if argv[0] == "generate":
         argv.append("--json")

@@ -22,8 +22,8 @@ from .plan import plan_tick
 from .rope import RopeSpec
 from .segments import make_layout
 
-__all__ = ["AttentionTiming", "EngineTiming", "MODEL_SHAPES", "TickTiming", "bench_attention", "bench_engine", "bench_ticks",
-           "machine", "random_model", "read_bandwidth", "weight_bytes"]
+__all__ = ["AttentionTiming", "EngineTiming", "MODEL_SHAPES", "TickTiming", "attention_bytes", "bench_attention", "bench_engine",
+           "bench_ticks", "machine", "random_model", "read_bandwidth", "weight_bytes"]
 
 
 def machine() -> str:
@@ -74,8 +74,10 @@ def _plain_decode_rate(model: Any, tokenizer: Any, tokens: int) -> float:
 
 
 def bench_engine(model: Any, tokenizer: Any, workers: Sequence[int] = (1, 2, 4), ticks: int = 32,
-                 layout: str = "combined", backend: str = "rotate_queries") -> list[EngineTiming]:
-    """Ticks/s of the engine for each W (prefill excluded), next to plain decoding tokens/s."""
+                 layout: str = "combined", backend: str = "rotate_queries",
+                 on_result: Callable[[EngineTiming], None] | None = None) -> list[EngineTiming]:
+    """Ticks/s of the engine for each W (prefill excluded), next to plain decoding tokens/s; ``on_result``
+    gets each W's timing as it is measured (kept when a later one is interrupted)."""
     from .engine import Engine
     from .scheduler import SchedulerConfig
 
@@ -88,6 +90,8 @@ def bench_engine(model: Any, tokenizer: Any, workers: Sequence[int] = (1, 2, 4),
         gen = max(r.seconds - r.prefill_seconds, 1e-9)
         tokens = sum(len(x.tokens) for x in r.workers)
         out.append(EngineTiming(w, layout, backend, r.ticks, r.ticks / gen, tokens / gen, plain))
+        if on_result is not None:
+            on_result(out[-1])
     return out
 
 
@@ -105,11 +109,28 @@ class AttentionTiming:
         return self.microseconds / self.baseline_microseconds
 
 
+def _attention_tokens(context: int, workers: int) -> int:
+    """Tokens :func:`bench_attention`'s table stores: the common history, the headers (12 + 12), and per
+    worker ``w`` a current step of ``40 + 7 w`` tokens and a separator of 4."""
+    return context + 24 + sum(44 + 7 * w for w in range(workers))
+
+
+def attention_bytes(context: int, workers: int, q_heads: int = 28, kv_heads: int = 4, head_dim: int = 128,
+                    dtype_bytes: int = 4) -> int:
+    """About the most memory one :func:`bench_attention` case holds: the stored K/V, the baseline's K/V,
+    every worker's rotated and concatenated view (``rotate_keys``) and its score rows."""
+    T = _attention_tokens(context, workers)
+    kv = 2 * kv_heads * head_dim * dtype_bytes
+    return kv * (T + context + workers * T) + 4 * workers * q_heads * T
+
+
 def bench_attention(contexts: Sequence[int] = (1024, 4096), workers: int = 4, q_heads: int = 28, kv_heads: int = 4,
                     head_dim: int = 128, dtype: torch.dtype | None = None, device: str | None = None,
-                    backends: Sequence[str] = ("rotate_queries", "rotate_keys"), repeat: int = 10) -> list[AttentionTiming]:
+                    backends: Sequence[str] = ("rotate_queries", "rotate_keys"), repeat: int = 10,
+                    on_result: Callable[[AttentionTiming], None] | None = None) -> list[AttentionTiming]:
     """One decode tick's attention (one layer) in the combined layout: W workers, a long common
-    history of ``context`` tokens and short current steps, vs single-sequence SDPA at that context."""
+    history of ``context`` tokens and short current steps, vs single-sequence SDPA at that context;
+    ``on_result`` gets each timing as it is measured. :func:`attention_bytes` is a case's memory."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
     rope = RopeSpec(1.0 / (10000.0 ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)), head_dim=head_dim)
@@ -130,6 +151,8 @@ def bench_attention(contexts: Sequence[int] = (1024, 4096), workers: int = 4, q_
             fn = BACKENDS[name]
             t = _timeit(lambda: fn(q, keys, values, plan, rope, head_dim ** -0.5), repeat)
             out.append(AttentionTiming(name, workers, ctx, t * 1e6, base * 1e6))
+            if on_result is not None:
+                on_result(out[-1])
     return out
 
 
@@ -166,10 +189,12 @@ class TickTiming:
     ratio: float
     compiled_baseline_s_per_step: float | None
     ratio_compiled: float | None
-    peak_mem_bytes: int
+    peak_mem_bytes: int  # the case's peak: CUDA allocated bytes; CPU the process's resident set (Linux: reset per case)
     device: str
     threads: int
-    kv_bytes_per_tick: int = 0  # K/V bytes the fast path reads per tick (common window once + tail blocks)
+    # K/V bytes a tick reads: the fast path's common windows once + tail blocks; other backends every stored
+    # token once (the least they can read)
+    kv_bytes_per_tick: int = 0
     weight_bytes: int = 0  # bytes of the model's parameters (each tensor counted once: tied embeddings once)
     bandwidth: float = 0.0  # bytes/s one read of a large tensor achieves, same process and threads
     floor_s: float = 0.0  # (weight_bytes + kv_bytes_per_tick) / bandwidth: the memory-bandwidth floor of a tick
@@ -246,9 +271,31 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _reset_peak_mem(device: torch.device) -> None:
+    """Start a case's peak: CUDA's allocator statistics, or on Linux the process's peak resident set
+    (writing 5 to ``/proc/self/clear_refs`` resets ``VmHWM``)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:  # not Linux: the peak is the process's since it started
+        pass
+
+
 def _peak_mem(device: torch.device) -> int:
+    """The peak since :func:`_reset_peak_mem`: CUDA's allocated bytes, or the process's resident set
+    (``VmHWM``; without /proc, ``ru_maxrss``: the process's peak since it started)."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     import resource
 
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
@@ -337,8 +384,7 @@ def bench_ticks(model: Any, *, workers: Sequence[int] = (1, 2, 4, 8), contexts: 
             single: float | None = None
             for P in sorted(set(problems) | {1}):
                 say(f"{backend} {layout} W={w} ctx={ctx}" + (f" P={P}" if P > 1 else ""))
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
+                _reset_peak_mem(device)
                 s, kv_bytes, s_split = _time_problems(model, layout, backend, compile, w, ctx, P, steps, warmup,
                                                       budget, kernel if P == 1 else None)
                 single = s if P == 1 else single
@@ -428,4 +474,6 @@ def _time_problems(model: Any, layout: str, backend: str, compile: bool | str | 
                 s_split = min(s_split, _time_steps(tick, steps, warmup, device))
             forward.split = False
         kv_bytes = storage.decode_read_bytes(compiled=bool(forward.compile)) if backend == "fast" else 0
+        if not kv_bytes:  # no fast path's windows: every stored token's K/V once, the least a tick can read
+            kv_bytes = _hf_kv_bytes(model, sum(seg.length for seg in storage.table.segments))
     return s, kv_bytes, s_split

@@ -24,6 +24,7 @@ __all__ = [
     "check_problem",
     "check_sampling",
     "check_seed",
+    "check_workers",
     "check_settings",
     "context_bound",
     "flag_names",
@@ -143,11 +144,7 @@ def check_settings(
     Snapshot ticks must lie within the budget. ``collab_every`` is None (off) or ``>= 1``.
     """
     check_problem(problem)
-    check_int("workers", workers, 1, cli=cli)
-    if workers > MAX_WORKERS:
-        raise SettingsError(f"{_name('workers', cli)} {workers} is more than the {MAX_WORKERS} workers supported: the "
-                            f"segment table and every tick's plan grow with the square of the worker count (Spec §2.2); "
-                            f"give {_name('workers', cli)} {MAX_WORKERS} or less")
+    check_workers(workers, cli=cli)
     if layout not in LAYOUTS:
         raise SettingsError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     if backend not in backends:
@@ -171,6 +168,15 @@ def check_settings(
                   if cli else " (tokens between collaboration prompts; None turns them off)")
     check_seed(seed, workers, cli=cli)
     check_sampling(temperature, top_k, top_p, min_p, cli=cli)
+
+
+def check_workers(workers: Any, *, cli: bool = False) -> None:
+    """``workers`` an integer from 1 to :data:`MAX_WORKERS` (Spec §2.2: a table grows with its square)."""
+    check_int("workers", workers, 1, cli=cli)
+    if workers > MAX_WORKERS:
+        raise SettingsError(f"{_name('workers', cli)} {workers} is more than the {MAX_WORKERS} workers supported: the "
+                            f"segment table and every tick's plan grow with the square of the worker count (Spec §2.2); "
+                            f"give {_name('workers', cli)} {MAX_WORKERS} or less")
 
 
 def check_seed(seed: Any, workers: int, minimum: int = 0, *, cli: bool = False) -> None:

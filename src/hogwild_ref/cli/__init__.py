@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import shlex
 import signal
 import sys
 import warnings
@@ -46,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not _streams_ready():
         return 2
     args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["hogwild-ref", *(sys.argv[1:] if argv is None else argv)])
     handlers = {"bench": cmd_bench, "conform": cmd_conform, "eval": cmd_eval, "generate": cmd_generate}
     _quiet_hub_bars()
     with interrupts() as received:

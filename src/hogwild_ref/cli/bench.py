@@ -15,9 +15,9 @@ from .common import (_check_device, _check_memory, _check_model_source, _check_t
 def _check_bench(args: argparse.Namespace, what: str) -> None:
     """Every bench flag before anything is built or loaded (Spec §11.7): counts, threads, device, and a model
     whose weights and K/V must exceed this machine's memory (refused with the numbers)."""
-    from ..bench import MODEL_SHAPES
-    from ..checks import SettingsError, check_int
-    from ..limits import check_budget, shape_from_config
+    from ..bench import MODEL_SHAPES, attention_bytes
+    from ..checks import SettingsError, check_int, check_workers
+    from ..limits import DTYPE_BYTES, check_budget, check_fits_memory, shape_from_config
 
     unused = [flag for flag, dest, _, users in SCOPED_FLAGS if getattr(args, dest) is not None and what not in users]
     if unused:
@@ -33,7 +33,7 @@ def _check_bench(args: argparse.Namespace, what: str) -> None:
     for ctx in args.contexts or ():
         check_int("contexts", ctx, 1, cli=True, fix=" (context lengths in tokens)")
     for w in args.workers or ():
-        check_int("workers", w, 1, cli=True)
+        check_workers(w, cli=True)
     for p in args.problems or ():
         check_int("problems", p, 1, cli=True, fix=" (problems per batch)")
     _check_device(args.device)
@@ -48,8 +48,7 @@ def _check_bench(args: argparse.Namespace, what: str) -> None:
             shape = _model_shape(name)
         # (positions past the model's own are not refused: a tick's time does not depend on them)
         reach = max(args.contexts or [1024, 4096]) + max(args.workers or [1, 2, 4, 8]) * 64
-        cuda = (args.device or "").startswith("cuda")
-        if not cuda:  # CPU: the weights and the largest case's K/V live in this machine's memory
+        if not _device(args).startswith("cuda"):  # CPU: the weights and the largest case's K/V live in its memory
             dtype = args.dtype or "float32"
             # every problem of the largest batch holds the largest case's K/V
             tokens = reach * max(args.problems or [1])
@@ -58,12 +57,45 @@ def _check_bench(args: argparse.Namespace, what: str) -> None:
                      + (["--dtype bfloat16"] if dtype == "float32" else []))
             _check_memory(shape, dtype, tokens, f"bench ticks --model {name} ({dtype}, {tokens} positions)",
                           f"choose {', '.join(fixes)}, or a machine with more memory")
-    elif what in ("engine", "all"):
+    if what in ("attention", "all"):  # its tensors are sized by --contexts and the largest W alone
+        cuda = _device(args).startswith("cuda")
+        dtype = args.dtype or ("bfloat16" if cuda else "float32")
+        ctx, w = max(args.contexts or [1024, 4096]), max(args.workers or [1, 2, 4])
+        must = attention_bytes(ctx, w, dtype_bytes=DTYPE_BYTES.get(dtype, 4))
+        if not cuda:
+            check_fits_memory(must, f"bench attention at --contexts {ctx} with {w} workers ({dtype})",
+                              "choose smaller --contexts or fewer --workers, or a machine with more memory")
+    if what in ("engine", "all"):
         _check_model_source(args.model)
         shape = _model_shape(args.model)
         # an engine run of W workers spends --ticks ticks: past the model's positions it cannot (Spec §11.7)
         check_budget(shape and shape.context, args.ticks, 1, False, flag="--ticks")
     _check_threads(args)
+
+
+def _device(args: argparse.Namespace) -> str:
+    """The device a benchmark runs on: ``--device``, else CUDA where there is one (as the run picks it)."""
+    import torch
+
+    return str(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _what(args: argparse.Namespace) -> str:
+    """The benchmark: the positional name, or the older ``--what``; both, naming two, is refused."""
+    from ..checks import SettingsError
+
+    if args.what_flag and args.what and args.what != args.what_flag:
+        raise SettingsError(f"bench {args.what} and --what {args.what_flag} name two benchmarks; give one "
+                            f"(bench {args.what})")
+    return str(args.what_flag or args.what or "all")
+
+
+def _described(args: argparse.Namespace, **fields: Any) -> dict[str, Any]:
+    """What a JSON result needs to be compared or rerun: hogwild_ref's version, the command, and ``fields``."""
+    from .. import __version__
+
+    return {"hogwild_ref": __version__, "command": getattr(args, "command_line", None)} | fields
+
 
 def _check_split(args: argparse.Namespace) -> None:
     """``--split``: a known kernel, on eager ticks (a compiled step keeps the score-row path, Spec §9.6)."""
@@ -98,7 +130,7 @@ SCOPED_FLAGS: tuple[tuple[str, str, Any, tuple[str, ...]], ...] = (
 
 def _add_bench(sub: Any) -> None:
     p = sub.add_parser("bench", help="benchmarks: Hogwild ticks vs a plain decode step, one layer's attention, end-to-end ticks/s")
-    p.add_argument("what", nargs="?", choices=["ticks", "attention", "engine", "all"], default="all",
+    p.add_argument("what", nargs="?", choices=["ticks", "attention", "engine", "all"], default=None,
                    help="ticks: s/tick vs HF's single-sequence decode step at the same context (the fast "
                         "path's benchmark); attention: one layer per backend; engine: end-to-end ticks/s; "
                         "all: attention and engine (default)")
@@ -139,7 +171,7 @@ def cmd_bench_ticks(args: argparse.Namespace) -> int:
     from ..bench import MODEL_SHAPES, bench_ticks, random_model
 
     err = console(stderr=True)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = _device(args)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
     name = args.model or "smollm2-135m"
     with err.status(f"building {name} ..."):
@@ -153,11 +185,12 @@ def cmd_bench_ticks(args: argparse.Namespace) -> int:
     if compile_ and device.startswith("cuda"):
         compile_ = "reduce-overhead"
     results: list[Any] = []
+    described = _described(args, model=name, dtype=str(dtype).removeprefix("torch."), steps=args.steps)
 
     def measured(r: Any) -> None:  # --json: each case's line as soon as it is measured
         results.append(r)
         if args.json:
-            write_out(json.dumps(dataclasses.asdict(r)))
+            write_out(json.dumps(dataclasses.asdict(r) | described))
 
     try:
         bench_ticks(model, workers=args.workers or [1, 2, 4, 8], contexts=args.contexts or [1024, 4096],
@@ -165,14 +198,14 @@ def cmd_bench_ticks(args: argparse.Namespace) -> int:
                     problems=args.problems, split=args.split, progress=lambda msg: err.log(msg), on_result=measured)
     except KeyboardInterrupt:  # Ctrl-C / SIGTERM: the cases measured so far are kept (printed)
         if results and not args.json:
-            _print_ticks_table(results, name, args)
+            _print_ticks_table(results, name, args, interrupted=True)
         raise
     if not args.json:
         _print_ticks_table(results, name, args)
     return 0
 
 
-def _print_ticks_table(results: list[Any], name: str, args: argparse.Namespace) -> None:
+def _print_ticks_table(results: list[Any], name: str, args: argparse.Namespace, interrupted: bool = False) -> None:
     """``bench ticks``' table, one row per case."""
     from rich.table import Table
 
@@ -201,7 +234,13 @@ def _print_ticks_table(results: list[Any], name: str, args: argparse.Namespace) 
     out.print(table)
     if results:
         out.print(f"floor = (weights {results[0].weight_bytes / 2**20:.0f} MiB + K/V read per tick) / read bandwidth "
-                        f"{results[0].bandwidth / 1e9:.1f} GB/s, measured in this run")
+                  f"{results[0].bandwidth / 1e9:.1f} GB/s, measured in this run")
+    if interrupted:
+        out.print(INTERRUPTED)
+
+
+#: the last line of a table cut short by Ctrl-C or SIGTERM (on stdout, with the rows it has)
+INTERRUPTED = "interrupted: only the cases above finished"
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -209,7 +248,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from ..bench import as_rows, bench_attention, bench_engine
 
-    what = args.what_flag or args.what
+    what = _what(args)
     _check_bench(args, what)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -218,36 +257,41 @@ def cmd_bench(args: argparse.Namespace) -> int:
     out = console()
     rows: list[dict[str, Any]] = []
     workers = args.workers or [1, 2, 4]
+    described = _described(args)
     try:
         if what in ("attention", "all"):
             with out.status("attention ..."):
                 dtype = getattr(torch, args.dtype) if args.dtype else None
-                rows += [{"bench": "attention"} | r for r in as_rows(
-                    bench_attention(args.contexts or [1024, 4096], max(workers), dtype=dtype, device=args.device))]
+                bench_attention(args.contexts or [1024, 4096], max(workers), dtype=dtype, device=args.device,
+                                on_result=lambda r: rows.extend({"bench": "attention"} | x for x in as_rows([r])))
         if what in ("engine", "all"):
             args.dtype = args.dtype or "float32"
             with out.status("loading model ..."):
                 model, tokenizer = _load(args)
-            with out.status("engine ..."):
-                rows += [{"bench": "engine"} | r for r in as_rows(bench_engine(model, tokenizer, workers, args.ticks))]
+            described |= {"model": args.model or "SmolLM2-135M-Instruct (embedded GGUF)", "dtype": args.dtype}
+            with out.status("engine ..."):  # each W's row as it is measured: an interruption keeps those done
+                bench_engine(model, tokenizer, workers, args.ticks,
+                             on_result=lambda r: rows.extend({"bench": "engine"} | x for x in as_rows([r])))
     except KeyboardInterrupt:  # Ctrl-C / SIGTERM: the parts that finished are kept (printed), then "interrupted"
         if rows:
-            _print_rows(out, rows, args.json, interrupted=True)
+            _print_rows(out, rows, args.json, described, interrupted=True)
         raise
-    _print_rows(out, rows, args.json)
+    _print_rows(out, rows, args.json, described)
     return 0
 
 
-def _print_rows(console: Any, rows: list[dict[str, Any]], as_json: bool, interrupted: bool = False) -> None:
+def _print_rows(out: Any, rows: list[dict[str, Any]], as_json: bool, described: dict[str, Any],
+                interrupted: bool = False) -> None:
     """The attention / engine results: one JSON object, or a table per benchmark."""
     from rich.table import Table
 
     from ..bench import machine
 
     if as_json:
-        write_out(json.dumps({"machine": machine(), "results": rows} | ({"interrupted": True} if interrupted else {})), final=True)
+        write_out(json.dumps({"machine": machine()} | described | {"results": rows}
+                             | ({"interrupted": True} if interrupted else {})), final=True)
         return
-    console.print(f"machine: {machine()}")
+    out.print(f"machine: {machine()}")
     for kind in ("attention", "engine"):
         sel = [r for r in rows if r["bench"] == kind]
         if not sel:
@@ -259,3 +303,5 @@ def _print_rows(console: Any, rows: list[dict[str, Any]], as_json: bool, interru
         for r in sel:
             table.add_row(*(f"{v:.3g}" if isinstance(v, float) else str(v) for k, v in r.items() if k != "bench"))
         table_console(table).print(table)
+    if interrupted:
+        out.print(INTERRUPTED)
