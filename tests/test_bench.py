@@ -175,7 +175,7 @@ def test_an_interrupted_engine_bench_keeps_the_finished_workers_and_says_it_is_p
         doc = json.loads(out)
         assert doc["interrupted"] is True and [r["workers"] for r in doc["results"]] == [1]
         assert doc["command"] == "hogwild-ref bench engine --workers 1 8 --threads 1 --json"
-        assert doc["hogwild_ref"] == __import__("hogwild_ref").__version__ and doc["dtype"] == "float32"
+        assert doc["hogwild_ref"] == __import__("hogwild_ref").__version__ and doc["results"][0]["dtype"] == "float32"
     else:
         assert out.rstrip().endswith(INTERRUPTED) and "engine" in out
 
@@ -193,3 +193,43 @@ def test_bench_ticks_json_names_the_model_dtype_steps_version_and_command(capsys
     row = json.loads(line)
     assert (row["model"], row["dtype"], row["steps"]) == ("smollm2-135m", "float32", 1)
     assert row["command"] == "hogwild-ref " + " ".join(argv) and row["hogwild_ref"]
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/clear_refs"), reason="Linux only")
+@pytest.mark.parametrize("context, workers", [(16384, 4), (4096, 32)])
+def test_the_attention_bench_memory_estimate_bounds_what_a_case_uses(context, workers):
+    """``bench attention`` refuses a case whose :func:`attention_bytes` passes the free memory, so the
+    estimate must cover what the case adds (measured: the growth of a fresh process's peak resident set
+    over both backends) without refusing runs that fit by a wide margin (the first estimate held every
+    worker's rotated view at once: 3.5x too much at 32 workers)."""
+    import subprocess
+    import sys
+
+    script = f"""if True:
+        import torch
+        from hogwild_ref.bench import attention_bytes, bench_attention
+        torch.set_num_threads(1)
+        base = int(open("/proc/self/statm").read().split()[1]) * 4096
+        open("/proc/self/clear_refs", "w").write("5")
+        bench_attention([{context}], {workers}, repeat=1)
+        peak = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
+        print(peak - base, attention_bytes({context}, {workers}))
+    """
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    used, estimate = map(int, done.stdout.split())
+    assert used <= estimate <= 2.5 * used, (used / 2**20, estimate / 2**20)
+
+
+def test_bench_attention_on_cuda_checks_the_devices_free_memory(capsys, monkeypatch):
+    """On a GPU the attention case's tensors live in the device's memory: checked against its free
+    memory (a review: the check was skipped there), in bfloat16, the dtype the run uses there."""
+    from hogwild_ref.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1 << 30, 80 << 30))
+    assert main(["bench", "attention", "--contexts", "262144", "--workers", "4", "--threads", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "bench attention at --contexts 262144 with 4 workers (bfloat16) needs about" in err
+    assert "has 1.0 GiB available" in err

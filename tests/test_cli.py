@@ -298,7 +298,7 @@ def test_bench_all_interrupted_during_the_engine_keeps_the_attention_results(cap
     assert main(["bench", "all", "--json", "--threads", "1"]) == 130
     out, err = capsys.readouterr()
     data = json.loads(out)
-    assert data["results"] == [{"bench": "attention", "case": "measured"}] and data["interrupted"] is True
+    assert data["results"] == [{"bench": "attention", "dtype": "float32", "case": "measured"}] and data["interrupted"] is True
     assert err.strip().splitlines()[-1] == "interrupted"
 
 

@@ -209,3 +209,50 @@ def test_a_disk_that_fills_while_the_cache_is_written_costs_a_warning(cached_cop
     with pytest.warns(UserWarning, match="could not cache the converted embedded model .*No space left"):
         model, _ = models.load_default()
     assert model is not None and not (cached.parent / "other").exists()
+
+
+def test_a_damaged_cache_in_a_folder_that_cannot_change_is_said_and_a_placed_load_is_refused(cached_copy, monkeypatch):
+    """A damaged copy in a read-only cache (a review of the repair): it cannot be removed, so every start
+    converts again — said once a start — and a load with a device map, which must read the cached copy,
+    is refused with the fix instead of failing on the damaged file."""
+    import tempfile
+
+    models, cached, conversions, _ = cached_copy
+    os.truncate(cached / "model.safetensors", 1000)
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(cached.parent))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        models.load_default()
+    texts = [str(w.message) for w in said]
+    assert any("is damaged" in t for t in texts) and any("could not remove the damaged copy" in t for t in texts), texts
+    assert conversions == [1, 1]
+    with pytest.raises(models.UnsupportedModelError, match="set HOGWILD_CACHE_DIR to a writable folder"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            models.load_default(device_map="cpu")
+
+
+def test_a_copy_another_process_moved_away_leaves_no_folder_behind(cached_copy):
+    """Two processes repairing one damaged cache: the second finds it gone; nothing is left beside it."""
+    models, cached, _, _ = cached_copy
+    before = sorted(p.name for p in cached.parent.iterdir())
+    models._discard(cached.parent / "gone")
+    assert sorted(p.name for p in cached.parent.iterdir()) == before
+
+
+def test_no_home_at_all_is_one_line_naming_the_fix(monkeypatch):
+    import pwd
+
+    def unknown(uid):
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    monkeypatch.delenv("HOGWILD_CACHE_DIR", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", "")
+    monkeypatch.setattr(pwd, "getpwuid", unknown)
+    with pytest.raises(RuntimeError, match="set HOGWILD_CACHE_DIR"):
+        records.cache_root()

@@ -117,11 +117,18 @@ def _attention_tokens(context: int, workers: int) -> int:
 
 def attention_bytes(context: int, workers: int, q_heads: int = 28, kv_heads: int = 4, head_dim: int = 128,
                     dtype_bytes: int = 4) -> int:
-    """About the most memory one :func:`bench_attention` case holds: the stored K/V, the baseline's K/V,
-    every worker's rotated and concatenated view (``rotate_keys``) and its score rows."""
+    """An upper estimate of the memory one :func:`bench_attention` case adds to the process: the stored
+    K/V, the baseline's K/V, one worker's view rotated and concatenated (``rotate_keys``) with its
+    temporaries (two more K/V sizes), eight float32 arrays of every row's scores (``rotate_queries``
+    scores each row against every segment), and 96 MiB of smaller buffers. Measured on the CPU (growth
+    of the peak resident set over both backends, float32, 1 thread; estimate in brackets), in MiB:
+    4,096 tokens and 4 workers 108-111 (195); 16,384 and 4 339-409 (477); 16,384 and 16 451 (686);
+    2,048 and 64 772-894 (1,440); 4,096 and 32 329-351 (499); 32,768 and 32 853-893 (1,843); 65,536
+    and 1 963-970 (1,433); 65,536 and 4 1,314 (1,605); 131,072 and 2 2,451 (2,882); 196,608 and 32
+    about 4,500 (9,523)."""
     T = _attention_tokens(context, workers)
     kv = 2 * kv_heads * head_dim * dtype_bytes
-    return kv * (T + context + workers * T) + 4 * workers * q_heads * T
+    return kv * (4 * T + context) + 32 * workers * q_heads * T + (96 << 20)
 
 
 def bench_attention(contexts: Sequence[int] = (1024, 4096), workers: int = 4, q_heads: int = 28, kv_heads: int = 4,

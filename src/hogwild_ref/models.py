@@ -111,7 +111,7 @@ def load_default(dtype: torch.dtype = torch.float32, device: str | torch.device 
     model, tokenizer = _convert()
     _write_cache(model, tokenizer, cached)
     if placement:  # transformers places a model as it loads it: load the converted copy
-        if not (cached / "config.json").is_file():
+        if not (cached / "config.json").is_file() or cache_damage(cached) is not None:
             raise UnsupportedModelError(f"could not cache the converted embedded model in {cached}; set "
                                         "HOGWILD_CACHE_DIR to a writable folder to load it with a device map or tensor parallelism")
         return _load_converted(cached, dtype, device, placement)
@@ -163,16 +163,24 @@ def cache_damage(cached: Path) -> str | None:
 
 
 def _discard(cached: Path) -> None:
-    """Move a damaged cache aside and remove it (a rename first: a reader never sees it half removed)."""
+    """Move a damaged cache aside and remove it (a rename first: a reader never sees it half removed).
+    Another process may have moved it already; a folder that cannot be changed is said once a start."""
     import shutil
     import tempfile
+    import warnings
 
+    aside: Path | None = None
     try:
         aside = Path(tempfile.mkdtemp(prefix=cached.name + ".damaged.", dir=cached.parent))
         os.replace(cached, aside / "old")
-        shutil.rmtree(aside, ignore_errors=True)
-    except OSError:  # a read-only cache: the converted model is used, not cached (_write_cache says so)
-        pass
+    except OSError as exc:
+        if cached.exists():
+            warnings.warn(f"could not remove the damaged copy in {cached} ({exc}); the embedded model is converted "
+                          "again at every start until it is removed (delete that folder, or set HOGWILD_CACHE_DIR to "
+                          "a writable folder)", stacklevel=3)
+    finally:
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
 
 
 def _write_cache(model: Any, tokenizer: Any, cached: Path) -> None:

@@ -46,7 +46,11 @@ def _home() -> Path:
         return Path.home()
     import pwd
 
-    return Path(pwd.getpwuid(os.getuid()).pw_dir)
+    try:
+        return Path(pwd.getpwuid(os.getuid()).pw_dir)
+    except KeyError:  # a user the password database does not know (a container's arbitrary uid)
+        raise RuntimeError("no home folder for the cache: HOME is empty or unset and the password database has no "
+                           "entry for this user; set HOGWILD_CACHE_DIR (or HOME)") from None
 
 
 def digest(fields: Any) -> str:

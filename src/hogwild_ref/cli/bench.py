@@ -62,9 +62,13 @@ def _check_bench(args: argparse.Namespace, what: str) -> None:
         dtype = args.dtype or ("bfloat16" if cuda else "float32")
         ctx, w = max(args.contexts or [1024, 4096]), max(args.workers or [1, 2, 4])
         must = attention_bytes(ctx, w, dtype_bytes=DTYPE_BYTES.get(dtype, 4))
-        if not cuda:
-            check_fits_memory(must, f"bench attention at --contexts {ctx} with {w} workers ({dtype})",
-                              "choose smaller --contexts or fewer --workers, or a machine with more memory")
+        free = None
+        if cuda:  # the device's free memory
+            import torch
+
+            free = int(torch.cuda.mem_get_info(torch.device(_device(args)))[0])
+        check_fits_memory(must, f"bench attention at --contexts {ctx} with {w} workers ({dtype})",
+                          "choose smaller --contexts or fewer --workers, or a machine with more memory", free)
     if what in ("engine", "all"):
         _check_model_source(args.model)
         shape = _model_shape(args.model)
@@ -158,7 +162,7 @@ def _add_bench(sub: Any) -> None:
                         "name/path (default smollm2-135m); engine: a model (default: the embedded SmolLM2)")
     p.add_argument("--dtype", choices=DTYPES, default=None,
                    help="default: float32 on CPU, bfloat16 on CUDA (engine: float32)")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="default: cuda where there is one, else cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", action="store_true",
                    help="print JSON: bench ticks one line per case, attention / engine / all one object")
@@ -260,18 +264,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
     described = _described(args)
     try:
         if what in ("attention", "all"):
+            device = _device(args)
+            dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
             with out.status("attention ..."):
-                dtype = getattr(torch, args.dtype) if args.dtype else None
-                bench_attention(args.contexts or [1024, 4096], max(workers), dtype=dtype, device=args.device,
-                                on_result=lambda r: rows.extend({"bench": "attention"} | x for x in as_rows([r])))
+                bench_attention(args.contexts or [1024, 4096], max(workers), dtype=getattr(torch, dtype), device=device,
+                                on_result=lambda r: rows.extend({"bench": "attention", "dtype": dtype} | x
+                                                                for x in as_rows([r])))
         if what in ("engine", "all"):
             args.dtype = args.dtype or "float32"
             with out.status("loading model ..."):
                 model, tokenizer = _load(args)
-            described |= {"model": args.model or "SmolLM2-135M-Instruct (embedded GGUF)", "dtype": args.dtype}
+            described |= {"model": args.model or "SmolLM2-135M-Instruct (embedded GGUF)"}
             with out.status("engine ..."):  # each W's row as it is measured: an interruption keeps those done
                 bench_engine(model, tokenizer, workers, args.ticks,
-                             on_result=lambda r: rows.extend({"bench": "engine"} | x for x in as_rows([r])))
+                             on_result=lambda r: rows.extend({"bench": "engine", "dtype": args.dtype} | x
+                                                             for x in as_rows([r])))
     except KeyboardInterrupt:  # Ctrl-C / SIGTERM: the parts that finished are kept (printed), then "interrupted"
         if rows:
             _print_rows(out, rows, args.json, described, interrupted=True)
