@@ -89,7 +89,8 @@ def load_default(dtype: torch.dtype = torch.float32, device: str | torch.device 
     The first load dequantises the GGUF (transformers' ``gguf_file=``, about 20 s on a small CPU) and
     caches the result (safetensors and the tokenizer files) in :func:`converted_dir`, written to a
     temporary folder and renamed into place, so a concurrent or interrupted first load never leaves a
-    partial cache; every later load reads the cache (a few seconds). It is proven compatible where it
+    partial cache; every later load reads the cache (a few seconds). A copy damaged on disk since
+    (:func:`cache_damage`) is converted again, with a warning. It is proven compatible where it
     first runs (:func:`hogwild_ref.proof.ensure_compatible`, Spec §11.6).
 
     ``placement``: ``device_map=`` or ``distributed_config=`` for ``from_pretrained`` (Spec §11.8); the
