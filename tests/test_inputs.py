@@ -20,6 +20,7 @@ from hogwild_ref.cli import main
 from hogwild_ref.engine import Engine, GenerationInterrupted, TokenEvent
 from hogwild_ref.models import tiny_model
 from hogwild_ref.scheduler import SchedulerConfig
+from hogwild_ref.segments import SegmentTable
 
 
 @pytest.fixture(scope="module")
@@ -532,3 +533,48 @@ def test_a_second_forward_of_one_model_at_once_names_the_cause(smollm_tokenizer)
     packed = PackedLinear(tiny_model("llama", seed=2, vocab_size=len(smollm_tokenizer)))
     with packed, pytest.raises(RuntimeError, match="run one forward at a time per model"):
         packed.__enter__()
+
+
+def test_a_results_json_records_what_a_rerun_needs(smollm_tokenizer):
+    """A reproduction review: the JSON of a run lacked the problem, the dtype (which changes the tokens),
+    the versions, an explicit table with its static texts, and recorded the templates' step prefix where
+    a given scheduler's was used. Each is recorded as the run used it, and a rerun from the record
+    (settings, prompts, table) gives the same tokens."""
+    from hogwild_ref.prompts import PromptTemplates
+    from hogwild_ref.segments import make_layout
+
+    model = tiny_model("llama", vocab_size=len(smollm_tokenizer)).to(torch.bfloat16)
+    sched = SchedulerConfig.from_templates(PromptTemplates.compact(), names=("Ann", "Bo"), max_ticks=6,
+                                           step_prefix="<{name} #{k}> ", collab_every=None)
+    result = Engine(model, smollm_tokenizer, workers=2, scheduler=sched, prefill_chunk=7).run("What is 2 + 3?")
+    d = result.to_json_dict()
+    s = d["settings"]
+    assert d["problem"] == "What is 2 + 3?"
+    assert (s["dtype"], s["device"], s["prefill_chunk"]) == ("bfloat16", "cpu", 7)
+    assert s["prompts"]["step_prefix"] == "<{name} #{k}> " and s["names"] == ["Ann", "Bo"]
+    assert s["eos_token_ids"] == [smollm_tokenizer.eos_token_id] and s["stop_on_boxed"] is True
+    assert s["versions"]["torch"] == torch.__version__ and set(s["versions"]) == {"hogwild_ref", "torch", "transformers"}
+    assert all(w["text"].startswith(f"<{w['name']} #1> ") for w in d["workers"])
+
+    table = make_layout("interleaved", 2)
+    static = {"others_header": "Others:\n"} if any(seg.id == "others_header" for seg in table.segments) else {}
+    first = Engine(model, smollm_tokenizer, table=table, static_texts=static, max_ticks=4).run("Add 3 and 4.")
+    rec = first.to_json_dict()["settings"]
+    assert SegmentTable.from_dict(rec["table"]).to_dict() == table.to_dict() and rec["static_texts"] == static
+    again = Engine(model, smollm_tokenizer, table=SegmentTable.from_dict(rec["table"]), static_texts=rec["static_texts"],
+                   max_ticks=rec["max_ticks"]).run(first.problem)
+    assert [w.tokens for w in again.workers] == [w.tokens for w in first.workers]
+
+
+@pytest.mark.parametrize("given", [{"max_ticks": 5}, {"snapshots": (2,)}, {"collab_every": 7}])
+def test_a_setting_given_twice_with_a_scheduler_must_agree(smollm_tokenizer, given):
+    """``generate(max_ticks=5, scheduler=...)`` ran with the scheduler's budget (None: no budget) and
+    recorded that, dropping the keyword silently; the scheduler is used as given, so a keyword that
+    disagrees with it is refused, and one that agrees is accepted."""
+    model = tiny_model("llama", vocab_size=len(smollm_tokenizer))
+    sched = SchedulerConfig(max_ticks=4, snapshot_ticks=(3,), collab_every=None)
+    with pytest.raises(SettingsError, match="disagree; the scheduler is used as given"):
+        hogwild_ref.generate(model, smollm_tokenizer, "What is 2 + 3?", scheduler=sched, **given)
+    with pytest.raises(SettingsError, match="disagree"):
+        Engine(model, smollm_tokenizer, scheduler=sched, **given)
+    Engine(model, smollm_tokenizer, scheduler=sched, max_ticks=4, snapshots=[3, 3], collab_every=None)

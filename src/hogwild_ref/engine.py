@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Callable, Generator, Sequence
 
 import torch
+import transformers
 
 from . import prompts as prompts_mod
 from .checks import check_problem, context_bound, warn_context
@@ -24,6 +25,7 @@ from .hf import eos_token_ids, layer_devices, use_hogwild_attention
 from .models import check_vocabulary
 from .parallel import check_compile
 from .proof import ensure_compatible
+from .records import package_version
 from .run import ProblemRun, RunLoop
 from .sampling import SamplingConfig
 from .scheduler import Scheduler, SchedulerConfig
@@ -139,6 +141,7 @@ class Engine:
             overrides.update(temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
                              min_p=sampling.min_p)
         if scheduler is not None:  # the scheduler's budget is the run's (checked here, Spec §11.7)
+            check_scheduler_agrees(scheduler, overrides)
             overrides.setdefault("max_ticks", scheduler.max_ticks)
             overrides.setdefault("snapshots", scheduler.snapshot_ticks)  # checked against that budget
         _check_settings(settings)
@@ -291,10 +294,17 @@ class Engine:
                           **kwargs)
 
     def settings_dict(self) -> dict[str, Any]:
-        """The run's settings as plain data (the ``settings`` of :meth:`HogwildResult.to_json_dict`)."""
+        """The run's settings as plain data (the ``settings`` of :meth:`HogwildResult.to_json_dict`): what a
+        rerun needs, as the run used it. The scheduler's texts (step prefix, collaboration prompt,
+        finisher) replace the templates' where a :class:`SchedulerConfig` was given; an explicit table
+        (Spec §4.5) is recorded with its static texts; the weights' dtype and device, which change the
+        tokens, are recorded too (the step boundary, a function, only by name)."""
         cfg = self.scheduler_config
         s = self.settings
-        return {
+        param = next(self.model.parameters())
+        prompts = asdict(self.templates) | {"step_prefix": cfg.step_prefix, "collab_prompt": cfg.collab_prompt,
+                                            "finisher": cfg.finisher}
+        data = {
             "workers": self.workers,
             "names": list(self.names),
             "layout": self.layout,
@@ -306,8 +316,20 @@ class Engine:
             "finisher": s.finisher,
             "finisher_tokens": s.finisher_tokens,
             "snapshot_ticks": list(cfg.snapshot_ticks),
-            "prompts": asdict(self.templates),
+            "prefill_chunk": s.prefill_chunk,
+            "eos_token_ids": sorted(cfg.eos_token_ids or ()),
+            "stop_on_boxed": cfg.stop_on_boxed,
+            "boundary": getattr(cfg.boundary, "__qualname__", repr(cfg.boundary)),
+            "dtype": str(param.dtype).removeprefix("torch."),
+            "device": str(param.device),
+            "prompts": prompts,
+            "versions": {"hogwild_ref": package_version(), "torch": torch.__version__,
+                         "transformers": transformers.__version__},
         }
+        if self.table is not None:
+            data["table"] = self.table.to_dict()
+            data["static_texts"] = dict(self.static_texts)
+        return data
 
     # ------------------------------------------------------------------ the run
     def stream(self, problem: str) -> Generator[Event, None, None]:
@@ -362,7 +384,7 @@ class Engine:
                 history_text=sched.history_text(), answer=answer, reason=reason,
                 ticks=run.ticks + len(run.finisher_tokens), seconds=time.perf_counter() - t0,
                 prefill_seconds=timing["prefill"], snapshots=list(run.snapshots), table=storage.table,
-                logits=run.logits, settings=self.settings_dict(),
+                logits=run.logits, settings=self.settings_dict(), problem=problem,
             )
 
         self._partial = lambda reason: build(reason, run.answer())
@@ -502,5 +524,24 @@ def generate(
         settings = replace(settings, **chosen)
     if tokenizer is None:  # after the settings' checks (Spec §11.7), before the model runs
         raise TypeError("generate() needs the model's tokenizer (e.g. model, tokenizer = hogwild_ref.load(...))")
+    if kwargs.get("scheduler") is not None:
+        check_scheduler_agrees(kwargs["scheduler"], chosen)
     engine = Engine(model, tokenizer, settings, templates=templates, **kwargs)
     return engine.run(problem, on_event)
+
+
+def check_scheduler_agrees(scheduler: SchedulerConfig, given: dict[str, Any]) -> None:
+    """A :class:`SchedulerConfig` is used as given (its budget, snapshots and collaboration interval are
+    the run's, Spec §6): the same settings also given as keywords must agree with it, or one of the two
+    would be dropped silently."""
+    from .checks import SettingsError
+
+    for name, field_name in (("max_ticks", "max_ticks"), ("snapshots", "snapshot_ticks"), ("collab_every", "collab_every")):
+        if name not in given:
+            continue
+        mine, theirs = given[name], getattr(scheduler, field_name)
+        if name == "snapshots":
+            mine, theirs = sorted(set(mine or ())), sorted(set(theirs))
+        if mine != theirs:
+            raise SettingsError(f"{name}={given[name]!r} and the scheduler's {field_name}={getattr(scheduler, field_name)!r} "
+                                f"disagree; the scheduler is used as given: set {field_name} in it (or give no scheduler)")

@@ -116,11 +116,13 @@ class HogwildResult:
     table: SegmentTable | None = None
     logits: list[Tensor] | None = None  # per tick (W, V) float32, when record_logits
     settings: dict[str, Any] = field(default_factory=dict)  # the run's settings (workers, budget, sampling, ...)
+    problem: str = ""  # the problem as given (before the prompt templates)
 
     def to_json_dict(self) -> dict[str, Any]:
         """The ``--json`` object of the CLI."""
         return {
             "model": self.model,
+            "problem": self.problem,
             "layout": self.layout,
             "backend": self.backend,
             "ticks": self.ticks,

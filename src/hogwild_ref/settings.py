@@ -99,7 +99,8 @@ class Settings:
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data (the ``settings`` of a result's JSON)."""
+        """Plain data, one key per field (a result's JSON records more, as the run used it:
+        :meth:`hogwild_ref.engine.Engine.settings_dict`)."""
         data = asdict(self)
         data["snapshots"] = list(self.snapshots)
         return data
