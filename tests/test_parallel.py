@@ -204,6 +204,16 @@ def test_tensor_parallel_refusals_name_the_reason():
         check_tensor_parallel(tiny_config("llama", num_attention_heads=6, num_key_value_heads=2, hidden_size=96), 4)
 
 
+def test_a_plan_that_gathers_the_heads_back_is_refused_from_the_config():
+    """phi3's plan splits its fused qkv projection and gathers it back (``colwise_gather_output``): every
+    rank then holds every head, and the run failed after the weights loaded with a message about the
+    config's head count (a multi-device review). It is refused from the config, naming the style."""
+    config = tiny_config("phi3", num_attention_heads=4, num_key_value_heads=2)
+    with pytest.raises(ValueError, match=r"phi3's tensor-parallel plan does not split its attention heads .*"
+                                         r"\(colwise_gather_output\).*--device-map auto"):
+        check_tensor_parallel(config, 2)
+
+
 def test_compile_and_packing_are_refused_past_one_device():
     model = tiny_model("llama")
     cpu = [torch.device("cpu")] * 2
@@ -303,3 +313,27 @@ def test_cli_under_torchrun_prints_once_and_matches_one_process(tiny_dirs):
     model, tok = load(str(path))
     ref = generate(model, tok, "Add 2 and 3.", workers=4, max_ticks=8, templates=PRESETS["compact"]())
     assert [w["tokens"] for w in got["workers"]] == [w.tokens for w in ref.workers]
+
+
+def test_an_interrupted_tensor_parallel_run_prints_its_partial_result_once(capsys, monkeypatch, smollm_tokenizer):
+    """Ctrl-C under ``torchrun ... generate --json --tp-plan auto`` printed the partial JSON once per rank
+    (a multi-device review); rank 0 prints, as for a finished run, and every rank ends with 130."""
+    import hogwild_ref.engine
+    import hogwild_ref.models
+    from hogwild_ref.cli import main
+    from hogwild_ref.events import GenerationInterrupted, HogwildResult
+
+    partial = HogwildResult(model="m", layout="combined", backend="fast", workers=[], history_text="", answer=None,
+                            reason="interrupted", ticks=3, seconds=0.1, prefill_seconds=0.0)
+
+    def interrupted(*args, **kwargs):
+        raise GenerationInterrupted(partial)
+
+    model = tiny_model("llama", vocab_size=len(smollm_tokenizer))
+    monkeypatch.setattr(hogwild_ref.models, "load", lambda *a, **k: (model, smollm_tokenizer))
+    monkeypatch.setattr(hogwild_ref.engine, "generate", interrupted)
+    for rank, printed in (("1", 0), ("0", 1)):
+        monkeypatch.setenv("RANK", rank)
+        assert main(["generate", "x", "--json", "--device", "cpu", "--threads", "1"]) == 130
+        out = capsys.readouterr().out
+        assert len([line for line in out.splitlines() if line.startswith("{")]) == printed, (rank, out)

@@ -66,18 +66,31 @@ def has_tp_plan(config: Any, model_class: Any = None) -> bool:
     return bool(getattr(config, "base_model_tp_plan", None) or getattr(model_class, "_tp_plan", None))
 
 
+#: the projections that make a layer's query, key and value heads (a plan must split them by head)
+_HEAD_PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.qkv_proj")
+
+
 def check_tensor_parallel(config: Any, processes: int) -> None:
     """Refuse, from the config alone, a model that ``processes`` ranks cannot split exactly (Spec §11.8).
 
     Each rank's attention must see whole K/V heads with all their query heads: the query and K/V head
     counts must both divide by ``processes``, and transformers must have a tensor-parallel plan for
-    the family. Raises ValueError naming the reason and the fix.
+    the family that splits the query, key and value projections by head (``colwise``; phi3's plan
+    gathers its fused projection back on every rank). Raises ValueError naming the reason and the fix.
     """
     name = getattr(config, "model_type", "the model")
     if not has_tp_plan(config):
         raise ValueError(
             f"{name} has no tensor-parallel plan in transformers (its config's base_model_tp_plan is empty), so "
             "--tp-plan auto cannot split it; run it in one process, or spread its layers with --device-map auto"
+        )
+    gathered = sorted({style for key, style in (getattr(config, "base_model_tp_plan", None) or {}).items()
+                       if key.endswith(_HEAD_PROJECTIONS) and style != "colwise"})
+    if gathered:  # phi3: its fused projection is gathered back, so every rank computes every head
+        raise ValueError(
+            f"{name}'s tensor-parallel plan does not split its attention heads among the ranks ({', '.join(gathered)}), "
+            "and Hogwild's attention needs each rank to hold its own whole heads; run it in one process, or spread "
+            "its layers with --device-map auto"
         )
     hq = int(config.num_attention_heads)
     hkv = int(getattr(config, "num_key_value_heads", None) or hq)

@@ -139,6 +139,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 with view:
                     result = generate(model, tokenizer, args.problem, on_event=view.on_event, **kwargs)
     except GenerationInterrupted as exc:
+        if quiet:  # tensor parallel: rank 0 prints the partial result, the other ranks end quietly
+            return 130
         if exc.result is None:
             print("interrupted before generation started", file=sys.stderr)
             return 130
