@@ -117,7 +117,7 @@ def _attention_tokens(context: int, workers: int) -> int:
 
 def attention_bytes(context: int, workers: int, q_heads: int = 28, kv_heads: int = 4, head_dim: int = 128,
                     dtype_bytes: int = 4) -> int:
-    """An upper estimate of the memory one :func:`bench_attention` case adds to the process: the stored
+    """An upper estimate of the memory one :func:`bench_attention` case (the backends of Spec §9) adds to the process: the stored
     K/V, the baseline's K/V, one worker's view rotated and concatenated (``rotate_keys``) with its
     temporaries (two more K/V sizes), eight float32 arrays of every row's scores (``rotate_queries``
     scores each row against every segment), and 96 MiB of smaller buffers. Measured on the CPU (growth

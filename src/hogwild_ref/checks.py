@@ -27,8 +27,10 @@ __all__ = [
     "check_workers",
     "check_settings",
     "context_bound",
+    "escaped",
     "flag_names",
     "flags_named",
+    "unencodable",
     "warn_context",
 ]
 
@@ -93,12 +95,28 @@ def check_problem(problem: Any) -> str:
         raise SettingsError(f"the problem must be a string of text; got {type(problem).__name__}")
     if not problem.strip():
         raise SettingsError("the problem is empty; give the problem text to solve")
-    try:
-        problem.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise SettingsError(f"the problem is not valid text: {problem[exc.start:exc.end]!r} at character {exc.start} "
-                            "(bytes that are not UTF-8?); give the problem as UTF-8 text") from None
+    bad = unencodable(problem)
+    if bad is not None:
+        raise SettingsError(f"the problem is not valid text: {bad[0]!r} at character {bad[1]} "
+                            "(bytes that are not UTF-8?); give the problem as UTF-8 text")
     return problem
+
+
+def unencodable(text: str) -> tuple[str, int] | None:
+    """The first characters of ``text`` that UTF-8 cannot write (lone surrogates: the bytes of a command-line
+    argument or file name that are not UTF-8, or JSON's ``"\\udce8"``) and where they start; None if none
+    (an input check of Spec §11.7)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return text[exc.start:exc.end], exc.start
+    return None
+
+
+def escaped(text: str) -> str:
+    """``text`` with what UTF-8 cannot write (see :func:`unencodable`) as backslash escapes, for a title or a
+    name written to a results file (Spec §13.5)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def check_sampling(temperature: Any = 0.0, top_k: Any = None, top_p: Any = None, min_p: Any = None,

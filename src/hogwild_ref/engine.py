@@ -17,7 +17,7 @@ import torch
 import transformers
 
 from . import prompts as prompts_mod
-from .checks import check_problem, context_bound, warn_context
+from .checks import SettingsError, check_problem, context_bound, warn_context
 from .events import (DoneEvent, Event, EventCallbackError, FlushEvent, GenerationInterrupted, HogwildResult, SnapshotEvent,
                      StepEvent, TokenEvent, WorkerResult)
 from .forward import Forward, WindowExceeded
@@ -219,11 +219,15 @@ class Engine:
     def warn_context(self, prepared: Sequence[Prepared], max_ticks: int | None) -> str | None:
         """Warn (and return the message) when a run of the longest of ``prepared`` that spends ``max_ticks``
         would pass the model's ``max_position_embeddings`` (Spec §11.7, :func:`~hogwild_ref.checks.context_bound`)."""
-        fin = self.settings.finisher_tokens if self.settings.finisher else 0
+        fin = self._finisher_tokens()
         bounds = [context_bound(sum(map(len, p.static.values())), self.workers, max_ticks, fin) for p in prepared]
         prompt = max(self._prompt_positions(p) for p in prepared)
         return warn_context(max((b for b in bounds if b is not None), default=None),
                             getattr(self.model.config, "max_position_embeddings", None), prompt=prompt)
+
+    def _finisher_tokens(self) -> int:
+        """The tokens the finisher may decode after the budget (Spec §6.6): none when it is off."""
+        return self.settings.finisher_tokens if self.settings.finisher else 0
 
     def _prompt_positions(self, prepared: Prepared) -> int:
         """The prompt's tokens in the longest worker view (the static segments it holds)."""
@@ -242,7 +246,7 @@ class Engine:
             raise WindowExceeded(f"the prompt alone is {prompt} tokens in a worker's view, beyond the model's sliding "
                                  f"window of {window}; hogwild_ref implements full attention only: shorten the "
                                  "problem, use fewer workers, or a model without sliding-window attention")
-        fin = self.settings.finisher_tokens if self.settings.finisher else 0
+        fin = self._finisher_tokens()
         # a preset layout's views come to hold every worker's tokens (Spec §4); an explicit view its own at least
         writers = 1 if self.table is not None else self.workers
         bound = context_bound(prompt, writers, max_ticks, fin)
@@ -534,8 +538,6 @@ def check_scheduler_agrees(scheduler: SchedulerConfig, given: dict[str, Any]) ->
     """A :class:`SchedulerConfig` is used as given (its budget, snapshots and collaboration interval are
     the run's, Spec §6): the same settings also given as keywords must agree with it, or one of the two
     would be dropped silently."""
-    from .checks import SettingsError
-
     for name, field_name in (("max_ticks", "max_ticks"), ("snapshots", "snapshot_ticks"), ("collab_every", "collab_every")):
         if name not in given:
             continue

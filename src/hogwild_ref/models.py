@@ -141,7 +141,8 @@ def _convert() -> tuple[Any, Any]:
 def cache_damage(cached: Path) -> str | None:
     """What is wrong with the converted copy in ``cached`` (no weights file, a weights file that is cut
     short, a JSON file that does not parse), or None when every file reads. Called only after a load
-    from the cache failed, to tell a damaged copy (converted again) from any other failure."""
+    from the cache failed, to tell a damaged copy (converted again) from any other failure. (The embedded
+    model's loading, Spec §11.3.)"""
     import json
 
     from safetensors import safe_open

@@ -14,7 +14,7 @@ from typing import Any, NoReturn, Sequence
 from .bench import _add_bench, cmd_bench, cmd_bench_ticks
 from .conform import _add_conform, _print_conform_table, cmd_conform
 from .eval import _add_eval, cmd_eval
-from .common import show_warning
+from .common import show_warning, stdout_to_devnull
 from .signals import interrupts, late
 from .generate import DEFAULT_PROBLEM, _add_generate, cmd_generate
 
@@ -132,12 +132,8 @@ def _caused_by_interrupt(exc: BaseException) -> bool:
 
 def _broken_pipe() -> int:
     """The reader of stdout went away (``... --json | head``): end quietly, as Python's documentation on
-    SIGPIPE recommends (point stdout at devnull so the interpreter's final flush cannot fail again)."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):  # stdout without a file descriptor (captured in tests)
-        pass
+    SIGPIPE recommends."""
+    stdout_to_devnull()
     return 128 + signal.SIGPIPE
 
 

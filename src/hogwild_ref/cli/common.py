@@ -22,18 +22,27 @@ def console(**kwargs: Any) -> Any:
     return _console_class()(**kwargs)
 
 
-@functools.cache
-def _console_class() -> type:
+def stdout_to_devnull() -> None:
+    """After the reader of stdout went away: point stdout at devnull, so that the interpreter's last flush
+    cannot fail again (Python's documentation on SIGPIPE; the command then ends with 141, as the README says)."""
     import os
 
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout without a file descriptor (captured in tests)
+        pass
+
+
+@functools.cache
+def _console_class() -> type:
     from rich.console import Console
 
     class _Console(Console):
         def on_broken_pipe(self) -> None:
             self.quiet = True
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush must not fail again
-            os.close(devnull)
+            stdout_to_devnull()
             raise BrokenPipeError
 
         def status(self, *args: Any, **kwargs: Any) -> Any:

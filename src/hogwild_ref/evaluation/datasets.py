@@ -51,6 +51,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from ..checks import escaped, unencodable
 from ..scheduler import extract_boxed
 
 __all__ = ["MAX_PROBLEM_BYTES", "DatasetNotFoundError", "Problem", "arith_bundle", "builtin_arith", "load_dataset", "parse_fields",
@@ -190,12 +191,10 @@ def problem_from_record(record: Mapping[str, Any], default_id: str, fields: Mapp
 
 def _check_text(value: Any, what: str, where: str) -> None:
     """Text that cannot be written as UTF-8: a lone surrogate, which JSON can spell (``"\\udce8"``)."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise ValueError(f"{where}: its {what} is not valid text: {value[exc.start:exc.end]!r} at character "
-                             f"{exc.start} (a lone surrogate); fix the record") from None
+    bad = unencodable(value) if isinstance(value, str) else None
+    if bad is not None:
+        raise ValueError(f"{where}: its {what} is not valid text: {bad[0]!r} at character {bad[1]} (a lone surrogate); "
+                         "fix the record")
 
 
 # ---------------------------------------------------------------------- reading files
@@ -356,7 +355,7 @@ def _load_file(path: Path, fields: Mapping[str, str], split: str | None, kind: s
         records = _json_records(path)
     if not records:
         raise ValueError(f"{path} has no problems; give a dataset with at least one")
-    stem = path.stem.encode("utf-8", "backslashreplace").decode("utf-8")  # a file name that is not UTF-8
+    stem = escaped(path.stem)  # a file name that is not UTF-8 (lone surrogates) with escapes
     problems = [problem_from_record(r, f"{stem}-{i}", fields, where) for i, (r, where) in enumerate(records)]
     seen: dict[str, str] = {}
     for p, (_, where) in zip(problems, records):

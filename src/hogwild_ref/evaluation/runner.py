@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from ..batch import BatchItem, BatchRunner, ItemResult
-from ..checks import MAX_SEED, MAX_WORKERS, check_int, check_ints, check_sampling
+from ..checks import MAX_SEED, MAX_WORKERS, check_int, check_ints, check_sampling, escaped
 from ..engine import Engine
 from ..prompts import PRESETS
 from ..settings import Settings
@@ -487,9 +487,7 @@ def _run_eval(model: Any, tokenizer: Any, cfg: EvalConfig, out: Path, progress: 
     rows = [found[k] for k in wanted if k in found]
     cells = summarise(rows)
     files["summary_md"] = out / "summary.md"
-    # a file name that is not UTF-8 (its bytes decoded as lone surrogates) is shown with escapes
-    dataset = cfg.dataset.encode("utf-8", "backslashreplace").decode("utf-8")
-    title = f"{dataset}, {len(problems)} problems, seeds {list(cfg.seeds)}, {cfg.layout} layout, model {cfg.model}"
+    title = f"{escaped(cfg.dataset)}, {len(problems)} problems, seeds {list(cfg.seeds)}, {cfg.layout} layout, model {cfg.model}"
     speed = throughput(rows)
     markdown = f"# {title}\n\nAnswers checked by {checker}.\n\n" + format_markdown(cells) + "\n" + format_throughput(speed)
     replace_file(files["summary_md"], lambda tmp: tmp.write_text(markdown, encoding="utf-8"))
