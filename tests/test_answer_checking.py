@@ -15,7 +15,7 @@ import time
 import pytest
 
 from hogwild_ref.evaluation import answers
-from hogwild_ref.evaluation.answers import check_answer, checker_version, extract_answer, majority_vote
+from hogwild_ref.evaluation.answers import Verdict, check_answer, checker_version, extract_answer, majority_vote
 
 T, F = True, False
 
@@ -105,7 +105,31 @@ INTEGER_PAIRS = [
     ("25", "26\\text{ cm}", F, "a different number with the same unit"),
     ("23", "2\\text{ or }3", F, "two answers joined by words: not the integer 23"),
     ("56", "5\\mbox{ apples and }6", F, "words between two numbers are not a unit"),
+    # a review against math-verify (which lighteval's AIME task uses) found these scored wrong
+    ("33", "m+n=33", T, "AIME's 'find m+n': what the last = sets"),
+    ("33", "a + b + c = 33", T, "a sum set equal to the answer"),
+    ("5", "x \\le 5", F, "an inequality is not the integer 5"),
+    ("5", "x <= 5", F, "<= is not an assignment"),
+    ("5", "x == 5", F, "== is not an assignment"),
+    ("-5", "\u22125", T, "the typeset minus sign U+2212"),
+    ("18", "18 \\mathrm{~dollars}", T, "a unit in \\mathrm"),
+    ("18", "18\\,\\text{m}^2", T, "a squared unit"),
+    ("25", "25\\text{ cm}^{3}", T, "a cubed unit"),
+    ("7", "7 apples", T, "GSM8k: a number and the word for what it counts"),
+    ("18", "18 \\text{ dollars}.", T, "a unit and the sentence's period"),
+    ("3", "2 or 3", F, "two answers joined by a word: not the integer 3"),
 ]
+
+
+def test_an_integer_of_any_length_is_compared():
+    """A review: a model stuck on digits until it closed the box (4,301 digits) stopped the evaluation
+    with Python's int() limit; the integers are compared as digit strings."""
+    many = "1" * 5000
+    assert check_answer(many, "33", "integer") == Verdict(False, "integer")
+    assert check_answer("0" + many, many + ".0", "integer") == Verdict(True, "integer")
+    assert check_answer("-" + many, many, "integer") == Verdict(False, "integer")
+    assert check_answer("-0", "0", "integer") == Verdict(True, "integer")
+    assert majority_vote([many, "33", "033"], "integer") == "33"
 
 
 @pytest.mark.parametrize("gold,pred,ok,why", INTEGER_PAIRS)

@@ -16,8 +16,10 @@ from hogwild_ref.evaluation import EvalConfig, run_eval
 from hogwild_ref.evaluation.answers import answers_match, extract_answer, majority_vote, normalise
 from hogwild_ref.evaluation.datasets import load_dataset, problem_from_record
 from hogwild_ref.evaluation.results import ResultsLog
+from hogwild_ref.evaluation.runner import _engine
 from hogwild_ref.evaluation.summary import format_markdown, summarise, wilson_interval
 from hogwild_ref.models import tiny_model
+from hogwild_ref.sampling import SamplingConfig
 
 
 # ---------------------------------------------------------------------- answers (Spec §13.1)
@@ -343,7 +345,7 @@ def test_eval_config_rejects_bad_input():
         EvalConfig(budgets=(0, 8))
     with pytest.raises(ValueError, match="workers must be"):
         EvalConfig(workers=(0,))
-    with pytest.raises(ValueError, match="sc_temperature > 0"):
+    with pytest.raises(ValueError, match="--sc-temperature > 0"):
         EvalConfig(sc_temperature=0.0)
     with pytest.raises(ValueError, match="batch must be"):
         EvalConfig(batch=0)
@@ -356,6 +358,20 @@ def test_eval_config_rejects_bad_input():
             EvalConfig(**bad)
     assert EvalConfig(collab_every=None, top_p=1.0, temperature=0.7).collab_every is None
     assert EvalConfig(seeds=(-1, 0)).seeds == (-1, 0)  # seeds of any sign (folders made with them resume)
+
+
+def test_top_p_filters_the_hogwild_runs_only(tiny):
+    """A review: ``--top-p`` filtered the self-consistency samples (at ``--sc-temperature``), and at
+    ``--temperature 0`` it filtered nothing else, without a word (Spec §13.4)."""
+    model, tok = tiny
+    cfg = _cfg(temperature=0.7, top_p=0.5)
+    hogwild, samples = _engine(model, tok, cfg, "hogwild", 2), _engine(model, tok, cfg, "self_consistency", 2)
+    assert (hogwild.workers, hogwild.sampling) == (2, SamplingConfig(0.7, top_p=0.5))
+    assert (samples.workers, samples.sampling) == (1, SamplingConfig(cfg.sc_temperature))
+    with pytest.warns(UserWarning, match="^--top-p has no effect with --temperature 0"):
+        greedy = _cfg(top_p=0.5)
+    assert _engine(model, tok, greedy, "hogwild", 2).sampling == SamplingConfig(0.0)
+    assert _engine(model, tok, greedy, "self_consistency", 2).sampling == SamplingConfig(greedy.sc_temperature)
 
 
 @pytest.mark.slow

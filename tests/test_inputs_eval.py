@@ -128,6 +128,9 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("out-empty", lambda t: ["--out", ""], "--out is empty; give a path (or omit --out for its default)"),
     ("dataset-empty", lambda t: ["--dataset", " "], "--dataset is empty; give a path"),  # was read as "."
     ("duplicate-seeds", lambda t: ["--seeds", "0", "0"], "--seeds repeats seed 0"),
+    # a review: torch seeds a generator with -1 as with 2^64 - 1, so these reran the same units under two keys
+    ("aliased-seeds", lambda t: ["--workers", "1", "--seeds", "-1", str(2**64 - 1)],
+     "--seeds gives -1 and 18446744073709551615, which seed the same generators"),
     ("finisher-tokens-0", lambda t: ["--finisher-tokens", "0"], "--finisher-tokens must be >= 1; got 0"),
     ("collab-every-negative", lambda t: ["--collab-every", "-1"], "--collab-every must be >= 0 (0 disables"),
     ("temperature-negative", lambda t: ["--temperature", "-1"], "--temperature must be >= 0 (0 is greedy)"),
@@ -559,6 +562,17 @@ def test_integer_kind_from_a_word_of_the_path_and_grouped_integer_gold(tmp_path,
     monkeypatch.chdir(tmp_path)
     (p,) = load_dataset(_jsonl(tmp_path / "g.jsonl", [{"problem": "P", "answer": "1,234"}]), kind="integer")
     assert p.kind == "integer" and check_answer("1234", p.answer, p.kind).correct
+
+
+def test_a_gold_integer_written_with_a_zero_fraction_is_an_integer(tmp_path):
+    """Spec §13.1 reads ``18.0`` as 18, but a review found an AIME file with one such gold answer made
+    every problem ``math``, GSM8k's ``#### 5.0`` was ``math`` and ``--answer-kind integer`` refused it."""
+    (tmp_path / "aime24").mkdir()
+    records = [{"problem": "P", "answer": "33"}, {"problem": "Q", "answer": "5.0"}]
+    assert [p.kind for p in load_dataset(_jsonl(tmp_path / "aime24" / "x.jsonl", records))] == ["integer", "integer"]
+    assert [p.kind for p in load_dataset(_jsonl(tmp_path / "x.jsonl", records), kind="integer")] == ["integer"] * 2
+    (gsm,) = load_dataset(_jsonl(tmp_path / "g.jsonl", [{"question": "P", "answer": "so 5 #### 5.0"}]))
+    assert gsm.kind == "integer" and check_answer("5", gsm.answer, gsm.kind).correct
 
 
 def test_a_null_id_with_field_takes_the_default_id(tmp_path):

@@ -7,6 +7,7 @@ examples whose decision sits within rounding distance of a threshold are skipped
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 import torch
@@ -119,6 +120,26 @@ def test_top_p_keeps_the_smallest_prefix_reaching_p(xs, p, temperature):
     # it is the smallest such prefix: without its least likely member the mass is below p
     smaller = sum(probs[i] for i in expected) - min(probs[i] for i in expected)
     assert smaller < p
+
+
+@given(st.integers(0, 2**32), st.integers(2, 5000), st.floats(min_value=0.05, max_value=0.95))
+def test_top_p_keeps_the_lower_ids_of_tokens_tied_at_the_boundary(seed, vocab, p):
+    """Spec §11.5: probabilities sorted with ties in increasing token id (found by a review: a plain
+    sort kept an arbitrary 219 of 1000 tied tokens at a vocabulary of 49,152)."""
+    rng = random.Random(seed)
+    xs = [rng.choice((0.0, 0.5, 1.0)) for _ in range(vocab)]  # few values: many ties
+    probs = softmax64(xs)
+    expected: set[int] = set()
+    mass = 0.0
+    for i in sorted(range(vocab), key=lambda i: -xs[i]):  # Python's sort is stable: lower ids first
+        assume(abs(mass - p) > MARGIN)
+        expected.add(i)
+        mass += probs[i]
+        if mass >= p:
+            break
+    assume(abs(mass - p) > MARGIN)
+    out = filter_logits(torch.tensor(xs), SamplingConfig(temperature=1.0, top_p=p))
+    assert kept(out) == expected
 
 
 @given(distinct_logits(), st.floats(min_value=0.01, max_value=0.95))
@@ -310,3 +331,16 @@ print(json.dumps(said))
     assert said[3].startswith("sample_rows(): logits have 3 rows, so give 3 active flags and generators; got 1 and 1")
     assert "top_k" in said[4] and "2.5" in said[4]
     assert "temperature must be a finite number" in said[5]
+
+
+def test_a_fraction_temperature_samples_as_a_float():
+    """A review: ``generate(..., temperature=Fraction(1, 2))`` passed the checks, then failed dividing
+    the logits at the first tick; the settings now hold Python floats, as their JSON does."""
+    from fractions import Fraction
+
+    from hogwild_ref.settings import Settings
+
+    settings = Settings(temperature=Fraction(1, 2), top_p=Fraction(9, 10), min_p=Fraction(1, 100))
+    assert [type(v) for v in (settings.temperature, settings.top_p, settings.min_p)] == [float, float, float]
+    cfg = SamplingConfig(settings.temperature, settings.top_k, settings.top_p, settings.min_p)
+    assert sample(torch.tensor([0.0, 1.0, 2.0, 3.0]), cfg, torch.Generator().manual_seed(0)) in {1, 2, 3}

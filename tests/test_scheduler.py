@@ -25,6 +25,7 @@ from hogwild_ref.scheduler import (
     FinishedStep,
     Scheduler,
     SchedulerConfig,
+    _boxed_spans,
     extract_boxed,
     is_step_boundary,
 )
@@ -348,6 +349,32 @@ def test_extract_boxed_examples(text, expected):
 @given(st.lists(st.sampled_from(["a", "{", "}", "\\boxed{", " "]), max_size=30).map("".join))
 def test_extract_boxed_matches_oracle(text):
     assert extract_boxed(text) == ref_boxed(text)
+
+
+def ref_spans(text: str) -> list[tuple[int, int]]:
+    """Every complete box's content span, read box by box from its own start (Spec §6.4): braces
+    nest, a backslash before a brace makes that brace content."""
+    spans = []
+    for m in re.finditer(re.escape("\\boxed{"), text):
+        depth, i = 1, m.end()
+        while i < len(text):
+            if text[i] == "\\" and text[i + 1 : i + 2] in ("{", "}"):
+                i += 2
+                continue
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            if depth == 0:
+                spans.append((m.end(), i))
+                break
+            i += 1
+    return spans
+
+
+@PROPS
+@given(st.lists(st.sampled_from(["a", "{", "}", "\\boxed{", "\\", "\\{", "\\}", "\\boxed"]), max_size=40)
+       .map("".join))
+def test_boxed_spans_match_box_by_box_reading(text):
+    """The one-pass reading (linear also with many open boxes) finds the spans of the definition."""
+    assert _boxed_spans(text) == ref_spans(text)
 
 
 # ---------------------------------------------------------------------------------------------

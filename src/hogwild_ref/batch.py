@@ -8,8 +8,10 @@ names only its own problem's segments, so by the visibility rule (Spec §3.3) it
 problem's keys; each problem flushes into its own history segment. It drives the same run loop as
 the engine (:class:`~hogwild_ref.run.RunLoop`: one forward of every live row, one sampling call,
 each problem's scheduler), so a problem's run equals its :meth:`Engine.run <hogwild_ref.engine.Engine.run>`
-(tokens identical, sampled ones too: every problem's generators live on the model's device, seeded
-as the engine seeds them; logits within Spec §10). With the fast backend the union falls into one
+(greedy tokens identical and logits within Spec §10, as Spec §13.3 requires; every problem's
+generators live on the model's device, seeded as the engine seeds them, so sampled tokens agree too
+wherever the batch's logits equal the run's bit for bit (on CPU they did in a review, 4 problems of
+2 workers sampled at temperature 1) and may differ where they differ within the tolerance). With the fast backend the union falls into one
 group per problem (Spec §9.6): one-token ticks and extend ticks (step changes, the finisher's first
 tick) read each problem's own common window, and the prefills run per problem
 (:class:`~hogwild_ref.ticks.GroupedTick`), so a batch costs ``P`` problems' attention, not ``P^2``.

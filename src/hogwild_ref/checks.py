@@ -137,6 +137,15 @@ def check_sampling(temperature: Any = 0.0, top_k: Any = None, top_p: Any = None,
             raise SettingsError(f"{_name('min_p', cli)} must be in [0, 1); got {min_p}")
 
 
+def plain_sampling(settings: Any) -> None:
+    """Write a checked frozen dataclass's sampling fields as Python numbers (``float``, and ``int``
+    for ``top_k``): a ``Fraction`` or NumPy temperature then divides tensors and writes to JSON."""
+    for name, kind in (("temperature", float), ("top_k", int), ("top_p", float), ("min_p", float)):
+        value = getattr(settings, name)
+        if value is not None and type(value) is not kind:
+            object.__setattr__(settings, name, kind(value))
+
+
 def check_settings(
     *,
     problem: Any = "x",

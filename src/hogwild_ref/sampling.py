@@ -9,7 +9,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .checks import check_sampling
+from .checks import check_sampling, plain_sampling
 
 __all__ = ["NonFiniteLogits", "SamplingConfig", "sample", "sample_rows"]
 
@@ -39,6 +39,7 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         check_sampling(self.temperature, self.top_k, self.top_p, self.min_p)  # as Settings checks them (Spec §11.7)
+        plain_sampling(self)
 
     @property
     def greedy(self) -> bool:
@@ -62,7 +63,7 @@ def filter_logits(logits: Float[Tensor, "V"], cfg: SamplingConfig) -> Float[Tens
         kth = torch.topk(x, cfg.top_k).values[-1]
         x = x.masked_fill(x < kth, float("-inf"))
     if cfg.top_p is not None and cfg.top_p < 1:
-        sorted_x, order = torch.sort(x, descending=True)
+        sorted_x, order = torch.sort(x, descending=True, stable=True)  # ties: lower ids first (Spec §11.5)
         probs = sorted_x.softmax(-1)
         drop = probs.cumsum(-1) - probs >= cfg.top_p  # keep the smallest prefix reaching top_p
         drop[0] = False  # which holds the most likely token (a top_p below float32's range would drop it)

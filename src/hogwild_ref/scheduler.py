@@ -18,6 +18,7 @@ ever returned equals the concatenation of its flushed steps followed by its curr
 from __future__ import annotations
 
 import operator
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -38,6 +39,8 @@ __all__ = [
 StopReason = Literal["boxed", "eos", "budget"]
 
 _BOXED = "\\boxed{"
+#: what structures a box: a box's opening, an escaped brace (content), a brace
+_BRACES = re.compile(r"\\boxed\{|\\[{}]|[{}]")
 
 
 def is_step_boundary(text: str, *, punctuation: str = ".!?") -> bool:
@@ -66,26 +69,29 @@ def is_step_boundary(text: str, *, punctuation: str = ".!?") -> bool:
 
 
 def _boxed_spans(text: str) -> list[tuple[int, int]]:
-    """(start, end) of every complete ``\\boxed{...}`` content, in order of start."""
+    """(start, end) of every complete ``\\boxed{...}`` content, in order of start (Spec §6.4).
+
+    One pass from the first box over the braces alone, with a stack of the open ones (each marked
+    with the content start of the box it opens, or None): linear in the text, also when boxes are
+    left open.
+    """
+    first = text.find(_BOXED)
+    if first == -1:
+        return []
     spans = []
-    start = text.find(_BOXED)
-    while start != -1:
-        i = start + len(_BOXED)
-        depth = 1
-        while i < len(text):
-            c = text[i]
-            if c == "\\" and i + 1 < len(text) and text[i + 1] in "{}":
-                i += 2  # an escaped brace \{ or \} is content, not structure
-                continue
-            if c == "{":
-                depth += 1
-            elif c == "}":
-                depth -= 1
-                if depth == 0:
-                    spans.append((start + len(_BOXED), i))
-                    break
-            i += 1
-        start = text.find(_BOXED, start + 1)
+    stack: list[int | None] = []
+    for m in _BRACES.finditer(text, first):
+        token = m.group()
+        if token == _BOXED:
+            stack.append(m.end())
+        elif token == "{":
+            stack.append(None)
+        elif token == "}" and stack:
+            start = stack.pop()
+            if start is not None:
+                spans.append((start, m.start()))
+        # else an escaped brace \{ or \}: content, not structure
+    spans.sort()
     return spans
 
 

@@ -11,7 +11,7 @@ import warnings
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from .checks import SettingsError, check_int, check_settings, flag_names, flags_named
+from .checks import SettingsError, check_int, check_settings, flag_names, flags_named, plain_sampling
 from .segments import LAYOUTS
 
 __all__ = ["BACKENDS", "DTYPES", "LAYOUTS", "Settings"]
@@ -73,6 +73,7 @@ class Settings:
                        backends=BACKENDS, max_ticks=self.max_ticks, snapshots=self.snapshots,
                        finisher_tokens=self.finisher_tokens, collab_every=self.collab_every, seed=self.seed,
                        temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p, cli=cli)
+        plain_sampling(self)
         ignored = [n for n in ("top_k", "top_p", "min_p") if getattr(self, n) is not None]
         if self.temperature == 0 and ignored:  # (transformers' generate warns alike)
             named = [f"--{n.replace('_', '-')}" if cli or flags_named() else n for n in ignored]

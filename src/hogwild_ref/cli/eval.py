@@ -36,7 +36,7 @@ def _add_eval(sub: Any) -> None:
     p.add_argument("--no-self-consistency", action="store_true", help="skip the self-consistency baseline")
     p.add_argument("--sc-temperature", type=float, default=0.6, help="sampling temperature of self-consistency samples")
     p.add_argument("--temperature", type=float, default=0.0, help="Hogwild sampling temperature (0, the default, is greedy)")
-    p.add_argument("--top-p", type=float, default=None, help="Hogwild top-p, in (0, 1] (with --temperature)")
+    p.add_argument("--top-p", type=float, default=None, help="Hogwild top-p, in (0, 1] (with --temperature; not for self-consistency samples)")
     p.add_argument("--collab-every", type=int, default=1024, help="tokens between collaboration prompts (0 disables)")
     p.add_argument("--finisher-tokens", type=int, default=24, help="most tokens the finisher decodes at each budget")
     p.add_argument("--prompts", choices=["default", "compact"], default="default")

@@ -11,7 +11,8 @@ last complete box whose content is not empty after :func:`normalise`.
   both answers are parsed by ``math_verify.parse`` (each wrapped in ``\\boxed{}``) and compared by
   ``math_verify.verify``, with the gold answer first;
 * ``"integer"`` (AIME, GSM8k's ``#### n``): both must be integers after :func:`normalise` (``033``,
-  ``1,000`` and ``18.0`` are integers) and are compared as integers;
+  ``1,000`` and ``18.0`` are integers), read after their last ``=`` and, failing that, without a unit
+  at their end (``m+n=33``, ``18\\text{ dollars}``, ``7 apples``), and are compared as integers;
 * ``"integers"`` (``builtin:arith``): an ordered, comma-separated list of integers, compared item by
   item.
 
@@ -47,8 +48,11 @@ KINDS = ("math", "integer", "integers")
 _TEXT_WRAPPERS = re.compile(r"\\(?:text|textbf|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
 _SPACING = re.compile(r"\\[,;:! ]|\\quad|\\qquad|~")
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
-_UNIT = re.compile(r"\\(?:text|textrm|mbox)\s*\{[^{}]*\}\s*$")  # a unit at the end: 18\text{ dollars}
+#: a unit at the end: 18\text{ dollars}, 18\,\mathrm{m}^2, 7 apples (words after a digit)
+_UNIT = re.compile(r"(?:\\(?:text|textrm|mathrm|mbox)\s*\{[^{}]*\}(?:\^\{?[23]\}?)?|(?<=\d)(?:\s+[a-zA-Z]+)+)\s*\.?\s*$")
 _ASSIGN = re.compile(r"^[a-zA-Z]\w*\s*=\s*(?!=)")
+#: the last equals sign (not part of <=, >=, != or ==): an integer answer is what it is set to (m+n=33)
+_LAST_EQUALS = re.compile(r"^.*(?<![<>!=])=(?!=)")
 _INTEGER = re.compile(r"([-+]?\d+)(?:\.0*)?")
 
 
@@ -68,7 +72,7 @@ def normalise(answer: str) -> str:
     ``x =``, degree and percent signs, thousands separators, a trailing period and all whitespace
     removed; ``\\dfrac``/``\\tfrac`` written ``\\frac``; lower case. Used to find a non-empty box and
     to read integers; correctness of ``"math"`` answers is math-verify's."""
-    s = answer.strip()
+    s = answer.strip().replace("\u2212", "-")  # U+2212, the minus sign of typeset text
     for _ in range(3):
         s = _TEXT_WRAPPERS.sub(r"\1", s)
     s = _SPACING.sub("", s).replace("{,}", ",")  # 1{,}234: a thousands separator as LaTeX sets it
@@ -86,7 +90,7 @@ class Verdict:
     """Whether an answer is correct, and how that was decided.
 
     ``how`` is ``"string"`` (equal strings), ``"math-verify"``, ``"integer"``, ``"integers"``,
-    ``"no answer"``, ``"not an integer"`` or ``"timeout"``.
+    ``"no answer"``, ``"not an integer"``, ``"timeout"`` or ``"checker error: ..."``.
     """
 
     correct: bool
@@ -121,13 +125,17 @@ def _plain(s: str) -> str:
     return re.sub(r"\s+", "", s).strip("$")
 
 
-def _as_int(s: str) -> int | None:
-    """The integer ``s`` writes (Spec §13.1, ``integer``), also with a unit in ``\\text{}`` after it
-    (``18\\text{ dollars}``); else None."""
-    for form in (s, _UNIT.sub("", s)):
+def _as_int(s: str) -> str | None:
+    """The integer ``s`` writes (Spec §13.1, ``integer``), as its canonical decimal digits (no
+    leading zeros, ``-`` for negatives, never ``-0``: compared as strings, so an integer of any
+    length is read); else None. Also what ``s`` sets with its last ``=`` (``m+n=33``), and with a
+    unit after it (``18\\text{ dollars}``, ``18\\,\\mathrm{m}^2``, ``7 apples``)."""
+    value = _LAST_EQUALS.sub("", s, count=1)
+    for form in (value, _UNIT.sub("", value)):
         m = _INTEGER.fullmatch(normalise(form))
         if m:
-            return int(m.group(1))
+            digits = m.group(1).lstrip("+-").lstrip("0") or "0"
+            return "-" + digits if m.group(1).startswith("-") and digits != "0" else digits
     return None
 
 

@@ -168,7 +168,7 @@ def problem_from_record(record: Mapping[str, Any], default_id: str, fields: Mapp
     kind = "math"
     if isinstance(answer, str) and "####" in answer:  # GSM8k: worked solution, then "#### 72"
         answer = re.sub(r"(?<=\d),(?=\d{3})", "", answer.rsplit("####", 1)[1].strip())
-        kind = "integer" if re.fullmatch(r"[-+]?\d+", answer) else "math"
+        kind = "integer" if _integral(answer) else "math"
     if answer is None:
         solution = _first(record, SOLUTION_FIELDS)
         answer = extract_boxed(solution) if isinstance(solution, str) else None
@@ -369,19 +369,22 @@ def _load_file(path: Path, fields: Mapping[str, str], split: str | None, kind: s
     return _set_kind(problems, kind, re.search(r"(^|[^a-z])aime", str(path.absolute()).lower()) is not None)
 
 
-def _set_kind(problems: list[Problem], kind: str, aime: bool) -> list[Problem]:
-    def is_int(s: str) -> bool:  # thousands separators as the integer check reads them ("1,234")
-        return re.fullmatch(r"[-+]?(\d+|\d{1,3}(,\d{3})+)", s.strip()) is not None
+def _integral(answer: str) -> bool:
+    """Whether a gold answer is an integer as the ``integer`` kind reads it (Spec §13.1): thousands
+    separators (``1,234``) and a ``.0…`` after it (``18.0``) allowed."""
+    return re.fullmatch(r"[-+]?(\d+|\d{1,3}(,\d{3})+)(\.0+)?", answer.strip()) is not None
 
+
+def _set_kind(problems: list[Problem], kind: str, aime: bool) -> list[Problem]:
     if kind == "math":
         return [Problem(p.id, p.problem, p.answer, "math") for p in problems]
     if kind == "integer":
-        bad = next((p for p in problems if not is_int(p.answer)), None)
+        bad = next((p for p in problems if not _integral(p.answer)), None)
         if bad is not None:
             raise ValueError(f"problem {bad.id!r}: the gold answer {bad.answer!r} is not an integer "
                              "(--answer-kind integer); use --answer-kind math")
         return [Problem(p.id, p.problem, p.answer, "integer") for p in problems]
-    if aime and all(is_int(p.answer) for p in problems):
+    if aime and all(_integral(p.answer) for p in problems):
         return [Problem(p.id, p.problem, p.answer, "integer") for p in problems]
     return problems
 

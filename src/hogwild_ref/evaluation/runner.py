@@ -23,6 +23,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -95,6 +96,14 @@ class EvalConfig:
         if len(set(self.seeds)) != len(self.seeds):
             dup = next(s for s in self.seeds if self.seeds.count(s) > 1)
             raise ValueError(f"--seeds repeats seed {dup}; give each seed once (a repeated seed reruns the same units)")
+        same = next(((a, b) for a in self.seeds for b in self.seeds if a < 0 <= b and a % 2**64 == b), None)
+        if same is not None:  # torch reads a negative seed s as 2^64 + s
+            raise ValueError(f"--seeds gives {same[0]} and {same[1]}, which seed the same generators (a negative "
+                             f"seed s is 2^64 + s); give each seed once")
+        if self.top_p is not None and self.temperature == 0:
+            warnings.warn("--top-p has no effect with --temperature 0: Hogwild runs are greedy (Spec §11.5), and "
+                          "self-consistency samples are not filtered by it; give --temperature > 0 to filter Hogwild's "
+                          "sampling", UserWarning, stacklevel=2)
         if self.batch < 1:
             raise ValueError(f"batch must be >= 1 problems per forward; got {self.batch}")
         if self.prompts not in PRESETS:
@@ -102,7 +111,8 @@ class EvalConfig:
         if not math.isfinite(self.sc_temperature):  # NaN would also never match itself on resume
             raise ValueError(f"sc_temperature (--sc-temperature) must be a finite number > 0; got {self.sc_temperature}")
         if self.self_consistency and self.sc_temperature <= 0:
-            raise ValueError("self-consistency needs sc_temperature > 0 (greedy samples would all be the same)")
+            raise ValueError(f"self-consistency needs --sc-temperature > 0 (greedy samples would all be the same); got "
+                             f"{self.sc_temperature} (or turn it off with --no-self-consistency)")
         top = max(self.workers)
         if top > MAX_WORKERS:
             raise ValueError(f"workers (--workers) {top} is more than the {MAX_WORKERS} workers supported "
@@ -176,10 +186,14 @@ def plan_units(problems: Sequence[Problem], cfg: EvalConfig) -> list[Unit]:
     return units
 
 
-def _engine(model: Any, tokenizer: Any, cfg: EvalConfig, workers: int, temperature: float) -> Engine:
-    settings = Settings(workers=workers, layout=cfg.layout, backend=cfg.backend, max_ticks=None, temperature=temperature,
-                        top_p=cfg.top_p if temperature > 0 else None, collab_every=cfg.collab_every,
-                        finisher_tokens=cfg.finisher_tokens)
+def _engine(model: Any, tokenizer: Any, cfg: EvalConfig, method: str, workers: int) -> Engine:
+    """The engine of a method's units: Hogwild at ``--temperature`` (with ``--top-p``), self-consistency's
+    single-worker samples at ``--sc-temperature``, unfiltered (Spec §13.4)."""
+    hogwild = method == "hogwild"
+    temperature = cfg.temperature if hogwild else cfg.sc_temperature
+    settings = Settings(workers=workers if hogwild else 1, layout=cfg.layout, backend=cfg.backend, max_ticks=None,
+                        temperature=temperature, top_p=cfg.top_p if hogwild and temperature > 0 else None,
+                        collab_every=cfg.collab_every, finisher_tokens=cfg.finisher_tokens)
     return Engine(model, tokenizer, settings, templates=PRESETS[cfg.prompts](), allow_untested=cfg.allow_untested,
                   model_name=cfg.model)
 
@@ -448,9 +462,7 @@ def _run_eval(model: Any, tokenizer: Any, cfg: EvalConfig, out: Path, progress: 
     bar = _Progress(sum(u.workers * budgets[-1] for u in todo), len(todo), progress, console)
     try:
         for (method, W, seed), us in groups.items():
-            engine_workers = W if method == "hogwild" else 1
-            temperature = cfg.temperature if method == "hogwild" else cfg.sc_temperature
-            engine = _engine(model, tokenizer, cfg, engine_workers, temperature)
+            engine = _engine(model, tokenizer, cfg, method, W)
             runner = BatchRunner(engine, budgets, extract=extract_answer)
             for start in range(0, len(us), cfg.batch):
                 chunk = us[start : start + cfg.batch]
