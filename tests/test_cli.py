@@ -7,6 +7,7 @@ model, so no test pays for a second load. Budgets are small (``--max-ticks 12``)
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections import Counter
@@ -177,6 +178,29 @@ def test_generate_live_view_without_tty(capsys, loader_spy):
     assert re.search(rf"\b{ticks}/{MAX_STEPS}\b", out), out[-2000:]
     # the live view printed no JSON
     assert not out.lstrip().startswith("{")
+
+
+def test_the_live_view_leaves_the_end_of_sequence_token_out(smollm):
+    """A newcomer's ``make demo``: both worker panels ended in ``<|im_end|>``, which no worker's text
+    holds (Spec §6.4). The README's example, whose workers stop at EOS, through the live view."""
+    from rich.console import Console
+
+    from hogwild_ref.events import TokenEvent
+    from hogwild_ref.live import LiveView
+    from hogwild_ref.prompts import PromptTemplates
+
+    model, tokenizer = smollm
+    view = LiveView(Console(file=io.StringIO(), width=200), 2, 64, "What is 2 + 3?")
+    events = []
+    result = hogwild_ref.generate(model, tokenizer, "What is 2 + 3?", workers=2, layout="combined", max_ticks=64,
+                                  templates=PromptTemplates.compact(), on_event=lambda e: (events.append(e), view.on_event(e)))
+    assert result.reason == "eos"
+    tokens = [e for e in events if isinstance(e, TokenEvent)]
+    assert [e.eos for e in tokens] == [e.token in {tokenizer.eos_token_id} for e in tokens]
+    assert any(e.eos for e in tokens)
+    eos_text = tokenizer.decode([tokenizer.eos_token_id])
+    assert all(eos_text not in text for text in view.current), view.current
+    assert any(text.endswith("= 5") for text in view.current), view.current  # the text up to the EOS is there
 
 
 def test_generate_contiguous_library_json(smollm):

@@ -104,6 +104,23 @@ def test_cli_fuzz_writes_a_rerunnable_vector(tmp_path: Path, capsys: pytest.Capt
     assert isinstance(DoubleScaling(), ReferenceAdapter)
 
 
+def test_cli_fuzz_reports_a_case_it_could_not_write(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failing case whose writing fails (a disk filled meanwhile) is still reported, with its seed."""
+    import hogwild_ref.conformance.fuzz as fuzz_module
+
+    def full(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.chdir(Path(__file__).parent)
+    monkeypatch.setattr(fuzz_module, "write_vector", full)
+    rc = main(["conform", "fuzz", "--adapter", "test_conformance:double_scaling", "--level", "rope",
+               "--examples", "50", "--seed", "3", "--out", str(tmp_path / "found")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "shrunk to" in err, err
+    assert "not written (OSError: [Errno 28] No space left on device): rerun with --seed 3" in err
+
+
 def test_cli_fuzz_through_the_line_protocol_with_the_numpy_adapter(tmp_path: Path, capsys) -> None:
     rc = main(["conform", "fuzz", "--adapter-cmd", f'"{sys.executable}" "{EXAMPLE}"', "--level", "attention",
                "--examples", "15", "--out", str(tmp_path)])

@@ -236,6 +236,14 @@ def test_fuzz_refuses_an_out_it_could_not_write_before_fuzzing(tmp_path, capsys)
     _one_error_line(capsys.readouterr().err, "is not a directory")
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_fuzz_refuses_an_out_where_nothing_can_be_created(capsys) -> None:
+    """A review, as root: /proc passes os.access, so fuzzing ran, and the shrunk case was lost in a
+    FileNotFoundError when it was written."""
+    assert main(["conform", "fuzz", "--level", "rope", "--examples", "1", "--out", "/proc/hogwild-nope"]) == 2
+    _one_error_line(capsys.readouterr().err, "--out /proc/hogwild-nope: nothing can be created in /proc")
+
+
 def test_score_honours_scope_as_a_live_run_and_export_warns_about_an_earlier_runs_files(tmp_path, capsys) -> None:
     from test_conformance_v2 import answer_offline
 

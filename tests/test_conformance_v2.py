@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -280,6 +281,7 @@ def test_numpy_example_adapter_through_export_and_score(tmp_path: Path, capsys: 
     out = json.loads(capsys.readouterr().out)
     failed = [e for e in out["vectors"] if e["passed"] is False]
     assert [e["name"] for e in failed] == ["yarn-half"] and "yarn-half.outputs.safetensors" in failed[0]["error"]
+    assert failed[0]["failure"] == "mismatch"  # an output missing (Spec §12.5); it read "raised"
 
 
 def _tensor_names(path: Path) -> list[str]:
@@ -311,6 +313,8 @@ def test_adapter_cmd_failures_are_clear(tmp_path: Path, capsys: pytest.CaptureFi
     assert rc == 1 and out["failed"] == 14 and out["out_of_scope"] == len(META) - 14 and out["skipped"] == 0
     assert all(e["failure"] == "raised" and f"kernel not built for rope/{e['name']}" in e["error"]
                for e in out["vectors"] if e["level"] == "rope")
+    # the message is the adapter's: no "(at external.py:271)", a line of the runner's that says nothing of it
+    assert not any("(at " in e["error"] for e in out["vectors"] if e["level"] == "rope")
     assert "[adapter stdout] loading weights..." in captured.err
 
 
@@ -334,6 +338,9 @@ def test_a_wrong_out_of_process_adapter_fails_numerically(tmp_path: Path, capsys
     assert rc == 1 and out["failed"] == 14
     for entry in out["vectors"]:
         assert entry["failure"] == "numeric" and entry["ratio"] > 100, entry["name"]
+        # which output failed, by how much (Spec §12.5: every vector that did not pass has an error)
+        failing = [k for k, o in entry["outputs"].items() if not o["passed"]]
+        assert failing and all(re.search(rf"{k}: error \S+ is \S+ x its tolerance", entry["error"]) for k in failing)
         assert entry["outputs"]["rotated"]["shape"] == entry["outputs"]["rotated"]["expected_shape"]
 
 

@@ -31,12 +31,16 @@ __all__ = [
 # ---------------------------------------------------------------------- events
 @dataclass(frozen=True)
 class TokenEvent:
-    """Worker ``worker`` sampled ``token`` at tick ``tick`` (``text`` is its decoded piece)."""
+    """Worker ``worker`` sampled ``token`` at tick ``tick`` (``text`` is its decoded piece).
+
+    ``eos`` is True for a token that stops the worker (Spec §6.4): it is no part of the worker's text
+    (:attr:`WorkerResult.text`), so a view of the texts leaves its piece (``<|im_end|>``) out."""
 
     tick: int
     worker: int
     token: int
     text: str
+    eos: bool = False
 
 
 @dataclass(frozen=True)

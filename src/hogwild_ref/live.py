@@ -45,7 +45,8 @@ class LiveView:
 
     def on_event(self, event: Event) -> None:
         if isinstance(event, TokenEvent):
-            self.current[event.worker] += event.text
+            if not event.eos:  # as the worker's text: its end-of-sequence token is no part of it
+                self.current[event.worker] += event.text
             # the finisher may run past the budget: grow the bar instead of overflowing it
             total = max(self.progress.tasks[0].total or 0, event.tick)
             self.progress.update(self.task, completed=event.tick, total=total)

@@ -132,7 +132,8 @@ class ProblemRun:
     def token_events(self, sampled: list[int | None]) -> list[Event]:
         """The coming tick's sampled tokens as events (before :meth:`commit`: a Ctrl-C while they are
         handled reports the previous tick)."""
-        return [TokenEvent(self.ticks + 1, w, tok, self.decode([tok])) for w, tok in enumerate(sampled) if tok is not None]
+        return [TokenEvent(self.ticks + 1, w, tok, self.decode([tok]), tok in self.sched.eos)
+                for w, tok in enumerate(sampled) if tok is not None]
 
     def commit(self, storage: Storage, sampled: list[int | None], logits: Tensor) -> list[Event]:
         """The tick is complete: record it, let the scheduler decide, flush in its order (Spec §5.2, §6.2).
@@ -296,7 +297,7 @@ class RunLoop:
                         r.transcript.append(r.views[0][-1], feeds[key], first_sampled[key], worker=0)
                         r.finisher_tokens.append(tok)
                         r.pending[0] = tok
-                        yield r, TokenEvent(r.ticks + step + 1, 0, tok, r.decode([tok]))
+                        yield r, TokenEvent(r.ticks + step + 1, 0, tok, r.decode([tok]), tok in r.sched.eos)
                     produced[key].append(tok)
                     feeds[key], first_sampled[key] = [tok], True
                     answers[key] = r.extract(r.decode(fin[key] + produced[key]))

@@ -1,4 +1,4 @@
-"""Command line: ``hogwild-ref generate | bench | conform | eval``."""
+"""The hogwild-ref command line: generate, bench, conform and eval (hogwild-ref COMMAND --help for each)."""
 
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ def _vector_options(p: Any, suppress: bool, levels: list[str] = LEVEL_NAMES) -> 
     p.add_argument("--level", action="append", choices=levels, default=_opt(suppress, None),
                    help="run only this level (repeatable; default: every level)")
     p.add_argument("--vectors", default=_opt(suppress, None), metavar="DIR",
-                   help="vector directory (default: spec/vectors/v3 of the hogwild_ref checkout)")
+                   help="vector directory (default: spec/vectors/v3 of the hogwild_ref checkout, or the copy its wheel ships)")
 
 
 def _run_options(p: Any, suppress: bool) -> None:
@@ -264,14 +264,16 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
                 status = 1 if stopped else status  # gone, or not reproducible: nothing reliable was learnt
                 continue
             status = 1
-            assert result.result is not None and result.path is not None
+            assert result.result is not None
             how = f"--adapter-cmd {shlex.quote(args.adapter_cmd)}" if args.adapter_cmd else f"--adapter {name}"
             message = (result.result.message or "").splitlines()
+            where = (f"written to {result.path}\n  rerun: hogwild-ref conform --vectors {shlex.quote(args.out)} "
+                     f"--level {level} {how}" if result.path is not None else
+                     f"not written ({result.note}): rerun with --seed {args.seed} and an --out that can be written")
             print(f"{level}: {name} fails a case (seed {args.seed}, {result.examples} cases run); shrunk to "
                   f"{table_summary(result.vector)}: {result.result.failure}"
                   f"{', ' + message[0] if message else ''} (worst error {result.result.max_abs_err}, tolerance "
-                  f"{result.result.tol:.2g})\n  written to {result.path}\n  rerun: hogwild-ref conform --vectors "
-                  f"{shlex.quote(args.out)} --level {level} {how}", file=sys.stderr)
+                  f"{result.result.tol:.2g})\n  {where}", file=sys.stderr)
     except KeyboardInterrupt:
         if closer is not None:
             closer.close(kill=True)
@@ -284,8 +286,9 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
 
 
 def _unwritable_dir(path: str) -> str | None:
-    """Why ``path`` cannot be (or become) a writable directory, or None; nothing is created."""
+    """Why ``path`` cannot be (or become) a writable directory, or None; nothing is left behind."""
     import os
+    import tempfile
     from pathlib import Path
 
     p = Path(path).expanduser()
@@ -298,7 +301,13 @@ def _unwritable_dir(path: str) -> str | None:
         parent = parent.parent
     if not parent.is_dir():
         return f"{parent} is not a directory"
-    return None if os.access(parent, os.W_OK) else f"{parent} is not writable"
+    if not os.access(parent, os.W_OK):
+        return f"{parent} is not writable"
+    try:  # os.access says yes to root everywhere, /proc included: create a folder there, and remove it
+        os.rmdir(tempfile.mkdtemp(prefix=".hogwild-probe-", dir=parent))
+    except OSError as exc:
+        return f"nothing can be created in {parent} ({exc.strerror or exc})"
+    return None
 
 
 class _Scoped:

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from .protocol import LEVELS
+from .report import VectorMismatch
 from .runner import INPUTS, load_checked, vector_paths
 from .scope import SkipVector, check_scope, out_of_scope
 from .vectors import SPEC_VERSION, Vector
@@ -55,9 +56,13 @@ PROTOCOL = SPEC_VERSION
 class AdapterProcessError(RuntimeError):
     """The adapter process broke the line protocol, exited, or did not answer in time."""
 
+    remote = True  #: reported without the runner's own file and line (they say nothing of the adapter)
+
 
 class AdapterError(RuntimeError):
     """The adapter answered a request with ``{"ok": false, "error": ...}``."""
+
+    remote = True  #: reported without the runner's own file and line (they say nothing of the adapter)
 
 
 # ---------------------------------------------------------------------- encoding
@@ -415,5 +420,5 @@ class OutputsDirAdapter:
             raise AdapterError(str(reply.get("error") or "the adapter reported a failure without a message"))
         path = self.directory / vector.level / f"{vector.name}.outputs.safetensors"
         if not path.is_file():
-            raise FileNotFoundError(f"no output file {path.relative_to(self.directory)} for this vector")
+            raise VectorMismatch(f"no output file {path.relative_to(self.directory)} for this vector")
         return read_outputs(path)

@@ -51,7 +51,8 @@ class FuzzResult:
         vector: the shrunk failing case as a vector, or None when no case failed.
         result: its result against the adapter.
         path: where :func:`fuzz` wrote it (``out_dir/<level>/<name>.json``), or None.
-        note: why nothing could be checked (the adapter lacks the level, or was gone), else None.
+        note: why nothing could be checked (the adapter lacks the level, or was gone), or why a failing
+            case could not be written to ``out_dir``; else None.
     """
 
     level: str
@@ -233,7 +234,10 @@ def fuzz(adapter: Any, level: str = "attention", examples: int = 200, seed: int 
     found.meta.update(name=name, description=f"found and shrunk by `hogwild-ref conform fuzz --seed {seed}`: "
                       + found.meta["description"])
     result = run_vector(adapter, found, scope)
-    path = None
+    path, note = None, None
     if out_dir is not None:
-        path, _ = write_vector(Path(out_dir) / level, found)
-    return FuzzResult(level, tried, found, result, path)
+        try:
+            path, _ = write_vector(Path(out_dir) / level, found)
+        except OSError as exc:  # the case is still reported, and the seed reproduces it
+            note = f"{type(exc).__name__}: {exc}"
+    return FuzzResult(level, tried, found, result, path, note)

@@ -38,7 +38,7 @@ def pytest_addoption(parser: Any) -> None:
     group.addoption("--hogwild-level", action="append", default=None, choices=["rope", "attention", "model"],
                     help="only this level (repeatable; default: every level)")
     group.addoption("--hogwild-vectors", default=None, metavar="DIR",
-                    help="vector directory (default: spec/vectors/v3 of the hogwild_ref checkout)")
+                    help="vector directory (default: spec/vectors/v3 of the hogwild_ref checkout, or the copy its wheel ships)")
     group.addoption("--hogwild-xfail", default=None, metavar="FILE",
                     help="known defects: one <level>/<name> per line; those vectors are expected to fail")
 

@@ -44,19 +44,24 @@ __all__ = ["OutputResult", "Report", "VectorResult", "VersionError", "default_ve
 
 # ---------------------------------------------------------------------- locating things
 def default_vectors_dir(must_exist: bool = True) -> Path:
-    """``spec/vectors/v3`` (the current format, Spec §12.2) of the source checkout this package lives in.
+    """``spec/vectors/v3`` (the current format, Spec §12.2) of the source checkout this package lives in,
+    else the copy an installed wheel ships (``hogwild_ref/conformance/vector_files/v3``).
 
-    Raises FileNotFoundError (suggesting ``--vectors``) when the package does not run from a checkout:
-    when the directory is missing, or with ``must_exist=False`` (for regeneration) when ``spec/`` is.
+    Raises FileNotFoundError (suggesting ``--vectors``) when neither is there; with ``must_exist=False``
+    (for regeneration, which writes into a checkout) when the checkout's ``spec/`` is missing.
     """
     spec = Path(__file__).resolve().parents[3] / "spec"
     path = spec / "vectors" / FORMAT
-    if not (path.is_dir() if must_exist else spec.is_dir()):
-        raise FileNotFoundError(
-            f"conformance vectors not found at {path} (hogwild_ref does not run from a source checkout); "
-            f"pass the vector directory with --vectors DIR (a copy of spec/vectors/{FORMAT} of the hogwild_ref repository)"
-        )
-    return path
+    if path.is_dir() or (not must_exist and spec.is_dir()):
+        return path
+    shipped = Path(__file__).resolve().parent / "vector_files" / FORMAT
+    if must_exist and shipped.is_dir():
+        return shipped
+    raise FileNotFoundError(
+        f"conformance vectors not found at {path} (hogwild_ref does not run from a source checkout) "
+        + (f"nor at {shipped}; " if must_exist else "; regenerating writes into a checkout's spec/: ")
+        + f"pass the vector directory with --vectors DIR (a copy of spec/vectors/{FORMAT} of the hogwild_ref repository)"
+    )
 
 
 def load_adapter(spec: str) -> Any:
@@ -96,8 +101,8 @@ def _raised(exc: BaseException, where: bool = True, whole: bool = False) -> str:
     message = [str(exc).strip()] if whole else str(exc).strip().splitlines()
     text = f"{type(exc).__name__}{': ' + message[0] if message and message[0] else ''}"
     frame = traceback.extract_tb(exc.__traceback__)[-1] if where and exc.__traceback__ else None
-    if frame is None or isinstance(exc, SyntaxError):  # a SyntaxError's message names its file and line
-        return text
+    if frame is None or isinstance(exc, SyntaxError) or getattr(exc, "remote", False):
+        return text  # a SyntaxError's message names its file and line; a line of ours says nothing of an adapter process
     return f"{text} (at {Path(frame.filename).name}:{frame.lineno})"
 
 
@@ -372,6 +377,9 @@ def run_vector(adapter: Any, vector: Vector, scope: Mapping[str, list[str]] | No
     except SkipVector as exc:
         return VectorResult(name, level, "skipped", None, tol, message=str(exc) or "skipped by the adapter",
                             seconds=time.perf_counter() - t0)
+    except VectorMismatch as exc:  # no outputs for the vector (an offline output file missing, Spec §12.7)
+        return VectorResult(name, level, "failed", None, tol, failure="mismatch", message=str(exc),
+                            seconds=time.perf_counter() - t0)
     except (Exception, SystemExit) as exc:  # noqa: BLE001 -- an adapter's exception (sys.exit too) fails only its vector (Spec §12.3)
         return VectorResult(name, level, "failed", None, tol, failure="raised",
                             message=_raised(exc, whole=True), seconds=time.perf_counter() - t0)
@@ -380,6 +388,8 @@ def run_vector(adapter: Any, vector: Vector, scope: Mapping[str, list[str]] | No
     worst = max((o for k, o in outputs.items() if k != "tokens" and o.err is not None),
                 key=lambda o: o.ratio or 0.0, default=None)
     notes = [f"{k}: {o.message}" for k, o in outputs.items() if o.message]
+    notes += [f"{k}: error {o.err:.3g} is {o.ratio:.3g} x its tolerance {o.tol:.3g}" for k, o in outputs.items()
+              if k != "tokens" and o.err is not None and o.ratio is not None and math.isfinite(o.ratio) and not o.ok]
     tokens = outputs.get("tokens")
     if tokens is not None and tokens.mismatches:
         notes.append(f"{tokens.mismatches} greedy token(s) differ")
