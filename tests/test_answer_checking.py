@@ -108,6 +108,7 @@ INTEGER_PAIRS = [
     # a review against math-verify (which lighteval's AIME task uses) found these scored wrong
     ("33", "m+n=33", T, "AIME's 'find m+n': what the last = sets"),
     ("33", "a + b + c = 33", T, "a sum set equal to the answer"),
+    ("33", "m + n\n= 33", T, "an equation broken over two lines"),
     ("5", "x \\le 5", F, "an inequality is not the integer 5"),
     ("5", "x <= 5", F, "<= is not an assignment"),
     ("5", "x == 5", F, "== is not an assignment"),

@@ -52,7 +52,7 @@ _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _UNIT = re.compile(r"(?:\\(?:text|textrm|mathrm|mbox)\s*\{[^{}]*\}(?:\^\{?[23]\}?)?|(?<=\d)(?:\s+[a-zA-Z]+)+)\s*\.?\s*$")
 _ASSIGN = re.compile(r"^[a-zA-Z]\w*\s*=\s*(?!=)")
 #: the last equals sign (not part of <=, >=, != or ==): an integer answer is what it is set to (m+n=33)
-_LAST_EQUALS = re.compile(r"^.*(?<![<>!=])=(?!=)")
+_LAST_EQUALS = re.compile(r"^.*(?<![<>!=])=(?!=)", re.DOTALL)
 _INTEGER = re.compile(r"([-+]?\d+)(?:\.0*)?")
 
 
