@@ -195,6 +195,12 @@ def test_eval_writes_rows_summary_and_plot(tiny, tmp_path):
     assert "| Hogwild, 2 workers | 6 | 3 |" in report.files["summary_md"].read_text()
     summary = json.loads(report.files["summary_json"].read_text())
     assert len(summary["cells"]) == 6 and summary["checker"].startswith("math-verify==")
+    # what the verdicts rest on: math-verify pins its LaTeX parser but not sympy (a review)
+    import importlib.metadata
+
+    versions = {n: importlib.metadata.version(n) for n in ("math-verify", "latex2sympy2_extended", "sympy")}
+    assert summary["checker_versions"] == versions
+    assert f"sympy=={versions['sympy']}" in report.files["summary_md"].read_text()
     # throughput per (method, W): units counted once (not once per budget), from the rows' own wall time and tokens
     speed = {(t["method"], t["workers"]): t for t in summary["throughput"]}
     assert set(speed) == {("hogwild", 1), ("hogwild", 2), ("self_consistency", 2)}

@@ -35,7 +35,7 @@ from typing import Sequence
 from ..mathcheck import Checker
 from ..scheduler import _boxed_spans
 
-__all__ = ["CHECK_TIMEOUT", "CHECKER", "KINDS", "Verdict", "answers_match", "check_answer", "checker_version",
+__all__ = ["CHECK_TIMEOUT", "CHECKER", "KINDS", "Verdict", "answers_match", "check_answer", "checker_stack", "checker_version",
            "extract_answer", "majority_vote", "normalise", "require_checker"]
 
 #: The checker's package name; every result row records it with its version (:func:`checker_version`).
@@ -104,6 +104,21 @@ def require_checker() -> str:
     except ImportError:
         raise ValueError("checking answers needs math-verify: pip install 'hogwild_ref[eval]' "
                          "(or pip install math-verify)") from None
+
+
+def checker_stack() -> dict[str, str]:
+    """The versions of what math-verify's verdicts rest on: math-verify, the LaTeX parser it pins
+    (``latex2sympy2_extended``) and sympy, which it does not pin (Spec §13.1); ``"?"`` for one
+    that is not installed."""
+    import importlib.metadata
+
+    versions = {}
+    for name in (CHECKER, "latex2sympy2_extended", "sympy"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "?"
+    return versions
 
 
 @lru_cache(maxsize=1)

@@ -34,7 +34,7 @@ from ..checks import MAX_SEED, MAX_WORKERS, check_int, check_ints, check_samplin
 from ..engine import Engine
 from ..prompts import PRESETS
 from ..settings import Settings
-from .answers import check_answer, extract_answer, majority_vote, require_checker
+from .answers import CHECKER, check_answer, checker_stack, extract_answer, majority_vote, require_checker
 from .datasets import Problem, load_dataset
 from .results import ROW_FORMAT, OutDirLock, ResultsLog, replace_file, row_key
 from .shards import Group, Solo, assign, is_done, merge_rows, read_rows, shard_name, shard_paths, write_rows
@@ -501,10 +501,12 @@ def _run_eval(model: Any, tokenizer: Any, cfg: EvalConfig, out: Path, progress: 
     files["summary_md"] = out / "summary.md"
     title = f"{escaped(cfg.dataset)}, {len(problems)} problems, seeds {list(cfg.seeds)}, {cfg.layout} layout, model {cfg.model}"
     speed = throughput(rows)
-    markdown = f"# {title}\n\nAnswers checked by {checker}.\n\n" + format_markdown(cells) + "\n" + format_throughput(speed)
+    stack = checker_stack()
+    on = ", ".join(f"{k}=={v}" for k, v in stack.items() if k != CHECKER)
+    markdown = f"# {title}\n\nAnswers checked by {checker} ({on}).\n\n" + format_markdown(cells) + "\n" + format_throughput(speed)
     replace_file(files["summary_md"], lambda tmp: tmp.write_text(markdown, encoding="utf-8"))
     files["summary_json"] = out / "summary.json"
-    summary = json.dumps({"title": title, "checker": checker, "cells": [c.to_dict() for c in cells],
+    summary = json.dumps({"title": title, "checker": checker, "checker_versions": stack, "cells": [c.to_dict() for c in cells],
                           "throughput": [t.to_dict() for t in speed]}, indent=2) + "\n"
     replace_file(files["summary_json"], lambda tmp: tmp.write_text(summary, encoding="utf-8"))
     if plot:
