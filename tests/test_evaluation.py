@@ -17,7 +17,7 @@ from hogwild_ref.evaluation.answers import answers_match, extract_answer, majori
 from hogwild_ref.evaluation.datasets import load_dataset, problem_from_record
 from hogwild_ref.evaluation.results import ResultsLog
 from hogwild_ref.evaluation.runner import _engine
-from hogwild_ref.evaluation.summary import format_markdown, summarise, wilson_interval
+from hogwild_ref.evaluation.summary import format_markdown, summarise, throughput, wilson_interval
 from hogwild_ref.models import tiny_model
 from hogwild_ref.sampling import SamplingConfig
 
@@ -136,6 +136,33 @@ def test_summarise_counts_accuracy_errors_and_baseline():
     assert cells[2].accuracy == 0.0 and cells[2].baseline == 0.5
     text = format_markdown(cells)
     assert "| Hogwild, 1 worker (baseline) | 8 | 2 | 0.500 |" in text and "self-consistency, 2 samples" in text
+
+
+def test_a_cell_whose_rows_all_crashed_has_no_means_and_crashed_units_no_throughput():
+    """A review recomputing the summary: such a cell showed means of 0.0, and a crashed unit's share of
+    its batch's time counted as work done (with none of its tokens)."""
+    def row(pid, budget, error=None, seconds=2.0, tokens=10):
+        return {"method": "hogwild", "workers": 1, "budget": budget, "problem_id": pid, "seed": 0, "correct": False,
+                "error": error, "ticks": None if error else budget, "tokens_per_worker": None if error else [budget],
+                "seconds": None if error else 1.0, "unit_seconds": seconds, "unit_tokens": None if error else tokens}
+
+    (cell,) = summarise([row("a", 8, "RuntimeError: boom"), row("b", 8, "RuntimeError: boom")])
+    assert (cell.n, cell.errors, cell.mean_ticks, cell.mean_tokens, cell.mean_seconds) == (2, 2, None, None, None)
+    assert "| 2 | - | - | - |" in format_markdown([cell]) and json.loads(json.dumps(cell.to_dict()))["mean_ticks"] is None
+    # units: a (8 and 16: the row of its largest budget counts, written by a later, longer run), b crashed
+    (speed,) = throughput([row("a", 8, seconds=2.0, tokens=10), row("a", 16, seconds=3.0, tokens=18),
+                           row("b", 8, "RuntimeError: boom", seconds=5.0), row("b", 16, "RuntimeError: boom", seconds=5.0)])
+    assert (speed.units, speed.seconds, speed.tokens) == (1, 3.0, 18)
+    assert (speed.problems_per_hour, speed.tokens_per_second) == (1200.0, 6.0)
+
+
+def test_top_p_at_temperature_0_binds_no_resume():
+    """It filters nothing there (Hogwild is greedy, the samples are never filtered): a resume with or
+    without it goes on (a review found it refused)."""
+    with pytest.warns(UserWarning, match="--top-p has no effect"):
+        with_p = EvalConfig(top_p=0.9)
+    assert with_p.identity() == EvalConfig().identity()
+    assert EvalConfig(temperature=0.7, top_p=0.9).identity()["top_p"] == 0.9
 
 
 def _valid_row(**kw):

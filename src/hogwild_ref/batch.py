@@ -60,7 +60,8 @@ class BudgetAnswer:
         reason: ``"boxed"``, ``"eos"``, ``"budget"`` or ``"finisher"`` (as :class:`~hogwild_ref.engine.HogwildResult`).
         tokens: per worker, the number of tokens sampled by then (finisher tokens excluded).
         finisher_tokens: the tokens the finisher decoded for worker 0 (empty if it did not run).
-        seconds: wall time from the start of the batch to the end of this budget's finisher.
+        seconds: wall time from the start of the batch to this budget's answer: the end of its
+            finisher, or of the run when it ended before the budget.
     """
 
     budget: int

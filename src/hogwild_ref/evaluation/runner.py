@@ -132,8 +132,10 @@ class EvalConfig:
         """The settings a results row depends on (besides its key)."""
         keys = ("dataset", "layout", "backend", "prompts", "temperature", "top_p", "sc_temperature",
                 "collab_every", "finisher_tokens", "model", "split", "answer_kind")
+        # top-p filters only Hogwild's sampling: at temperature 0 it changes nothing, and binds nothing
         return {k: getattr(self, k) for k in keys} | {"fields": dict(self.fields), "row_format": ROW_FORMAT,
-                                                      "dataset_file": self.dataset_file()}
+                                                      "dataset_file": self.dataset_file(),
+                                                      "top_p": self.top_p if self.temperature > 0 else None}
 
     def dataset_file(self) -> str | None:
         """The dataset's absolute path (None for a built-in set): the same file, whatever the working

@@ -2,13 +2,14 @@
 
 The accuracy of a cell is the fraction of its rows (problems x seeds) that are correct; a row that
 crashed counts as wrong and is also counted in ``errors``; the mean ticks, tokens and seconds are over
-the rows that did not crash (a crashed row records none). The interval is the Wilson score interval
+the rows that did not crash (a crashed row records none; a cell whose rows all crashed has none: None). The interval is the Wilson score interval
 at 95% over those rows. Rows of one problem with different seeds are not independent, so with several
 seeds the interval is somewhat optimistic; with one seed it is the usual binomial interval over problems.
 
-Throughput (:func:`throughput`) is per (method, workers), over units (problem x seed), since one run
-serves every budget: each unit's wall time (its share of its batch's) and the tokens it generated,
-as its rows record them (``unit_seconds``, ``unit_tokens``).
+Throughput (:func:`throughput`) is per (method, workers), over units (problem x seed) that ran without
+an error, since one run serves every budget: each unit's wall time (its share of its batch's) and the
+tokens it generated, as the row of its largest budget records them (``unit_seconds``, ``unit_tokens``:
+a row kept from an earlier, shorter run of the unit records that run's).
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ class Cell:
     ci_high: float
     errors: int
     baseline: float | None  # accuracy of the 1-worker Hogwild run at this budget
-    mean_ticks: float
-    mean_tokens: float  # tokens sampled per row, all workers (samples) together
-    mean_seconds: float
+    mean_ticks: float | None  # None when every row of the cell crashed
+    mean_tokens: float | None  # tokens sampled per row, all workers (samples) together
+    mean_seconds: float | None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,9 +86,9 @@ def summarise(rows: Iterable[dict[str, Any]]) -> list[Cell]:
             ci_high=hi,
             errors=sum(bool(r.get("error")) for r in rs),
             baseline=base.get(budget),
-            mean_ticks=sum(r.get("ticks") or 0 for r in ran) / max(1, len(ran)),
-            mean_tokens=sum(sum(r.get("tokens_per_worker") or []) for r in ran) / max(1, len(ran)),
-            mean_seconds=sum(r.get("seconds") or 0.0 for r in ran) / max(1, len(ran)),
+            mean_ticks=sum(r.get("ticks") or 0 for r in ran) / len(ran) if ran else None,
+            mean_tokens=sum(sum(r.get("tokens_per_worker") or []) for r in ran) / len(ran) if ran else None,
+            mean_seconds=sum(r.get("seconds") or 0.0 for r in ran) / len(ran) if ran else None,
         ))
     return sorted(cells, key=lambda c: (METHOD_ORDER.get(c.method, 9), c.method, c.workers, c.budget))
 
@@ -107,8 +108,9 @@ def format_markdown(cells: list[Cell]) -> str:
     lines = []
     for c in cells:
         base = "-" if c.baseline is None else f"{c.baseline:.3f}"
+        means = [_number(c.mean_ticks, 1), _number(c.mean_tokens, 1), _number(c.mean_seconds, 2)]
         lines.append(f"| {label(c)} | {c.budget} | {c.n} | {c.accuracy:.3f} | [{c.ci_low:.3f}, {c.ci_high:.3f}] | {base} | "
-                     f"{c.errors} | {c.mean_ticks:.1f} | {c.mean_tokens:.1f} | {c.mean_seconds:.2f} |")
+                     f"{c.errors} | {' | '.join(means)} |")
     return head + "\n".join(lines) + "\n"
 
 
@@ -131,19 +133,26 @@ class Throughput:
         return asdict(self)
 
 
+def _number(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def throughput(rows: Iterable[dict[str, Any]]) -> list[Throughput]:
-    """Problems/hour and tokens/s for each (method, workers), from the rows' ``unit_seconds`` and
-    ``unit_tokens`` (counted once per unit; rows without them are left out)."""
-    units: dict[tuple[str, int], dict[tuple[str, int], tuple[float, int]]] = {}
+    """Problems/hour and tokens/s for each (method, workers), from the ``unit_seconds`` and
+    ``unit_tokens`` of each unit's row of the largest budget (counted once per unit; rows that
+    crashed, whose work produced nothing, and rows without them are left out)."""
+    units: dict[tuple[str, int], dict[tuple[str, int], tuple[int, float, int]]] = {}
     for r in rows:
-        if r.get("unit_seconds") is None:
+        if r.get("unit_seconds") is None or r.get("error"):
             continue
-        units.setdefault((r["method"], int(r["workers"])), {})[(str(r["problem_id"]), int(r["seed"]))] = (
-            float(r["unit_seconds"]), int(r.get("unit_tokens") or 0))
+        unit = units.setdefault((r["method"], int(r["workers"])), {})
+        key, budget = (str(r["problem_id"]), int(r["seed"])), int(r["budget"])
+        if key not in unit or budget > unit[key][0]:
+            unit[key] = (budget, float(r["unit_seconds"]), int(r.get("unit_tokens") or 0))
     out = []
     for (method, workers), us in units.items():
-        seconds = sum(s for s, _ in us.values())
-        tokens = sum(t for _, t in us.values())
+        seconds = sum(s for _, s, _ in us.values())
+        tokens = sum(t for _, _, t in us.values())
         out.append(Throughput(method, workers, len(us), seconds, tokens,
                               problems_per_hour=len(us) * 3600 / seconds if seconds > 0 else 0.0,
                               tokens_per_second=tokens / seconds if seconds > 0 else 0.0))
