@@ -136,6 +136,30 @@ def test_steps_are_reported_and_history_is_consistent(smollm_tokenizer):
     assert all(b.history_length > a.history_length for a, b in zip(flushes, flushes[1:]))
 
 
+def test_an_engine_keeps_no_runs_k_v_once_the_run_is_over(smollm_tokenizer):
+    """A memory review: an Engine (and eval, one per group of units) kept the K/V of every run it had
+    done until it was deleted (16 MB a run of the embedded model): the forward step's cache of each
+    storage, in a weak-keyed map, held its own key."""
+    import gc
+
+    from hogwild_ref.batch import BatchItem, BatchRunner
+    from hogwild_ref.storage import Storage
+
+    model = tiny_model("llama", seed=3, vocab_size=len(smollm_tokenizer))
+    engine = Engine(model, smollm_tokenizer, workers=2, layout="combined", max_ticks=6)
+
+    def alive() -> list[Storage]:
+        gc.collect()
+        shared = engine.forward._shared[1] if engine.forward._shared is not None else None  # the prompt, kept on purpose
+        return [o for o in gc.get_objects() if type(o) is Storage and o is not shared]
+
+    for problem in ("What is 2 + 3?", "Name a prime."):
+        engine.run(problem)
+        assert alive() == []
+    BatchRunner(engine, [3, 6]).run([BatchItem("What is 2 + 3?", 0), BatchItem("Name a prime.", 1)])
+    assert alive() == []
+
+
 @pytest.mark.slow
 def test_static_prefill_rows_equal_plain_decoding_of_prompt_plus_segment(smollm):
     """Spec §4.4: a static segment s is prefilled in the context of the prompt P only; its row's
@@ -261,3 +285,17 @@ def test_a_run_without_a_budget_ends_at_the_models_positions(smollm_tokenizer, l
     assert not any(t in eos for w in result.workers for t in w.tokens)  # it did not end for EOS
     longest = max(len(w.view_tokens) for w in result.workers)
     assert longest > 400 - (60 if finisher else 4 * workers)  # it used the positions, less the finisher's room
+
+
+def test_a_run_without_room_for_one_tick_says_so(smollm_tokenizer):
+    """A memory review: with no budget and a prompt that fits but leaves no tick once the finisher's
+    room is kept, the run ended at tick 0 (reason "context", Spec §6.4) with an empty result and no word."""
+    from hogwild_ref.checks import ContextLengthWarning
+    from hogwild_ref.prompts import PromptTemplates
+
+    model = tiny_model("llama", seed=3, vocab_size=len(smollm_tokenizer), max_position_embeddings=110)
+    engine = Engine(model, smollm_tokenizer, workers=2, layout="combined", max_ticks=None,
+                    templates=PromptTemplates.compact())
+    with pytest.warns(ContextLengthWarning, match=r"^no tick fit: the prompt \(\d+ tokens in a worker's view\)"):
+        result = engine.run("What is 2 + 3?")
+    assert (result.reason, result.ticks) == ("context", 0)

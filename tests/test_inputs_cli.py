@@ -215,6 +215,10 @@ def test_the_budget_check_of_the_command_line_by_hand():
     check_budget(64, 64, 64, True)  # at the limit: accepted
     with pytest.raises(SettingsError, match="max_ticks=65 cannot be spent.*64 positions"):
         check_budget(64, 65, 24, True, cli=False)
+    # a review: the fix it named still passed the positions with several workers, whose tokens share a view
+    with pytest.raises(SettingsError, match=r"give --max-ticks 64 or less \(with 2 workers, whose tokens share a view "
+                                            r"in the combined and contiguous layouts, under 64 / 2 = 32 less the prompt's tokens\)$"):
+        check_budget(64, 100, 24, True, workers=2)
     with pytest.raises(SettingsError, match="--finisher-tokens 100 is beyond"):
         check_budget(64, 8, 100, True)
     check_budget(64, 8, 100, False)  # no finisher: its length does not matter

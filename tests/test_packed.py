@@ -226,3 +226,18 @@ def test_default_packing_gives_way_to_a_lack_of_memory(char_tokenizer, monkeypat
     assert run(True)[1]  # asked for: packed whatever the memory
     monkeypatch.setattr("hogwild_ref.forward.available_memory", lambda: 2 * need)
     assert run(None)[1]
+
+
+def test_engines_on_one_model_share_one_packed_copy_which_goes_with_the_model(char_tokenizer) -> None:
+    """A memory review: every live Engine held a packed copy of its own (513 MB each for the embedded model)."""
+    import gc
+    import weakref
+
+    model = tiny_model("llama", seed=3, vocab_size=len(char_tokenizer))
+    first, second = (Engine(model, char_tokenizer, workers=2, pack_weights=True) for _ in range(2))
+    packed = first.forward._packed_linear()
+    assert packed is not None and packed is second.forward._packed_linear()
+    gone = weakref.ref(packed)
+    del first, second, packed, model
+    gc.collect()
+    assert gone() is None

@@ -42,6 +42,11 @@ class WindowExceeded(ValueError):
     result: Any = None
 
 
+#: each model's oneDNN-packed linear weights (:class:`PackedLinear`, which holds the model's layers, not
+#: the model): one copy per model, however many engines run it, gone with the model
+_PACKS: weakref.WeakKeyDictionary[Any, PackedLinear] = weakref.WeakKeyDictionary()
+
+
 class Forward:
     """The forward step of one model with one backend (Spec §3, §9, §11).
 
@@ -101,7 +106,6 @@ class Forward:
         kernel_for(split, self.device)  # an unknown kernel's name fails here
         #: the decode ticks' ``split`` option (:class:`~hogwild_ref.ticks.DecodeTick`)
         self.split: bool | str = split if isinstance(split, str) else bool(split)
-        self._packed: PackedLinear | None = None
         #: the last shared prompt prefix (Spec §4.4): its key and a storage holding its prefill
         self._shared: tuple[tuple[Any, ...], Storage] | None = None
         self._compiled_step: Callable[..., Any] | None = None
@@ -329,16 +333,19 @@ class Forward:
     # ------------------------------------------------------------------ helpers
     def _packed_linear(self) -> PackedLinear | None:
         """oneDNN-packed linear weights on the CPU (Spec §9.6, "CPU linear layers"), when enabled: one
-        pack serves every forward's calls of two rows or more; made again after a weight changed."""
+        pack per model, shared by every engine on it, serves every forward's calls of two rows or more;
+        made again after a weight changed."""
         if not self.pack_weights or self.compile:
             return None
-        if self._packed is None or not self._packed.current():
-            self._packed = None  # the old copies go before the new ones are made
+        packed = _PACKS.get(self.model)
+        if packed is None or not packed.current():
+            _PACKS.pop(self.model, None)  # the old copies go before the new ones are made
+            del packed
             if self._pack_auto and not self._room_to_pack():
                 self.pack_weights = False
                 return None
-            self._packed = PackedLinear(self.model)
-        return self._packed
+            packed = _PACKS[self.model] = PackedLinear(self.model)
+        return packed
 
     def _room_to_pack(self) -> bool:
         """Whether the packed copies (Spec §9.6, CPU linear layers) take at most half of the memory this

@@ -80,13 +80,15 @@ class HogwildCache(Cache):
 
     The forward step (:mod:`hogwild_ref.forward`) keeps one cache per storage, sets :attr:`tick` before
     each call of the model, and passes the cache both as the model's cache keyword and as
-    ``hogwild_cache`` (which transformers forwards to the attention function).
+    ``hogwild_cache`` (which transformers forwards to the attention function). It holds the storage's
+    per-layer stores, not the storage itself, so that a cache kept per storage (a weak-keyed map)
+    lets the storage, and with it the cache and its K/V, go when the run that made it ends.
     """
 
     def __init__(self, storage: Storage):
         # the layers only answer metadata questions (is_sliding, ...); the K/V live in the Storage
         super().__init__(layers=[DynamicLayer() for _ in storage.stores])
-        self.storage = storage
+        self.stores = storage.stores
         self.tick: Tick | None = None
         #: set for a forward whose model runs on the tick's real slots only (:class:`Packing`)
         self.packing: Packing | None = None
@@ -100,14 +102,14 @@ class HogwildCache(Cache):
         """Hand the layer's new K/V ``(R, Hkv, n, D)`` (packed: ``(1, Hkv, N, D)``) to the tick (Spec §3.2);
         returns them unchanged (the attention function reads the store)."""
         k, v = (key_states, value_states) if self.packing is None else (self.packing.unpack(key_states), self.packing.unpack(value_states))
-        self._tick().write(layer_idx, self.storage.stores[layer_idx], k, v)
+        self._tick().write(layer_idx, self.stores[layer_idx], k, v)
         return key_states, value_states
 
     def attend(self, layer_idx: int, query: Tensor, scaling: float) -> Tensor:
         """The tick's attention for this layer (Spec §9), packed as the query came."""
         if self.packing is None:
-            return self._tick().attend(layer_idx, self.storage.stores[layer_idx], query, scaling)
-        out = self._tick().attend(layer_idx, self.storage.stores[layer_idx], self.packing.unpack(query), scaling)
+            return self._tick().attend(layer_idx, self.stores[layer_idx], query, scaling)
+        out = self._tick().attend(layer_idx, self.stores[layer_idx], self.packing.unpack(query), scaling)
         return self.packing.pack(out)
 
     def get_seq_length(self, layer_idx: int | None = 0, *args: Any, **kwargs: Any) -> int:

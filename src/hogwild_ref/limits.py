@@ -161,18 +161,21 @@ def auto_threads(default: int, load: float | None = None, cores: int | None = No
 
 
 def check_budget(context: int | None, max_ticks: int | None, finisher_tokens: int, finisher: bool, *,
-                 cli: bool = True, flag: str = "--max-ticks") -> None:
+                 cli: bool = True, flag: str = "--max-ticks", workers: int = 1) -> None:
     """The command line refuses a budget or a finisher longer than the model's ``context`` (Spec §6.5,
     §11.7): every tick adds one token to each worker's view, so such a budget cannot be spent within the
     model's positions. (The library only warns: storage grows on demand and a run may end early.)
-    ``flag`` is the budget's flag (``--budgets`` for ``eval``, whose largest budget is checked)."""
+    ``flag`` is the budget's flag (``--budgets`` for ``eval``, whose largest budget is checked); with
+    ``workers`` > 1 the fix also names the budget whose views stay within the positions."""
     if context is None:
         return
     ticks, fin = (f"{flag} ", "--finisher-tokens ") if cli else ("max_ticks=", "finisher_tokens=")
     if max_ticks is not None and max_ticks > context:
         raise SettingsError(
             f"{ticks}{max_ticks} cannot be spent: every tick adds a token to each worker's view and the model "
-            f"has {context} positions; give {ticks}{context} or less")
+            f"has {context} positions; give {ticks}{context} or less"
+            + (f" (with {workers} workers, whose tokens share a view in the combined and contiguous layouts, under "
+               f"{context} / {workers} = {context // workers} less the prompt's tokens)" if workers > 1 else ""))
     if finisher and finisher_tokens > context:
         raise SettingsError(
             f"{fin}{finisher_tokens} is beyond the model's {context} positions; give {fin}{context} or less "

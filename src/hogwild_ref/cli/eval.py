@@ -62,7 +62,8 @@ def _check_flags(args: argparse.Namespace, rank: int) -> bool:
     check_int("finisher_tokens", args.finisher_tokens, 1, cli=True)
     shape = _model_shape(args.model)  # from the config alone; None where that cannot be read cheaply
     if args.budgets and min(args.budgets) >= 1:  # (a budget below 1 is EvalConfig's to refuse)
-        check_budget(shape and shape.context, max(args.budgets), args.finisher_tokens, True, flag="--budgets")
+        check_budget(shape and shape.context, max(args.budgets), args.finisher_tokens, True, flag="--budgets",
+                     workers=max(args.workers) if args.workers and 1 <= max(args.workers) <= MAX_WORKERS else 1)
         # the prompt not counted: a lower bound; worker counts EvalConfig refuses get its one line, not a warning first
         if shape is not None and args.workers and 1 <= min(args.workers) and max(args.workers) <= MAX_WORKERS and rank == 0:
             warned = warn_context(context_bound(0, max(args.workers), max(args.budgets), args.finisher_tokens),

@@ -87,7 +87,8 @@ def _generate_settings(args: argparse.Namespace) -> dict[str, Any]:
     _check_placement(args)
     _check_model_source(args.model)
     shape = _model_shape(args.model)
-    check_budget(shape and shape.context, settings.max_ticks, settings.finisher_tokens, settings.finisher)
+    check_budget(shape and shape.context, settings.max_ticks, settings.finisher_tokens, settings.finisher,
+                 workers=settings.workers)
     _check_memory(shape, args.dtype, 0, f"--model {args.model or 'the embedded model'} "
                   f"({args.dtype})", "use a smaller model or --dtype bfloat16")
     if args.max_steps is not None:
