@@ -101,20 +101,26 @@ def test_top_k_keeps_exactly_the_k_largest(xs, k):
         assert out[i].item() == pytest.approx(xs[i])
 
 
-@given(distinct_logits(), st.floats(min_value=0.05, max_value=0.99), st.sampled_from([0.5, 1.0, 2.0]))
-def test_top_p_keeps_the_smallest_prefix_reaching_p(xs, p, temperature):
-    probs = softmax64([x / temperature for x in xs])
-    order = sorted(range(len(xs)), key=lambda i: -probs[i])
+def top_p_prefix(probs: list[float], p: float) -> set[int]:
+    """Spec §11.5's top-p set: the smallest prefix of the tokens sorted by probability, ties in
+    increasing id (Python's sort is stable), reaching ``p``; examples whose running mass comes within
+    rounding distance of ``p`` are skipped."""
     expected: set[int] = set()
     mass = 0.0
-    for i in order:
-        # skip examples where the running mass is within rounding distance of p
+    for i in sorted(range(len(probs)), key=lambda i: -probs[i]):
         assume(abs(mass - p) > MARGIN)
         expected.add(i)
         mass += probs[i]
         if mass >= p:
             break
     assume(abs(mass - p) > MARGIN)
+    return expected
+
+
+@given(distinct_logits(), st.floats(min_value=0.05, max_value=0.99), st.sampled_from([0.5, 1.0, 2.0]))
+def test_top_p_keeps_the_smallest_prefix_reaching_p(xs, p, temperature):
+    probs = softmax64([x / temperature for x in xs])
+    expected = top_p_prefix(probs, p)
     out = filter_logits(torch.tensor(xs), SamplingConfig(temperature=temperature, top_p=p))
     assert kept(out) == expected
     # it is the smallest such prefix: without its least likely member the mass is below p
@@ -128,16 +134,7 @@ def test_top_p_keeps_the_lower_ids_of_tokens_tied_at_the_boundary(seed, vocab, p
     sort kept an arbitrary 219 of 1000 tied tokens at a vocabulary of 49,152)."""
     rng = random.Random(seed)
     xs = [rng.choice((0.0, 0.5, 1.0)) for _ in range(vocab)]  # few values: many ties
-    probs = softmax64(xs)
-    expected: set[int] = set()
-    mass = 0.0
-    for i in sorted(range(vocab), key=lambda i: -xs[i]):  # Python's sort is stable: lower ids first
-        assume(abs(mass - p) > MARGIN)
-        expected.add(i)
-        mass += probs[i]
-        if mass >= p:
-            break
-    assume(abs(mass - p) > MARGIN)
+    expected = top_p_prefix(softmax64(xs), p)
     out = filter_logits(torch.tensor(xs), SamplingConfig(temperature=1.0, top_p=p))
     assert kept(out) == expected
 
