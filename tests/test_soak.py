@@ -103,7 +103,7 @@ def _soak(model, tok, backend, monkeypatch, *, ticks=TICKS, sampling=None, seed=
             return
         for r in range(W):  # a worker's new tokens end its view, after the others' new tokens of this tick
             top = int(pos[r].max())
-            assert top <= cache.storage.table.view_length(r) + W * ids.shape[1] - 1, (r, top)
+            assert top <= caches[0].table.view_length(r) + W * ids.shape[1] - 1, (r, top)  # the run's storage
             worst_position[0] = max(worst_position[0], top)
 
     hook = model.register_forward_pre_hook(check_positions, with_kwargs=True) if watch else None
