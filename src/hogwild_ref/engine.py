@@ -404,9 +404,9 @@ class Engine:
         answer, reason = run.answer(), run.reason
         if reason == "context" and run.ticks == 0:  # (said, rather than an empty result without a word)
             warnings.warn(f"no tick fit: the prompt ({run.longest_view()} tokens in a worker's view) and the first tick's "
-                          f"feeds pass the {run.positions} positions the model's {self.model.config.max_position_embeddings} "
-                          "leave once the finisher's room is kept (Spec §6.4); shorten the problem, use fewer workers, or "
-                          "turn the finisher off", ContextLengthWarning, stacklevel=3)
+                          f"feeds pass the {run.positions} positions the model leaves once the finisher's room is kept "
+                          "(Spec §6.4); shorten the problem, use fewer workers, or turn the finisher off",
+                          ContextLengthWarning, stacklevel=3)
         # at the model's positions the finisher has the room kept for it, unless the prompt took it (Spec §6.4)
         room = reason == "budget" or reason == "context" and run.positions is not None and run.longest_view() <= run.positions
         if answer is None and room and s.finisher:
