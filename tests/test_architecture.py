@@ -203,6 +203,30 @@ def test_pure_modules_import_no_torch(graph: Any) -> None:
     assert not found, "pure floor-1 modules importing torch and friends:\n" + "\n".join(found)
 
 
+def test_pure_modules_load_no_torch_when_imported() -> None:
+    """The pure modules, each imported by its dotted name in a fresh interpreter (so the packages'
+    ``__init__`` modules above it run too), leave torch and friends unloaded: the static check above
+    reads each file's own imports only."""
+    import json
+    import subprocess
+    import sys
+
+    script = (
+        "import importlib, json, sys\n"
+        "out = {}\n"
+        "for name in sys.argv[1:]:\n"
+        "    importlib.import_module(name)\n"
+        f"    out[name] = sorted(h for h in {sorted(gen.HEAVY)!r} if h in sys.modules)\n"
+        "print(json.dumps(out))\n"
+    )
+    found = {}
+    for name in sorted(gen.PURE):  # one interpreter each: an earlier import must not hide a later one's
+        done = subprocess.run([sys.executable, "-c", script, f"hogwild_ref.{name}"], capture_output=True,
+                              text=True, timeout=120, check=True)
+        found.update({k: v for k, v in json.loads(done.stdout).items() if v})
+    assert not found, f"pure modules that load heavy packages when imported: {found}"
+
+
 def test_no_source_file_is_too_long() -> None:
     found = gen.long_files(gen.PACKAGE_ROOT)
     assert not found, f"source files over {gen.MAX_LINES} lines:\n" + "\n".join(found)

@@ -4,7 +4,9 @@ Several copies ("workers") of one LLM generate in parallel over one shared, conc
 KV cache made of segments; RoPE lets every worker read every segment at its own positions.
 
 The pure modules (:mod:`hogwild_ref.segments`, :mod:`hogwild_ref.scheduler`,
-:mod:`hogwild_ref.prompts`, :mod:`hogwild_ref.settings`, :mod:`hogwild_ref.events`) import no torch; the torch-facing names below load lazily.
+:mod:`hogwild_ref.prompts`, :mod:`hogwild_ref.settings`, :mod:`hogwild_ref.events` and the others
+listed in docs/architecture.md, among them the evaluation's answers, datasets and summary) import no
+torch; the torch-facing names below load lazily.
 """
 
 from __future__ import annotations

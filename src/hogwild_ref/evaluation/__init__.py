@@ -16,10 +16,26 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .answers import Verdict, answers_match, check_answer, extract_answer, majority_vote, normalise
 from .datasets import Problem, load_dataset
-from .runner import EvalConfig, EvalReport, run_eval
 from .summary import Cell, format_markdown, summarise, wilson_interval
+
+if TYPE_CHECKING:
+    from .runner import EvalConfig, EvalReport, run_eval
+
+#: the runner's names load it (and torch) on first use, so the pure modules above stay importable
+#: without torch through this package
+_RUNNER = frozenset({"EvalConfig", "EvalReport", "run_eval"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _RUNNER:
+        from . import runner
+
+        return getattr(runner, name)
+    raise AttributeError(f"module 'hogwild_ref.evaluation' has no attribute {name!r}")
 
 __all__ = [
     "Cell",
