@@ -17,7 +17,7 @@ from hogwild_ref.models import tiny_model
 from hogwild_ref.scheduler import SchedulerConfig
 from hogwild_ref.segments import TableError, flush_into, make_layout
 
-#: Spec §10.2: whole-model float32 logits, max abs error relative to the largest |logit|.
+#: Spec §12.5 (the `model` level's tolerance): whole-model float32 logits, max abs error relative to the largest |logit|.
 LOGIT_RTOL = 1e-4
 
 PROBLEMS = ["What is 12 + 30? Think step by step.", "Add 3 and 4.", "Count the letters in 'hogwild'."]

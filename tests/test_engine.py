@@ -16,7 +16,7 @@ from hogwild_ref.engine import Engine, FlushEvent, StepEvent
 from hogwild_ref.models import SUPPORTED_FAMILIES, tiny_model
 from hogwild_ref.scheduler import SchedulerConfig
 
-#: Logit tolerance policy for whole-model comparisons in float32 (Spec §10.2): max abs error
+#: Logit tolerance policy for whole-model comparisons in float32 (Spec §12.5, the `model` level's tolerance; §10.3): max abs error
 #: relative to the largest |logit| of the reference.
 LOGIT_RTOL = 1e-4
 

@@ -34,7 +34,7 @@ from strategies import any_tables, preset_tables
 from test_attention import ROPES
 
 DEVICE = torch.device(os.environ.get("HOGWILD_TEST_DEVICE", "cpu"))
-LOGIT_RTOL = 1e-4  # Spec §10.2, as in test_engine
+LOGIT_RTOL = 1e-4  # Spec §12.5 (model logits), as in test_engine
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -128,7 +128,7 @@ def check_fast_layer(table, counts, rope_name, hkv, group, dtype, seed, slack, s
         if counts[r]:
             stored = store.keys[j][:, t].cpu().double()
             local = rope.rotate(k_pre[j][:, t : t + 1], torch.tensor(t))[:, 0]
-            assert float((stored - local).abs().max()) <= 50 * TOLERANCES[dtype] * float(local.abs().max())
+            assert float((stored - local).abs().max()) <= TOLERANCES[dtype] * float(local.abs().max())
     return err
 
 
@@ -373,7 +373,7 @@ def test_conformance_model_vectors_pass_with_fast_backend():
 def test_split_common_part_engine_matches_engine_oracle(char_tokenizer):
     """Forward(split=True): every one-token tick's common part through the fused CPU kernel, merged with
     the tail by log-sum-exp (Spec §9.5), over a run with flushes: tokens identical to the engine oracle,
-    logits within Spec §10.2."""
+    logits within Spec §12.5's model tolerance."""
     if DEVICE.type != "cpu":
         pytest.skip("the split path is the CPU's")
     model = tiny_model("qwen3", seed=4, vocab_size=len(char_tokenizer))

@@ -20,7 +20,7 @@ from test_fast import DEVICE
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-#: Spec §10.2: whole-model float32 logits, max abs error relative to the largest |logit|.
+#: Spec §12.5 (the `model` level's tolerance): whole-model float32 logits, max abs error relative to the largest |logit|.
 LOGIT_RTOL = 1e-4
 
 

@@ -160,7 +160,7 @@ def test_split_function_matches_decode_attention_directly():
 def test_split_engine_matches_engine_oracle(kernel, char_tokenizer, monkeypatch):
     """Forward(split=kernel) on a tiny model (head dim 16): every eager one-token tick's common part
     through ``kernel``, over a run with flushes: tokens identical to the engine oracle, logits within
-    Spec §10.2."""
+    Spec §12.5's model tolerance."""
     model = tiny_model("qwen3", seed=4, vocab_size=len(char_tokenizer)).to(DEVICE)
     fast = _engine(model, char_tokenizer, "fast", 3, "combined", ticks=40, finisher=False)
     fast.forward.split = kernel
