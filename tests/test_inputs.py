@@ -8,6 +8,7 @@ refused before a model loads.
 from __future__ import annotations
 
 import json
+import re
 import warnings
 
 import pytest
@@ -578,3 +579,75 @@ def test_a_setting_given_twice_with_a_scheduler_must_agree(smollm_tokenizer, giv
     with pytest.raises(SettingsError, match="disagree"):
         Engine(model, smollm_tokenizer, scheduler=sched, **given)
     Engine(model, smollm_tokenizer, scheduler=sched, max_ticks=4, snapshots=[3, 3], collab_every=None)
+
+
+@pytest.mark.parametrize("backend", ["fast", "rotate_queries"])
+@pytest.mark.parametrize("case, error, words", [
+    ("short feed", ValueError, ["row 0 feeds 3 new tokens", "holds 1"]),
+    ("long feed", ValueError, ["row 0 feeds 1 new tokens", "holds 3"]),
+    ("fewer feeds", ValueError, ["got 1 feeds for 2 rows"]),
+    ("no rows", ValueError, ["at least one row"]),
+    ("list view", TypeError, ["tuple of segment ids"]),
+    ("str view", TypeError, ["tuple of segment ids"]),
+    ("id past the vocabulary", ValueError, ["token id 99999", "0 .. 255"]),
+    ("negative id", ValueError, ["token id -1"]),
+])
+def test_a_forward_whose_feeds_disagree_with_its_rows_is_refused(backend, case, error, words):
+    """Spec §3.1: row ``r`` feeds its ``n_r`` tokens. A feed shorter than its row used to leave cache
+    slots unwritten (fast) or filled with token 0 (general backends), and a longer one was cut short or
+    crashed inside torch; every such forward is now refused in one line before anything is written."""
+    from hogwild_ref.engine import Prepared
+    from hogwild_ref.forward import Forward
+    from hogwild_ref.segments import Row, combined
+
+    torch.manual_seed(0)
+    model = tiny_model("llama", seed=1, vocab_size=256)
+    engine = Engine(model, None, workers=2, layout="combined", finisher=False)
+    table = combined(2)
+    forward = Forward(model, engine.rope, backend)
+    storage = forward.storage(table, engine.capacities(Prepared(table, "common", {"common": [1, 2, 3]})))
+    forward(storage, [Row(("common",), 3)], [[1, 2, 3]], logits=False)
+    before = storage.table
+    v0, v1 = table.views
+    rows, feeds = {
+        "short feed": ([Row(v0, 3)], [[9]]),
+        "long feed": ([Row(v0, 1)], [[9, 8, 7]]),
+        "fewer feeds": ([Row(v0, 1), Row(v1, 1)], [[9]]),
+        "no rows": ([], []),
+        "list view": ([Row(list(v0), 1)], [[9]]),  # type: ignore[arg-type]
+        "str view": ([Row("common", 1)], [[9]]),  # type: ignore[arg-type]
+        "id past the vocabulary": ([Row(v0, 1)], [[99999]]),
+        "negative id": ([Row(v0, 1)], [[-1]]),
+    }[case]
+    with pytest.raises(error) as info:
+        forward(storage, rows, feeds)
+    assert all(w in str(info.value) for w in words), str(info.value)
+    assert "\n" not in str(info.value)
+    assert storage.table == before, "nothing was written"
+
+
+@pytest.mark.parametrize("capacities, words", [({"zz": 10}, "capacities name ['zz']"), ({"common": -3}, ">= 0")])
+def test_storage_capacities_must_name_segments_and_be_counts(capacities, words):
+    """A misspelt segment id in ``capacities`` reserved nothing, and a negative count was taken, both
+    without a word (Spec §9.6: the slots reserved per segment)."""
+    from hogwild_ref.forward import Forward
+    from hogwild_ref.segments import combined
+
+    model = tiny_model("llama", seed=1, vocab_size=256)
+    forward = Forward(model, Engine(model, None, workers=2).rope, "fast")
+    with pytest.raises(ValueError, match=words.replace("[", r"\[").replace("]", r"\]")):
+        forward.storage(combined(2), capacities)
+
+
+@pytest.mark.parametrize("texts, words", [({"note": 5}, "static_texts['note'] must be the segment's text"),
+                                          ({"note": None}, "static_texts['note'] must be the segment's text"),
+                                          ([("note", "x")], "must be a dict of segment id -> text")])
+def test_static_texts_of_the_wrong_kind_are_named(smollm_tokenizer, texts, words):
+    """A static text that is not a str reached the tokenizer, whose error named neither ``static_texts``
+    nor the segment; a list of pairs was reported as naming segments that do not exist."""
+    from hogwild_ref.segments import Segment
+
+    table = SegmentTable((Segment("P", 0), Segment("note", 0), Segment("a", 0, 0)), (("P", "note", "a"),))
+    model = tiny_model("llama", seed=1, vocab_size=len(smollm_tokenizer))
+    with pytest.raises(TypeError, match=re.escape(words)):
+        Engine(model, smollm_tokenizer, workers=1, table=table, static_texts=texts)

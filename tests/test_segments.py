@@ -402,3 +402,34 @@ class AppendFlushMachine(RuleBasedStateMachine):
 
 AppendFlushMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=30)
 TestAppendFlush = AppendFlushMachine.TestCase
+
+
+@pytest.mark.parametrize("call", [
+    lambda t: t.offsets(-1), lambda t: t.offsets(2), lambda t: t.view_length(-1), lambda t: t.view_length(2),
+    lambda t: t.next_positions(-1, 3), lambda t: t.offsets(True),
+])
+def test_a_worker_index_out_of_range_is_refused_not_read_from_the_end(call):
+    """Spec §2.3: workers are ``0 .. W-1``. ``offsets(-1)`` used to answer for the last worker (Python's
+    negative index) and ``offsets(W)`` raised a bare IndexError; both are a TableError naming the range,
+    as ``write_segment`` and ``flush`` already gave."""
+    table = combined(2, 5, others_header=1, separator=1, own_header=1)
+    with pytest.raises(TableError, match="out of range; the table has 2 workers"):
+        call(table)
+
+
+@pytest.mark.parametrize("call", [
+    lambda t: t.grow("zz", 1), lambda t: t.length("zz"), lambda t: t["zz"], lambda t: t.index("zz"),
+    lambda t: t.index(["common"]),
+])
+def test_an_unknown_segment_id_is_a_table_error_naming_the_ids(call):
+    """Spec §2.3: an id must name a segment; a bare KeyError said only ``'zz'``."""
+    table = combined(2, 5)
+    with pytest.raises(TableError, match="unknown segment .* the table's segments are 'common', "):
+        call(table)
+
+
+@pytest.mark.parametrize("counts", [[1, -1], [1, 1.0], [True, 0]])
+def test_rows_take_counts_of_zero_or_more(counts):
+    """Spec §3.1: a row feeds ``n_r >= 0`` tokens; ``rows`` built a row of -1 that only a later forward refused."""
+    with pytest.raises(TableError, match="integers >= 0"):
+        combined(2).rows(counts)

@@ -464,6 +464,14 @@ class Engine:
 def _explicit_table(table: SegmentTable | None, static_texts: dict[str, str] | None, workers: int,
                     layout: str) -> tuple[SegmentTable | None, str]:
     """Check ``Engine``'s ``table``/``static_texts`` arguments; return the table and the layout name."""
+    if static_texts is not None and (not isinstance(static_texts, dict)
+                                     or not all(isinstance(k, str) for k in static_texts)):
+        raise TypeError("static_texts must be a dict of segment id -> text, e.g. {'note': 'Be brief.'}; got "
+                        f"{static_texts!r}"[:300])
+    wrong = {k: v for k, v in (static_texts or {}).items() if not isinstance(v, str)}
+    if wrong:
+        sid, value = next(iter(wrong.items()))
+        raise TypeError(f"static_texts[{sid!r}] must be the segment's text (a str); got {type(value).__name__} {value!r}"[:300])
     if table is None:
         if static_texts:
             raise ValueError("static_texts needs an explicit table (for the presets the prompts module renders them)")

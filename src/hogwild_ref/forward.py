@@ -47,6 +47,41 @@ class WindowExceeded(ValueError):
 _PACKS: weakref.WeakKeyDictionary[Any, PackedLinear] = weakref.WeakKeyDictionary()
 
 
+def vocab_size(model: Any) -> int | None:
+    """How many token ids ``model`` embeds: its config's ``vocab_size`` or its input embedding's rows,
+    the larger (a padded embedding takes more ids; a tensor-parallel shard holds fewer rows than the
+    config counts); None when neither is known."""
+    sizes = [getattr(getattr(model, "config", None), "vocab_size", None)]
+    embed = getattr(model, "get_input_embeddings", None)
+    if callable(embed):
+        sizes.append(getattr(embed(), "num_embeddings", None))
+    known = [n for n in sizes if isinstance(n, int) and not isinstance(n, bool) and n > 0]
+    return max(known) if known else None
+
+
+def check_feeds(rows: Sequence[Row], feeds: Sequence[Sequence[int]], vocab: int | None) -> None:
+    """Refuse, in one line, a forward whose rows and feeds disagree (Spec §3.1: row ``r`` feeds
+    ``n_r`` tokens, its ``feeds[r]``): no rows, a row that is not a :class:`~hogwild_ref.segments.Row`
+    of a tuple of segment ids, a feed count or a token count that differs from the rows', or a token id
+    the model does not embed. Without it a short feed left slots of the cache unwritten (fast) or
+    filled with token 0 (general backends)."""
+    if not rows:
+        raise ValueError("a forward needs at least one row (Spec §3.1); got none")
+    if len(feeds) != len(rows):
+        raise ValueError(f"got {len(feeds)} feeds for {len(rows)} rows; pass one token list per row (Spec §3.1)")
+    for r, (row, feed) in enumerate(zip(rows, feeds, strict=True)):
+        if not isinstance(row, Row) or not isinstance(row.view, tuple) or not all(isinstance(s, str) for s in row.view):
+            raise TypeError(f"row {r} must be a Row whose view is a tuple of segment ids, e.g. "
+                            f"Row(('common', 'cur_0'), 1); got {row!r}")
+        if len(feed) != row.new_tokens:
+            raise ValueError(f"row {r} feeds {row.new_tokens} new tokens but its feed holds {len(feed)}; "
+                             "give each row exactly its new_tokens token ids (Spec §3.1)")
+        for t in feed:
+            if not isinstance(t, int) or isinstance(t, bool) or t < 0 or (vocab is not None and t >= vocab):
+                raise ValueError(f"row {r} feeds token id {t!r}; the model embeds the ids 0 .. "
+                                 f"{'its vocabulary size - 1' if vocab is None else vocab - 1}")
+
+
 class Forward:
     """The forward step of one model with one backend (Spec §3, §9, §11).
 
@@ -90,6 +125,9 @@ class Forward:
         self.output_device = out.weight.device if out is not None else self.device
         compile, pack_weights = check_compile(model, self.layer_devices, compile, pack_weights)
         self.window = sliding_window(model.config)
+        #: the token ids the model embeds (``0 .. vocab_size - 1``); None when neither the config nor the
+        #: input embeddings say
+        self.vocab_size = vocab_size(model)
         self.planner = planner
         self._cache_kw = cache_keyword(model)
         if compile is None:
@@ -154,6 +192,7 @@ class Forward:
         """
         if self.model.training:
             raise RuntimeError("the model is in training mode (dropout would apply); call model.eval() first")
+        check_feeds(rows, feeds, self.vocab_size)
         parts = self.parts(storage, rows)
         if parts is not None:
             return self._in_parts(storage, rows, feeds, logits, parts)

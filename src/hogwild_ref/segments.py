@@ -151,11 +151,15 @@ class SegmentTable:
         return len(self.views)
 
     def __getitem__(self, sid: str) -> Segment:
-        return self.segments[self._index[sid]]
+        return self.segments[self.index(sid)]
 
     def index(self, sid: str) -> int:
         """Position of segment ``sid`` in the table order (the storage order of Spec §2.1)."""
-        return self._index[sid]
+        try:
+            return self._index[sid]
+        except (KeyError, TypeError):
+            raise TableError(f"unknown segment {sid!r}; the table's segments are "
+                             f"{', '.join(repr(s.id) for s in self.segments)}") from None
 
     def length(self, sid: str) -> int:
         """Length of segment ``sid``."""
@@ -176,10 +180,12 @@ class SegmentTable:
 
         ``o_w(s)`` is the sum of the lengths of the segments before ``s`` in ``w``'s view.
         """
+        self._check_worker(w)
         return view_offsets(self, self.views[w])
 
     def view_length(self, w: int) -> int:
         """Length of ``w``'s linearised view."""
+        self._check_worker(w)
         return sum(self.length(s) for s in self.views[w])
 
     def next_positions(self, w: int, n: int) -> range:
@@ -191,6 +197,8 @@ class SegmentTable:
         """The batch rows of a tick in which worker ``w`` feeds ``new_tokens[w]`` tokens (Spec §3.1)."""
         if len(new_tokens) != self.workers:
             raise TableError(f"new_tokens has {len(new_tokens)} entries; expected one per worker ({self.workers})")
+        if any(not isinstance(n, int) or isinstance(n, bool) or n < 0 for n in new_tokens):
+            raise TableError(f"new token counts must be integers >= 0 (Spec §3.1); got {list(new_tokens)}")
         return tuple(Row(view, n) for view, n in zip(self.views, new_tokens, strict=True))
 
     # ------------------------------------------------------------------ updates (pure)

@@ -21,6 +21,19 @@ from .store import DEFAULT_CAPACITY, SegmentStore
 __all__ = ["Storage"]
 
 
+def check_capacities(table: SegmentTable, capacities: Mapping[str, int]) -> None:
+    """Refuse reserved capacities (Spec §9.6: slots per segment, grown when full) for ids the table does not
+    have, or that are not integers ``>= 0``: a misspelt id used to reserve nothing without a word."""
+    ids = {s.id for s in table.segments}
+    unknown = sorted(map(str, set(capacities) - ids))
+    if unknown:
+        raise ValueError(f"capacities name {unknown}, which are not segments of the table "
+                         f"({', '.join(sorted(ids))})")
+    bad = {k: v for k, v in capacities.items() if not isinstance(v, int) or isinstance(v, bool) or v < 0}
+    if bad:
+        raise ValueError(f"capacities must be integers >= 0 (slots to reserve per segment); got {bad}")
+
+
 class Storage:
     """K/V storage of every layer for one segment table (Spec §2.1).
 
@@ -46,6 +59,7 @@ class Storage:
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         kv = kv_heads or getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         per_layer = list(devices) if isinstance(devices, (list, tuple)) else [devices] * layers
+        check_capacities(table, capacities or {})
         caps = [(capacities or {}).get(s.id, DEFAULT_CAPACITY) for s in table.segments]
         #: the fast path's groups of workers, each with its own common segment (Spec §9.6), or None
         self.groups: DecodeGroups | None = decode_groups(table)
