@@ -371,3 +371,25 @@ def test_bench_ticks_interrupted_keeps_the_cases_measured(capsys, monkeypatch, a
     else:
         assert re.search(r"│ +32 │ 1 │", out) and not re.search(r"│ +32 │ 2 │", out), out
     assert err.strip().splitlines()[-1] == "interrupted"
+
+
+def test_the_live_summary_prints_answers_as_text_not_markup(smollm):
+    """An answer such as ``[/]`` made rich raise MarkupError after the run (a traceback, no summary), and
+    ``[x, y]`` printed as an empty cell: the summary's values are plain text."""
+    import dataclasses
+
+    from rich.console import Console
+
+    from hogwild_ref.live import LiveView
+    from hogwild_ref.scheduler import Snapshot
+
+    model, tokenizer = smollm
+    result = hogwild_ref.generate(model, tokenizer, "What is 2 + 3?", workers=2, layout="combined", max_ticks=2,
+                                  finisher=False)
+    for answer in ("[/]", "[x, y]", r"\frac{[k]}{2}", "[bold]5[/bold]"):
+        out = io.StringIO()
+        view = LiveView(Console(file=out, width=200), 2, 2, "What is 2 + 3?")
+        view.summary(dataclasses.replace(result, answer=answer, model="m[/]",
+                                         snapshots=[Snapshot(1, "", ("", ""), answer)]))
+        printed = out.getvalue()
+        assert printed.count(f"│ {answer} ") == 2 and "│ m[/] " in printed, printed  # the answer, the snapshot's

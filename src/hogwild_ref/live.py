@@ -61,7 +61,7 @@ class LiveView:
 
     def _render(self) -> Group:
         cols = [
-            Panel(Text(c[-TAIL:] or "…"), title=name, width=max(30, self.console.width // max(1, len(self.names)) - 1))
+            Panel(Text(c[-TAIL:] or "…"), title=Text(name), width=max(30, self.console.width // max(1, len(self.names)) - 1))
             for name, c in zip(self.names, self.current)
         ]
         hist = Text("\n".join(self.history[-8:]) or "(no finished steps yet)")
@@ -74,16 +74,21 @@ class LiveView:
 
     def summary(self, result: HogwildResult) -> None:
         table = Table(title="Hogwild run", show_header=False)
-        table.add_row("model", result.model)
-        table.add_row("layout / backend", f"{result.layout} / {result.backend}")
-        table.add_row("workers", str(len(result.workers)))
-        table.add_row("ticks", str(result.ticks))
         tokens = sum(len(w.tokens) for w in result.workers)
         gen_seconds = max(result.seconds - result.prefill_seconds, 1e-9)
-        table.add_row("time", f"{result.seconds:.2f} s (prefill {result.prefill_seconds:.2f} s)")
-        table.add_row("speed", f"{result.ticks / gen_seconds:.1f} ticks/s, {tokens / gen_seconds:.1f} tokens/s")
-        table.add_row("stopped by", str(result.reason))
-        table.add_row("answer", result.answer if result.answer is not None else "(none)")
-        for snap in result.snapshots:  # --snapshots: the answer in the history at each requested tick (Spec §6.5)
-            table.add_row(f"snapshot, tick {snap.tick}", snap.answer if snap.answer is not None else "(none)")
+        rows = [
+            ("model", result.model),
+            ("layout / backend", f"{result.layout} / {result.backend}"),
+            ("workers", str(len(result.workers))),
+            ("ticks", str(result.ticks)),
+            ("time", f"{result.seconds:.2f} s (prefill {result.prefill_seconds:.2f} s)"),
+            ("speed", f"{result.ticks / gen_seconds:.1f} ticks/s, {tokens / gen_seconds:.1f} tokens/s"),
+            ("stopped by", str(result.reason)),
+            ("answer", result.answer if result.answer is not None else "(none)"),
+        ]
+        # --snapshots: the answer in the history at each requested tick (Spec §6.5)
+        rows += [(f"snapshot, tick {snap.tick}", snap.answer if snap.answer is not None else "(none)")
+                 for snap in result.snapshots]
+        for name, value in rows:  # as plain text: an answer such as [x, y] or [/] is not rich markup
+            table.add_row(name, Text(value))
         self.console.print(table)

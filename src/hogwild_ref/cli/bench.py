@@ -212,10 +212,11 @@ def cmd_bench_ticks(args: argparse.Namespace) -> int:
 def _print_ticks_table(results: list[Any], name: str, args: argparse.Namespace, interrupted: bool = False) -> None:
     """``bench ticks``' table, one row per case."""
     from rich.table import Table
+    from rich.text import Text
 
     from ..bench import machine
 
-    table = Table(title=f"bench ticks: {name}, {args.layout}, {args.backend} — {machine()}")
+    table = Table(title=Text(f"bench ticks: {name}, {args.layout}, {args.backend} — {machine()}"))
     batched = any(r.problems > 1 for r in results)
     split = any(r.split_s_per_tick is not None for r in results)
     columns = ("ctx", "W") + (("P", "tokens/s", "P runs alone", "batch/alone") if batched else ())

@@ -323,6 +323,7 @@ class _Scoped:
 def _print_conform_table(report: Any, adapter: str) -> None:
     """One line per vector; a failure's note is its first line, shortened (the full text is in --json)."""
     from rich.table import Table
+    from rich.text import Text
 
     rows = []
     for r in report.results:
@@ -332,7 +333,7 @@ def _print_conform_table(report: Any, adapter: str) -> None:
         note = note.splitlines()[0] if note else ""
         note = note if len(note) <= 60 else note[:59] + "…"
         rows.append((r.name, r.level, result, err, f"{r.tol:.2g}", note, r.status))
-    table = Table(title=f"conformance of {adapter} ({report.vectors_dir})")
+    table = Table(title=Text(f"conformance of {adapter} ({report.vectors_dir})"))
     for i, (title, justify) in enumerate((("vector", "left"), ("level", "left"), ("result", "left"),
                                           ("error", "right"), ("tol", "right"))):
         width = max([len(title)] + [len(row[i]) for row in rows])
@@ -340,7 +341,8 @@ def _print_conform_table(report: Any, adapter: str) -> None:
     table.add_column("worst output / note", no_wrap=True, overflow="ellipsis")
     style = {"passed": "green", "failed": "bold red", "skipped": "yellow", "out_of_scope": "dim", "not_run": "magenta"}
     for name, level, result, err, tol, note, status in rows:
-        table.add_row(name, level, f"[{style[status]}]{result}[/]", err, tol, note)
+        # the adapter's messages and names as plain text (an error such as "index [x, y]" is not rich markup)
+        table.add_row(Text(name), level, Text(result, style=style[status]), err, tol, Text(note))
     out = console(width=max(console().width, 150))
     out.print(table)
     out.print(f"{report.passed} passed, {report.failed} failed, {report.out_of_scope} out of scope, "

@@ -177,9 +177,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     # soft_wrap: a path is never broken over two lines (rich wraps at 80 columns when writing to a log file)
     err.print(f"{report.problems} problems x {len(cfg.seeds)} seeds: {report.ran_units} units run, "
-                  f"{report.skipped_units} already in {report.files['results']}", soft_wrap=True)
+                  f"{report.skipped_units} already in {report.files['results']}", soft_wrap=True, markup=False)
     print(report.files["summary_md"].read_text(encoding="utf-8"))  # plain Markdown: any terminal width, copy-pasteable
     for name, path in report.files.items():
-        err.print(f"{name}: {path}", soft_wrap=True)
+        err.print(f"{name}: {path}", soft_wrap=True, markup=False)
     return 0
 

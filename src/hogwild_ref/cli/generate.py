@@ -169,6 +169,6 @@ def _print_partial(console: Any, result: Any) -> None:
 
     console.print(Panel(Text(result.history_text or "(no finished steps)"), title="shared history (interrupted)"))
     for w in result.workers:
-        console.print(Panel(Text(w.text or "(nothing yet)"), title=f"{w.name} (interrupted)"))
+        console.print(Panel(Text(w.text or "(nothing yet)"), title=Text(f"{w.name} (interrupted)")))
     LiveView(console, len(result.workers), max(result.ticks, 1), "").summary(result)
 
