@@ -73,7 +73,8 @@ def _boxed_spans(text: str) -> list[tuple[int, int]]:
 
     One pass from the first box over the braces alone, with a stack of the open ones (each marked
     with the content start of the box it opens, or None): linear in the text, also when boxes are
-    left open.
+    left open. A brace after an odd number of backslashes is escaped (content); after an even number
+    it is structure, the backslashes being line breaks ``\\\\`` (so ``\\boxed{a\\\\}`` closes).
     """
     first = text.find(_BOXED)
     if first == -1:
@@ -82,6 +83,8 @@ def _boxed_spans(text: str) -> list[tuple[int, int]]:
     stack: list[int | None] = []
     for m in _BRACES.finditer(text, first):
         token = m.group()
+        if len(token) == 2 and _backslashes_before(text, m.start()) % 2:
+            token = token[1]  # \\{ or \\}: a line break, then a brace that is structure
         if token == _BOXED:
             stack.append(m.end())
         elif token == "{":
@@ -89,17 +92,26 @@ def _boxed_spans(text: str) -> list[tuple[int, int]]:
         elif token == "}" and stack:
             start = stack.pop()
             if start is not None:
-                spans.append((start, m.start()))
+                spans.append((start, m.end() - 1))  # the brace itself (one on, after a line break)
         # else an escaped brace \{ or \}: content, not structure
     spans.sort()
     return spans
+
+
+def _backslashes_before(text: str, i: int) -> int:
+    """How many backslashes run up to position ``i`` (exclusive) of ``text``."""
+    j = i
+    while j > 0 and text[j - 1] == "\\":
+        j -= 1
+    return i - j
 
 
 def extract_boxed(text: str) -> str | None:
     """Content of the last complete ``\\boxed{...}`` in ``text``, or None (Spec §6.4).
 
     Braces nest (``\\boxed{\\frac{1}{2}}`` gives ``\\frac{1}{2}``); escaped braces ``\\{``
-    and ``\\}`` are content. An unclosed ``\\boxed{`` is not an answer. "Last" means the
+    and ``\\}`` (an odd run of backslashes before the brace) are content, while the brace after a
+    line break ``\\\\`` closes. An unclosed ``\\boxed{`` is not an answer. "Last" means the
     complete box that starts last.
     """
     spans = _boxed_spans(text)
