@@ -612,3 +612,13 @@ def test_the_library_resume_refuses_a_changed_gold_before_any_unit_runs(tmp_path
     (out / "results.jsonl").write_text(json.dumps(_row(gold="5")) + "\n")
     with pytest.raises(ValueError, match="problem 'a' has the gold answer '5'"):
         run_eval(None, None, cfg, out, progress=False)  # no model: refused before it is used
+
+
+def test_a_gold_integer_with_the_typeset_minus_is_an_integer(tmp_path):
+    """Spec §13.1 writes U+2212 as ``-``, and the integer kind compared ``−5`` and ``-5`` as equal, but a
+    GSM8k gold ``#### −5`` was read as ``math`` (the kind test took ASCII signs only)."""
+    (gsm,) = load_dataset(_jsonl(tmp_path / "g.jsonl", [{"question": "P", "answer": "so #### \u22125"}]))
+    assert gsm.kind == "integer" and check_answer("-5", gsm.answer, gsm.kind).correct
+    (tmp_path / "aime24").mkdir()
+    records = [{"problem": "P", "answer": "33"}, {"problem": "Q", "answer": "\u221212"}]
+    assert [p.kind for p in load_dataset(_jsonl(tmp_path / "aime24" / "x.jsonl", records))] == ["integer", "integer"]

@@ -371,8 +371,8 @@ def _load_file(path: Path, fields: Mapping[str, str], split: str | None, kind: s
 
 def _integral(answer: str) -> bool:
     """Whether a gold answer is an integer as the ``integer`` kind reads it (Spec §13.1): thousands
-    separators (``1,234``) and a ``.0…`` after it (``18.0``) allowed."""
-    return re.fullmatch(r"[-+]?(\d+|\d{1,3}(,\d{3})+)(\.0+)?", answer.strip()) is not None
+    separators (``1,234``), a ``.0…`` after it (``18.0``) and a typeset minus (U+2212) allowed."""
+    return re.fullmatch(r"[-+\u2212]?(\d+|\d{1,3}(,\d{3})+)(\.0+)?", answer.strip()) is not None
 
 
 def _set_kind(problems: list[Problem], kind: str, aime: bool) -> list[Problem]:
