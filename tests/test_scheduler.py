@@ -102,14 +102,14 @@ def ref_boundary(text: str, punctuation: str = ".!?") -> bool:
 
 
 def ref_boxed(text: str) -> str | None:
-    """Last complete \\boxed{...} via brace counts (no escaped braces in these streams)."""
+    """Last complete, non-blank \\boxed{...} via brace counts (no escaped braces in these streams)."""
     best = None
     for m in re.finditer(re.escape("\\boxed{"), text):
         rest = text[m.end() :]
         for n in range(len(rest)):
             head = rest[: n + 1]
             if head.count("}") == head.count("{") + 1:
-                best = rest[:n]
+                best = rest[:n] if rest[:n].strip() else best
                 break
     return best
 
@@ -338,7 +338,8 @@ def test_is_step_boundary_matches_oracle(text):
         ("\\boxed{\\{1, 2\\}}", "\\{1, 2\\}"),  # escaped braces are content
         ("\\boxed{\\{}", "\\{"),  # ... even when unbalanced
         ("\\boxed{a\\}", None),
-        ("\\boxed{}", ""),
+        ("\\boxed{}", None),  # blank: no answer (an echoed instruction)
+        ("\\boxed{7} then put it in \\boxed{ }", "7"),
         # a line break \\ before a brace leaves the brace structure (an odd run of backslashes escapes it)
         ("\\boxed{a\\\\}", "a\\\\"),
         ("\\boxed{5} then \\boxed{x\\\\}", "x\\\\"),
@@ -481,6 +482,16 @@ def test_boxed_stop_only_on_finished_step():
     sch = Scheduler(1, CharTok.decode, CharTok.encode, SchedulerConfig(stop_on_boxed=False))
     outs = _feed_text(sch, "So \\boxed{4}.\n\n")
     assert not any(o.done for o in outs)
+
+
+def test_a_blank_box_neither_stops_the_run_nor_is_its_answer():
+    """Spec §6.4: a worker echoing the instruction "put the answer in \\boxed{}" ended the run ("boxed",
+    answer ``''``), so neither the budget nor the finisher came (the evaluation then had no answer)."""
+    sch = Scheduler(1, CharTok.decode, CharTok.encode, SchedulerConfig(collab_every=None))
+    outs = _feed_text(sch, "Put the final answer in \\boxed{}.\n\n")
+    assert not any(o.done for o in outs) and sch.answer() is None
+    outs = _feed_text(sch, "So \\boxed{4}.\n\n")
+    assert outs[-1].done and outs[-1].reason == "boxed" and sch.answer() == "4"
 
 
 def test_answer_falls_back_to_current_text():

@@ -111,14 +111,13 @@ def extract_boxed(text: str) -> str | None:
 
     Braces nest (``\\boxed{\\frac{1}{2}}`` gives ``\\frac{1}{2}``); escaped braces ``\\{``
     and ``\\}`` (an odd run of backslashes before the brace) are content, while the brace after a
-    line break ``\\\\`` closes. An unclosed ``\\boxed{`` is not an answer. "Last" means the
-    complete box that starts last.
+    line break ``\\\\`` closes. An unclosed ``\\boxed{`` is not an answer, nor is a blank one
+    (``\\boxed{}``, ``\\boxed{ }``). "Last" means the complete, non-blank box that starts last.
     """
-    spans = _boxed_spans(text)
-    if not spans:
-        return None
-    a, b = spans[-1]
-    return text[a:b]
+    for a, b in reversed(_boxed_spans(text)):
+        if text[a:b].strip():  # a blank box (an instruction echoed: "in \\boxed{}") is no answer
+            return text[a:b]
+    return None
 
 
 @dataclass(frozen=True)
