@@ -299,3 +299,67 @@ def test_a_run_without_room_for_one_tick_says_so(smollm_tokenizer):
     with pytest.warns(ContextLengthWarning, match=r"^no tick fit: the prompt \(\d+ tokens in a worker's view\)"):
         result = engine.run("What is 2 + 3?")
     assert (result.reason, result.ticks) == ("context", 0)
+
+
+def _pieces(tokenizer, ids):
+    from hogwild_ref.events import TokenText
+
+    text = TokenText(lambda t: tokenizer.decode(list(t), skip_special_tokens=False))
+    return [text.piece(t) for t in ids]
+
+
+@pytest.mark.parametrize("text", ["苹果🍎 and 🍎🍎🍎", "naïve café — ½ × π ≈ 1.57", "שלום עולם", "e\u0301\u0301 🇫🇷👩🏽‍🔬"])
+def test_token_texts_carry_whole_characters(smollm_tokenizer, text):
+    """A TokenEvent's text used to be its token decoded alone, so a character over several byte-level
+    tokens (CJK, emoji) streamed as one U+FFFD per token into the live view and the event API; read in
+    context, each character comes whole with the token that completes it, and the pieces join to the
+    decoded text."""
+    ids = smollm_tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert any("\ufffd" in smollm_tokenizer.decode([t]) for t in ids), "the text splits a character"
+    pieces = _pieces(smollm_tokenizer, ids)
+    assert "".join(pieces) == smollm_tokenizer.decode(ids) == text
+    assert not any("\ufffd" in p for p in pieces)
+
+
+def test_token_texts_of_any_text_join_to_its_decoding(smollm_tokenizer):
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.text(st.characters(codec="utf-8"), max_size=40))
+    def check(text):
+        ids = smollm_tokenizer(text, add_special_tokens=False)["input_ids"]
+        pieces, decoded = _pieces(smollm_tokenizer, ids), smollm_tokenizer.decode(ids)
+        joined = "".join(pieces)
+        # the pieces join to the decoding, but for an incomplete character at the end, still held
+        assert decoded.startswith(joined) and set(decoded[len(joined):]) <= {"\ufffd"}
+        assert decoded == joined or decoded != text
+        assert all("\ufffd" not in p for p in pieces) or "\ufffd" in decoded
+
+    check()
+
+
+def test_token_events_of_a_run_carry_whole_characters(smollm_tokenizer, monkeypatch):
+    """Through the engine: workers whose sampled tokens spell emoji and CJK over several byte tokens
+    stream whole characters (the live view showed one U+FFFD per token), joined to each worker's text."""
+    import hogwild_ref.run as run_module
+    from hogwild_ref.events import TokenEvent
+
+    tok = smollm_tokenizer
+    script = [tok("苹果🍎 🍎🍎", add_special_tokens=False)["input_ids"], tok(" 日本語 ✓", add_special_tokens=False)["input_ids"]]
+    ticks = {"n": 0}
+
+    def scripted(logits, active, sampling, generators):
+        n = ticks["n"]
+        ticks["n"] += 1
+        return [script[w][n % len(script[w])] for w in range(len(active))]
+
+    monkeypatch.setattr(run_module, "sample_rows", scripted)
+    model = tiny_model("llama", seed=1, vocab_size=len(tok))
+    engine = Engine(model, tok, workers=2, layout="combined", finisher=False,
+                    scheduler=SchedulerConfig(max_ticks=max(map(len, script)), eos_token_ids=frozenset()))
+    events = [e for e in engine.stream("Say it in emoji.") if isinstance(e, TokenEvent)]
+    for w in (0, 1):
+        pieces = [e.text for e in events if e.worker == w]
+        assert "".join(pieces) == tok.decode(engine.result.workers[w].tokens), w
+        assert not any("\ufffd" in p for p in pieces), pieces

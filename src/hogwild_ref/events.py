@@ -6,6 +6,7 @@ Pure data: no torch at run time (a result's recorded logits are tensors, typed o
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ __all__ = [
     "SnapshotEvent",
     "StepEvent",
     "TokenEvent",
+    "TokenText",
     "WorkerResult",
 ]
 
@@ -31,7 +33,9 @@ __all__ = [
 # ---------------------------------------------------------------------- events
 @dataclass(frozen=True)
 class TokenEvent:
-    """Worker ``worker`` sampled ``token`` at tick ``tick`` (``text`` is its decoded piece).
+    """Worker ``worker`` sampled ``token`` at tick ``tick``. ``text`` is the worker's new text
+    (:class:`TokenText`): a character spread over several tokens comes whole with the last of them,
+    the tokens before it giving ``""``, so the texts of a worker's events join to its decoded tokens.
 
     ``eos`` is True for a token that stops the worker (Spec §6.4): it is no part of the worker's text
     (:attr:`WorkerResult.text`), so a view of the texts leaves its piece (``<|im_end|>``) out."""
@@ -41,6 +45,32 @@ class TokenEvent:
     token: int
     text: str
     eos: bool = False
+
+
+class TokenText:
+    """The text pieces of one worker's :class:`TokenEvent` s, read in context: a character that spans
+    several tokens (a byte-level tokenizer's CJK or emoji) comes whole with the token that completes
+    it, where decoding each token alone gave U+FFFD for each part; a token whose text depends on the
+    one before it (a SentencePiece word start) is read after it. The pieces join to ``decode`` of all
+    the tokens (when these end on a whole character).
+
+    Each call decodes the tokens since the previous piece's start: constant work per token."""
+
+    def __init__(self, decode: Callable[[Sequence[int]], str]):
+        self.decode = decode
+        self.tokens: list[int] = []
+        self.start = 0  # the tokens before the last piece's, kept as its context
+        self.read = 0  # the tokens whose text has been given out
+
+    def piece(self, token: int) -> str:
+        """The new text once ``token`` is appended ("" while a character is still incomplete)."""
+        self.tokens.append(token)
+        before = self.decode(self.tokens[self.start : self.read])
+        text = self.decode(self.tokens[self.start :])
+        if len(text) <= len(before) or text.endswith("\ufffd"):
+            return ""  # an incomplete character: held until the token that completes it
+        self.start, self.read = self.read, len(self.tokens)
+        return text[len(before) :]
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from typing import cast
 import torch
 from torch import Generator, Tensor
 
-from .events import Event, FlushEvent, SnapshotEvent, StepEvent, TokenEvent
+from .events import Event, FlushEvent, SnapshotEvent, StepEvent, TokenEvent, TokenText
 from .forward import Forward
 from .sampling import SamplingConfig, sample_rows
 from .scheduler import Scheduler, Snapshot, extract_boxed
@@ -100,6 +100,8 @@ class ProblemRun:
         self.snapshots: list[Snapshot] = []
         self.logits: list[Tensor] | None = [] if record_logits else None
         self.finisher_tokens: list[int] = []  # what the committed finisher decoded for worker 0
+        #: each worker's token texts read in context (a character over several tokens comes whole)
+        self.texts = [TokenText(decode) for _ in range(self.workers)]
         self.ticks = 0  # generation ticks committed (the finisher's not counted)
         self.reason: str | None = None
         self.active = True
@@ -132,7 +134,7 @@ class ProblemRun:
     def token_events(self, sampled: list[int | None]) -> list[Event]:
         """The coming tick's sampled tokens as events (before :meth:`commit`: a Ctrl-C while they are
         handled reports the previous tick)."""
-        return [TokenEvent(self.ticks + 1, w, tok, self.decode([tok]), tok in self.sched.eos)
+        return [TokenEvent(self.ticks + 1, w, tok, self.texts[w].piece(tok), tok in self.sched.eos)
                 for w, tok in enumerate(sampled) if tok is not None]
 
     def commit(self, storage: Storage, sampled: list[int | None], logits: Tensor) -> list[Event]:
@@ -282,6 +284,7 @@ class RunLoop:
         answers: dict[int, str | None] = {id(r): None for r in runs}
         saved, home, bases = self.storage.table, self.storage, [r.base for r in runs]
         live = list(runs)
+        texts = {id(r): TokenText(r.decode) for r in runs} if commit else {}  # the finisher's own text
         try:
             for step in range(tokens):
                 if not live:
@@ -297,7 +300,7 @@ class RunLoop:
                         r.transcript.append(r.views[0][-1], feeds[key], first_sampled[key], worker=0)
                         r.finisher_tokens.append(tok)
                         r.pending[0] = tok
-                        yield r, TokenEvent(r.ticks + step + 1, 0, tok, r.decode([tok]), tok in r.sched.eos)
+                        yield r, TokenEvent(r.ticks + step + 1, 0, tok, texts[key].piece(tok), tok in r.sched.eos)
                     produced[key].append(tok)
                     feeds[key], first_sampled[key] = [tok], True
                     answers[key] = r.extract(r.decode(fin[key] + produced[key]))
