@@ -56,6 +56,8 @@ SHARED_MIN = 32
 
 #: two problem texts whose prompts agree exactly on the template's part (Spec §4.4, shared prefix)
 _PROBES = ("Probe problem: 1 + 1.", "Zebras? 42")
+#: stands for the problem when the prompt around it is rendered (:meth:`Engine._literal`)
+_MARK = "\x00hogwild-problem\x00"
 
 
 @dataclass(frozen=True)
@@ -199,10 +201,13 @@ class Engine:
         chat = self.tokenizer.apply_chat_template if getattr(self.tokenizer, "chat_template", None) else None
         first = prompt_segment(table)
 
-        def render(text: str) -> list[int]:
-            return self.encode(prompts_mod.render_prompt(text, self.workers, chat, templates, names=self.names))
+        def text_of(problem: str) -> str:
+            return prompts_mod.render_prompt(problem, self.workers, chat, templates, names=self.names)
 
-        prompt = render(problem)
+        def render(text: str) -> list[int]:
+            return self.encode(text_of(text))
+
+        prompt = render(problem) if not self._holds_special_text(problem) else self._literal(problem, text_of)
         if templates not in self._template_prefix:  # the tokens every problem's prompt starts with
             a, b = (render(p) for p in _PROBES)
             self._template_prefix[templates] = a[: next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))]
@@ -215,6 +220,27 @@ class Engine:
         elif self.layout == "combined":
             static.update({sid: self.encode(text) for sid, text in prompts_mod.segment_texts(templates, self.workers).items()})
         return Prepared(table, first, static, shared if shared >= SHARED_MIN else 0)
+
+    def _holds_special_text(self, problem: str) -> bool:
+        """Whether ``problem`` contains the text of one of the tokenizer's special tokens (``<|im_end|>``)."""
+        decoder = getattr(self.tokenizer, "added_tokens_decoder", None) or {}
+        specials = {t.content for t in decoder.values() if getattr(t, "special", False) and t.content}
+        specials |= {t for t in getattr(self.tokenizer, "all_special_tokens", []) if t}
+        return any(t in problem for t in specials)
+
+    def _literal(self, problem: str, text_of: Callable[[str], str]) -> list[int]:
+        """The prompt of a problem holding a special token's text (Spec §7.4, "A problem is text"): the
+        rendered prompt before and after the problem encoded as usual, the problem with its special
+        token texts as plain characters (``split_special_tokens``), so no problem can close the user's
+        turn or open another."""
+        whole, marked = text_of(problem), text_of(_MARK)
+        before, _, after = marked.partition(_MARK)
+        if marked.count(_MARK) != 1 or whole != before + problem + after:
+            raise ValueError("the problem contains the text of a special token of the tokenizer (such as "
+                             "<|im_end|>), and the chat template does not insert the problem as it is, so it "
+                             "cannot be kept as plain text; remove the special token text from the problem")
+        middle = self.tokenizer(problem, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        return self.encode(before) + list(middle) + self.encode(after)
 
     def warn_context(self, prepared: Sequence[Prepared], max_ticks: int | None) -> str | None:
         """Warn (and return the message) when a run of the longest of ``prepared`` that spends ``max_ticks``
