@@ -119,8 +119,10 @@ Event = TokenEvent | StepEvent | FlushEvent | SnapshotEvent | DoneEvent
 class WorkerResult:
     """One worker's output.
 
-    ``tokens``: every id the worker sampled (worker 0: the finisher's too); ``view_tokens``: its final linearised view (what its
-    last query attended to); ``generated_positions``: indices into ``view_tokens`` of tokens the
+    ``tokens``: every id the worker sampled (worker 0: the finisher's too); ``view_tokens``: its
+    linearised view when the run ended (its last query attended to it, except for the tokens of worker
+    0's finisher, which ran after every other worker's last tick and shows in the views that hold
+    worker 0's segment); ``generated_positions``: indices into ``view_tokens`` of tokens the
     model sampled (the rest were forced: prompt, headers, step prefixes, other workers' tokens are
     counted as generated too — they were sampled by their writer).
     """
