@@ -16,6 +16,7 @@ planted fault: exactly that fault reported), so a failure on the tree is the tre
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -232,6 +233,11 @@ def test_no_source_file_is_too_long() -> None:
     assert not found, f"source files over {gen.MAX_LINES} lines:\n" + "\n".join(found)
 
 
+#: a jaxtyping shape annotation of a torch tensor (every dtype family jaxtyping offers)
+SHAPED = re.compile(
+    r"\b(Float|Int|Bool|Shaped|Num|Real|Inexact|Integer|UInt|Complex|Key|(?:BFloat|Float|Int|UInt)\d+)\[(?:torch\.)?Tensor,")
+
+
 def test_every_module_with_shape_annotations_is_type_checked_at_run_time() -> None:
     """jaxtyping shapes are checked (beartype) in the test run for every module that has them: the
     pytest ``--jaxtyping-packages`` option in pyproject.toml names each one."""
@@ -243,7 +249,7 @@ def test_every_module_with_shape_annotations_is_type_checked_at_run_time() -> No
     annotated = {
         "hogwild_ref." + ".".join(path.relative_to(gen.PACKAGE_ROOT).with_suffix("").parts)
         for path in gen.PACKAGE_ROOT.rglob("*.py")
-        if re.search(r"\b(Float|Int|Bool|Shaped)\[Tensor,", path.read_text(encoding="utf-8"))
+        if SHAPED.search(path.read_text(encoding="utf-8"))
     }
     assert annotated, "no shape annotations found: the scan is broken"
     missing = sorted(annotated - listed)

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from einops import rearrange
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from .plan import TickPlan
@@ -174,7 +174,7 @@ def oracle(
 
 
 def partial_attention(
-    scores: Float[Tensor, "*batch m"], mask: Tensor, values: Float[Tensor, "*batch m D"]
+    scores: Float[Tensor, "*batch m"], mask: Bool[Tensor, "*#batch m"], values: Float[Tensor, "*batch m D"]
 ) -> tuple[Float[Tensor, "*batch D"], Float[Tensor, "*batch"]]:
     """One part's softmax output and natural-log log-sum-exp over its visible keys (Spec §9.5).
 

@@ -79,11 +79,11 @@ class DecodePlan:
 
     table: SegmentTable
     positions: Int[Tensor, "R 1"]
-    slots: Int[Tensor, "R"]
+    slots: Int[Tensor, " R"]
     rotation: Rotation
     write: tuple[int, ...]
     visible: Bool[Tensor, "R S"]
-    lengths: Int[Tensor, "S"]
+    lengths: Int[Tensor, " S"]
     window: int
     tail_window: int
     static_window: int
@@ -178,7 +178,7 @@ class LayerInputs(NamedTuple):
                            None if self.static is None else self.static.to(device), move(self.scatter_index))
 
 
-def common_keys(window: int, lengths: Int[Tensor, "R"], active: Bool[Tensor, "R"]) -> Bool[Tensor, "R Lw"]:
+def common_keys(window: int, lengths: Int[Tensor, " R"], active: Bool[Tensor, " R"]) -> Bool[Tensor, "R Lw"]:
     """The common-window keys each row sees (Spec §9.6): the first ``lengths[r]`` of ``window`` for a row
     that feeds a token; slot 0 alone for one that does not, so that its softmax stays finite (its
     output is zeroed by ``active``)."""
@@ -232,7 +232,7 @@ class DecodeBuffers:
         self.write_cos.copy_(self.cos[rows, write])
         self.write_sin.copy_(-self.sin[rows, write])
 
-    def layer_inputs(self, window: int, commons: Int[Tensor, "R"], tails: Int[Tensor, "R St"], block: int,
+    def layer_inputs(self, window: int, commons: Int[Tensor, " R"], tails: Int[Tensor, "R St"], block: int,
                      whole_common: bool = False, statics: Int[Tensor, "R Ss"] | None = None,
                      static_block: int = 0) -> LayerInputs:
         """The tick's inputs of :func:`decode_attention` shared by every layer on this device.
@@ -331,7 +331,7 @@ def decode_attention(
     query_rotation: Rotation,
     common_mask: Bool[Tensor, "R Lw"] | None,
     tail_mask: Bool[Tensor, "R T"] | Bool[Tensor, "R n T"],
-    active: Float[Tensor, "R"] | Float[Tensor, "R n"],
+    active: Float[Tensor, " R"] | Float[Tensor, "R n"],
     rope: RopeSpec,
     scaling: float,
     k_static: Float[Tensor, "PHkv Ss Cs D"] | None = None,

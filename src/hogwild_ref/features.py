@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
+from jaxtyping import Shaped
 from torch import Tensor
 
 from .models import UnsupportedModelError
@@ -196,7 +197,7 @@ def _register() -> None:
 _register()
 
 
-def relative_error(a: Tensor, b: Tensor) -> float:
+def relative_error(a: Shaped[Tensor, "*shape"], b: Shaped[Tensor, "*shape"]) -> float:
     a64, b64 = a.double(), b.double()
     return float((a64 - b64).abs().max() / b64.abs().max().clamp_min(1e-30))
 

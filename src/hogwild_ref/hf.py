@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.cache_utils import Cache, DynamicLayer
@@ -57,7 +57,7 @@ class Packing:
         slots = torch.arange(int(c.sum())) - torch.repeat_interleave(starts, c)
         self._index = {rows.device: (rows, slots)}
 
-    def on(self, device: torch.device) -> tuple[Tensor, Tensor]:
+    def on(self, device: torch.device) -> tuple[Int[Tensor, " N"], Int[Tensor, " N"]]:
         """Each packed token's ``(row, slot)`` index ``(N,)``, on ``device`` (copied once per device, Spec §11.8)."""
         if device not in self._index:
             rows, slots = next(iter(self._index.values()))
@@ -98,14 +98,15 @@ class HogwildCache(Cache):
             raise RuntimeError("HogwildCache used outside a tick; run the model through hogwild_ref.forward.Forward")
         return self.tick
 
-    def update(self, key_states: Tensor, value_states: Tensor, layer_idx: int, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+    def update(self, key_states: Float[Tensor, "B Hkv n Dk"], value_states: Float[Tensor, "B Hkv n Dv"], layer_idx: int,
+               *args: Any, **kwargs: Any) -> tuple[Float[Tensor, "B Hkv n Dk"], Float[Tensor, "B Hkv n Dv"]]:
         """Hand the layer's new K/V ``(R, Hkv, n, D)`` (packed: ``(1, Hkv, N, D)``) to the tick (Spec §3.2);
         returns them unchanged (the attention function reads the store)."""
         k, v = (key_states, value_states) if self.packing is None else (self.packing.unpack(key_states), self.packing.unpack(value_states))
         self._tick().write(layer_idx, self.stores[layer_idx], k, v)
         return key_states, value_states
 
-    def attend(self, layer_idx: int, query: Tensor, scaling: float) -> Tensor:
+    def attend(self, layer_idx: int, query: Float[Tensor, "B Hq n D"], scaling: float) -> Float[Tensor, "B Hq n D"]:
         """The tick's attention for this layer (Spec §9), packed as the query came."""
         if self.packing is None:
             return self._tick().attend(layer_idx, self.stores[layer_idx], query, scaling)
@@ -121,8 +122,9 @@ class HogwildCache(Cache):
         return self.get_seq_length(), 0
 
 
-def hogwild_attention(module: Any, query: Tensor, key: Tensor, value: Tensor, attention_mask: Any,
-                      scaling: float | None = None, dropout: float = 0.0, **kwargs: Any) -> tuple[Tensor, None]:
+def hogwild_attention(module: Any, query: Float[Tensor, "B Hq n D"], key: Float[Tensor, "B Hkv n D"],
+                      value: Float[Tensor, "B Hkv n D"], attention_mask: Any, scaling: float | None = None,
+                      dropout: float = 0.0, **kwargs: Any) -> tuple[Float[Tensor, "B n Hq D"], None]:
     """Attention function registered as ``"hogwild"`` (Spec §11.1). Returns ``(R, n, Hq, D)`` as
     transformers' attention functions do."""
     cache: HogwildCache | None = kwargs.get("hogwild_cache")

@@ -63,7 +63,7 @@ class TickPlan:
     max_position: int
     positions: Int[Tensor, "R n"]
     offsets: Int[Tensor, "R S"]
-    write_offset: Int[Tensor, "R"]
+    write_offset: Int[Tensor, " R"]
     key_mask: Bool[Tensor, "R n T"]
     query_rotation: Rotation | None = None
 
@@ -86,21 +86,21 @@ class TickPlan:
 
     # derived views of Spec §3.5 (CPU tensors, built when read)
     @property
-    def lengths(self) -> Int[Tensor, "S"]:
+    def lengths(self) -> Int[Tensor, " S"]:
         """``(S,)`` segment lengths after the writes."""
         return torch.tensor(self.sizes, dtype=torch.long)
 
     @property
-    def new_tokens(self) -> Int[Tensor, "R"]:
+    def new_tokens(self) -> Int[Tensor, " R"]:
         """``(R,)`` new tokens per row."""
         return torch.tensor(self.counts, dtype=torch.long)
 
     @property
-    def write_index(self) -> Int[Tensor, "R"]:
+    def write_index(self) -> Int[Tensor, " R"]:
         return torch.tensor(self.write_indices, dtype=torch.long)
 
     @property
-    def write_start(self) -> Int[Tensor, "R"]:
+    def write_start(self) -> Int[Tensor, " R"]:
         return torch.tensor(self.write_starts, dtype=torch.long)
 
     @property

@@ -46,7 +46,7 @@ class SamplingConfig:
         return self.temperature == 0
 
 
-def filter_logits(logits: Float[Tensor, "V"], cfg: SamplingConfig) -> Float[Tensor, "V"]:
+def filter_logits(logits: Float[Tensor, " V"], cfg: SamplingConfig) -> Float[Tensor, " V"]:
     """Temperature, then top-k, top-p (nucleus) and min-p filtering (removed entries set to -inf), Spec §11.5.
 
     Below :data:`STEEP_TEMPERATURE` (``1e-20``), ``logits / temperature`` could overflow (or the
@@ -74,7 +74,7 @@ def filter_logits(logits: Float[Tensor, "V"], cfg: SamplingConfig) -> Float[Tens
     return x
 
 
-def sample(logits: Float[Tensor, "V"], cfg: SamplingConfig, generator: torch.Generator | None = None) -> int:
+def sample(logits: Float[Tensor, " V"], cfg: SamplingConfig, generator: torch.Generator | None = None) -> int:
     """Sample one token id from ``logits`` (greedy when ``cfg.temperature == 0``): :func:`sample_rows`
     of one active row."""
     if not isinstance(logits, Tensor) or logits.dim() != 1:

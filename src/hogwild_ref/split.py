@@ -123,7 +123,7 @@ def decode_attention_split(
     v_tail: Float[Tensor, "Hkv St C D"],
     query_rotation: Rotation,
     tail_mask: Bool[Tensor, "R T"],
-    active: Float[Tensor, "R"],
+    active: Float[Tensor, " R"],
     rope: RopeSpec,
     scaling: float,
     kernel: str | None = None,

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from .fast import common_window, tail_window
 from .rope import RopeSpec
@@ -150,7 +152,7 @@ class Storage:
                 lengths[sid] = L
         self.table = self.table.with_lengths(lengths)
 
-    def segment_kv(self, sid: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def segment_kv(self, sid: str) -> tuple[Float[Tensor, "layers Hkv L D"], Float[Tensor, "layers Hkv L D"]]:
         """Segment ``sid``'s K/V of every layer ``(layers, Hkv, len, D)``, keys at local positions (Spec §2.1)."""
         j, L = self.table.index(sid), self.table.length(sid)
         ks = torch.stack([st.keys[j][:, :L] for st in self.stores])

@@ -245,7 +245,7 @@ class SegmentStore:
         self.keys[j][:, start : start + n] = k
         self.values[j][:, start : start + n] = v
 
-    def scatter_index(self, slots: Int[Tensor, "R"]) -> Int[Tensor, "2 HkvRD"]:
+    def scatter_index(self, slots: Int[Tensor, " R"]) -> Int[Tensor, "2 HkvRD"]:
         """Elements of the flat tail buffers that :meth:`scatter` writes for tail ``slots`` (:meth:`slot`;
         ``-1``: the trash), head-major, then the head dimension: values lie at ``slot·D + d``, keys there
         too or, stored transposed, at ``block·D·C + d·C + t`` for slot ``block·C + t``."""
