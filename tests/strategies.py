@@ -14,8 +14,10 @@ table looks like (the library's constructor just has to accept what we build).
 
 from __future__ import annotations
 
+import torch
 from hypothesis import strategies as st
 
+from hogwild_ref.attention import TOLERANCES
 from hogwild_ref.segments import LAYOUTS, Segment, SegmentTable, make_layout
 
 #: short readable segment ids; tests that exercise serialisation pass ``ids=st.text(...)`` instead.
@@ -94,3 +96,14 @@ def any_tables(**kwargs) -> st.SearchStrategy[SegmentTable]:
 def tick_counts(workers: int, max_new: int = 3) -> st.SearchStrategy[list[int]]:
     """One new-token count per worker, zeros included."""
     return st.lists(st.integers(0, max_new), min_size=workers, max_size=workers)
+
+
+def stored_key_tolerance(dtype: torch.dtype, view_position: int, local_position: int) -> float:
+    """How far a stored key may be from the key rotated once to its segment-local position (relative
+    to its largest entry): the dtype's tolerance (Spec §10.2), plus, in float32, the bound of Spec §10.4
+    for each of its two rotations (to the view position, then by the delta back to the local one)."""
+    tol = TOLERANCES[dtype]
+    if dtype == torch.float32:
+        tau = lambda p: 1e-6 + 2**-23 * (abs(p) + 1)  # noqa: E731 - Spec §10.4
+        tol += tau(view_position) + tau(local_position - view_position)
+    return tol

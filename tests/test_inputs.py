@@ -651,3 +651,4 @@ def test_static_texts_of_the_wrong_kind_are_named(smollm_tokenizer, texts, words
     model = tiny_model("llama", seed=1, vocab_size=len(smollm_tokenizer))
     with pytest.raises(TypeError, match=re.escape(words)):
         Engine(model, smollm_tokenizer, workers=1, table=table, static_texts=texts)
+

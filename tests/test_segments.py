@@ -433,3 +433,10 @@ def test_rows_take_counts_of_zero_or_more(counts):
     """Spec §3.1: a row feeds ``n_r >= 0`` tokens; ``rows`` built a row of -1 that only a later forward refused."""
     with pytest.raises(TableError, match="integers >= 0"):
         combined(2).rows(counts)
+
+
+def test_an_unknown_segment_id_is_still_a_key_error():
+    """Code that caught the lookup's KeyError goes on working; the message is the TableError's."""
+    with pytest.raises(KeyError) as info:
+        combined(2)["zz"]
+    assert str(info.value).startswith("unknown segment 'zz'")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Callable, Generator, Sequence
+from typing import Any, Callable, Generator, Mapping, Sequence
 
 import torch
 import transformers
@@ -490,7 +490,7 @@ class Engine:
 def _explicit_table(table: SegmentTable | None, static_texts: dict[str, str] | None, workers: int,
                     layout: str) -> tuple[SegmentTable | None, str]:
     """Check ``Engine``'s ``table``/``static_texts`` arguments; return the table and the layout name."""
-    if static_texts is not None and (not isinstance(static_texts, dict)
+    if static_texts is not None and (not isinstance(static_texts, Mapping)
                                      or not all(isinstance(k, str) for k in static_texts)):
         raise TypeError("static_texts must be a dict of segment id -> text, e.g. {'note': 'Be brief.'}; got "
                         f"{static_texts!r}"[:300])

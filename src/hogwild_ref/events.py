@@ -35,7 +35,8 @@ __all__ = [
 class TokenEvent:
     """Worker ``worker`` sampled ``token`` at tick ``tick``. ``text`` is the worker's new text
     (:class:`TokenText`): a character spread over several tokens comes whole with the last of them,
-    the tokens before it giving ``""``, so the texts of a worker's events join to its decoded tokens.
+    the tokens before it giving ``""``, so the texts of a worker's events join to its decoded tokens
+    (the finisher's events, which follow worker 0's, start a text of their own).
 
     ``eos`` is True for a token that stops the worker (Spec §6.4): it is no part of the worker's text
     (:attr:`WorkerResult.text`), so a view of the texts leaves its piece (``<|im_end|>``) out."""
@@ -52,9 +53,12 @@ class TokenText:
     several tokens (a byte-level tokenizer's CJK or emoji) comes whole with the token that completes
     it, where decoding each token alone gave U+FFFD for each part; a token whose text depends on the
     one before it (a SentencePiece word start) is read after it. The pieces join to ``decode`` of all
-    the tokens (when these end on a whole character).
+    the tokens when these end on a whole character and the decoder reads each byte run alike wherever
+    it is cut (byte-level BPE; a byte-fallback decoder may turn bytes already shown into U+FFFD once an
+    invalid byte follows them). A character still incomplete when the stream ends is not given out.
 
-    Each call decodes the tokens since the previous piece's start: constant work per token."""
+    Each call decodes the tokens since the previous piece's start: a token or two, except during a run
+    of bytes that form no character."""
 
     def __init__(self, decode: Callable[[Sequence[int]], str]):
         self.decode = decode

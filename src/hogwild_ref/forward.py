@@ -11,6 +11,7 @@ runner, the compatibility proof, the conformance reference and the bench all cal
 from __future__ import annotations
 
 import contextlib
+import operator
 import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -77,9 +78,21 @@ def check_feeds(rows: Sequence[Row], feeds: Sequence[Sequence[int]], vocab: int 
             raise ValueError(f"row {r} feeds {row.new_tokens} new tokens but its feed holds {len(feed)}; "
                              "give each row exactly its new_tokens token ids (Spec §3.1)")
         for t in feed:
-            if not isinstance(t, int) or isinstance(t, bool) or t < 0 or (vocab is not None and t >= vocab):
+            i = _token_id(t)
+            if i is None or i < 0 or (vocab is not None and i >= vocab):
                 raise ValueError(f"row {r} feeds token id {t!r}; the model embeds the ids 0 .. "
                                  f"{'its vocabulary size - 1' if vocab is None else vocab - 1}")
+
+
+def _token_id(t: Any) -> int | None:
+    """``t`` as a token id: an int or anything with ``__index__`` (a numpy integer, a 0-d integer
+    tensor), not a bool; None otherwise."""
+    if isinstance(t, bool):
+        return None
+    try:
+        return operator.index(t)
+    except TypeError:
+        return None
 
 
 class Forward:

@@ -15,6 +15,7 @@ __all__ = [
     "Segment",
     "SegmentTable",
     "TableError",
+    "UnknownSegmentError",
     "Row",
     "common_segment",
     "DecodeGroups",
@@ -32,6 +33,12 @@ LAYOUTS = ("contiguous", "interleaved", "combined")
 
 class TableError(ValueError):
     """A segment table, view or request that violates the invariants of Spec §2.3."""
+
+
+class UnknownSegmentError(TableError, KeyError):
+    """A segment id the table does not have (Spec §2.3); also a ``KeyError``, as a lookup by id."""
+
+    __str__ = BaseException.__str__  # the message, not KeyError's repr of it
 
 
 @dataclass(frozen=True)
@@ -158,7 +165,7 @@ class SegmentTable:
         try:
             return self._index[sid]
         except (KeyError, TypeError):
-            raise TableError(f"unknown segment {sid!r}; the table's segments are "
+            raise UnknownSegmentError(f"unknown segment {sid!r}; the table's segments are "
                              f"{', '.join(repr(s.id) for s in self.segments)}") from None
 
     def length(self, sid: str) -> int:
@@ -197,7 +204,7 @@ class SegmentTable:
         """The batch rows of a tick in which worker ``w`` feeds ``new_tokens[w]`` tokens (Spec §3.1)."""
         if len(new_tokens) != self.workers:
             raise TableError(f"new_tokens has {len(new_tokens)} entries; expected one per worker ({self.workers})")
-        if any(not isinstance(n, int) or isinstance(n, bool) or n < 0 for n in new_tokens):
+        if any(isinstance(n, bool) or not hasattr(n, "__index__") or n < 0 for n in new_tokens):
             raise TableError(f"new token counts must be integers >= 0 (Spec §3.1); got {list(new_tokens)}")
         return tuple(Row(view, n) for view, n in zip(self.views, new_tokens, strict=True))
 

@@ -172,13 +172,15 @@ def cmd_bench_ticks(args: argparse.Namespace) -> int:
     import dataclasses
 
     import torch
+    from rich.text import Text
+
     from ..bench import MODEL_SHAPES, bench_ticks, random_model
 
     err = console(stderr=True)
     device = _device(args)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
     name = args.model or "smollm2-135m"
-    with err.status(f"building {name} ..."):
+    with err.status(Text(f"building {name} ...")):
         if name in MODEL_SHAPES:
             model = random_model(name, dtype, device)
         else:
@@ -199,7 +201,7 @@ def cmd_bench_ticks(args: argparse.Namespace) -> int:
     try:
         bench_ticks(model, workers=args.workers or [1, 2, 4, 8], contexts=args.contexts or [1024, 4096],
                     layout=args.layout, backend=args.backend, steps=args.steps, compile=compile_,
-                    problems=args.problems, split=args.split, progress=lambda msg: err.log(msg), on_result=measured)
+                    problems=args.problems, split=args.split, progress=lambda msg: err.log(msg, markup=False), on_result=measured)
     except KeyboardInterrupt:  # Ctrl-C / SIGTERM: the cases measured so far are kept (printed)
         if results and not args.json:
             _print_ticks_table(results, name, args, interrupted=True)
