@@ -730,3 +730,28 @@ def test_budget_done_exactly_at_max_ticks(tok, W, max_ticks, pieces):
     sch, outs, _ = run(tok, [ids] * W, cfg)
     assert [o.done for o in outs] == [False] * (max_ticks - 1) + [True]
     assert outs[-1].reason == "budget" and sch.tick == max_ticks
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"steps": "no"}, "steps must be True or False"),
+    ({"stop_on_boxed": None}, "stop_on_boxed must be True or False"),
+    ({"max_ticks": 1.5}, "max_ticks must be an int or None"),
+    ({"max_ticks": "3"}, "max_ticks must be an int or None"),
+    ({"collab_every": True}, "collab_every must be an int or None"),
+    ({"eos_token_ids": 5}, "eos_token_ids must be a set of token ids"),
+    ({"eos_token_ids": {"2"}}, "eos_token_ids must be a set of token ids"),
+    ({"snapshot_ticks": (True,)}, "snapshot_ticks must be tick counts"),
+])
+def test_scheduler_settings_of_the_wrong_kind_are_named(kwargs, words):
+    """A scheduler probe: ``steps="no"`` kept steps on (a truthy string), ``max_ticks=1.5`` ran two
+    ticks, ``collab_every=True`` meant 1, and ``max_ticks="3"`` or ``eos_token_ids=5`` failed with
+    Python's own TypeError; each is refused naming the setting."""
+    with pytest.raises((TypeError, ValueError), match=words):
+        SchedulerConfig(**kwargs)
+
+
+def test_observe_refuses_a_mapping():
+    """``observe({0: 97})`` iterated the mapping's keys and fed token 0 without a word."""
+    sch = Scheduler(1, CharTok.decode, CharTok.encode, SchedulerConfig())
+    with pytest.raises(TypeError, match="one token id"):
+        sch.observe({0: 97})

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -164,8 +164,19 @@ class SchedulerConfig:
             if isinstance(self.names, str):
                 raise TypeError("names must be a sequence of names, not one string")
             object.__setattr__(self, "names", tuple(self.names))
+        for name in ("steps", "stop_on_boxed"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        for name in ("max_ticks", "collab_every"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise TypeError(f"{name} must be an int or None, got {type(value).__name__} {value!r}")
         if self.eos_token_ids is not None:
-            object.__setattr__(self, "eos_token_ids", frozenset(self.eos_token_ids))
+            ids = self.eos_token_ids
+            if isinstance(ids, (int, str, bytes)) or not isinstance(ids, Iterable) or not all(
+                    isinstance(t, int) and not isinstance(t, bool) for t in ids):
+                raise TypeError(f"eos_token_ids must be a set of token ids (e.g. frozenset({{2}})) or None, got {ids!r}")
+            object.__setattr__(self, "eos_token_ids", frozenset(ids))
         object.__setattr__(self, "snapshot_ticks", tuple(self.snapshot_ticks))
         if self.collab_every is not None and self.collab_every <= 0:
             raise ValueError(
@@ -176,7 +187,7 @@ class SchedulerConfig:
             raise ValueError(
                 f"max_ticks must be >= 0, got {self.max_ticks}; use max_ticks=None for no budget"
             )
-        bad = [t for t in self.snapshot_ticks if not isinstance(t, int) or t < 1]
+        bad = [t for t in self.snapshot_ticks if not isinstance(t, int) or isinstance(t, bool) or t < 1]
         if bad:
             raise ValueError(
                 f"snapshot_ticks must be tick counts >= 1, got {bad}; the first tick is 1"
@@ -335,7 +346,7 @@ class Scheduler:
         return self._w[w]
 
     def _parse(self, sampled: Sequence[int | None]) -> list[int | None]:
-        if isinstance(sampled, (str, bytes)) or not isinstance(sampled, Iterable):
+        if isinstance(sampled, (str, bytes, Mapping)) or not isinstance(sampled, Iterable):
             raise TypeError("sampled must be a sequence with one token id (or None) per worker")
         sampled = list(sampled)
         if len(sampled) != self.workers:
