@@ -622,3 +622,26 @@ def test_a_gold_integer_with_the_typeset_minus_is_an_integer(tmp_path):
     (tmp_path / "aime24").mkdir()
     records = [{"problem": "P", "answer": "33"}, {"problem": "Q", "answer": "\u221212"}]
     assert [p.kind for p in load_dataset(_jsonl(tmp_path / "aime24" / "x.jsonl", records))] == ["integer", "integer"]
+
+
+def test_a_folder_that_takes_no_new_file_is_refused_before_the_model_loads(tmp_path, capsys, no_model, monkeypatch):
+    """A distributed probe: a folder that refused new files (``chattr +i``; root ignores permissions)
+    was found only when a rank's shard was first written, after the model loaded and a batch ran, with
+    a raw PermissionError from each rank. The check now makes (and removes) a file there first."""
+    import errno
+
+    import hogwild_ref.evaluation.runner as runner
+
+    argv = _resume_dir(tmp_path, [])
+    (tmp_path / "out" / "results.jsonl").unlink()
+    made = []
+
+    def refuse(*args, **kwargs):
+        made.append(kwargs.get("dir"))
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(runner.tempfile, "mkstemp", refuse)
+    assert main(["eval", *argv, "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "does not take new files (Operation not permitted); make it writable, or use another --out" in err, err
+    assert made and all(d == tmp_path / "out" for d in made)

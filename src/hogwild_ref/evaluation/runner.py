@@ -22,6 +22,7 @@ import hashlib
 import json
 import math
 import os
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -263,8 +264,16 @@ def _holds_rows(out: Path) -> bool:
 
 
 def _check_writable(path: Path) -> None:
-    """A results file that exists can be appended to (checked before any unit runs, so that none is lost)."""
+    """A results file that exists can be appended to, and one that does not yet can be made in its folder
+    (checked before any unit runs, so that none is lost)."""
     if not path.exists():
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=path.parent)
+        except OSError as exc:
+            raise ValueError(f"{path.parent} does not take new files ({exc.strerror}); make it writable, or use "
+                             "another --out directory") from None
+        os.close(fd)
+        os.unlink(probe)
         return
     try:
         with open(path, "a", encoding="utf-8"):
