@@ -394,3 +394,19 @@ def test_cli_refuses_a_bad_dist_timeout_before_loading(tmp_path, capsys, monkeyp
         assert main(["eval", "--dist-timeout", bad, "--out", str(tmp_path)]) == 2
         assert capsys.readouterr().err.startswith("error: --dist-timeout must be a positive number of minutes, at "
                                                   "most 10080 (a week)")
+
+
+def test_a_lost_rank_is_told_in_words_not_in_gloos():
+    """A distributed probe: a rank stopped past ``--dist-timeout`` or killed left the others with gloo's
+    own text (``[.../gloo/transport/tcp/unbound_buffer.cc:129] Timed out waiting 15000ms ...``), which
+    names no rank and no fix. Such failures are recognised; other errors are not."""
+    import torch.distributed as dist
+
+    from hogwild_ref.cli.eval import lost_contact
+
+    gloo = "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:129] Timed out waiting 15000ms"
+    assert lost_contact(RuntimeError(gloo))
+    assert lost_contact(RuntimeError("[pair.cc:553] Connection closed by peer [127.0.0.1]:7895"))
+    assert lost_contact(dist.DistStoreError("wait timeout after 15000ms, keys: /default_pg/0//cpu//0/1"))
+    assert not lost_contact(RuntimeError("CUDA out of memory"))
+    assert not lost_contact(ValueError("gloo/transport"))

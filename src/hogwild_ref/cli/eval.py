@@ -81,6 +81,23 @@ def _check_flags(args: argparse.Namespace, rank: int) -> bool:
 MAX_DIST_TIMEOUT = 7 * 24 * 60
 
 
+def lost_contact(exc: BaseException) -> bool:
+    """Whether ``exc`` is a process group's failure to reach another rank (a timeout, a closed
+    connection, the rendezvous store), as torch.distributed and its backends raise it."""
+    import torch.distributed as dist
+
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(s in text for s in (
+        "gloo/transport", "Connection closed by peer", "Timed out waiting", "wait timeout after", "NCCL"))
+
+
+def _first_line(exc: BaseException) -> str:
+    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return line if len(line) <= 160 else line[:159] + "…"
+
+
 def _say_interrupted(out: Any) -> None:
     """One line on an interrupted evaluation: the rows its results file and any rank shards hold, and how
     to go on (Spec §13.5, §13.6)."""
@@ -173,6 +190,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if place.rank == 0:
             _say_interrupted(out)
         return 130
+    except Exception as exc:
+        if place.world > 1 and lost_contact(exc):  # gloo's or the store's own words name no rank and no fix
+            raise RuntimeError(f"rank {place.rank} of {place.world} lost contact with the other ranks "
+                               f"({_first_line(exc)}): a rank was killed or stopped, or another waited longer "
+                               f"than --dist-timeout ({args.dist_timeout:g} minutes); the rows of finished "
+                               "batches are kept: rerun the same command to resume") from None
+        raise
     if place.rank != 0:
         return 0
     # soft_wrap: a path is never broken over two lines (rich wraps at 80 columns when writing to a log file)
