@@ -755,3 +755,13 @@ def test_observe_refuses_a_mapping():
     sch = Scheduler(1, CharTok.decode, CharTok.encode, SchedulerConfig())
     with pytest.raises(TypeError, match="one token id"):
         sch.observe({0: 97})
+
+
+def test_scheduler_settings_take_any_integer_and_any_iterable_of_ids():
+    """The checks above keep what worked: a numpy integer budget is an int, and an iterator of EOS ids
+    is read once (not emptied by the check)."""
+    import numpy as np
+
+    cfg = SchedulerConfig(max_ticks=np.int64(5), collab_every=np.int32(7), eos_token_ids=(t for t in [2, 3]))
+    assert (cfg.max_ticks, cfg.collab_every, cfg.eos_token_ids) == (5, 7, frozenset({2, 3}))
+    assert type(cfg.max_ticks) is int

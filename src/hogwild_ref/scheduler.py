@@ -169,12 +169,16 @@ class SchedulerConfig:
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         for name in ("max_ticks", "collab_every"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-                raise TypeError(f"{name} must be an int or None, got {type(value).__name__} {value!r}")
+            if value is not None:
+                if isinstance(value, bool) or not hasattr(value, "__index__"):
+                    raise TypeError(f"{name} must be an int or None, got {type(value).__name__} {value!r}")
+                object.__setattr__(self, name, operator.index(value))  # (a numpy integer as an int)
         if self.eos_token_ids is not None:
-            ids = self.eos_token_ids
-            if isinstance(ids, (int, str, bytes)) or not isinstance(ids, Iterable) or not all(
-                    isinstance(t, int) and not isinstance(t, bool) for t in ids):
+            given: object = self.eos_token_ids
+            if isinstance(given, (int, str, bytes)) or not isinstance(given, Iterable):
+                raise TypeError(f"eos_token_ids must be a set of token ids (e.g. frozenset({{2}})) or None, got {given!r}")
+            ids = tuple(given)  # (once: an iterator is read here only)
+            if not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
                 raise TypeError(f"eos_token_ids must be a set of token ids (e.g. frozenset({{2}})) or None, got {ids!r}")
             object.__setattr__(self, "eos_token_ids", frozenset(ids))
         object.__setattr__(self, "snapshot_ticks", tuple(self.snapshot_ticks))
