@@ -56,14 +56,16 @@ def _name(name: str, cli: bool) -> str:
     return "--" + name.replace("_", "-") if cli else name
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """Whether ``value`` is an integer as the settings take one (Spec §11.7): a Python or numpy
+    integer, not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def check_int(name: str, value: Any, minimum: int, *, cli: bool = False, fix: str = "") -> int:
     """``value`` must be an integer ``>= minimum`` (bools and floats such as 2.5 are refused)."""
     shown = _name(name, cli)
-    if not _is_int(value):
+    if not is_int(value):
         raise SettingsError(f"{shown} must be an integer >= {minimum}; got {value!r}{fix}")
     if value < minimum:
         raise SettingsError(f"{shown} must be >= {minimum}; got {value}{fix}")
@@ -76,7 +78,7 @@ def check_ints(name: str, values: Any) -> tuple[int, ...]:
     if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
         raise SettingsError(f"{name} must be a list of integers; got {values!r}")
     values = tuple(values)
-    bad = next((v for v in values if not _is_int(v)), None)
+    bad = next((v for v in values if not is_int(v)), None)
     if bad is not None:
         raise SettingsError(f"{name} must be a list of integers; got {bad!r} in {list(values)!r}")
     return tuple(int(v) for v in values)

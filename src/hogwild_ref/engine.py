@@ -181,6 +181,7 @@ class Engine:
         self.result: HogwildResult | None = None
         self._partial: Callable[[str], HogwildResult] | None = None
         self._template_prefix: dict[prompts_mod.PromptTemplates, list[int]] = {}
+        self._special_texts: frozenset[str] | None = None  # the tokenizer's special token texts, read once
 
     # ------------------------------------------------------------------ text and tables
     def encode(self, text: str) -> list[int]:
@@ -223,10 +224,12 @@ class Engine:
 
     def _holds_special_text(self, problem: str) -> bool:
         """Whether ``problem`` contains the text of one of the tokenizer's special tokens (``<|im_end|>``)."""
-        decoder = getattr(self.tokenizer, "added_tokens_decoder", None) or {}
-        specials = {t.content for t in decoder.values() if getattr(t, "special", False) and t.content}
-        specials |= {t for t in getattr(self.tokenizer, "all_special_tokens", []) if t}
-        return any(t in problem for t in specials)
+        if self._special_texts is None:
+            decoder = getattr(self.tokenizer, "added_tokens_decoder", None) or {}
+            specials = {t.content for t in decoder.values() if getattr(t, "special", False) and t.content}
+            specials |= {t for t in getattr(self.tokenizer, "all_special_tokens", []) if t}
+            self._special_texts = frozenset(specials)
+        return any(t in problem for t in self._special_texts)
 
     def _literal(self, problem: str, text_of: Callable[[str], str]) -> list[int]:
         """The prompt of a problem holding a special token's text (Spec §7.4, "A problem is text"): the
@@ -494,9 +497,9 @@ def _explicit_table(table: SegmentTable | None, static_texts: dict[str, str] | N
                                      or not all(isinstance(k, str) for k in static_texts)):
         raise TypeError("static_texts must be a dict of segment id -> text, e.g. {'note': 'Be brief.'}; got "
                         f"{static_texts!r}"[:300])
-    wrong = {k: v for k, v in (static_texts or {}).items() if not isinstance(v, str)}
-    if wrong:
-        sid, value = next(iter(wrong.items()))
+    wrong = next(((k, v) for k, v in (static_texts or {}).items() if not isinstance(v, str)), None)
+    if wrong is not None:
+        sid, value = wrong
         raise TypeError(f"static_texts[{sid!r}] must be the segment's text (a str); got {type(value).__name__} {value!r}"[:300])
     if table is None:
         if static_texts:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from hogwild_ref import prompts
+from hogwild_ref.checks import is_int
 
 __all__ = [
     "FinishedStep",
@@ -170,7 +171,7 @@ class SchedulerConfig:
         for name in ("max_ticks", "collab_every"):
             value = getattr(self, name)
             if value is not None:
-                if isinstance(value, bool) or not hasattr(value, "__index__"):
+                if not is_int(value):
                     raise TypeError(f"{name} must be an int or None, got {type(value).__name__} {value!r}")
                 object.__setattr__(self, name, operator.index(value))  # (a numpy integer as an int)
         if self.eos_token_ids is not None:

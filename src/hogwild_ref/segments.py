@@ -166,7 +166,7 @@ class SegmentTable:
             return self._index[sid]
         except (KeyError, TypeError):
             raise UnknownSegmentError(f"unknown segment {sid!r}; the table's segments are "
-                             f"{', '.join(repr(s.id) for s in self.segments)}") from None
+                                      f"{', '.join(repr(s.id) for s in self.segments)}") from None
 
     def length(self, sid: str) -> int:
         """Length of segment ``sid``."""

@@ -15,6 +15,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from .checks import is_int
 from .fast import common_window, tail_window
 from .rope import RopeSpec
 from .segments import DecodeGroups, SegmentTable, decode_groups, flush_into
@@ -31,7 +32,7 @@ def check_capacities(table: SegmentTable, capacities: Mapping[str, int]) -> None
     if unknown:
         raise ValueError(f"capacities name {unknown}, which are not segments of the table "
                          f"({', '.join(sorted(ids))})")
-    bad = {k: v for k, v in capacities.items() if isinstance(v, bool) or not hasattr(v, "__index__") or v < 0}
+    bad = {k: v for k, v in capacities.items() if not is_int(v) or v < 0}
     if bad:
         raise ValueError(f"capacities must be integers >= 0 (slots to reserve per segment); got {bad}")
 
