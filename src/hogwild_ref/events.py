@@ -58,7 +58,7 @@ class TokenText:
     invalid byte follows them). A character still incomplete when the stream ends is not given out.
 
     Each call decodes the tokens since the previous piece's start: a token or two, except during a run
-    of bytes that form no character."""
+    of bytes that form no character. ``decode`` is the engine's (Spec §7.4: special tokens kept)."""
 
     def __init__(self, decode: Callable[[Sequence[int]], str]):
         self.decode = decode

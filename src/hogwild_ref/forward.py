@@ -51,7 +51,7 @@ _PACKS: weakref.WeakKeyDictionary[Any, PackedLinear] = weakref.WeakKeyDictionary
 def vocab_size(model: Any) -> int | None:
     """How many token ids ``model`` embeds: its config's ``vocab_size`` or its input embedding's rows,
     the larger (a padded embedding takes more ids; a tensor-parallel shard holds fewer rows than the
-    config counts); None when neither is known."""
+    config counts); None when neither is known. The feeds of Spec §3.1 are ids below it."""
     sizes = [getattr(getattr(model, "config", None), "vocab_size", None)]
     embed = getattr(model, "get_input_embeddings", None)
     if callable(embed):

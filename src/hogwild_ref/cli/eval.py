@@ -83,7 +83,8 @@ MAX_DIST_TIMEOUT = 7 * 24 * 60
 
 def lost_contact(exc: BaseException) -> bool:
     """Whether ``exc`` is a process group's failure to reach another rank (a timeout, a closed
-    connection, the rendezvous store), as torch.distributed and its backends raise it."""
+    connection, the rendezvous store), as torch.distributed and its backends raise it (Spec §13.6:
+    the rows of finished batches are kept, and a rerun resumes)."""
     import torch.distributed as dist
 
     if isinstance(exc, getattr(dist, "DistError", ())):
