@@ -54,6 +54,7 @@ FLOORS: dict[str, int] = {
     "sampling": 1,
     "store": 1,
     "packed": 1,
+    "cpu_matmul": 1,
     "parallel": 1,
     "models": 1,
     "conformance.protocol": 1,

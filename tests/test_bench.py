@@ -233,3 +233,23 @@ def test_bench_attention_on_cuda_checks_the_devices_free_memory(capsys, monkeypa
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "bench attention at --contexts 262144 with 4 workers (bfloat16) needs about" in err
     assert "has 1.0 GiB available" in err
+
+
+def test_the_products_benchmark_times_each_problem_count_and_refuses_bad_counts():
+    """``benchmarks/products.py`` (docs: fast path, CPU attention products): one table row per problem
+    count, each time a positive number of milliseconds; a count below 1 is a usage error (exit 2)."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "products.py"
+    ran = subprocess.run([sys.executable, str(script), "--problems", "1", "2", "--window", "40", "--repeats", "1"],
+                         capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 0, ran.stderr
+    rows = re.findall(r"^\| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+)x \|$", ran.stdout, re.M)
+    assert [r[0] for r in rows] == ["1", "2"] and all(float(x) > 0 for r in rows for x in r[1:])
+    for argv, said in ((["--problems", "0"], "--problems"), (["--threads", "100000"], "more than the"),
+                       (["--problems", "100000000"], "choose fewer --problems")):
+        bad = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 2 and said in bad.stderr.splitlines()[-1], bad.stderr

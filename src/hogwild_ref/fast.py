@@ -13,7 +13,9 @@ Split FlashInfer-style into what the host decides once per tick and what the com
   at their view positions already: it is read once for all rows with no rotation and no per-row
   copy. The *tail* (headers, separators, current steps; small) stays at segment-local positions;
   each row's query is re-rotated once per tail segment (Spec §9.2) and the tail is read by one
-  batched matmul over (head, segment). Both parts share one softmax.
+  batched matmul over (head, segment). Both parts share one softmax. On the CPU these batched
+  products go through numpy's BLAS (:func:`~hogwild_ref.cpu_matmul.batched_matmul`, Spec §9.6, "CPU
+  window products").
 
 Lengths live only in the masks; the shapes are the common window (the common segment's length rounded
 up to :data:`WINDOW_QUANTUM`, marked dynamic when the engine compiles its decode step, so that a growing
@@ -32,6 +34,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from .cpu_matmul import batched_matmul
 from .rope import RopeSpec, Rotation
 from .segments import SegmentTable, TableError, view_offsets
 from .store import SegmentStore
@@ -281,7 +284,7 @@ def _tail_scores(qg: Tensor, k_tail: Tensor, query_rotation: Rotation, rope: Rop
     qr = rope.apply(qg.reshape(P * W, 1, hkv, g, D), query_rotation)  # (R, St, Hkv, g, D)
     qr = qr.view(P, W, st_n, hkv, g, D).permute(0, 3, 2, 1, 4, 5).reshape(P, hkv, st_n, W * g, D)
     kt = k_tail.view(P, hkv, st_n, block, D)
-    return torch.matmul(qr, kt.to(qg.dtype).transpose(-1, -2))  # (P, Hkv, St, W*g, C)
+    return batched_matmul(qr, kt.to(qg.dtype).transpose(-1, -2))  # (P, Hkv, St, W*g, C)
 
 
 def _tail_values(p: Tensor, v_tail: Tensor) -> Tensor:
@@ -289,7 +292,7 @@ def _tail_values(p: Tensor, v_tail: Tensor) -> Tensor:
     layout) applied to the values of each group's tail blocks (``v_tail`` ``(P·Hkv, St, C, D)``)."""
     P, hkv, st_n = p.shape[:3]
     vt = v_tail.view(P, hkv, st_n, v_tail.shape[2], v_tail.shape[3])
-    return torch.matmul(p, vt.to(p.dtype)).sum(dim=2)
+    return batched_matmul(p, vt.to(p.dtype)).sum(dim=2)
 
 
 #: scores more than this far below their row's maximum are exponentiated as if they were this far:
@@ -376,7 +379,7 @@ def decode_attention(
     qg = (q.to(acc) * scaling).reshape(P, W, hkv, g, D)
     # common part: one batched matmul per (group, KV head) over the group's rows' queries, no rotation
     qk = qg.permute(0, 2, 1, 3, 4).reshape(P, hkv, W * g, D)
-    sc = torch.matmul(qk, k_common.to(acc).transpose(-1, -2))  # (P, Hkv, W*g, Lw)
+    sc = batched_matmul(qk, k_common.to(acc).transpose(-1, -2))  # (P, Hkv, W*g, Lw)
     common_keep = None  # the common window's keys each row sees, as 1.0/0.0 (:func:`_admitted`); None: all
     if common_mask is not None:
         common_bias, common_keep = _admitted(common_mask.view(P, 1, W, 1, -1), acc)
@@ -390,7 +393,7 @@ def decode_attention(
         top = torch.maximum(top, st.amax(dim=(2, 4), keepdim=True)[:, :, 0])
     pc = _exp_below(sc.sub_(top).view(P, hkv, W, g, -1), common_keep).view_as(sc)
     total = pc.sum(dim=-1, keepdim=True)
-    out = torch.matmul(pc, v_common.to(acc))  # (P, Hkv, W*g, D)
+    out = batched_matmul(pc, v_common.to(acc))  # (P, Hkv, W*g, D)
     for (st, keep), (_, v, _, _) in zip(parts, tails):
         st.sub_(top[:, :, None])
         pt = _exp_below(st.view(P, hkv, st.shape[2], W, g, -1), keep).view_as(st)
