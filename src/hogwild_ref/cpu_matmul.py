@@ -10,7 +10,8 @@ wheels), multiplying one matrix of the batch after the other in place, streams i
 PyTorch's CPU batched product (measured on this project's development CPU, one thread: the 30
 layers' common-window products for 8 problems of 2 workers and a 386-key window, 20.6 ms through
 ``torch.matmul`` against 14.5 ms; a 16-row tick of SmolLM2-135M, ticks alternating in one run,
-135.1 against 120.9 ms; at one problem, whose K/V stay in the CPU's cache, no measurable change).
+135.1 against 120.9 ms; at one problem, where the products are a small part of a tick, 2-row ticks
+81.9 against 82.0 ms, level).
 
 :func:`batched_matmul` is ``torch.matmul`` of two same-batch stacks of matrices, computed by numpy
 reading the tensors' own memory (``Tensor.numpy()``, its result taken back without a copy) when both are plain float32 or float64 CPU
