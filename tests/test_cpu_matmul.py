@@ -72,11 +72,11 @@ def test_a_matrix_of_the_batch_is_computed_the_same_whatever_the_batch(groups: i
     assert torch.equal(together, alone)
 
 
-@pytest.mark.parametrize("case", ["bfloat16", "float16", "two dtypes", "grad", "meta"])
+@pytest.mark.parametrize("case", ["bfloat16", "float16", "two dtypes", "grad", "grad under no_grad", "meta"])
 def test_other_inputs_are_torchs_product(case: str) -> None:
     """What numpy does not compute as torch would (no bfloat16; float16 without BLAS; two dtypes, which
-    torch refuses; autograd; tensors without memory) is ``torch.matmul``'s, bit for bit (its error for
-    two dtypes)."""
+    torch refuses; tensors that require grad, with autograd on or off; tensors without memory) is
+    ``torch.matmul``'s, bit for bit (its error for two dtypes)."""
     a, b = torch.randn(2, 3, 5, 7), torch.randn(2, 3, 7, 4)
     if case in ("bfloat16", "float16"):
         a, b = a.to(getattr(torch, case)), b.to(getattr(torch, case))
@@ -88,11 +88,16 @@ def test_other_inputs_are_torchs_product(case: str) -> None:
         with pytest.raises(RuntimeError, match="scalar type|dtype"):
             batched_matmul(a, b)
         return
-    elif case == "grad":
+    elif case in ("grad", "grad under no_grad"):
         a.requires_grad_(True)
     elif case == "meta":
         a, b = a.to("meta"), b.to("meta")
     assert not numpy_applies(a, b)
+    if case == "grad under no_grad":  # a leaf that requires grad, in a block without autograd
+        with torch.no_grad():
+            assert not numpy_applies(a, b)
+            assert torch.equal(batched_matmul(a, b), torch.matmul(a, b))
+        return
     got = batched_matmul(a, b)
     want = torch.matmul(a, b)
     assert got.shape == want.shape and got.dtype == want.dtype

@@ -45,14 +45,14 @@ _CAN_SET_THREADS = importlib.util.find_spec("threadpoolctl") is not None
 
 def numpy_applies(a: Tensor, b: Tensor) -> bool:
     """Whether :func:`batched_matmul` computes ``a @ b`` through numpy: plain CPU tensors (no
-    subclass) of one dtype of :data:`NUMPY_DTYPES`, with one batch shape, outside autograd and outside
-    ``torch.compile`` (which traces ``torch.matmul``); and ``threadpoolctl`` installed, to give numpy's
-    BLAS torch's thread count."""
+    subclass) of one dtype of :data:`NUMPY_DTYPES`, with one batch shape, neither requiring grad (also
+    under ``torch.no_grad``, where ``Tensor.numpy()`` refuses it too), outside ``torch.compile`` (which
+    traces ``torch.matmul``); and ``threadpoolctl`` installed, to give numpy's BLAS torch's thread count."""
     if torch.compiler.is_compiling() or not _CAN_SET_THREADS:
         return False
     return (type(a) is Tensor and type(b) is Tensor and a.device.type == "cpu" and b.device.type == "cpu"
             and a.dtype == b.dtype and a.dtype in NUMPY_DTYPES and a.dim() == b.dim() >= 2
-            and a.shape[:-2] == b.shape[:-2] and not (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)))
+            and a.shape[:-2] == b.shape[:-2] and not (a.requires_grad or b.requires_grad))
 
 
 def _match_threads() -> None:
