@@ -14,8 +14,9 @@ layers' common-window products for 8 problems of 2 workers and a 386-key window,
 81.9 against 82.0 ms, level).
 
 :func:`batched_matmul` is ``torch.matmul`` of two same-batch stacks of matrices, computed by numpy
-reading the tensors' own memory (``Tensor.numpy()``, its result taken back without a copy) when both are plain float32 or float64 CPU
-tensors outside autograd and outside ``torch.compile``, and by ``torch.matmul`` otherwise. Each
+reading the tensors' own memory (``Tensor.numpy()``, its result taken back without a copy) when both
+are plain float32 or float64 CPU tensors that do not require grad, outside ``torch.compile``, and by
+``torch.matmul`` otherwise. Each
 matrix of the batch is one BLAS call on its own operands, so a group's result does not depend on the
 other groups of the batch (a problem batched with others gets the products of its run alone, bit for
 bit, Spec §13.3). numpy's BLAS is given torch's thread count (``torch.get_num_threads()``, through
