@@ -31,10 +31,14 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-__all__ = ["DEFAULT_CAPACITY", "SegmentKV", "SegmentStore"]
+__all__ = ["DEFAULT_CAPACITY", "KEY_ROW_BYTES", "SegmentKV", "SegmentStore"]
 
 #: capacity of a segment whose size the caller did not plan
 DEFAULT_CAPACITY = 64
+
+#: a transposed key matrix's rows (one per head dimension) start this many bytes apart at least, a
+#: multiple of it (Spec §9.6 "Storage"): a cache line, so that a score product streams whole lines
+KEY_ROW_BYTES = 64
 
 
 @runtime_checkable
@@ -185,12 +189,22 @@ class SegmentStore:
         buf.narrow(dim, keep, shape[dim] - keep).zero_()
         return buf
 
+    def key_pitch(self, length: int) -> int:
+        """Elements from one head dimension's keys to the next in a transposed key matrix of ``length``
+        slots (Spec §9.6 "Storage"): ``length`` rounded up to a whole number of :data:`KEY_ROW_BYTES`,
+        so that every row starts on a cache line; ``length`` when the keys are not transposed."""
+        if not self.keys_transposed:
+            return length
+        per_line = max(1, KEY_ROW_BYTES // torch.empty((), dtype=self.dtype).element_size())
+        return -(-length // per_line) * per_line
+
     def _key_buffer(self, lead: tuple[int, ...], length: int, keep: int) -> tuple[Tensor, Tensor]:
         """A new key buffer (:meth:`_grown`) and its view ``(*lead, length, D)``; in memory it is
-        ``(*lead, D, length)`` when the keys are stored transposed (:attr:`keys_transposed`)."""
+        ``(*lead, D, pitch)`` when the keys are stored transposed (:attr:`keys_transposed`), its rows
+        :meth:`key_pitch` elements apart (the padding is zeros no view covers)."""
         if self.keys_transposed:
-            buf = self._grown((*lead, self.head_dim, length), len(lead) + 1, keep)
-            return buf, buf.transpose(-1, -2)
+            buf = self._grown((*lead, self.head_dim, self.key_pitch(length)), len(lead) + 1, keep)
+            return buf, buf[..., :length].transpose(-1, -2)
         buf = self._grown((*lead, length, self.head_dim), len(lead), keep)
         return buf, buf
 
@@ -248,12 +262,13 @@ class SegmentStore:
     def scatter_index(self, slots: Int[Tensor, " R"]) -> Int[Tensor, "2 HkvRD"]:
         """Elements of the flat tail buffers that :meth:`scatter` writes for tail ``slots`` (:meth:`slot`;
         ``-1``: the trash), head-major, then the head dimension: values lie at ``slot·D + d``, keys there
-        too or, stored transposed, at ``block·D·C + d·C + t`` for slot ``block·C + t``."""
-        D, C = self.head_dim, self.block
+        too or, stored transposed, at ``block·D·p + d·p + t`` for slot ``block·C + t`` (``p``: the
+        rows' :meth:`key_pitch`)."""
+        D, C, pitch = self.head_dim, self.block, self.key_pitch(self.block)
         heads = torch.arange(self.kv_heads, device=slots.device)[:, None] * (self.group_tail * C)
         rows = torch.where(slots[None, :] < 0, self.trash, heads + slots[None, :]).flatten()  # (Hkv·R,)
         d = torch.arange(D, device=slots.device)
-        return torch.stack((rows[:, None] * D + d, (rows // C * D * C + rows % C)[:, None] + d * C)).flatten(1)
+        return torch.stack((rows[:, None] * D + d, (rows // C * D * pitch + rows % C)[:, None] + d * pitch)).flatten(1)
 
     def scatter(self, index: Int[Tensor, "2 HkvRD"], k: Float[Tensor, "Hkv R D"], v: Float[Tensor, "Hkv R D"]) -> None:
         """Store one token per row (:meth:`scatter_index`): the fast path's write (Spec §9.6)."""
