@@ -256,8 +256,10 @@ def test_both_key_layouts_store_the_same_segments(keys_transposed):
         n = k.shape[1]
         assert torch.equal(store.keys[j][:, :n], k) and torch.equal(store.values[j][:, :n], -k), j
         assert not store.keys[j][:, n:].any() and not store.values[j][:, n:].any(), j  # zero where nothing was stored
-    trash = 4 * store.block  # the last block of both flat tail buffers, written by row 1 before the growth
-    assert not store._k_flat[-trash:].any() and not store._v_flat[-trash:].any()
+    # the last block of both flat tail buffers, written by row 1 before the growth: (C, D) values, and
+    # keys (D, pitch) stored transposed (rows padded to cache lines, Spec §9.6 "Storage") or (C, D)
+    k_trash, v_trash = store.head_dim * store.key_pitch(store.block), store.block * store.head_dim
+    assert not store._k_flat[-k_trash:].any() and not store._v_flat[-v_trash:].any()
     strided = store.k_common.stride(-1) != 1 and store.k_tail.stride(-1) != 1
     assert strided == keys_transposed
 

@@ -15,10 +15,11 @@ A plain class that knows nothing of transformers. Per layer, on that layer's dev
   cost as many slots. One group: ``(Hkv, S, C, D)``.
 
 On a CPU the keys lie transposed in memory — ``(D, cap + 1)`` per common head, ``(D, C)`` per tail
-block — and the views above are their transposes, so readers see the same shapes either way (Spec
-§9.6 "Storage"). Keys are stored rotated at segment-local positions (Spec §2.1). Capacities start at what a run first
-needs; a write past a segment's capacity re-allocates only the part that filled (the common buffers, or
-one tail part) with that capacity at least doubled (Spec §9.6), so memory follows the tokens held.
+block, each row padded to whole cache lines (:meth:`SegmentStore.key_pitch`) — and the views above
+are their transposes, so readers see the same shapes either way (Spec §9.6 "Storage"). Keys are
+stored rotated at segment-local positions (Spec §2.1). Capacities start at what a run first needs; a
+write past a segment's capacity re-allocates only the part that filled (the common buffers, or one
+tail part) with that capacity at least doubled (Spec §9.6), so memory follows the tokens held.
 ``keys[j]`` / ``values[j]`` are views of segment ``j`` (table order).
 """
 
@@ -80,8 +81,9 @@ class SegmentStore:
                  keys_transposed: bool | None = None, static: Sequence[int] = ()):
         self.kv_heads, self.head_dim, self.dtype, self.device = kv_heads, head_dim, dtype, torch.device(device)
         #: keys lie in memory with the head dimension first (Spec §9.6 "Storage"): ``(D, cap + 1)`` per
-        #: common head, ``(D, C)`` per tail block, so that the fast path's score matmuls read them as
-        #: they lie; the default on a CPU, whose small batched matmuls repack a ``(cap, D)`` operand
+        #: common head, ``(D, C)`` per tail block, rows :meth:`key_pitch` apart, so that the fast path's
+        #: score matmuls read them as they lie; the default on a CPU, whose small batched matmuls
+        #: repack a ``(cap, D)`` operand
         self.keys_transposed = self.device.type == "cpu" if keys_transposed is None else keys_transposed
         #: table index of each group's common segment (empty: no fast path)
         self.commons: tuple[int, ...] = () if common is None else (common,) if isinstance(common, int) else tuple(common)
