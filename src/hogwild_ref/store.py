@@ -197,7 +197,7 @@ class SegmentStore:
         so that every row starts on a cache line; ``length`` when the keys are not transposed."""
         if not self.keys_transposed:
             return length
-        per_line = max(1, KEY_ROW_BYTES // torch.empty((), dtype=self.dtype).element_size())
+        per_line = max(1, KEY_ROW_BYTES // self.dtype.itemsize)
         return -(-length // per_line) * per_line
 
     def _key_buffer(self, lead: tuple[int, ...], length: int, keep: int) -> tuple[Tensor, Tensor]:
