@@ -273,7 +273,7 @@ def test_transposed_key_rows_start_on_cache_lines(dtype):
     zeros that no segment view covers."""
     from hogwild_ref.store import KEY_ROW_BYTES, SegmentStore
 
-    size = torch.empty((), dtype=dtype).element_size()
+    size = dtype.itemsize
     store = SegmentStore([514, 11, 75, 4, 75], 3, 64, dtype, "cpu", common=0, keys_transposed=True, static=[1, 3])
 
     def check() -> None:
