@@ -153,7 +153,7 @@ def decode_attention_split(
     out_c, lse_c = common_attention(qc, k_common, v_common, scaling, kernel or default_kernel(q.device))
     # tail parts: masked scores (hkv, S, R·g, C), block by block, with their LSE
     parts = _tail_parts(k_tail, v_tail, query_rotation, tail_mask, k_static, v_static, static)
-    scores = [_tail_part_scores(qg.to(acc)[None], k, rotation, mask, rope)[0][0] * scaling
+    scores = [_tail_part_scores(qg.to(acc)[None], k, rotation, mask, rope)[0] * scaling
               for k, _, rotation, mask in parts]
     lse_t = torch.logsumexp(torch.stack([torch.logsumexp(st, dim=(1, 3)) for st in scores]), dim=0)  # -inf: no tail key
     top = torch.maximum(lse_c, lse_t)  # lse_c is finite: the common part is never empty
